@@ -1,0 +1,39 @@
+# archc developer entry points: `make demo`, `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp
+# The only torch to install: a CPU wheel that pip finds through the machine's
+# configured find-links. Any other choice downloads gigabytes of CUDA packages.
+TORCH_PIN := torch==2.13.0
+PIP := $(BIN)/python -m pip -q
+
+.PHONY: venv system-deps demo test clean
+
+venv: system-deps $(STAMP)
+
+# Debian's graphviz provides `dot`, which the diagram backend renders with.
+system-deps:
+	@command -v dot >/dev/null 2>&1 || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null) || \
+	  echo "WARNING: could not install graphviz (dot); diagram rendering will be unavailable" >&2
+
+$(STAMP): pyproject.toml setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install $(TORCH_PIN)
+	echo "$(TORCH_PIN)" > $(VENV)/constraints.txt
+	$(PIP) install -c $(VENV)/constraints.txt -e ".[test]"
+	touch $@
+
+demo: venv
+	$(BIN)/archc check specs/models/resnet18.arch
+	$(BIN)/python -m archc.demo specs/models/resnet18.arch
+
+test: venv
+	$(BIN)/python -m pytest -q -n 2 tests
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis out
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

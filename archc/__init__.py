@@ -1,0 +1,3 @@
+"""archc: a declarative neural-network architecture compiler."""
+
+__version__ = "0.1.0"

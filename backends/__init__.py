@@ -1,0 +1,1 @@
+"""Code-generation backends (installed as ``archc.backends``), one subpackage per target."""
