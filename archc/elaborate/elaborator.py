@@ -1,0 +1,1020 @@
+"""Elaborate a model: evaluate its body, instantiating blocks and emitting typed op nodes.
+
+Blocks are instantiated where they are applied, with the real types of their inputs, so every
+shape is known (or symbolic, for axes such as B and T) before anything runs. Expansion is bounded:
+a spec that would unroll past `Limits` fails with an error at the statement that did it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterable
+
+from archc.elaborate.loader import LazyLet, Loader, ModuleEnv
+from archc.elaborate.unify import Pattern
+from archc.elaborate.values import (CALLABLES, BlockFn, BlockTemplate, Builtin, Callable, Frame,
+                                    InterfaceRef, ModuleRef, OpFn, PipeFn, ResidualFn, SlotFn,
+                                    StackFn, Tensor, describe, named)
+from archc.errors import ArchError, Span, did_you_mean
+from archc.frontend import ast as A
+from archc.frontend.fmt import expr_text, type_text
+from archc.ir.graph import AnnotationIR, Graph, Node, ParamDecl, Port, ScopeInfo, SpanModel
+from archc.ir.types import TensorType
+from archc.ops import registry
+from archc.ops.registry import Op, OpError
+from archc.sizes import MAX_INT, Size, SizeError
+
+PARAM_TYPES = ("int", "float", "bool", "str", "fn", "block", "axis", "list")
+BUILTINS = ("range", "len", "min", "max", "int", "float", "residual", "shape")
+ANNOTATIONS = ("scope", "no_fuse", "sparse", "deploy", "name")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_nodes: int = 200_000
+    max_steps: int = 2_000_000
+    max_depth: int = 64
+    max_params: int = 10**11  # parameter elements
+
+
+def _join(scope: str, name: str) -> str:
+    return f"{scope}.{name}" if scope else name
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+class Elaborator:
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.nodes: list[Node] = []
+        self.values: dict[str, TensorType] = {}
+        self.params: dict[str, ParamDecl] = {}
+        self.param_owner: dict[str, Span | None] = {}
+        self.scopes: dict[str, ScopeInfo] = {}
+        self.counters: dict[tuple[str, str], int] = {}
+        self.steps = 0
+        self.depth = 0
+        self.param_elems = 0
+        self.span: Span | None = None  # the statement being elaborated, for limit errors
+
+    # ==== entry ===================================================================================
+    def model(self, env: ModuleEnv, name: str | None, overrides: dict[str, Any]) -> Graph:
+        models = [b for b in env.blocks() if b.kind == "model"]
+        if name is not None:
+            chosen = next((b for b in env.blocks() if b.name == name), None)
+            if chosen is None:
+                raise ArchError(f"{env.file} defines no model or block '{name}'", None,
+                                did_you_mean(name, [b.name for b in env.blocks()]))
+        elif len(models) == 1:
+            chosen = models[0]
+        elif not models:
+            raise ArchError(f"{env.file} defines no model", None,
+                            "declare the entry point with 'model Name(...) (inputs) -> outputs { ... }'")
+        else:
+            raise ArchError(f"{env.file} defines {len(models)} models ({', '.join(m.name for m in models)})",
+                            None, "choose one with --model NAME")
+        template = BlockTemplate(chosen, env)
+        unknown = set(overrides) - {p.name for p in chosen.params}
+        if unknown:
+            bad = sorted(unknown)[0]
+            raise ArchError(f"model '{chosen.name}' has no parameter '{bad}'", chosen.name_span,
+                            did_you_mean(bad, [p.name for p in chosen.params]))
+        fn = self.construct(template, (), overrides, chosen.name_span or chosen.span)
+        frame = self.block_frame(fn, "")
+        ports, outs = self.signature(chosen, env)
+        bindings: dict[str, Size] = {}
+        inputs: list[Tensor] = []
+        for port in ports:
+            t = Pattern(port.type, self.size_lookup(frame), env.axes).fresh(bindings)  # type: ignore[arg-type]
+            tensor = self.new_value(t)
+            inputs.append(tensor)
+            frame.vars[port.name] = tensor
+        for axis, size in bindings.items():
+            frame.vars.setdefault(axis, size.value if size.is_const else size)
+        results = self.run_block(fn, frame, inputs, chosen.span, bindings)
+        return Graph(
+            name=chosen.name,
+            axes=tuple(sorted({a for t in (self.values[i.id] for i in inputs) for s in t.sizes for a in s.atoms()})),
+            model_args={k: _jsonable(v) for k, v in fn.params.items()},
+            inputs=tuple(Port(name=p.name, value=t.id, type=t.type) for p, t in zip(ports, inputs)),
+            outputs=tuple(Port(name=f"out{i}" if len(results) > 1 else "out", value=t.id, type=t.type)
+                          for i, t in enumerate(results)),
+            values=self.values, nodes=tuple(self.nodes), params=self.params, scopes=self.scopes)
+
+    # ==== values ==================================================================================
+    def new_value(self, t: TensorType) -> Tensor:
+        vid = f"%{len(self.values)}"
+        self.values[vid] = t
+        return Tensor(vid, t)
+
+    def tick(self, span: Span | None) -> None:
+        self.steps += 1
+        if self.steps > self.limits.max_steps:
+            raise ArchError(f"elaboration takes more than {self.limits.max_steps} steps "
+                            "(a loop or stack is too large)", span or self.span)
+
+    # ==== blocks ==================================================================================
+    def signature(self, b: A.BlockDef, env: ModuleEnv) -> tuple[tuple[A.Formal, ...], tuple[A.TensorTypeExpr, ...]]:
+        if b.ports is not None:
+            if b.implements:
+                self.interface(b.implements, env, b.span)
+            return b.ports, b.outs or ()
+        iface = self.interface(b.implements or "", env, b.span)
+        return iface.definition.ports, iface.definition.outs
+
+    def interface(self, name: str, env: ModuleEnv, span: Span) -> InterfaceRef:
+        value = env.names.get(name)
+        if not isinstance(value, InterfaceRef):
+            raise ArchError(f"'{name}' is not an interface", span,
+                            did_you_mean(name, [n for n, v in env.names.items() if isinstance(v, InterfaceRef)]))
+        return value
+
+    def construct(self, template: BlockTemplate, args: tuple[Any, ...], kwargs: dict[str, Any],
+                  span: Span | None, base: dict[str, Any] | None = None) -> BlockFn:
+        """Bind a block's parameters: check names and types, fill in defaults."""
+        b = template.definition
+        given = dict(base or {})
+        if len(args) > len(b.params):
+            raise ArchError(f"block '{b.name}' takes {len(b.params)} parameters, got {len(args)} positional",
+                            span)
+        for formal, value in zip(b.params, args):
+            given[formal.name] = value
+        for key, value in kwargs.items():
+            if key not in {p.name for p in b.params}:
+                ports = {p.name for p in (b.ports or ())}
+                hint = (f"'{key}' is an input of '{b.name}': pass tensors positionally" if key in ports
+                        else did_you_mean(key, [p.name for p in b.params]))
+                raise ArchError(f"block '{b.name}' has no parameter '{key}'", span, hint)
+            given[key] = value
+        frame = Frame(module=template.module, scope="", block=b.name)
+        params: dict[str, Any] = {}
+        for formal in b.params:
+            if formal.name in given:
+                value = given[formal.name]
+            elif formal.default is not None:
+                frame.vars.update(params)
+                value = self.eval(formal.default, frame)
+            else:
+                raise ArchError(f"block '{b.name}' needs its parameter '{formal.name}: {type_text(formal.type)}'",
+                                span, notes=[("declared here", formal.span)])
+            params[formal.name] = self.check_param(formal, value, template.module, b, span)
+        return BlockFn(template, params, None, span)
+
+    def check_param(self, formal: A.Formal, value: Any, env: ModuleEnv, b: A.BlockDef, span: Span | None) -> Any:
+        t = formal.type
+        where = f"parameter '{formal.name}' of '{b.name}'"
+        if isinstance(t, A.TensorTypeExpr):
+            raise ArchError(f"{where} has a tensor type; tensors are inputs, declared in the second '(...)'",
+                            formal.span)
+        name = t.name
+        bad = ArchError(f"{where} must be {_article(name)}, got {describe(value)}", span,
+                        notes=[("declared here", formal.span)])
+        if name == "int":
+            if isinstance(value, Size) and value.is_const:
+                value = value.value
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise bad
+        elif name == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad
+            value = float(value)
+        elif name == "bool":
+            if not isinstance(value, bool):
+                raise bad
+        elif name == "str":
+            if not isinstance(value, str):
+                raise bad
+        elif name == "axis":
+            if isinstance(value, bool) or not isinstance(value, (int, Size)):
+                raise bad
+        elif name == "list":
+            if not isinstance(value, tuple):
+                raise bad
+        elif name in ("fn", "block"):
+            value = self.as_callable(value, span)
+            if value is None:
+                raise bad
+        else:
+            iface = env.names.get(name)
+            if not isinstance(iface, InterfaceRef):
+                raise ArchError(f"unknown parameter type '{name}'", t.span,
+                                did_you_mean(name, list(PARAM_TYPES) + [n for n, v in env.names.items()
+                                                                        if isinstance(v, InterfaceRef)]))
+            fn = self.as_callable(value, span)
+            if fn is None:
+                raise bad
+            self.conforms(fn, iface, where, span)
+            value = SlotFn(iface, fn, formal.name, None, span)
+        return value
+
+    def conforms(self, fn: Callable, iface: InterfaceRef, where: str, span: Span | None) -> None:
+        """A block passed for an interface must have its number of inputs and outputs, and
+        implement it (by declaration, or by a signature of the same ranks)."""
+        if not isinstance(fn, BlockFn):
+            return  # ops and pipelines are checked when applied
+        b = fn.template.definition
+        if b.implements == iface.definition.name:
+            return
+        ports, outs = self.signature(b, fn.template.module)
+        i = iface.definition
+        same = len(ports) == len(i.ports) and len(outs) == len(i.outs) and all(
+            _rank_of(p.type) == _rank_of(q.type) for p, q in zip(ports, i.ports)) and all(
+            _rank_of(p) == _rank_of(q) for p, q in zip(outs, i.outs))
+        if not same:
+            raise ArchError(f"{where}: block '{b.name}' does not fit the interface '{i.name}'", span,
+                            f"'{i.name}' is {_formals_text(i.ports)} -> {_outs_text(i.outs)}; "
+                            f"'{b.name}' is {_formals_text(ports)} -> {_outs_text(outs)}",
+                            notes=[("the interface is declared here", i.span)])
+
+    def block_frame(self, fn: BlockFn, scope: str) -> Frame:
+        return Frame(module=fn.template.module, scope=scope, vars=dict(fn.params), block=fn.template.definition.name)
+
+    def apply_block(self, fn: BlockFn, inputs: list[Tensor], span: Span | None, scope: str) -> list[Tensor]:
+        b = fn.template.definition
+        ports, _ = self.signature(b, fn.template.module)
+        if len(inputs) != len(ports):
+            raise ArchError(f"block '{b.name}' takes {len(ports)} input{'s' if len(ports) != 1 else ''} "
+                            f"{_formals_text(ports)}, got {len(inputs)}", span)
+        frame = self.block_frame(fn, scope)
+        bindings: dict[str, Size] = {}
+        stars: dict[str, Any] = {}
+        matched = []
+        for port, t in zip(ports, inputs):
+            pattern = Pattern(port.type, self.size_lookup(frame), fn.template.module.axes)  # type: ignore[arg-type]
+            relabelled = pattern.match(t.type, bindings, stars, f"input '{port.name}' of '{b.name}'", span)
+            matched.append(Tensor(t.id, relabelled))
+        for axis, size in bindings.items():
+            frame.vars.setdefault(axis, size.value if size.is_const else size)
+        for port, t in zip(ports, matched):
+            frame.vars[port.name] = t
+        self.record_scope(scope, b.name, fn.params, b.span)
+        return self.run_block(fn, frame, matched, span, bindings, stars)
+
+    def run_block(self, fn: BlockFn, frame: Frame, inputs: list[Tensor], span: Span | None,
+                  bindings: dict[str, Size], stars: dict[str, Any] | None = None) -> list[Tensor]:
+        b = fn.template.definition
+        self.depth += 1
+        if self.depth > self.limits.max_depth:
+            raise ArchError(f"blocks nest more than {self.limits.max_depth} deep (is '{b.name}' recursive?)", span)
+        try:
+            frame.annotations = b.annotations
+            result = self.exec_body(b.body, frame)
+        finally:
+            self.depth -= 1
+        if result is None:
+            raise ArchError(f"block '{b.name}' does not return a value", b.name_span or b.span)
+        values, ret_span = result
+        _, outs = self.signature(b, fn.template.module)
+        if len(values) != len(outs):
+            raise ArchError(f"block '{b.name}' returns {len(values)} value{'s' if len(values) != 1 else ''}, "
+                            f"its signature says {len(outs)}", ret_span)
+        checked = []
+        for i, (v, out) in enumerate(zip(values, outs)):
+            if not isinstance(v, Tensor):
+                raise ArchError(f"block '{b.name}' must return tensors, got {describe(v)}", ret_span)
+            pattern = Pattern(out, self.size_lookup(frame), fn.template.module.axes)
+            what = f"block '{b.name}' returns" + (f" (output {i + 1})" if len(outs) > 1 else "")
+            relabelled = pattern.match(v.type, bindings, stars if stars is not None else {}, what, ret_span)
+            self.values[v.id] = relabelled
+            checked.append(Tensor(v.id, relabelled))
+        return checked
+
+    def record_scope(self, scope: str, kind: str, args: dict[str, Any], span: Span | None) -> None:
+        if scope and scope not in self.scopes:
+            self.scopes[scope] = ScopeInfo(path=scope, kind=kind, args={k: _jsonable(v) for k, v in args.items()},
+                                           span=SpanModel.of(span))
+
+    # ==== statements ==============================================================================
+    def exec_body(self, stmts: tuple[A.Stmt, ...], frame: Frame) -> tuple[list[Any], Span] | None:
+        for i, s in enumerate(stmts):
+            result = self.exec_stmt(s, frame)
+            if result is not None:
+                if i + 1 < len(stmts):
+                    raise ArchError("statement after 'return' is never reached", stmts[i + 1].span)
+                return result
+        return None
+
+    def exec_stmt(self, s: A.Stmt, frame: Frame) -> tuple[list[Any], Span] | None:
+        self.tick(s.span)
+        self.span = s.span
+        saved = (frame.annotations, frame.forced_scope)
+        for a in s.annotations:
+            if a.name not in ANNOTATIONS:
+                raise ArchError(f"unknown annotation '@{a.name}'", a.span, did_you_mean(a.name, ANNOTATIONS))
+            if a.name == "scope":
+                path = self.eval(a.args[0], frame) if len(a.args) == 1 else None
+                if not isinstance(path, str):
+                    raise ArchError("@scope takes one string, the scope path", a.span)
+                frame.forced_scope = path
+        frame.annotations = frame.annotations + tuple(a for a in s.annotations if a.name != "scope")
+        try:
+            return self._exec(s, frame)
+        finally:
+            frame.annotations, frame.forced_scope = saved
+
+    def _exec(self, s: A.Stmt, frame: Frame) -> tuple[list[Any], Span] | None:
+        if isinstance(s, A.Assign):
+            value = self.eval(s.value, frame)
+            if len(s.targets) == 1:
+                self.bind(s.targets[0], value, frame, s.span)
+                return None
+            items = value if isinstance(value, tuple) else None
+            if items is None or len(items) != len(s.targets):
+                got = f"{len(items)} values" if items is not None else describe(value)
+                raise ArchError(f"cannot unpack {got} into {len(s.targets)} names", s.span)
+            for target, item in zip(s.targets, items):
+                self.bind(target, item, frame, s.span)
+            return None
+        if isinstance(s, A.Return):
+            values: list[Any] = []
+            for v in s.values:
+                value = self.eval(v, frame)
+                values.extend(value if isinstance(value, tuple) and len(s.values) == 1 else [value])
+            return values, s.span
+        if isinstance(s, A.If):
+            for cond, body in s.branches:
+                c = self.eval(cond, frame)
+                if not isinstance(c, bool):
+                    raise ArchError(f"an 'if' condition must be a compile-time bool, got {describe(c)}", cond.span)
+                if c:
+                    return self.exec_body(body, frame)
+            return self.exec_body(s.orelse, frame) if s.orelse is not None else None
+        if isinstance(s, A.For):
+            seq = self.eval(s.iter, frame)
+            if not isinstance(seq, tuple):
+                raise ArchError(f"'for' needs a list or range(...), got {describe(seq)}", s.iter.span)
+            outer_loop = frame.loop
+            for i, item in enumerate(seq):
+                frame.vars[s.var] = item
+                frame.loop = outer_loop + (i,)
+                try:
+                    result = self.exec_body(s.body, frame)
+                finally:
+                    frame.loop = outer_loop
+                if result is not None:
+                    return result
+            return None
+        raise AssertionError(s)
+
+    def bind(self, name: str, value: Any, frame: Frame, span: Span) -> None:
+        if name in registry.names() or name in BUILTINS:
+            raise ArchError(f"'{name}' names a built-in op; choose another name", span)
+        if isinstance(value, BlockTemplate):
+            value = self.construct(value, (), {}, span)
+        if isinstance(value, CALLABLES) and value.scope is None:
+            path = ".".join([name] + [str(i) for i in frame.loop])
+            if path in frame.instances:
+                raise ArchError(f"the instance name '{name}' is already used in '{frame.block}'", span,
+                                "each named instance is one set of weights; pick another name")
+            frame.instances.add(path)
+            value = named(value, _join(frame.scope, path))
+        frame.vars[name] = value
+
+    # ==== expressions =============================================================================
+    def lookup(self, name: str, frame: Frame, span: Span) -> Any:
+        if name in frame.vars:
+            return frame.vars[name]
+        env = frame.module
+        if name in env.names:
+            value = env.names[name]
+            if isinstance(value, LazyLet):
+                return self.let_value(value, env)
+            return value
+        if registry.has(name):
+            return OpFn(registry.get(name), {}, (), None, span)
+        if name in BUILTINS:
+            return Builtin(name)
+        if name in env.axes:
+            raise ArchError(f"axis '{name}' has no size here", span,
+                            "an axis gets its size from an input type of the block that uses it")
+        candidates = list(frame.vars) + list(env.names) + registry.names() + list(BUILTINS)
+        raise ArchError(f"unknown name '{name}'", span, did_you_mean(name, candidates))
+
+    def let_value(self, let: LazyLet, env: ModuleEnv) -> Any:
+        if let.state == "running":
+            raise ArchError(f"'let {let.definition.name}' refers to itself", let.definition.span)
+        if let.state == "new":
+            let.state = "running"
+            let.value = self.eval(let.definition.value, Frame(module=env, scope=""))
+            if isinstance(let.value, (Tensor,) + CALLABLES):
+                raise ArchError("a 'let' must be a compile-time constant", let.definition.span)
+            let.state = "done"
+        return let.value
+
+    def size_lookup(self, frame: Frame) -> Any:
+        def look(name: str) -> Any:
+            value = frame.vars.get(name)
+            if value is None and name in frame.module.names and isinstance(frame.module.names[name], LazyLet):
+                value = self.let_value(frame.module.names[name], frame.module)
+            return value if isinstance(value, (int, Size)) and not isinstance(value, bool) else None
+        return look
+
+    def eval(self, e: A.Expr, frame: Frame) -> Any:
+        self.tick(e.span)
+        if isinstance(e, A.Name):
+            return self.lookup(e.id, frame, e.span)
+        if isinstance(e, A.Const):
+            return e.value
+        if isinstance(e, (A.TupleExpr, A.ListExpr)):
+            return tuple(self.eval(i, frame) for i in e.items)
+        if isinstance(e, A.BinOp):
+            return self.binop(e, frame)
+        if isinstance(e, A.UnaryOp):
+            v = self.eval(e.operand, frame)
+            if e.op == "not":
+                if not isinstance(v, bool):
+                    raise ArchError(f"'not' needs a bool, got {describe(v)}", e.span)
+                return not v
+            if isinstance(v, Tensor):
+                return self.apply_op("mul", [v], {"other": -1.0}, frame, e.span)
+            if isinstance(v, (int, float, Size)) and not isinstance(v, bool):
+                return -v
+            raise ArchError(f"cannot negate {describe(v)}", e.span)
+        if isinstance(e, A.Call):
+            return self.call(e, frame)
+        if isinstance(e, A.Pipeline):
+            return self.pipeline(e, frame)
+        if isinstance(e, A.GetAttr):
+            obj = self.eval(e.obj, frame)
+            if isinstance(obj, ModuleRef):
+                if e.name not in obj.module.names:
+                    raise ArchError(f"the module has no '{e.name}'", e.span, did_you_mean(e.name, obj.module.names))
+                value = obj.module.names[e.name]
+                return self.let_value(value, obj.module) if isinstance(value, LazyLet) else value
+            raise ArchError(f"{describe(obj)} has no attribute '{e.name}'", e.span)
+        if isinstance(e, A.Index):
+            return self.index(e, frame)
+        if isinstance(e, A.Stack):
+            return self.stack(e, frame)
+        if isinstance(e, (A.SliceExpr, A.EllipsisExpr)):
+            raise ArchError("a slice is only allowed inside [...]", e.span)
+        raise AssertionError(e)
+
+    def binop(self, e: A.BinOp, frame: Frame) -> Any:
+        if e.op in ("and", "or"):
+            a = self.eval(e.left, frame)
+            if not isinstance(a, bool):
+                raise ArchError(f"'{e.op}' needs bools, got {describe(a)}", e.left.span)
+            if (e.op == "and" and not a) or (e.op == "or" and a):
+                return a
+            b = self.eval(e.right, frame)
+            if not isinstance(b, bool):
+                raise ArchError(f"'{e.op}' needs bools, got {describe(b)}", e.right.span)
+            return b
+        a, b = self.eval(e.left, frame), self.eval(e.right, frame)
+        if isinstance(a, Tensor) or isinstance(b, Tensor):
+            return self.tensor_binop(e, a, b, frame)
+        if e.op in ("==", "!="):
+            eq = _plain(a) == _plain(b)
+            return eq if e.op == "==" else not eq
+        if e.op in ("<", "<=", ">", ">="):
+            a, b = _plain(a), _plain(b)
+            if not _is_num(a) or not _is_num(b):
+                raise ArchError(f"cannot compare {describe(a)} and {describe(b)}", e.span)
+            return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[e.op]
+        return self.arith(e, a, b)
+
+    def arith(self, e: A.BinOp, a: Any, b: Any) -> Any:
+        if e.op == "+" and isinstance(a, str) and isinstance(b, str):
+            if len(a) + len(b) > 10_000:
+                raise ArchError("string is too long", e.span)
+            return a + b
+        if e.op == "+" and isinstance(a, tuple) and isinstance(b, tuple):
+            if len(a) + len(b) > 100_000:
+                raise ArchError("list is too long", e.span)
+            return a + b
+        if not (_is_num(a) or isinstance(a, Size)) or not (_is_num(b) or isinstance(b, Size)):
+            raise ArchError(f"cannot apply '{e.op}' to {describe(a)} and {describe(b)}", e.span)
+        try:
+            if isinstance(a, Size) or isinstance(b, Size):
+                if isinstance(a, float) or isinstance(b, float):
+                    raise ArchError(f"cannot mix the symbolic size '{a if isinstance(a, Size) else b}' "
+                                    "with a float", e.span)
+                out = _size_op(e.op, Size.of(a), Size.of(b))
+                return out.value if out.is_const and out.terms.get((), 0) == int(out.terms.get((), 0)) and \
+                    out.is_const else out
+            if isinstance(a, int) and isinstance(b, int):
+                return _int_op(e.op, a, b)
+            return _float_op(e.op, float(a), float(b))
+        except SizeError as err:
+            raise ArchError(str(err), e.span) from None
+        except ZeroDivisionError:
+            raise ArchError("division by zero", e.span) from None
+        except _IntError as err:
+            raise ArchError(str(err), e.span) from None
+
+    def tensor_binop(self, e: A.BinOp, a: Any, b: Any, frame: Frame) -> Tensor:
+        ops = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+        if e.op not in ops:
+            raise ArchError(f"'{e.op}' is not defined on tensors", e.span,
+                            "tensors support + - * /; comparisons are for compile-time values")
+        if isinstance(a, Tensor) and isinstance(b, Tensor):
+            return self.apply_op(ops[e.op], [a, b], {}, frame, e.span)
+        tensor, scalar, swap = (a, b, False) if isinstance(a, Tensor) else (b, a, True)
+        if isinstance(scalar, Size) and scalar.is_const:
+            scalar = scalar.value
+        if isinstance(scalar, bool) or not isinstance(scalar, (int, float)):
+            raise ArchError(f"cannot apply '{e.op}' to a tensor and {describe(scalar)}", e.span)
+        if e.op == "-" and not swap:
+            return self.apply_op("add", [tensor], {"other": -float(scalar)}, frame, e.span)
+        if e.op == "/" and not swap:
+            return self.apply_op("mul", [tensor], {"other": 1.0 / float(scalar)}, frame, e.span) if scalar \
+                else _raise(ArchError("division by zero", e.span))
+        swap = swap and e.op in ("-", "/")
+        return self.apply_op(ops[e.op], [tensor], {"other": float(scalar), "swap": swap}, frame, e.span)
+
+    def index(self, e: A.Index, frame: Frame) -> Any:
+        obj = self.eval(e.obj, frame)
+        if isinstance(obj, tuple):
+            if len(e.subs) != 1:
+                raise ArchError("a list takes one index", e.span)
+            i = self.eval(e.subs[0], frame)
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise ArchError(f"a list index must be an int, got {describe(i)}", e.subs[0].span)
+            if not -len(obj) <= i < len(obj):
+                raise ArchError(f"index {i} is out of range for a list of {len(obj)}", e.subs[0].span)
+            return obj[i]
+        if not isinstance(obj, Tensor):
+            raise ArchError(f"cannot index {describe(obj)}", e.span)
+        rank = obj.type.rank
+        subs = list(e.subs)
+        ell = [i for i, s in enumerate(subs) if isinstance(s, A.EllipsisExpr)]
+        if len(ell) > 1:
+            raise ArchError("'...' may appear once in an index", subs[ell[1]].span)
+        n_real = len(subs) - len(ell)
+        if n_real > rank:
+            raise ArchError(f"too many indices ({n_real}) for {obj.type}", e.span)
+        if ell:
+            k = ell[0]
+            subs = subs[:k] + [A.SliceExpr(None, None, subs[k].span)] * (rank - n_real) + subs[k + 1:]
+        out, dim = obj, 0
+        for s in subs:
+            if isinstance(s, A.SliceExpr):
+                lo = self.eval(s.lo, frame) if s.lo else None
+                hi = self.eval(s.hi, frame) if s.hi else None
+                if lo is not None or hi is not None:
+                    out = self.apply_op("slice", [out], {"dim": dim, "start": lo or 0, "end": hi}, frame, s.span)
+                dim += 1
+            else:
+                i = self.eval(s, frame)
+                if isinstance(i, bool) or not isinstance(i, int):
+                    raise ArchError(f"a tensor index must be an int or a slice, got {describe(i)}", s.span)
+                out = self.apply_op("select", [out], {"dim": dim, "index": i}, frame, s.span)
+        return out
+
+    def stack(self, e: A.Stack, frame: Frame) -> StackFn:
+        args = [self.eval(a, frame) for a in e.args]
+        kwargs = {k.name: self.eval(k.value, frame) for k in e.kwargs}
+        bad = set(kwargs) - {"connect", "depth"}
+        if bad:
+            raise ArchError(f"stack() has no argument '{sorted(bad)[0]}'", e.span, "stack(depth, connect=...)")
+        if "depth" in kwargs:
+            args = [kwargs.pop("depth")] + args
+        if len(args) != 1 or isinstance(args[0], bool) or not isinstance(args[0], int):
+            raise ArchError("stack() takes its depth, a compile-time int", e.span)
+        depth = args[0]
+        if depth < 0 or depth > self.limits.max_nodes:
+            raise ArchError(f"stack depth {depth} is out of range", e.span)
+        connect = kwargs.get("connect")
+        if connect is not None:
+            raise ArchError("connection policies on a stack ('connect=') are not available yet", e.kwargs[0].span,
+                            "write the residual connections inside the block for now")
+        return StackFn(depth, e.var, e.body, frame, connect, None, e.span)
+
+    def pipeline(self, e: A.Pipeline, frame: Frame) -> Any:
+        first = self.eval(e.stages[0], frame)
+        if isinstance(first, Tensor) or (isinstance(first, tuple) and first and
+                                         all(isinstance(t, Tensor) for t in first)):
+            value = first
+            for stage in e.stages[1:]:
+                fn = self.as_callable(self.eval(stage, frame), stage.span)
+                if fn is None:
+                    raise ArchError(f"a pipeline stage must be callable, got {describe(self.eval(stage, frame))}",
+                                    stage.span)
+                value = self.apply(fn, list(value) if isinstance(value, tuple) else [value], frame, stage.span)
+            return value
+        stages = []
+        for stage_expr, stage in zip(e.stages, [first] + [self.eval(s, frame) for s in e.stages[1:]]):
+            fn = self.as_callable(stage, stage_expr.span)
+            if fn is None:
+                raise ArchError(f"a pipeline stage must be callable, got {describe(stage)}", stage_expr.span)
+            stages.append(fn)
+        return PipeFn(tuple(stages), None, e.span)
+
+    def as_callable(self, value: Any, span: Span | None) -> Callable | None:
+        if isinstance(value, CALLABLES):
+            return value  # type: ignore[return-value]
+        if isinstance(value, BlockTemplate):
+            return self.construct(value, (), {}, span)
+        if isinstance(value, Builtin) and value.name == "residual":
+            return None
+        return None
+
+    # ==== calls ===================================================================================
+    def call(self, e: A.Call, frame: Frame) -> Any:
+        func = self.eval(e.func, frame)
+        args = [self.eval(a, frame) for a in e.args]
+        kwargs = {k.name: self.eval(k.value, frame) for k in e.kwargs}
+        if isinstance(func, Builtin):
+            return self.builtin(func.name, args, kwargs, frame, e)
+        n_tensors = 0
+        while n_tensors < len(args) and isinstance(args[n_tensors], Tensor):
+            n_tensors += 1
+        tensors, rest = args[:n_tensors], args[n_tensors:]
+        for a, expr in zip(rest, e.args[n_tensors:]):
+            if isinstance(a, Tensor):
+                raise ArchError("tensor inputs come before the other arguments", expr.span)
+        if isinstance(func, BlockTemplate):
+            fn: Any = self.construct(func, tuple(rest), kwargs, e.span)
+            return self.apply(fn, tensors, frame, e.span) if tensors else fn
+        if isinstance(func, OpFn):
+            return self.call_op(func, tensors, rest, kwargs, frame, e)
+        if isinstance(func, BlockFn) and (rest or kwargs):
+            fn = self.construct(func.template, tuple(rest), kwargs, e.span, base=func.params)
+            return self.apply(fn, tensors, frame, e.span) if tensors else fn
+        if isinstance(func, CALLABLES):
+            if rest or kwargs:
+                raise ArchError(f"{describe(func)} takes only tensor inputs here", e.span)
+            if not tensors:
+                return func
+            return self.apply(func, tensors, frame, e.span)  # type: ignore[arg-type]
+        if isinstance(func, InterfaceRef):
+            raise ArchError(f"the interface '{func.definition.name}' cannot be called",
+                            e.func.span, "pass a block that implements it as a parameter")
+        raise ArchError(f"{describe(func)} is not callable", e.func.span)
+
+    def call_op(self, fn: OpFn, tensors: list[Tensor], rest: list[Any], kwargs: dict[str, Any],
+                frame: Frame, e: A.Call) -> Any:
+        op = fn.op
+        names = [n for n in op.attr_names() if n not in fn.kwargs and n != getattr(op, "kwargs_field", None)]
+        if len(rest) > len(names):
+            raise ArchError(f"{op.name}() takes at most {len(names)} argument{'s' if len(names) != 1 else ''} "
+                            f"besides its tensor inputs ({', '.join(names) or 'none'}), got {len(rest)}", e.span)
+        attrs = dict(fn.kwargs)
+        attrs.update(zip(names, rest))
+        extra_field = getattr(op, "kwargs_field", None)
+        for key, value in kwargs.items():
+            if key in op.attr_names() and key != extra_field:
+                attrs[key] = value
+            elif extra_field:
+                attrs.setdefault(extra_field, {})
+                attrs[extra_field] = {**attrs[extra_field], key: value}
+            else:
+                raise ArchError(f"{op.name}() has no argument '{key}'", _kw_span(e, key),
+                                did_you_mean(key, op.attr_names()))
+        bound = fn.bound + tuple(tensors)
+        new = replace(fn, kwargs=attrs, bound=bound, span=e.span, scope=None if not fn.scope else fn.scope)
+        self.check_attrs(op, attrs, e.span)
+        if tensors or op.min_inputs == 0:
+            return self.apply(replace(new, bound=()), list(bound), frame, e.span)
+        return new
+
+    def check_attrs(self, op: Op, attrs: dict[str, Any], span: Span) -> None:
+        try:
+            op.make_attrs({k: _plain(v) for k, v in attrs.items()}) if _all_given(op, attrs) else None
+        except OpError as err:
+            raise ArchError(err.message, span, err.hint) from None
+
+    def builtin(self, name: str, args: list[Any], kwargs: dict[str, Any], frame: Frame, e: A.Call) -> Any:
+        if kwargs:
+            raise ArchError(f"{name}() takes no keyword arguments", e.span)
+        nums = [_plain(a) for a in args]
+        if name == "range":
+            if not 1 <= len(nums) <= 3 or not all(isinstance(n, int) and not isinstance(n, bool) for n in nums):
+                raise ArchError("range() takes one to three ints", e.span)
+            r = range(*nums)
+            if len(r) > self.limits.max_steps:
+                raise ArchError(f"range() of {len(r)} items exceeds the expansion limit", e.span)
+            return tuple(r)
+        if name == "len":
+            if len(args) != 1 or not isinstance(args[0], tuple):
+                raise ArchError("len() takes one list", e.span)
+            return len(args[0])
+        if name in ("min", "max"):
+            if not nums or not all(_is_num(n) for n in nums):
+                raise ArchError(f"{name}() takes numbers", e.span)
+            return (min if name == "min" else max)(nums)
+        if name in ("int", "float"):
+            if len(nums) != 1 or not _is_num(nums[0]):
+                raise ArchError(f"{name}() takes one number", e.span)
+            return int(nums[0]) if name == "int" else float(nums[0])
+        if name == "shape":
+            if len(args) != 2 or not isinstance(args[0], Tensor) or not isinstance(nums[1], int):
+                raise ArchError("shape() takes a tensor and an axis index", e.span)
+            t = args[0].type
+            if not -t.rank <= nums[1] < t.rank:
+                raise ArchError(f"axis {nums[1]} is out of range for {t}", e.span)
+            s = t.sizes[nums[1]]
+            return s.value if s.is_const else s
+        if name == "residual":
+            fn = self.as_callable(args[-1], e.span) if args else None
+            if fn is None or not 1 <= len(args) <= 2:
+                raise ArchError("residual() takes a callable, optionally after its tensor input: "
+                                "residual(x, f) or residual(f)", e.span)
+            res = ResidualFn(fn, None, e.span)
+            if len(args) == 2:
+                if not isinstance(args[0], Tensor):
+                    raise ArchError(f"residual(x, f) needs a tensor x, got {describe(args[0])}", e.span)
+                return self.apply(res, [args[0]], frame, e.span)
+            return res
+        raise AssertionError(name)
+
+    # ==== application =============================================================================
+    def apply(self, fn: Callable, inputs: list[Tensor], frame: Frame, span: Span | None,
+              prefix: str | None = None) -> Any:
+        """Apply a callable to tensors. Anonymous instances are named under `prefix`."""
+        self.tick(span)
+        prefix = frame.scope if prefix is None else prefix
+        if isinstance(fn, OpFn):
+            return self.apply_op_fn(fn, inputs, frame, span, prefix)
+        if isinstance(fn, BlockFn):
+            scope = fn.scope or self.fresh(prefix, _snake(fn.template.definition.name))
+            outs = self.apply_block(fn, inputs, span, scope)
+            return outs[0] if len(outs) == 1 else tuple(outs)
+        if isinstance(fn, PipeFn):
+            inner = fn.scope if fn.scope is not None else prefix
+            value: Any = inputs
+            for stage in fn.stages:
+                value = self.apply(stage, list(value) if isinstance(value, (tuple, list)) else [value],
+                                   frame, span, inner)
+            return value
+        if isinstance(fn, StackFn):
+            scope = fn.scope or self.fresh(prefix, "stack")
+            self.record_scope(scope, "stack", {"depth": fn.count}, fn.span)
+            value = inputs
+            for i in range(fn.count):
+                layer = self.stack_layer(fn, i, span)
+                value = self.apply(named(layer, _join(scope, str(i))), list(value) if isinstance(value, (tuple, list))
+                                   else [value], frame, span, scope)
+            return value if not isinstance(value, list) else (value[0] if len(value) == 1 else tuple(value))
+        if isinstance(fn, SlotFn):
+            return self.apply_slot(fn, inputs, frame, span, prefix)
+        if isinstance(fn, ResidualFn):
+            if len(inputs) != 1:
+                raise ArchError("residual() takes one tensor", span)
+            inner = fn.scope if fn.scope is not None else prefix
+            branch = self.apply(fn.inner, inputs, frame, span, inner)
+            if not isinstance(branch, Tensor):
+                raise ArchError("the branch of residual() must return one tensor", span)
+            if branch.type.sizes != inputs[0].type.sizes:
+                raise ArchError(f"residual(): the branch changes the shape from {inputs[0].type} to {branch.type}",
+                                span)
+            return self.apply_op("add", [inputs[0], branch], {}, frame, span)
+        raise AssertionError(fn)
+
+    def stack_layer(self, fn: StackFn, i: int, span: Span | None) -> Callable:
+        frame = fn.frame
+        saved = frame.vars.get(fn.var) if fn.var else None
+        if fn.var:
+            frame.vars[fn.var] = i
+        try:
+            layer = self.as_callable(self.eval(fn.body, frame), fn.body.span)
+        finally:
+            if fn.var:
+                if saved is None:
+                    frame.vars.pop(fn.var, None)
+                else:
+                    frame.vars[fn.var] = saved
+        if layer is None:
+            raise ArchError("the body of stack() must be a block or a callable", fn.body.span)
+        return layer
+
+    def apply_slot(self, fn: SlotFn, inputs: list[Tensor], frame: Frame, span: Span | None, prefix: str) -> Any:
+        i = fn.interface.definition
+        env = fn.interface.module
+        look = self.size_lookup(Frame(module=env, scope=""))
+        bindings: dict[str, Size] = {}
+        stars: dict[str, Any] = {}
+        if len(inputs) != len(i.ports):
+            raise ArchError(f"the slot '{fn.param}' ({i.name}) takes {len(i.ports)} inputs, got {len(inputs)}", span)
+        for port, t in zip(i.ports, inputs):
+            Pattern(port.type, look, env.axes).match(t.type, bindings, stars,  # type: ignore[arg-type]
+                                                     f"input of the slot '{fn.param}: {i.name}'", span)
+        inner = fn.inner if fn.inner.scope is not None or fn.scope is None else named(fn.inner, fn.scope)
+        out = self.apply(inner, inputs, frame, span, prefix)
+        outs = list(out) if isinstance(out, tuple) else [out]
+        if len(outs) != len(i.outs):
+            raise ArchError(f"the block in slot '{fn.param}' returns {len(outs)} values; {i.name} needs {len(i.outs)}",
+                            span)
+        for o, t in zip(i.outs, outs):
+            Pattern(o, look, env.axes).match(t.type, bindings, stars,
+                                             f"the block in slot '{fn.param}: {i.name}' returns", fn.span or span)
+        return out
+
+    def fresh(self, prefix: str, base: str) -> str:
+        key = (prefix, base)
+        n = self.counters.get(key, 0)
+        self.counters[key] = n + 1
+        return _join(prefix, base if n == 0 else f"{base}_{n}")
+
+    def apply_op(self, name: str, inputs: list[Tensor], attrs: dict[str, Any], frame: Frame,
+                 span: Span | None) -> Any:
+        return self.apply_op_fn(OpFn(registry.get(name), attrs, (), None, span), inputs, frame, span, frame.scope)
+
+    def apply_op_fn(self, fn: OpFn, inputs: list[Tensor], frame: Frame, span: Span | None, prefix: str) -> Any:
+        op = fn.op
+        ins = list(inputs) + list(fn.bound)
+        n = len(ins)
+        if n < op.min_inputs or (op.max_inputs is not None and n > op.max_inputs):
+            want = (f"{op.min_inputs}" if op.max_inputs == op.min_inputs else
+                    f"{op.min_inputs} or more" if op.max_inputs is None else f"{op.min_inputs} to {op.max_inputs}")
+            raise ArchError(f"{op.name}() takes {want} tensor input{'s' if want != '1' else ''}, got {n}",
+                            span or fn.span)
+        try:
+            attrs = op.make_attrs({k: _plain(v) for k, v in fn.kwargs.items()})
+            types = [t.type for t in ins]
+            outs = op.infer(attrs, types)
+            specs = op.params(attrs, types)
+        except OpError as err:
+            raise ArchError(err.message, span or fn.span, err.hint) from None
+        except SizeError as err:
+            raise ArchError(f"{op.name}: {err}", span or fn.span) from None
+        if specs:
+            scope = frame.forced_scope or fn.scope or self.fresh(prefix, op.name)
+            if not frame.forced_scope:
+                self.record_scope(scope, op.name, attrs.model_dump(), fn.span)
+        else:
+            scope = frame.forced_scope if frame.forced_scope is not None else prefix
+        params = {role: self.declare(_join(scope, role) if role else scope, spec, span)
+                  for role, spec in specs.items()}
+        results = [self.new_value(t) for t in outs]
+        node = Node(op=op.name, inputs=tuple(t.id for t in ins), outputs=tuple(r.id for r in results),
+                    attrs=attrs.model_dump(mode="json"), params=params, scope=scope, span=SpanModel.of(span),
+                    annotations=tuple(self.annotation(a, frame) for a in frame.annotations))
+        self.nodes.append(node)
+        if len(self.nodes) > self.limits.max_nodes:
+            raise ArchError(f"the model expands to more than {self.limits.max_nodes} ops", self.span or span,
+                            "a stack or loop is too deep; the limit is set by --max-nodes")
+        return results[0] if len(results) == 1 and op.name not in ("split", "chunk", "unbind") else tuple(results)
+
+    def declare(self, name: str, spec: Any, span: Span | None) -> str:
+        decl = ParamDecl(name=name, shape=spec.shape, dtype=spec.dtype, init=spec.init, trainable=spec.trainable)
+        old = self.params.get(name)
+        if old is not None:
+            if old.shape != decl.shape:
+                raise ArchError(f"the shared instance '{name.rsplit('.', 1)[0]}' is applied to inputs of "
+                                f"different sizes: '{name}' is {list(old.shape)} here and {list(decl.shape)} now",
+                                span, notes=[("first applied here", self.param_owner.get(name))])
+            return name
+        self.param_elems += decl.numel
+        if self.param_elems > self.limits.max_params:
+            raise ArchError(f"the model has more than {self.limits.max_params} parameters", span)
+        self.params[name] = decl
+        self.param_owner[name] = span
+        return name
+
+    def annotation(self, a: A.Annotation, frame: Frame) -> AnnotationIR:
+        args = tuple(_jsonable(self.eval(x, frame)) for x in a.args)
+        kwargs = {k.name: _jsonable(self.eval(k.value, frame)) for k in a.kwargs}
+        return AnnotationIR(name=a.name, args=args, kwargs=kwargs)
+
+
+# ==== helpers =====================================================================================
+class _IntError(Exception):
+    pass
+
+
+def _raise(err: Exception) -> Any:
+    raise err
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Size) and v.is_const:
+        return v.value
+    if isinstance(v, tuple):
+        return tuple(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _all_given(op: Op, attrs: dict[str, Any]) -> bool:
+    required = [n for n, f in op.Attrs.model_fields.items() if f.is_required()]
+    return all(n in attrs for n in required)
+
+
+def _int_op(op: str, a: int, b: int) -> int | float:
+    if op == "+":
+        out = a + b
+    elif op == "-":
+        out = a - b
+    elif op == "*":
+        out = a * b
+    elif op == "/":
+        if b == 0:
+            raise ZeroDivisionError
+        if a % b:
+            raise _IntError(f"{a} / {b} is not a whole number (use // to round down, or a float)")
+        out = a // b
+    elif op == "//":
+        out = a // b
+    elif op == "%":
+        out = a % b
+    elif op == "**":
+        if b < 0:
+            return float(a) ** b
+        if a not in (0, 1, -1) and b * math.log2(abs(a)) > 62:
+            raise _IntError(f"{a} ** {b} is too large")
+        out = a ** b
+    else:
+        raise AssertionError(op)
+    if abs(out) > MAX_INT:
+        raise _IntError(f"integer {'overflow' if abs(out) > MAX_INT else ''} in {a} {op} {b}")
+    return out
+
+
+def _float_op(op: str, a: float, b: float) -> float:
+    try:
+        if op == "%":
+            return a % b
+        if op == "//":
+            return float(a // b)
+        if op == "**":
+            return float(a ** b)
+        return {"+": a + b, "-": a - b, "*": a * b}[op] if op != "/" else a / b
+    except OverflowError:
+        raise _IntError(f"float overflow in {a} {op} {b}") from None
+
+
+def _size_op(op: str, a: Size, b: Size) -> Size:
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    if op == "/":
+        return a / b
+    if op == "//":
+        return a // b
+    raise SizeError(f"'{op}' is not defined on symbolic sizes")
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Size):
+        return v.to_json()
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, SlotFn):
+        return _jsonable(v.inner)
+    if isinstance(v, BlockFn):
+        return v.template.definition.name
+    if isinstance(v, OpFn):
+        return v.op.name
+    return describe(v)
+
+
+def _article(type_name: str) -> str:
+    return {"int": "an int", "float": "a float", "bool": "a bool", "str": "a string", "fn": "a callable",
+            "block": "a block", "axis": "an axis size", "list": "a list"}.get(type_name, f"a '{type_name}'")
+
+
+def _rank_of(t: Any) -> tuple[int, bool] | None:
+    if isinstance(t, A.TensorTypeExpr):
+        return (sum(1 for d in t.dims if not isinstance(d, A.Star)), any(isinstance(d, A.Star) for d in t.dims))
+    return None
+
+
+def _formals_text(ports: Iterable[A.Formal]) -> str:
+    return "(" + ", ".join(f"{p.name}: {type_text(p.type)}" for p in ports) + ")"
+
+
+def _outs_text(outs: Iterable[A.TensorTypeExpr]) -> str:
+    outs = list(outs)
+    return type_text(outs[0]) if len(outs) == 1 else "(" + ", ".join(type_text(o) for o in outs) + ")"
+
+
+def _kw_span(e: A.Call, key: str) -> Span:
+    return next((k.span for k in e.kwargs if k.name == key), e.span)
+
+
+# ==== public entry points =========================================================================
+def elaborate_file(path: str | Path, model: str | None = None, overrides: dict[str, Any] | None = None,
+                   includes: list[Path] | None = None, limits: Limits | None = None) -> Graph:
+    loader = Loader(includes)
+    env = loader.load_path(Path(path))
+    return Elaborator(limits).model(env, model, overrides or {})
+
+
+def elaborate_text(text: str, file: str = "<string>", model: str | None = None,
+                   overrides: dict[str, Any] | None = None, includes: list[Path] | None = None,
+                   limits: Limits | None = None, folder: Path | None = None) -> Graph:
+    loader = Loader(includes)
+    env = loader.load_text(text, file, folder)
+    return Elaborator(limits).model(env, model, overrides or {})
+
+
+__all__ = ["Elaborator", "Limits", "elaborate_file", "elaborate_text", "expr_text"]

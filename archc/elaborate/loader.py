@@ -1,0 +1,147 @@
+"""Loading `.arch` files and their imports into module environments.
+
+Imports resolve against the importing file's folder, then the standard library (`specs/`), then
+the folders the user allows (`--include`). A path that resolves outside all of those is refused,
+so a spec from a stranger can read nothing else on the machine. Import cycles are errors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from archc import resources
+from archc.elaborate.values import BlockTemplate, InterfaceRef, ModuleRef
+from archc.errors import ArchError, Span, did_you_mean
+from archc.frontend import ast as A
+from archc.frontend.parser import parse
+
+MAX_MODULES = 256
+
+
+@dataclass
+class LazyLet:
+    """A top-level `let`, evaluated when first used."""
+
+    definition: A.Let
+    value: Any = None
+    state: str = "new"  # new | running | done
+
+
+@dataclass
+class ModuleEnv:
+    file: str
+    folder: Path
+    names: dict[str, Any] = field(default_factory=dict)
+    origins: dict[str, Span] = field(default_factory=dict)
+    axes: set[str] = field(default_factory=set)
+    ast: A.Module | None = None
+
+    def blocks(self) -> list[A.BlockDef]:
+        return [it for it in (self.ast.items if self.ast else []) if isinstance(it, A.BlockDef)]
+
+
+def display_name(path: Path) -> str:
+    """How a file is named in messages: relative to the working folder when inside it."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+class Loader:
+    def __init__(self, includes: list[Path] | None = None) -> None:
+        self.search = [resources.specs_root().resolve()] + [Path(p).resolve() for p in includes or []]
+        self.allowed: list[Path] = list(self.search)
+        self.cache: dict[Path, ModuleEnv] = {}
+        self.stack: list[Path] = []
+
+    # -- entry points ---------------------------------------------------------------------------
+    def load_path(self, path: Path) -> ModuleEnv:
+        path = path.resolve()
+        if not path.is_file():
+            raise ArchError(f"no such spec file: {path}")
+        self.allowed.append(path.parent)
+        return self._load(path, None)
+
+    def load_text(self, text: str, file: str = "<string>", folder: Path | None = None) -> ModuleEnv:
+        folder = (folder or Path.cwd()).resolve()
+        self.allowed.append(folder)
+        return self._build(parse(text, file), file, folder)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _load(self, path: Path, span: Span | None) -> ModuleEnv:
+        if path in self.cache:
+            return self.cache[path]
+        if path in self.stack:
+            chain = " -> ".join(display_name(p) for p in self.stack[self.stack.index(path):] + [path])
+            raise ArchError(f"import cycle: {chain}", span)
+        if len(self.cache) >= MAX_MODULES:
+            raise ArchError(f"more than {MAX_MODULES} files are imported", span)
+        self.stack.append(path)
+        try:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ArchError(f"cannot read {display_name(path)}: {e}", span) from None
+            file = display_name(path)
+            env = self._build(parse(text, file), file, path.parent)
+        finally:
+            self.stack.pop()
+        self.cache[path] = env
+        return env
+
+    def _build(self, module: A.Module, file: str, folder: Path) -> ModuleEnv:
+        env = ModuleEnv(file=file, folder=folder, ast=module)
+        for item in module.items:
+            if isinstance(item, A.Import):
+                self._import(env, item)
+            elif isinstance(item, A.AxisDecl):
+                env.axes.update(item.names)
+            elif isinstance(item, A.Let):
+                self._define(env, item.name, LazyLet(item), item.span)
+            elif isinstance(item, A.InterfaceDef):
+                self._define(env, item.name, InterfaceRef(item, env), item.span)
+            elif isinstance(item, A.BlockDef):
+                self._define(env, item.name, BlockTemplate(item, env), item.name_span or item.span)
+        return env
+
+    def _define(self, env: ModuleEnv, name: str, value: Any, span: Span) -> None:
+        if name in env.names:
+            raise ArchError(f"'{name}' is already defined", span, notes=[("defined here", env.origins.get(name))])
+        env.names[name] = value
+        env.origins[name] = span
+
+    def _import(self, env: ModuleEnv, item: A.Import) -> None:
+        target = self._load(self.resolve(item.path, env.folder, item.span), item.span)
+        if item.alias:
+            self._define(env, item.alias, ModuleRef(target), item.span)
+            return
+        exported = {n: v for n, v in target.names.items() if not isinstance(v, ModuleRef)}
+        wanted = item.names if item.names is not None else tuple(exported)
+        for name in wanted:
+            if name not in exported:
+                raise ArchError(f"'{item.path}' defines no '{name}'", item.span,
+                                did_you_mean(name, exported))
+            if env.names.get(name) is exported[name]:
+                continue
+            self._define(env, name, exported[name], item.span)
+        env.axes.update(target.axes)
+
+    def resolve(self, rel: str, folder: Path, span: Span) -> Path:
+        if not rel.endswith(".arch"):
+            raise ArchError(f"import '{rel}' must name an .arch file", span)
+        bases = [] if os.path.isabs(rel) else [folder] + self.search
+        candidates = [Path(rel)] if os.path.isabs(rel) else [b / rel for b in bases]
+        for cand in candidates:
+            real = cand.resolve()
+            if real.is_file():
+                if not any(real.is_relative_to(root) for root in self.allowed):
+                    raise ArchError(f"import '{rel}' resolves outside the allowed folders", span,
+                                    "imports may only reach the spec's folder, the standard library "
+                                    "and folders given with --include")
+                return real
+        known = [str(p.relative_to(self.search[0])) for p in self.search[0].rglob("*.arch")]
+        raise ArchError(f"cannot find '{rel}'", span, did_you_mean(rel, known))

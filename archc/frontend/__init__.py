@@ -1,0 +1,1 @@
+"""Front end: `.arch` text -> AST (parser.py, ast.py) and AST -> canonical text (fmt.py)."""

@@ -1,0 +1,252 @@
+"""The syntax tree of an `.arch` file. Every node carries the span it was parsed from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from archc.errors import Span
+
+
+# ---- expressions ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Name:
+    id: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Const:
+    """An int, float, str or bool literal; `text` keeps how the user wrote a number."""
+
+    value: int | float | str | bool
+    span: Span
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class TupleExpr:
+    items: tuple["Expr", ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class ListExpr:
+    items: tuple["Expr", ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class BinOp:
+    op: str  # + - * / // % ** == != < <= > >= and or
+    left: "Expr"
+    right: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class UnaryOp:
+    op: str  # - not
+    operand: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Keyword:
+    name: str
+    value: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Call:
+    func: "Expr"
+    args: tuple["Expr", ...]
+    kwargs: tuple[Keyword, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class GetAttr:
+    obj: "Expr"
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class SliceExpr:
+    lo: "Expr | None"
+    hi: "Expr | None"
+    span: Span
+
+
+@dataclass(frozen=True)
+class EllipsisExpr:
+    span: Span
+
+
+@dataclass(frozen=True)
+class Index:
+    obj: "Expr"
+    subs: tuple["Expr", ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """`x >> f >> g`: the first stage is a value or a callable, the rest are callables."""
+
+    stages: tuple["Expr", ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Stack:
+    """`stack(n, connect=...) { i => Block(...) }`: n instances of a callable, chained."""
+
+    args: tuple["Expr", ...]
+    kwargs: tuple[Keyword, ...]
+    var: str | None
+    body: "Expr"
+    span: Span
+
+
+Expr = Union[Name, Const, TupleExpr, ListExpr, BinOp, UnaryOp, Call, GetAttr, SliceExpr,
+             EllipsisExpr, Index, Pipeline, Stack]
+
+
+# ---- types ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Star:
+    """`*` in a tensor type: any number of leading axes (broadcast)."""
+
+    span: Span
+
+
+@dataclass(frozen=True)
+class TensorTypeExpr:
+    dtype: str | None
+    dims: tuple[Union[Expr, Star], ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class TypeName:
+    name: str
+    span: Span
+
+
+TypeExpr = Union[TensorTypeExpr, TypeName]
+
+
+# ---- statements -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Annotation:
+    name: str
+    args: tuple[Expr, ...]
+    kwargs: tuple[Keyword, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Assign:
+    targets: tuple[str, ...]
+    value: Expr
+    span: Span
+    annotations: tuple[Annotation, ...] = ()
+
+
+@dataclass(frozen=True)
+class Return:
+    values: tuple[Expr, ...]
+    span: Span
+    annotations: tuple[Annotation, ...] = ()
+
+
+@dataclass(frozen=True)
+class If:
+    branches: tuple[tuple[Expr, tuple["Stmt", ...]], ...]
+    orelse: tuple["Stmt", ...] | None
+    span: Span
+    annotations: tuple[Annotation, ...] = ()
+
+
+@dataclass(frozen=True)
+class For:
+    var: str
+    iter: Expr
+    body: tuple["Stmt", ...]
+    span: Span
+    annotations: tuple[Annotation, ...] = ()
+
+
+Stmt = Union[Assign, Return, If, For]
+
+
+# ---- top-level items --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Formal:
+    name: str
+    type: TypeExpr
+    default: Expr | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Import:
+    path: str
+    alias: str | None
+    names: tuple[str, ...] | None  # `from "p" import a, b`
+    span: Span
+
+
+@dataclass(frozen=True)
+class AxisDecl:
+    names: tuple[str, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Let:
+    name: str
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class InterfaceDef:
+    name: str
+    ports: tuple[Formal, ...]
+    outs: tuple[TensorTypeExpr, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class BlockDef:
+    kind: str  # "block" | "model"
+    name: str
+    params: tuple[Formal, ...]
+    ports: tuple[Formal, ...] | None  # None: taken from the interface it implements
+    outs: tuple[TensorTypeExpr, ...] | None
+    implements: str | None
+    body: tuple[Stmt, ...]
+    span: Span
+    annotations: tuple[Annotation, ...] = ()
+    name_span: Span | None = None
+
+
+Item = Union[Import, AxisDecl, Let, InterfaceDef, BlockDef]
+
+
+@dataclass(frozen=True)
+class Comment:
+    text: str
+    line: int
+    col: int
+
+
+@dataclass
+class Module:
+    file: str
+    items: list[Item]
+    comments: list[Comment] = field(default_factory=list)

@@ -1,0 +1,375 @@
+"""Parse `.arch` text with the lark grammar in `grammar/arch.lark` into the AST of `ast.py`.
+
+Parse errors become `ArchError`s at the offending token, with what was expected in words.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import lark
+from lark import Token, Transformer, v_args
+from lark.tree import Meta
+
+from archc import resources
+from archc.errors import ArchError, Span, register_source
+from archc.frontend import ast as A
+
+MAX_SOURCE_BYTES = 4 << 20  # a spec larger than 4 MiB is refused before parsing
+
+
+@functools.lru_cache(maxsize=1)
+def _lark() -> lark.Lark:
+    text = resources.grammar_path().read_text()
+    return lark.Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def parse(text: str, file: str = "<string>") -> A.Module:
+    """Parse one file. Raises ArchError with the location of the first syntax error."""
+    register_source(file, text)
+    if len(text.encode("utf-8", "replace")) > MAX_SOURCE_BYTES:
+        raise ArchError(f"spec is larger than {MAX_SOURCE_BYTES >> 20} MiB", Span(file, 1, 1))
+    comments: list[A.Comment] = []
+    try:
+        tree = _parse_tree(text, comments)
+    except lark.exceptions.UnexpectedInput as err:
+        raise _syntax_error(err, text, file) from None
+    except RecursionError:
+        raise ArchError("expression is nested too deeply", Span(file, 1, 1)) from None
+    try:
+        module: A.Module = _ToAst(file).transform(tree)
+    except lark.exceptions.VisitError as err:
+        if isinstance(err.orig_exc, ArchError):
+            raise err.orig_exc from None
+        raise
+    except RecursionError:
+        raise ArchError("expression is nested too deeply", Span(file, 1, 1)) from None
+    module.comments = comments
+    return module
+
+
+def _parse_tree(text: str, comments: list[A.Comment]) -> lark.Tree:
+    parser = _lark()
+    # lark keeps ignored comments only through a lexer callback; collect them for the formatter.
+    lexer_conf = parser.lexer_conf
+    previous = lexer_conf.callbacks.get("COMMENT")
+    lexer_conf.callbacks["COMMENT"] = lambda tok: comments.append(
+        A.Comment(str(tok), tok.line or 0, tok.column or 0)) or tok
+    try:
+        return parser.parse(text)
+    finally:
+        if previous is None:
+            lexer_conf.callbacks.pop("COMMENT", None)
+        else:
+            lexer_conf.callbacks["COMMENT"] = previous
+
+
+_TOKEN_WORDS = {
+    "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
+    "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'",
+    "COMMA": "','", "COLON": "':'", "SEMICOLON": "';'", "EQUAL": "'='", "MINUS": "'-'",
+    "PIPE": "'>>'", "ARROW": "'=>'", "POW": "'**'", "DOT": "'.'", "AT": "'@'", "STAR": "'*'",
+    "__ANON_0": "'->'", "RARROW": "'->'", "COMP_OP": "a comparison", "ADD_OP": "'+' or '-'",
+    "MUL_OP": "'*' or '/'", "$END": "the end of the file",
+}
+
+
+def _describe(terminals: set[str]) -> str:
+    words = sorted({_TOKEN_WORDS.get(t, f"'{t.lower()}'") for t in terminals})
+    if len(words) > 8:
+        words = words[:8] + ["..."]
+    return ", ".join(words)
+
+
+def _syntax_error(err: lark.exceptions.UnexpectedInput, text: str, file: str) -> ArchError:
+    line, col = err.line or 1, err.column or 1
+    if isinstance(err, lark.exceptions.UnexpectedToken):
+        tok = err.token
+        found = "the end of the file" if tok.type == "$END" else f"'{tok}'"
+        if tok.type == "$END":
+            lines = text.splitlines() or [""]
+            line, col = len(lines), len(lines[-1]) + 1
+        width = len(str(tok)) if tok.type != "$END" else 1
+        span = Span(file, line, col, line, col + width)
+        hint = _hint_for(tok, err.expected)
+        return ArchError(f"unexpected {found}; expected {_describe(err.expected)}", span, hint)
+    if isinstance(err, lark.exceptions.UnexpectedCharacters):
+        char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
+        hint = "strings use double quotes" if char == "'" else None
+        return ArchError(f"unexpected character {char!r}", Span(file, line, col, line, col + 1), hint)
+    return ArchError("unexpected end of file", Span(file, line, col))
+
+
+def _hint_for(tok: Token, expected: set[str]) -> str | None:
+    if str(tok) == "=" and "COLON" in expected:
+        return "parameters are written 'name: type = default'"
+    if tok.type == "$END" and "RBRACE" in expected:
+        return "a '{' is not closed"
+    if str(tok) in ("def", "class", "lambda"):
+        return "archc specs are not Python: blocks are written 'block Name(params) (inputs) -> outputs { ... }'"
+    return None
+
+
+def _span(file: str, meta: Meta) -> Span:
+    if getattr(meta, "empty", True):
+        return Span(file, 1, 1)
+    return Span(file, meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+def _tok_span(file: str, tok: Token) -> Span:
+    return Span(file, tok.line or 1, tok.column or 1, tok.end_line, tok.end_column)
+
+
+def _kw_split(file: str, items: list[Any]) -> tuple[tuple[A.Expr, ...], tuple[A.Keyword, ...]]:
+    args: list[A.Expr] = []
+    kwargs: list[A.Keyword] = []
+    for it in items:
+        if isinstance(it, A.Keyword):
+            if any(k.name == it.name for k in kwargs):
+                raise ArchError(f"keyword argument '{it.name}' is given twice", it.span)
+            kwargs.append(it)
+        elif kwargs:
+            raise ArchError("a positional argument follows a keyword argument", it.span)
+        else:
+            args.append(it)
+    return tuple(args), tuple(kwargs)
+
+
+@v_args(meta=True, inline=True)
+class _ToAst(Transformer):  # type: ignore[type-arg]
+    """lark tree -> AST. One method per grammar rule alias."""
+
+    def __init__(self, file: str) -> None:
+        super().__init__()
+        self.file = file
+
+    def _s(self, meta: Meta) -> Span:
+        return _span(self.file, meta)
+
+    # -- top level --
+    @v_args(meta=True, inline=False)
+    def start(self, meta: Meta, items: list[A.Item]) -> A.Module:
+        return A.Module(self.file, list(items))
+
+    def import_all(self, meta: Meta, path: Token, alias: Token | None) -> A.Import:
+        return A.Import(_unquote(path, self.file), str(alias) if alias else None, None, self._s(meta))
+
+    def import_names(self, meta: Meta, path: Token, *names: Token) -> A.Import:
+        return A.Import(_unquote(path, self.file), None, tuple(map(str, names)), self._s(meta))
+
+    def axis_decl(self, meta: Meta, *names: Token) -> A.AxisDecl:
+        return A.AxisDecl(tuple(map(str, names)), self._s(meta))
+
+    def let_def(self, meta: Meta, name: Token, value: A.Expr) -> A.Let:
+        return A.Let(str(name), value, self._s(meta))
+
+    def interface_def(self, meta: Meta, name: Token, ports: tuple[A.Formal, ...],
+                      outs: tuple[A.TensorTypeExpr, ...]) -> A.InterfaceDef:
+        return A.InterfaceDef(str(name), ports, outs, self._s(meta))
+
+    @v_args(meta=True, inline=False)
+    def block_def(self, meta: Meta, children: list[Any]) -> A.BlockDef:
+        annotations = tuple(c for c in children if isinstance(c, A.Annotation))
+        rest = [c for c in children if not isinstance(c, A.Annotation)]
+        kind, name, first, second, outs, implements, body = rest
+        params, ports = (first, second) if second is not None else ((), first)
+        if second is None and outs is None and implements is not None:
+            params, ports = first, None  # `block X(params) : Iface { ... }`
+        elif second is None and outs is None:
+            raise ArchError(f"block '{name}' needs a signature: '(inputs) -> outputs' or ': Interface'",
+                            _tok_span(self.file, name))
+        return A.BlockDef(str(kind), str(name), params, ports, outs, implements, body, self._s(meta),
+                          annotations, _tok_span(self.file, name))
+
+    def implements(self, meta: Meta, name: Token) -> str:
+        return str(name)
+
+    @v_args(meta=True, inline=False)
+    def formals(self, meta: Meta, items: list[A.Formal | None]) -> tuple[A.Formal, ...]:
+        out = tuple(f for f in items if f is not None)
+        seen: set[str] = set()
+        for f in out:
+            if f.name in seen:
+                raise ArchError(f"'{f.name}' is declared twice", f.span)
+            seen.add(f.name)
+        return out
+
+    def formal(self, meta: Meta, name: Token, type_: A.TypeExpr, default: A.Expr | None) -> A.Formal:
+        return A.Formal(str(name), type_, default, self._s(meta))
+
+    def type_name(self, meta: Meta, name: Token) -> A.TypeName:
+        return A.TypeName(str(name), self._s(meta))
+
+    def out_types(self, meta: Meta, t: A.TensorTypeExpr) -> tuple[A.TensorTypeExpr, ...]:
+        return (t,)
+
+    def out_tuple(self, meta: Meta, *ts: A.TensorTypeExpr) -> tuple[A.TensorTypeExpr, ...]:
+        return tuple(ts)
+
+    @v_args(meta=True, inline=False)
+    def tensor_type(self, meta: Meta, children: list[Any]) -> A.TensorTypeExpr:
+        dtype = None
+        if children and isinstance(children[0], Token) and children[0].type == "NAME":
+            dtype, children = str(children[0]), children[1:]
+        dims = tuple(d for d in children if d is not None)
+        return A.TensorTypeExpr(dtype, dims, self._s(meta))
+
+    def dim_star(self, meta: Meta) -> A.Star:
+        return A.Star(self._s(meta))
+
+    # -- statements --
+    @v_args(meta=True, inline=False)
+    def body(self, meta: Meta, stmts: list[A.Stmt]) -> tuple[A.Stmt, ...]:
+        return tuple(stmts)
+
+    @v_args(meta=True, inline=False)
+    def stmt(self, meta: Meta, children: list[Any]) -> A.Stmt:
+        *annotations, inner = children
+        if annotations:
+            from dataclasses import replace
+            return replace(inner, annotations=tuple(annotations))
+        return inner  # type: ignore[no-any-return]
+
+    @v_args(meta=True, inline=False)
+    def assign(self, meta: Meta, children: list[Any]) -> A.Assign:
+        *targets, value = children
+        return A.Assign(tuple(map(str, targets)), value, self._s(meta))
+
+    def return_stmt(self, meta: Meta, *values: A.Expr) -> A.Return:
+        return A.Return(tuple(values), self._s(meta))
+
+    @v_args(meta=True, inline=False)
+    def if_stmt(self, meta: Meta, children: list[Any]) -> A.If:
+        cond, body, *rest = children
+        branches = [(cond, body)]
+        orelse = None
+        for r in rest:
+            if isinstance(r, tuple) and len(r) == 2 and r[0] == "elif":
+                branches.append(r[1])
+            elif r is not None:
+                orelse = r
+        return A.If(tuple(branches), orelse, self._s(meta))
+
+    def elif_clause(self, meta: Meta, cond: A.Expr, body: tuple[A.Stmt, ...]) -> tuple[str, Any]:
+        return ("elif", (cond, body))
+
+    def else_clause(self, meta: Meta, body: tuple[A.Stmt, ...]) -> tuple[A.Stmt, ...]:
+        return body
+
+    def for_stmt(self, meta: Meta, var: Token, it: A.Expr, body: tuple[A.Stmt, ...]) -> A.For:
+        return A.For(str(var), it, body, self._s(meta))
+
+    @v_args(meta=True, inline=False)
+    def annotation(self, meta: Meta, children: list[Any]) -> A.Annotation:
+        name, args = children[0], children[1] if len(children) > 1 else None
+        pos, kws = args if args is not None else ((), ())
+        return A.Annotation(str(name), pos, kws, self._s(meta))
+
+    # -- expressions --
+    @v_args(meta=True, inline=False)
+    def pipeline(self, meta: Meta, children: list[Any]) -> A.Pipeline:
+        stages = tuple(c for c in children if not isinstance(c, Token))
+        return A.Pipeline(stages, self._s(meta))
+
+    def or_op(self, meta: Meta, a: A.Expr, b: A.Expr) -> A.BinOp:
+        return A.BinOp("or", a, b, self._s(meta))
+
+    def and_op(self, meta: Meta, a: A.Expr, b: A.Expr) -> A.BinOp:
+        return A.BinOp("and", a, b, self._s(meta))
+
+    def not_op(self, meta: Meta, a: A.Expr) -> A.UnaryOp:
+        return A.UnaryOp("not", a, self._s(meta))
+
+    def compare(self, meta: Meta, a: A.Expr, op: Token, b: A.Expr) -> A.BinOp:
+        return A.BinOp(str(op), a, b, self._s(meta))
+
+    def binop(self, meta: Meta, a: A.Expr, op: Token, b: A.Expr) -> A.BinOp:
+        return A.BinOp(str(op), a, b, self._s(meta))
+
+    def neg(self, meta: Meta, a: A.Expr) -> A.Expr:
+        if isinstance(a, A.Const) and isinstance(a.value, (int, float)) and not isinstance(a.value, bool):
+            return A.Const(-a.value, self._s(meta), "-" + a.text)
+        return A.UnaryOp("-", a, self._s(meta))
+
+    def pow(self, meta: Meta, a: A.Expr, op: Token, b: A.Expr) -> A.BinOp:
+        return A.BinOp("**", a, b, self._s(meta))
+
+    def call(self, meta: Meta, func: A.Expr, args: Any) -> A.Call:
+        pos, kws = args if args is not None else ((), ())
+        return A.Call(func, pos, kws, self._s(meta))
+
+    def getattr(self, meta: Meta, obj: A.Expr, name: Token) -> A.GetAttr:
+        return A.GetAttr(obj, str(name), self._s(meta))
+
+    def index(self, meta: Meta, obj: A.Expr, *subs: A.Expr) -> A.Index:
+        return A.Index(obj, tuple(subs), self._s(meta))
+
+    def slice(self, meta: Meta, lo: A.Expr | None, hi: A.Expr | None) -> A.SliceExpr:
+        return A.SliceExpr(lo, hi, self._s(meta))
+
+    def ellipsis(self, meta: Meta) -> A.EllipsisExpr:
+        return A.EllipsisExpr(self._s(meta))
+
+    @v_args(meta=True, inline=False)
+    def args(self, meta: Meta, items: list[Any]) -> tuple[tuple[A.Expr, ...], tuple[A.Keyword, ...]]:
+        return _kw_split(self.file, items)
+
+    def kwarg(self, meta: Meta, name: Token, value: A.Expr) -> A.Keyword:
+        return A.Keyword(str(name), value, self._s(meta))
+
+    def stack(self, meta: Meta, args: Any, body: tuple[str | None, A.Expr]) -> A.Stack:
+        pos, kws = args if args is not None else ((), ())
+        return A.Stack(pos, kws, body[0], body[1], self._s(meta))
+
+    @v_args(meta=True, inline=False)
+    def stack_body(self, meta: Meta, children: list[Any]) -> tuple[str | None, A.Expr]:
+        if len(children) == 3:
+            return str(children[0]), children[2]
+        return None, children[-1]
+
+    def name(self, meta: Meta, tok: Token) -> A.Name:
+        return A.Name(str(tok), self._s(meta))
+
+    def int(self, meta: Meta, tok: Token) -> A.Const:
+        return A.Const(int(str(tok).replace("_", "")), self._s(meta), str(tok))
+
+    def float(self, meta: Meta, tok: Token) -> A.Const:
+        return A.Const(float(str(tok).replace("_", "")), self._s(meta), str(tok))
+
+    def string(self, meta: Meta, tok: Token) -> A.Const:
+        return A.Const(_unquote(tok, self.file), self._s(meta), str(tok))
+
+    def true(self, meta: Meta) -> A.Const:
+        return A.Const(True, self._s(meta), "true")
+
+    def false(self, meta: Meta) -> A.Const:
+        return A.Const(False, self._s(meta), "false")
+
+    @v_args(meta=True, inline=False)
+    def tuple(self, meta: Meta, items: list[Any]) -> A.TupleExpr:
+        return A.TupleExpr(tuple(i for i in items if i is not None), self._s(meta))
+
+    @v_args(meta=True, inline=False)
+    def list(self, meta: Meta, items: list[Any]) -> A.ListExpr:
+        return A.ListExpr(tuple(i for i in items if i is not None), self._s(meta))
+
+
+_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
+
+
+def _unquote(tok: Token, file: str) -> str:
+    body = str(tok)[1:-1]
+    out, i = [], 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            if nxt not in _ESCAPES:
+                raise ArchError(f"unknown escape '\\{nxt}' in string", _tok_span(file, tok))
+            out.append(_ESCAPES[nxt])
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)

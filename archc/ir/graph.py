@@ -1,0 +1,150 @@
+"""The IR graph: a typed SSA graph of op nodes, with parameters named by scope.
+
+Values are named `%N` strings and typed in `Graph.values`. Each node names its op (from the one
+registry in `archc.ops`), its inputs and outputs, attributes validated by that op, the parameters
+it uses (role -> full parameter name), its scope path (`blocks.3.attn.qkv`) and the source span it
+came from. The graph dumps to and loads from JSON with a schema version.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from archc.errors import Span
+from archc.ir.types import TensorType
+
+SCHEMA_VERSION = 1
+
+
+class SpanModel(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    file: str
+    line: int
+    col: int
+    end_line: int | None = None
+    end_col: int | None = None
+
+    @staticmethod
+    def of(span: Span | None) -> "SpanModel | None":
+        if span is None:
+            return None
+        return SpanModel(file=span.file, line=span.line, col=span.col, end_line=span.end_line, end_col=span.end_col)
+
+    def to_span(self) -> Span:
+        return Span(self.file, self.line, self.col, self.end_line, self.end_col)
+
+
+class AnnotationIR(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    op: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, str] = Field(default_factory=dict)
+    scope: str = ""
+    span: SpanModel | None = None
+    annotations: tuple[AnnotationIR, ...] = ()
+
+    @model_validator(mode="after")
+    def _attrs_valid(self) -> "Node":
+        from archc.ops import registry  # the op registry validates attributes
+
+        op = registry.get(self.op)
+        object.__setattr__(self, "attrs", op.canonical_attrs(self.attrs))
+        return self
+
+
+class ParamDecl(BaseModel):
+    """A learned tensor (trainable) or a buffer (running statistics), with its initializer."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "f32"
+    init: str = "zeros"
+    trainable: bool = True
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+class Port(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    value: str
+    type: TensorType
+
+
+class ScopeInfo(BaseModel):
+    """A named instance in the module tree: which block or op it is, with what arguments."""
+
+    model_config = ConfigDict(frozen=True)
+    path: str
+    kind: str  # block name, op name, or "stack"
+    args: dict[str, Any] = Field(default_factory=dict)
+    span: SpanModel | None = None
+
+
+class Graph(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    axes: tuple[str, ...] = ()  # symbolic axes that stay unknown until run time (B, T)
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+    values: dict[str, TensorType]
+    nodes: tuple[Node, ...]
+    params: dict[str, ParamDecl] = Field(default_factory=dict)
+    scopes: dict[str, ScopeInfo] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _version(self) -> "Graph":
+        if self.schema_version != SCHEMA_VERSION:
+            raise ValueError(f"IR schema version {self.schema_version} is not {SCHEMA_VERSION}")
+        return self
+
+    # -- JSON -----------------------------------------------------------------------------------
+    def to_json(self, indent: int | None = 1) -> str:
+        return self.model_dump_json(indent=indent)
+
+    @staticmethod
+    def from_json(text: str) -> "Graph":
+        return Graph.model_validate_json(text)
+
+    def structural_dict(self) -> dict[str, Any]:
+        """The graph without source spans: what 'same IR' means across print and re-parse."""
+        data = json.loads(self.model_dump_json())
+        for node in data["nodes"]:
+            node.pop("span", None)
+        for scope in data["scopes"].values():
+            scope.pop("span", None)
+        return data
+
+    # -- queries --------------------------------------------------------------------------------
+    def producers(self) -> dict[str, Node]:
+        return {out: n for n in self.nodes for out in n.outputs}
+
+    def users(self) -> dict[str, list[Node]]:
+        users: dict[str, list[Node]] = {v: [] for v in self.values}
+        for n in self.nodes:
+            for i in n.inputs:
+                users.setdefault(i, []).append(n)
+        return users
+
+    def param_count(self, trainable_only: bool = True) -> int:
+        return sum(p.numel for p in self.params.values() if p.trainable or not trainable_only)

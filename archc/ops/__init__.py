@@ -1,0 +1,1 @@
+"""The op registry (registry.py) and the op definitions, one family per file."""

@@ -1,0 +1,199 @@
+"""Elementwise ops: activations, arithmetic, dropout. Each states its scalar expression."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from archc.ir.types import TensorType
+from archc.ops.registry import Op, OpError, ParamSpec, broadcast, need_float, norm_dim, register
+
+
+class _Attrs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _Unary(Op):
+    """A float -> float op applied to every element; the shape passes through."""
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        need_float(ins[0], self.name)
+        return [ins[0]]
+
+
+@register
+class Identity(Op):
+    name = "identity"
+    linear = True
+    elementwise = "x"
+    torch = "{x}"
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        return [ins[0]]
+
+
+@register
+class Relu(_Unary):
+    name = "relu"
+    elementwise = "max(x, 0)"
+    torch = "F.relu({x})"
+
+
+class GeluAttrs(_Attrs):
+    approximate: Literal["none", "tanh"] = "none"
+
+
+@register
+class Gelu(_Unary):
+    name = "gelu"
+    Attrs = GeluAttrs
+    elementwise = "0.5 * x * (1 + erf(x / sqrt(2)))"
+    torch = "F.gelu({x}, approximate={approximate})"
+
+
+@register
+class Silu(_Unary):
+    name = "silu"
+    elementwise = "x * sigmoid(x)"
+    torch = "F.silu({x})"
+
+
+@register
+class Sigmoid(_Unary):
+    name = "sigmoid"
+    elementwise = "sigmoid(x)"
+    torch = "torch.sigmoid({x})"
+
+
+@register
+class Tanh(_Unary):
+    name = "tanh"
+    elementwise = "tanh(x)"
+    torch = "torch.tanh({x})"
+
+
+class StarReluAttrs(_Attrs):
+    scale: float = 1.0
+    bias: float = 0.0
+    learnable: bool = True
+
+
+@register
+class StarRelu(_Unary):
+    """StarReLU, s * relu(x)^2 + b (MetaFormer baselines, Yu et al. 2022)."""
+
+    name = "starrelu"
+    Attrs = StarReluAttrs
+    elementwise = "scale * max(x, 0) ** 2 + bias"
+    torch = "{scale} * F.relu({x}) ** 2 + {bias}"
+
+    def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        if not a.learnable:
+            return {}
+        return {"scale": ParamSpec((1,), f"const({a.scale})"), "bias": ParamSpec((1,), f"const({a.bias})")}
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        scale = params.get("scale", repr(a.scale))
+        bias = params.get("bias", repr(a.bias))
+        return f"{scale} * F.relu({ins[0]}) ** 2 + {bias}"
+
+
+class SoftmaxAttrs(_Attrs):
+    dim: int = -1
+
+
+@register
+class Softmax(Op):
+    name = "softmax"
+    Attrs = SoftmaxAttrs
+    torch = "F.softmax({x}, dim={dim})"
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        need_float(ins[0], self.name)
+        norm_dim(a.dim, ins[0].rank, self.name)
+        return [ins[0]]
+
+
+class DropAttrs(_Attrs):
+    p: float = 0.0
+
+    def model_post_init(self, _: Any) -> None:
+        if not 0.0 <= self.p < 1.0:
+            raise ValueError(f"drop probability must be in [0, 1), got {self.p}")
+
+
+@register
+class Dropout(_Unary):
+    name = "dropout"
+    Attrs = DropAttrs
+    linear = True  # the identity in eval mode
+    elementwise = "x"
+    torch = "F.dropout({x}, p={p}, training=self.training)"
+
+
+@register
+class DropPath(_Unary):
+    """Stochastic depth (Huang et al. 2016): drops whole samples of a residual branch."""
+
+    name = "drop_path"
+    Attrs = DropAttrs
+    linear = True
+    elementwise = "x"
+    torch = "drop_path({x}, {p}, self.training)"
+
+
+class BinaryAttrs(_Attrs):
+    other: float | None = None  # a scalar operand when there is no second tensor
+    swap: bool = False  # `other - x` rather than `x - other`
+
+
+class _Binary(Op):
+    inputs = ("x", "y?")
+    Attrs = BinaryAttrs
+    symbol = "+"
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        if len(ins) == 2:
+            if a.other is not None:
+                raise OpError(f"{self.name}() takes a second tensor or a scalar 'other', not both")
+            return [broadcast(ins[0], ins[1], self.name)]
+        if a.other is None:
+            raise OpError(f"{self.name}() needs a second operand")
+        return [ins[0]]
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        left, right = ins[0], ins[1] if len(ins) == 2 else repr(a.other)
+        if a.swap:
+            left, right = right, left
+        return f"({left} {self.symbol} {right})"
+
+
+@register
+class Add(_Binary):
+    name = "add"
+    symbol = "+"
+    linear = True
+    elementwise = "x + y"
+
+
+@register
+class Sub(_Binary):
+    name = "sub"
+    symbol = "-"
+    linear = True
+    elementwise = "x - y"
+
+
+@register
+class Mul(_Binary):
+    name = "mul"
+    symbol = "*"
+    elementwise = "x * y"
+
+
+@register
+class Div(_Binary):
+    name = "div"
+    symbol = "/"
+    elementwise = "x / y"

@@ -1,0 +1,413 @@
+"""Ops that own parameters: linear, convolutions, normalizations, embeddings, learned tensors,
+and attention. Shapes follow PyTorch's layouts (channels first for convs and batchnorm)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from archc.ir.types import Dim, TensorType
+from archc.ops.registry import Op, OpError, ParamSpec, known, need_float, need_rank, norm_dim, register
+from archc.sizes import Size
+
+
+class _Attrs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _fan_in_uniform(fan_in: int) -> str:
+    return f"uniform({1 / math.sqrt(max(fan_in, 1)):.10g})"  # torch's default for linear and conv
+
+
+class LinearAttrs(_Attrs):
+    features: int
+    bias: bool = True
+
+    @field_validator("features")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("must be positive")
+        return v
+
+
+@register
+class Linear(Op):
+    name = "linear"
+    Attrs = LinearAttrs
+    linear = True
+    torch = "F.linear({x}, {weight}, {bias})"
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        need_float(t, self.name)
+        if t.rank == 0:
+            raise OpError("linear needs at least one axis")
+        known(t.sizes[-1], "linear's input features (the last axis)")
+        return [TensorType(dtype=t.dtype, shape=t.shape[:-1] + (Dim(size=Size.of(a.features)),))]
+
+    def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        fan_in = known(ins[0].sizes[-1], "linear's input features")
+        out = {"weight": ParamSpec((a.features, fan_in), _fan_in_uniform(fan_in))}
+        if a.bias:
+            out["bias"] = ParamSpec((a.features,), _fan_in_uniform(fan_in))
+        return out
+
+    def flops(self, a: Any, ins: list[TensorType], outs: list[TensorType]) -> Size:
+        return outs[0].numel() * (2 * known(ins[0].sizes[-1], "features"))
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        return f"F.linear({ins[0]}, {params['weight']}, {params.get('bias', 'None')})"
+
+
+def _pair(v: int | tuple[int, ...], n: int, what: str) -> tuple[int, ...]:
+    out = (v,) * n if isinstance(v, int) else tuple(v)
+    if len(out) != n:
+        raise OpError(f"{what} needs {n} values, got {list(out)}")
+    return out
+
+
+class ConvAttrs(_Attrs):
+    channels: int
+    kernel: int | tuple[int, ...]
+    stride: int | tuple[int, ...] = 1
+    padding: int | tuple[int, ...] | Literal["same"] = 0
+    dilation: int | tuple[int, ...] = 1
+    groups: int = 1
+    bias: bool = True
+
+
+class _Conv(Op):
+    Attrs = ConvAttrs
+    linear = True
+    ndim = 2
+
+    def _geometry(self, a: Any) -> tuple[tuple[int, ...], ...]:
+        n = self.ndim
+        k, s, d = (_pair(v, n, f"{self.name} {w}") for v, w in
+                   ((a.kernel, "kernel"), (a.stride, "stride"), (a.dilation, "dilation")))
+        if a.padding == "same":
+            if any(x != 1 for x in s):
+                raise OpError(f"{self.name}: padding='same' needs stride 1")
+            p = tuple(dd * (kk - 1) // 2 for kk, dd in zip(k, d))
+            if any((dd * (kk - 1)) % 2 for kk, dd in zip(k, d)):
+                raise OpError(f"{self.name}: padding='same' needs an odd effective kernel size")
+        else:
+            p = _pair(a.padding, n, f"{self.name} padding")
+        if min(k + s + d) <= 0 or min(p) < 0:
+            raise OpError(f"{self.name}: kernel, stride and dilation must be positive, padding non-negative")
+        return k, s, p, d
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        need_float(t, self.name)
+        layout = "[B, C, L]" if self.ndim == 1 else "[B, C, H, W]"
+        need_rank(t, self.ndim + 2, self.name, layout)
+        cin = known(t.sizes[1], f"{self.name}'s input channels (axis 2)")
+        if a.groups <= 0 or cin % a.groups or a.channels % a.groups:
+            raise OpError(f"{self.name}: groups={a.groups} must divide input channels {cin} "
+                          f"and output channels {a.channels}")
+        k, s, p, d = self._geometry(a)
+        spatial = []
+        for size, kk, ss, pp, dd in zip(t.sizes[2:], k, s, p, d):
+            out = (size + (2 * pp - dd * (kk - 1) - 1)) // ss + 1
+            if out.is_const and out.value <= 0:
+                raise OpError(f"{self.name}: kernel {kk} (dilation {dd}) does not fit an axis of size {size} "
+                              f"with padding {pp}")
+            spatial.append(Dim(size=out))
+        return [TensorType(dtype=t.dtype, shape=(t.shape[0], Dim(size=Size.of(a.channels))) + tuple(spatial))]
+
+    def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        cin = known(ins[0].sizes[1], "input channels")
+        k = _pair(a.kernel, self.ndim, "kernel")
+        fan_in = cin // a.groups * math.prod(k)
+        out = {"weight": ParamSpec((a.channels, cin // a.groups) + k, _fan_in_uniform(fan_in))}
+        if a.bias:
+            out["bias"] = ParamSpec((a.channels,), _fan_in_uniform(fan_in))
+        return out
+
+    def flops(self, a: Any, ins: list[TensorType], outs: list[TensorType]) -> Size:
+        cin = known(ins[0].sizes[1], "input channels")
+        k = _pair(a.kernel, self.ndim, "kernel")
+        return outs[0].numel() * (2 * cin // a.groups * math.prod(k))
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        k, s, p, d = self._geometry(a)
+        one = lambda v: v[0] if len(set(v)) == 1 else v  # noqa: E731
+        return (f"F.conv{self.ndim}d({ins[0]}, {params['weight']}, {params.get('bias', 'None')}, "
+                f"stride={one(s)}, padding={one(p)}, dilation={one(d)}, groups={a.groups})")
+
+
+@register
+class Conv1d(_Conv):
+    name = "conv1d"
+    ndim = 1
+
+
+@register
+class Conv2d(_Conv):
+    name = "conv2d"
+    ndim = 2
+
+
+class BatchNormAttrs(_Attrs):
+    eps: float = 1e-5
+    momentum: float = 0.1
+    affine: bool = True
+
+
+@register
+class BatchNorm(Op):
+    """Batch normalization (Ioffe & Szegedy 2015) over axis 2 (channels); linear in eval mode."""
+
+    name = "batchnorm"
+    Attrs = BatchNormAttrs
+    linear = True
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        need_float(t, self.name)
+        if t.rank < 2:
+            raise OpError(f"batchnorm expects [B, C, ...], got {t}")
+        known(t.sizes[1], "batchnorm's channels (axis 2)")
+        return [t]
+
+    def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        c = known(ins[0].sizes[1], "channels")
+        out = {}
+        if a.affine:
+            out = {"weight": ParamSpec((c,), "ones"), "bias": ParamSpec((c,), "zeros")}
+        out.update({"running_mean": ParamSpec((c,), "zeros", trainable=False),
+                    "running_var": ParamSpec((c,), "ones", trainable=False),
+                    "num_batches_tracked": ParamSpec((), "zeros", trainable=False, dtype="i64")})
+        return out
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        return (f"F.batch_norm({ins[0]}, {params['running_mean']}, {params['running_var']}, "
+                f"{params.get('weight', 'None')}, {params.get('bias', 'None')}, "
+                f"self.training, {a.momentum}, {a.eps})")
+
+
+class LayerNormAttrs(_Attrs):
+    eps: float = 1e-5
+    affine: bool = True
+    bias: bool = True
+    dim: int = -1  # the normalized axis: -1 (channels last) or 1 (channels first, as LayerNorm2d)
+
+
+@register
+class LayerNorm(Op):
+    """Layer normalization (Ba et al. 2016) over one axis."""
+
+    name = "layernorm"
+    Attrs = LayerNormAttrs
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        need_float(t, self.name)
+        if t.rank == 0:
+            raise OpError(f"{self.name} needs at least one axis")
+        d = norm_dim(a.dim, t.rank, self.name)
+        known(t.sizes[d], f"{self.name}'s normalized axis")
+        return [t]
+
+    def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        c = known(ins[0].sizes[norm_dim(a.dim, ins[0].rank, self.name)], "normalized axis")
+        out = {}
+        if a.affine:
+            out["weight"] = ParamSpec((c,), "ones")
+            if a.bias:
+                out["bias"] = ParamSpec((c,), "zeros")
+        return out
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        t = types[0]
+        d = norm_dim(a.dim, t.rank, self.name)
+        c = known(t.sizes[d], "normalized axis")
+        call = f"F.layer_norm({{x}}, ({c},), {params.get('weight', 'None')}, {params.get('bias', 'None')}, {a.eps})"
+        if d == t.rank - 1:
+            return call.format(x=ins[0])
+        to_last = list(range(t.rank))
+        to_last.append(to_last.pop(d))
+        back = [to_last.index(i) for i in range(t.rank)]
+        return call.format(x=f"{ins[0]}.permute({', '.join(map(str, to_last))})") + \
+            f".permute({', '.join(map(str, back))})"
+
+
+class RmsNormAttrs(_Attrs):
+    eps: float = 1e-6
+    affine: bool = True
+
+
+@register
+class RmsNorm(Op):
+    """Root-mean-square normalization (Zhang & Sennrich 2019) over the last axis."""
+
+    name = "rmsnorm"
+    Attrs = RmsNormAttrs
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        need_float(ins[0], self.name)
+        if ins[0].rank == 0:
+            raise OpError("rmsnorm needs at least one axis")
+        known(ins[0].sizes[-1], "rmsnorm's normalized axis")
+        return [ins[0]]
+
+    def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        return {"weight": ParamSpec((known(ins[0].sizes[-1], "axis"),), "ones")} if a.affine else {}
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        c = known(types[0].sizes[-1], "axis")
+        return f"F.rms_norm({ins[0]}, ({c},), {params.get('weight', 'None')}, {a.eps})"
+
+
+class GroupNormAttrs(_Attrs):
+    groups: int
+    eps: float = 1e-5
+    affine: bool = True
+
+
+@register
+class GroupNorm(Op):
+    """Group normalization (Wu & He 2018) over [B, C, ...]; groups=1 normalizes C, H, W together."""
+
+    name = "groupnorm"
+    Attrs = GroupNormAttrs
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        need_float(t, self.name)
+        if t.rank < 2:
+            raise OpError(f"groupnorm expects [B, C, ...], got {t}")
+        c = known(t.sizes[1], "groupnorm's channels (axis 2)")
+        if a.groups <= 0 or c % a.groups:
+            raise OpError(f"groupnorm: groups={a.groups} must divide the {c} channels")
+        return [t]
+
+    def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        c = known(ins[0].sizes[1], "channels")
+        return {"weight": ParamSpec((c,), "ones"), "bias": ParamSpec((c,), "zeros")} if a.affine else {}
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        return f"F.group_norm({ins[0]}, {a.groups}, {params.get('weight', 'None')}, {params.get('bias', 'None')}, {a.eps})"
+
+
+class EmbeddingAttrs(_Attrs):
+    num: int
+    dim: int
+
+
+@register
+class Embedding(Op):
+    name = "embedding"
+    Attrs = EmbeddingAttrs
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        if t.dtype not in ("i64", "i32"):
+            raise OpError(f"embedding expects integer indices (i64), got {t}")
+        return [TensorType(dtype="f32", shape=t.shape + (Dim(size=Size.of(a.dim)),))]
+
+    def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        return {"weight": ParamSpec((a.num, a.dim), "normal(1.0)")}
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        return f"F.embedding({ins[0]}, {params['weight']})"
+
+
+class PositionsAttrs(_Attrs):
+    max_len: int
+    dim: int
+
+
+@register
+class Positions(Op):
+    """Learned absolute positions: the first T rows of a [max_len, dim] table, for input [..., T]."""
+
+    name = "positions"
+    Attrs = PositionsAttrs
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        if t.rank == 0:
+            raise OpError("positions needs an input with a sequence axis")
+        length = t.sizes[-1]
+        if length.is_const and length.value > a.max_len:
+            raise OpError(f"positions: sequence length {length} exceeds max_len={a.max_len}")
+        return [TensorType(dtype="f32", shape=(t.shape[-1], Dim(size=Size.of(a.dim))))]
+
+    def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        return {"weight": ParamSpec((a.max_len, a.dim), "normal(1.0)")}
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        return f"{params['weight']}[:{ins[0]}.shape[-1]]"
+
+
+class ParameterAttrs(_Attrs):
+    shape: tuple[int, ...]
+    init: str | float = "zeros"
+
+
+@register
+class Parameter(Op):
+    """A learned tensor owned by the enclosing instance (a class token, a LayerScale gamma)."""
+
+    name = "parameter"
+    inputs = ()
+    Attrs = ParameterAttrs
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        if any(s <= 0 for s in a.shape):
+            raise OpError(f"parameter shape {list(a.shape)} must be positive")
+        return [TensorType.of("f32", list(a.shape))]
+
+    def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        init = f"const({a.init})" if isinstance(a.init, float) else a.init
+        return {"": ParamSpec(tuple(a.shape), init)}
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        return params[""]
+
+
+class AttentionAttrs(_Attrs):
+    causal: bool = False
+    scale: float | None = None
+    dropout: float = 0.0
+
+
+@register
+class Attention(Op):
+    """Scaled dot-product attention (Vaswani et al. 2017): q [*, H, T, d], k/v [*, H, S, d|e]."""
+
+    name = "attention"
+    inputs = ("q", "k", "v")
+    Attrs = AttentionAttrs
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        q, k, v = ins
+        for name, t in zip("qkv", ins):
+            need_float(t, "attention")
+            if t.rank < 2:
+                raise OpError(f"attention: {name} needs at least [T, d], got {t}")
+        if q.sizes[:-2] != k.sizes[:-2] or k.sizes[:-2] != v.sizes[:-2]:
+            raise OpError(f"attention: q, k and v must share their leading axes, got {q}, {k}, {v}")
+        if q.sizes[-1] != k.sizes[-1]:
+            raise OpError(f"attention: q and k need the same head size, got {q.sizes[-1]} and {k.sizes[-1]}")
+        if k.sizes[-2] != v.sizes[-2]:
+            raise OpError(f"attention: k and v need the same length, got {k.sizes[-2]} and {v.sizes[-2]}")
+        return [TensorType(dtype=q.dtype, shape=q.shape[:-1] + (v.shape[-1],))]
+
+    def flops(self, a: Any, ins: list[TensorType], outs: list[TensorType]) -> Size:
+        q, k, v = ins
+        lead = Size.of(1)
+        for s in q.sizes[:-2]:
+            lead = lead * s
+        scores = lead * q.sizes[-2] * k.sizes[-2]
+        return scores * q.sizes[-1] * 2 + scores * v.sizes[-1] * 2
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        extra = f", scale={a.scale}" if a.scale is not None else ""
+        drop = f", dropout_p={a.dropout} if self.training else 0.0" if a.dropout else ""
+        return f"F.scaled_dot_product_attention({', '.join(ins)}, is_causal={a.causal}{drop}{extra})"

@@ -1,0 +1,189 @@
+"""The one registry of ops. An op is one class: attributes, shape rule, parameters, FLOPs,
+linearity, elementwise form and its torch spelling. Adding an op is one class and its tests.
+
+    @register
+    class Relu(Op):
+        name = "relu"
+        elementwise = "max(x, 0)"
+        torch = "F.relu({x})"
+        def infer(self, a, ins): return [ins[0]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from archc.ir.types import TensorType
+from archc.sizes import Size, SizeError
+
+
+class OpError(Exception):
+    """A shape, dtype or attribute error raised by an op rule; the elaborator adds the span."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+
+class NoAttrs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A tensor an op owns: trainable parameter or buffer, with its initializer."""
+
+    shape: tuple[int, ...]
+    init: str = "zeros"
+    trainable: bool = True
+    dtype: str = "f32"
+
+
+class Op:
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[str, ...]] = ("x",)  # tensor inputs; "*xs" variadic, "y?" optional
+    Attrs: ClassVar[type[BaseModel]] = NoAttrs
+    linear: ClassVar[bool] = False  # linear in its input (for re-parameterization)
+    elementwise: ClassVar[str | None] = None  # scalar expression in x (and y), for fusion
+    torch: ClassVar[str] = ""  # python expression; {x} {y} inputs, {weight} params, {attr} attrs
+    doc: ClassVar[str] = ""
+
+    # -- the rules each op states ---------------------------------------------------------------
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        raise NotImplementedError
+
+    def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        return {}
+
+    def flops(self, a: Any, ins: list[TensorType], outs: list[TensorType]) -> Size:
+        """FLOPs as torch.utils.flop_counter counts them (matmuls and convs; 0 elsewhere)."""
+        return Size.of(0)
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        """The op as a torch expression over input and parameter expressions."""
+        names = [i.strip("*?") for i in self.inputs]
+        fields = {k: repr(v) for k, v in a.model_dump().items()}
+        if self.variadic:
+            return self.torch.format(xs="[" + ", ".join(ins) + "]", **params, **fields)
+        values = dict(zip(names, ins))
+        return self.torch.format(**values, **params, **fields)
+
+    # -- shared machinery -----------------------------------------------------------------------
+    @property
+    def variadic(self) -> bool:
+        return any(i.startswith("*") for i in self.inputs)
+
+    @property
+    def min_inputs(self) -> int:
+        return sum(1 for i in self.inputs if not i.endswith("?") and not i.startswith("*")) + (
+            1 if self.variadic else 0)
+
+    @property
+    def max_inputs(self) -> int | None:
+        return None if self.variadic else len(self.inputs)
+
+    def attr_names(self) -> list[str]:
+        return list(self.Attrs.model_fields)
+
+    def make_attrs(self, values: dict[str, Any]) -> BaseModel:
+        try:
+            return self.Attrs.model_validate(values)
+        except ValidationError as e:
+            raise OpError(_validation_message(self.name, e)) from None
+
+    def canonical_attrs(self, values: dict[str, Any]) -> dict[str, Any]:
+        return self.make_attrs(values).model_dump(mode="json")
+
+
+def _validation_message(op: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "arguments"
+    if first["type"] == "extra_forbidden":
+        return f"{op}() has no argument '{loc}'"
+    if first["type"] == "missing":
+        return f"{op}() is missing its argument '{loc}'"
+    value = first.get("input")
+    return f"{op}() argument '{loc}': {first['msg'].lower()} (got {value!r})"
+
+
+_REGISTRY: dict[str, Op] = {}
+
+
+def register(cls: type[Op]) -> type[Op]:
+    if cls.name in _REGISTRY:
+        raise RuntimeError(f"op '{cls.name}' is defined twice")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get(name: str) -> Op:
+    _load()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(name) from None
+
+
+def names() -> list[str]:
+    _load()
+    return sorted(_REGISTRY)
+
+
+def has(name: str) -> bool:
+    _load()
+    return name in _REGISTRY
+
+
+def _load() -> None:
+    if not _REGISTRY:
+        import archc.ops.defs  # noqa: F401  (registers every op)
+
+
+# -- helpers the op rules share -----------------------------------------------------------------
+def known(size: Size, what: str) -> int:
+    """The integer value of a size an op needs to know at compile time."""
+    try:
+        return size.value
+    except SizeError:
+        raise OpError(f"{what} must be a known size, got '{size}'") from None
+
+
+def norm_dim(dim: int, rank: int, op: str) -> int:
+    if not -rank <= dim < rank:
+        raise OpError(f"{op}: dim {dim} is out of range for a tensor of rank {rank}")
+    return dim % rank
+
+
+def need_rank(t: TensorType, rank: int, op: str, layout: str) -> None:
+    if t.rank != rank:
+        raise OpError(f"{op} expects a rank-{rank} tensor {layout}, got {t}")
+
+
+def need_float(t: TensorType, op: str) -> None:
+    if not t.is_float:
+        raise OpError(f"{op} expects a floating-point tensor, got {t}")
+
+
+def broadcast(a: TensorType, b: TensorType, op: str) -> TensorType:
+    """numpy broadcasting over sizes; names follow the operand that carries the axis."""
+    ra, rb = a.rank, b.rank
+    out_dims = []
+    for i in range(max(ra, rb)):
+        da = a.shape[ra - 1 - i] if i < ra else None
+        db = b.shape[rb - 1 - i] if i < rb else None
+        if da is None or (db is not None and da.size == 1 and db.size != 1):
+            out_dims.append(db)
+        elif db is None or db.size == 1 or da.size == db.size:
+            out_dims.append(da if da.name or db is None else db)
+        else:
+            raise OpError(f"{op}: cannot broadcast {a} with {b} "
+                          f"(axis {max(ra, rb) - i}: {da.size} vs {db.size})")
+    dtype = a.dtype if a.dtype == b.dtype or not b.is_float else b.dtype
+    return TensorType(dtype=dtype, shape=tuple(reversed(out_dims)))  # type: ignore[arg-type]
+
+
+def numel(t: TensorType, what: str = "tensor") -> int:
+    return known(t.numel(), what)

@@ -1,0 +1,363 @@
+"""Ops that move axes: rearrange, einsum, flatten, concat, split, chunk, unbind, select, slice."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from archc.ir.types import Dim, TensorType
+from archc.ops.einpattern import Side, expand_ellipsis, expand_right, parse_arrow, parse_side
+from archc.ops.registry import Op, OpError, known, norm_dim, register
+from archc.sizes import Size, SizeError
+
+
+class _Attrs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RearrangeAttrs(_Attrs):
+    pattern: str
+    sizes: dict[str, int] = Field(default_factory=dict)
+
+
+def _solve_rearrange(a: RearrangeAttrs, t: TensorType, op: str) -> tuple[Side, Side, dict[str, Size]]:
+    left_text, right_text = parse_arrow(a.pattern, op)
+    left = expand_ellipsis(parse_side(left_text, op), t.rank, op, a.pattern)
+    n_ell = t.rank - (len(parse_side(left_text, op).groups) - (1 if parse_side(left_text, op).has_ellipsis else 0))
+    right = expand_right(parse_side(right_text, op), n_ell)
+    sizes: dict[str, Size] = {k: Size.of(v) for k, v in a.sizes.items()}
+    unknown_kw = set(a.sizes) - set(left.names)
+    if unknown_kw:
+        raise OpError(f"{op}: size given for '{sorted(unknown_kw)[0]}', which the pattern '{a.pattern}' does not name")
+    for group, dim in zip(left.groups, t.sizes):
+        _solve_group(group, dim, sizes, op, a.pattern)
+    if set(left.names) != set(right.names):
+        missing = sorted(set(left.names) ^ set(right.names))[0]
+        raise OpError(f"{op}: axis '{missing}' must appear on both sides of '{a.pattern}'")
+    return left, right, sizes
+
+
+def _solve_group(group: tuple[str, ...], dim: Size, sizes: dict[str, Size], op: str, pattern: str) -> None:
+    unknown = [n for n in group if n not in sizes]
+    product = Size.of(1)
+    for n in group:
+        if n in sizes:
+            product = product * sizes[n]
+    if len(unknown) > 1:
+        raise OpError(f"{op}: cannot infer both '{unknown[0]}' and '{unknown[1]}' in '{pattern}'",
+                      hint=f"give one of them as a keyword, e.g. {unknown[0]}=...")
+    if unknown:
+        try:
+            sizes[unknown[0]] = dim / product
+        except SizeError:
+            raise OpError(f"{op}: axis of size {dim} cannot be split into ({' '.join(group)}) "
+                          f"with {' * '.join(f'{n}={sizes[n]}' for n in group if n in sizes)}") from None
+    elif product != dim:
+        raise OpError(f"{op}: axis ({' '.join(group) or '1'}) has size {product} in '{pattern}', "
+                      f"but the input axis has size {dim}")
+
+
+def _group_size(group: tuple[str, ...], sizes: dict[str, Size]) -> Size:
+    out = Size.of(1)
+    for n in group:
+        out = out * sizes[n]
+    return out
+
+
+@register
+class Rearrange(Op):
+    """einops.rearrange (Rogozhnikov 2022): reshape and transpose by named axes."""
+
+    name = "rearrange"
+    Attrs = RearrangeAttrs
+    kwargs_field: ClassVar[str] = "sizes"
+    linear = True
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        left, right, sizes = _solve_rearrange(a, t, self.name)
+        # an axis that passes through unsplit keeps the input's label (B stays B)
+        carried = {g[0]: d.name for g, d in zip(left.groups, t.shape) if len(g) == 1}
+        dims = []
+        for g in right.groups:
+            label = None
+            if len(g) == 1:
+                label = carried.get(g[0]) or (None if g[0].startswith("_") else g[0])
+            dims.append(Dim(size=_group_size(g, sizes), name=label))
+        return [TensorType(dtype=t.dtype, shape=tuple(dims))]
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        x, t = ins[0], types[0]
+        left, right, sizes = _solve_rearrange(a, t, self.name)
+        runtime: dict[str, str] = {}
+        for i, g in enumerate(left.groups):
+            for n in g:
+                if sizes[n].is_const:
+                    runtime[n] = str(sizes[n].value)
+            unknown = [n for n in g if n not in runtime]
+            if unknown:
+                others = math.prod(sizes[n].value for n in g if n in runtime)
+                runtime[unknown[0]] = f"{x}.shape[{i}]" + (f" // {others}" if others != 1 else "")
+        out = x
+        elems = left.names
+        if any(len(g) != 1 for g in left.groups):
+            out = f"{out}.reshape({', '.join(runtime[n] for n in elems)})"
+        order = [elems.index(n) for n in right.names]
+        if order != sorted(order):
+            out = f"{out}.permute({', '.join(map(str, order))})"
+        if any(len(g) != 1 for g in right.groups):
+            shape = [" * ".join(runtime[n] for n in g) or "1" for g in right.groups]
+            out = f"{out}.reshape({', '.join(shape)})"
+        return out
+
+
+class EinsumAttrs(_Attrs):
+    equation: str
+
+
+@register
+class Einsum(Op):
+    """Einstein summation over named axes: `b h t d, b h s d -> b h t s`."""
+
+    name = "einsum"
+    inputs = ("*xs",)
+    Attrs = EinsumAttrs
+
+    def _parse(self, a: Any, ins: list[TensorType]) -> tuple[list[Side], Side, dict[str, Size]]:
+        left, right = parse_arrow(a.equation, self.name)
+        operands = [s.strip() for s in left.split(",")]
+        if len(operands) != len(ins):
+            raise OpError(f"einsum: equation '{a.equation}' has {len(operands)} operands, got {len(ins)} tensors")
+        sides = [parse_side(o, self.name) for o in operands]
+        sizes: dict[str, Size] = {}
+        for k, (side, t) in enumerate(zip(sides, ins)):
+            if any(len(g) != 1 or g == ("...",) for g in side.groups) or len(side.groups) != t.rank:
+                raise OpError(f"einsum: operand {k + 1} '{operands[k]}' must name each of its {t.rank} axes once")
+            for (n,), s in zip(side.groups, t.sizes):
+                if n in sizes and sizes[n] != s:
+                    raise OpError(f"einsum: axis '{n}' has size {sizes[n]} in one operand and {s} in another")
+                sizes[n] = s
+        out = parse_side(right, self.name)
+        for g in out.groups:
+            if len(g) != 1 or g[0] not in sizes:
+                raise OpError(f"einsum: output axis '{' '.join(g)}' is not an axis of the inputs")
+        return sides, out, sizes
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        _, out, sizes = self._parse(a, ins)
+        return [TensorType(dtype=ins[0].dtype, shape=tuple(Dim(size=sizes[g[0]], name=g[0]) for g in out.groups))]
+
+    def flops(self, a: Any, ins: list[TensorType], outs: list[TensorType]) -> Size:
+        _, out, sizes = self._parse(a, ins)
+        contracted = set(sizes) - set(out.names)
+        if not contracted or len(ins) != 2:
+            return Size.of(0)
+        total = Size.of(2)
+        for s in sizes.values():
+            total = total * s
+        return total
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        sides, out, sizes = self._parse(a, types)
+        letters = {n: chr(ord("a") + i) for i, n in enumerate(sizes)}
+        eq = ",".join("".join(letters[g[0]] for g in s.groups) for s in sides)
+        eq += "->" + "".join(letters[g[0]] for g in out.groups)
+        return f"torch.einsum({eq!r}, {', '.join(ins)})"
+
+
+class FlattenAttrs(_Attrs):
+    start: int = 1
+    end: int = -1
+
+
+@register
+class Flatten(Op):
+    name = "flatten"
+    Attrs = FlattenAttrs
+    linear = True
+    torch = "torch.flatten({x}, {start}, {end})"
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        s, e = norm_dim(a.start, t.rank, self.name), norm_dim(a.end, t.rank, self.name)
+        if s > e:
+            raise OpError(f"flatten: start axis {a.start} comes after end axis {a.end}")
+        merged = Size.of(1)
+        for size in t.sizes[s:e + 1]:
+            merged = merged * size
+        dims = t.shape[:s] + (Dim(size=merged),) + t.shape[e + 1:]
+        return [TensorType(dtype=t.dtype, shape=dims)]
+
+
+class DimAttrs(_Attrs):
+    dim: int = -1
+
+
+@register
+class Concat(Op):
+    """Concatenation along one axis; the other axes broadcast (a class token [1, 1, D] joins [B, N, D])."""
+
+    name = "concat"
+    inputs = ("*xs",)
+    Attrs = DimAttrs
+    linear = True
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        rank = ins[0].rank
+        if any(t.rank != rank for t in ins):
+            raise OpError(f"concat: all inputs need the same rank, got {', '.join(str(t) for t in ins)}")
+        if len({t.dtype for t in ins}) > 1:
+            raise OpError(f"concat: inputs have different dtypes: {', '.join(str(t) for t in ins)}")
+        d = norm_dim(a.dim, rank, self.name)
+        dims = []
+        for i in range(rank):
+            if i == d:
+                total = Size.of(0)
+                for t in ins:
+                    total = total + t.sizes[i]
+                dims.append(Dim(size=total))
+                continue
+            sizes = {t.sizes[i] for t in ins} - {Size.of(1)}
+            if len(sizes) > 1:
+                raise OpError(f"concat: axis {i + 1} differs between inputs "
+                              f"({', '.join(str(s) for s in sizes)}) and is not the concatenated axis {d + 1}")
+            named = [t.shape[i] for t in ins if t.sizes[i] != 1]
+            dims.append(named[0] if named else ins[0].shape[i])
+        return [TensorType(dtype=ins[0].dtype, shape=tuple(dims))]
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        out = self.infer(a, types)[0]
+        d = norm_dim(a.dim, out.rank, self.name)
+        parts = []
+        for name, t in zip(ins, types):
+            need = [i for i in range(out.rank) if i != d and t.sizes[i] != out.sizes[i]]
+            if not need:
+                parts.append(name)
+                continue
+            src = next(n for n, u in zip(ins, types) if all(u.sizes[i] == out.sizes[i] for i in need))
+            target = ["-1" if i == d or i not in need else f"{src}.shape[{i}]" for i in range(out.rank)]
+            parts.append(f"{name}.expand({', '.join(target)})")
+        return f"torch.cat([{', '.join(parts)}], dim={a.dim})"
+
+
+class SplitAttrs(_Attrs):
+    sizes: tuple[int, ...]
+    dim: int = -1
+
+
+@register
+class Split(Op):
+    name = "split"
+    Attrs = SplitAttrs
+    linear = True
+    torch = "torch.split({x}, {sizes}, dim={dim})"
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        d = norm_dim(a.dim, t.rank, self.name)
+        total = known(t.sizes[d], "the split axis")
+        if sum(a.sizes) != total or any(s <= 0 for s in a.sizes):
+            raise OpError(f"split: sizes {list(a.sizes)} do not add up to the axis size {total}")
+        return [t.with_shape([Size.of(s) if i == d else z for i, z in enumerate(t.sizes)],
+                             [None if i == d else dd.name for i, dd in enumerate(t.shape)]) for s in a.sizes]
+
+
+class ChunkAttrs(_Attrs):
+    chunks: int
+    dim: int = -1
+
+
+@register
+class Chunk(Op):
+    name = "chunk"
+    Attrs = ChunkAttrs
+    linear = True
+    torch = "torch.chunk({x}, {chunks}, dim={dim})"
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        d = norm_dim(a.dim, t.rank, self.name)
+        if a.chunks <= 0:
+            raise OpError("chunk: the number of chunks must be positive")
+        try:
+            part = t.sizes[d] / a.chunks
+        except SizeError:
+            raise OpError(f"chunk: axis of size {t.sizes[d]} does not split into {a.chunks} equal parts") from None
+        shape = tuple(Dim(size=part) if i == d else dd for i, dd in enumerate(t.shape))
+        return [TensorType(dtype=t.dtype, shape=shape)] * a.chunks
+
+
+class UnbindAttrs(_Attrs):
+    dim: int = 0
+
+
+@register
+class Unbind(Op):
+    name = "unbind"
+    Attrs = UnbindAttrs
+    linear = True
+    torch = "torch.unbind({x}, dim={dim})"
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        d = norm_dim(a.dim, t.rank, self.name)
+        n = known(t.sizes[d], "the unbound axis")
+        if n > 64:
+            raise OpError(f"unbind: axis has {n} entries; at most 64 outputs are allowed")
+        return [TensorType(dtype=t.dtype, shape=t.shape[:d] + t.shape[d + 1:])] * n
+
+
+class SelectAttrs(_Attrs):
+    dim: int
+    index: int
+
+
+@register
+class Select(Op):
+    name = "select"
+    Attrs = SelectAttrs
+    linear = True
+    torch = "{x}.select({dim}, {index})"
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        d = norm_dim(a.dim, t.rank, self.name)
+        if t.sizes[d].is_const and not -t.sizes[d].value <= a.index < t.sizes[d].value:
+            raise OpError(f"select: index {a.index} is out of range for an axis of size {t.sizes[d]}")
+        return [TensorType(dtype=t.dtype, shape=t.shape[:d] + t.shape[d + 1:])]
+
+
+class SliceAttrs(_Attrs):
+    dim: int
+    start: int = 0
+    end: int | None = None
+
+
+@register
+class Slice(Op):
+    name = "slice"
+    Attrs = SliceAttrs
+    linear = True
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        d = norm_dim(a.dim, t.rank, self.name)
+        size = t.sizes[d]
+        if a.start < 0 or (a.end is not None and a.end < 0):
+            if not size.is_const:
+                raise OpError("slice: negative bounds need a known axis size")
+        start = a.start % size.value if a.start < 0 else a.start
+        end = size if a.end is None else Size.of(a.end % size.value if a.end < 0 else a.end)
+        if size.is_const:
+            end = Size.of(min(end.value, size.value))
+            start = min(start, end.value)
+        new = end - start
+        return [TensorType(dtype=t.dtype, shape=t.shape[:d] + (Dim(size=new),) + t.shape[d + 1:])]
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        index = [":"] * types[0].rank
+        d = norm_dim(a.dim, types[0].rank, self.name)
+        index[d] = f"{a.start or ''}:{'' if a.end is None else a.end}"
+        return f"{ins[0]}[{', '.join(index)}]"
