@@ -84,6 +84,8 @@ class Elaborator:
             bad = sorted(unknown)[0]
             raise ArchError(f"model '{chosen.name}' has no parameter '{bad}'", chosen.name_span,
                             did_you_mean(bad, [p.name for p in chosen.params]))
+        root = Frame(module=env, scope="")
+        overrides = {k: self.eval(v, root) if _is_expr(v) else v for k, v in overrides.items()}
         fn = self.construct(template, (), overrides, chosen.name_span or chosen.span)
         frame = self.block_frame(fn, "")
         ports, outs = self.signature(chosen, env)
@@ -891,6 +893,10 @@ def _plain(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _plain(x) for k, x in v.items()}
     return v
+
+
+def _is_expr(v: Any) -> bool:
+    return type(v).__module__ == A.__name__ and hasattr(v, "span")
 
 
 def _is_num(v: Any) -> bool:

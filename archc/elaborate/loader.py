@@ -46,9 +46,10 @@ class ModuleEnv:
 def display_name(path: Path) -> str:
     """How a file is named in messages: relative to the working folder when inside it."""
     try:
-        return os.path.relpath(path)
+        rel = os.path.relpath(path)
     except ValueError:
         return str(path)
+    return str(path) if rel.startswith("..") else rel
 
 
 class Loader:

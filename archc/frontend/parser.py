@@ -19,10 +19,20 @@ from archc.frontend import ast as A
 MAX_SOURCE_BYTES = 4 << 20  # a spec larger than 4 MiB is refused before parsing
 
 
+_comments: list[list[A.Comment]] = [[]]  # where the lexer puts the comments of the current parse
+
+
+def _keep_comment(tok: Token) -> Token:
+    _comments[-1].append(A.Comment(str(tok), tok.line or 0, tok.column or 0))
+    return tok
+
+
 @functools.lru_cache(maxsize=1)
 def _lark() -> lark.Lark:
     text = resources.grammar_path().read_text()
-    return lark.Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    # lark hands ignored tokens to lexer callbacks only; that is how comments reach the formatter
+    return lark.Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True,
+                     start=["start", "expr"], lexer_callbacks={"COMMENT": _keep_comment})
 
 
 def parse(text: str, file: str = "<string>") -> A.Module:
@@ -49,20 +59,27 @@ def parse(text: str, file: str = "<string>") -> A.Module:
     return module
 
 
-def _parse_tree(text: str, comments: list[A.Comment]) -> lark.Tree:
-    parser = _lark()
-    # lark keeps ignored comments only through a lexer callback; collect them for the formatter.
-    lexer_conf = parser.lexer_conf
-    previous = lexer_conf.callbacks.get("COMMENT")
-    lexer_conf.callbacks["COMMENT"] = lambda tok: comments.append(
-        A.Comment(str(tok), tok.line or 0, tok.column or 0)) or tok
+def parse_expr(text: str, file: str = "<command line>") -> A.Expr:
+    """Parse one expression, as given to `--set NAME=VALUE`."""
+    register_source(file, text)
     try:
-        return parser.parse(text)
+        tree = _lark().parse(text, start="expr")
+    except lark.exceptions.UnexpectedInput as err:
+        raise _syntax_error(err, text, file) from None
+    try:
+        return _ToAst(file).transform(tree)  # type: ignore[no-any-return]
+    except lark.exceptions.VisitError as err:
+        if isinstance(err.orig_exc, ArchError):
+            raise err.orig_exc from None
+        raise
+
+
+def _parse_tree(text: str, comments: list[A.Comment]) -> lark.Tree:
+    _comments.append(comments)
+    try:
+        return _lark().parse(text, start="start")
     finally:
-        if previous is None:
-            lexer_conf.callbacks.pop("COMMENT", None)
-        else:
-            lexer_conf.callbacks["COMMENT"] = previous
+        _comments.pop()
 
 
 _TOKEN_WORDS = {

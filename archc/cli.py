@@ -1,0 +1,126 @@
+"""The `archc` command line. Subcommands live in `archc/commands/`, one module each.
+
+A mistake in a spec prints `file:line:col: error: ...` with the line and a caret, and exits 1.
+Anything else that goes wrong is a bug in archc and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+from archc.errors import ArchError
+
+DESCRIPTION = """archc compiles neural-network architectures written in .arch files.
+
+  archc check  spec.arch              parse and type-check; errors point at file:line:col
+  archc ir     spec.arch [-o F.json]  the typed IR as JSON (or --arch: printed back as .arch)
+  archc fmt    spec.arch [--check]    canonical formatting, in place
+  archc build  spec.arch --target T   lower to PyTorch and other targets
+  archc render spec.arch -o net.svg   draw the architecture
+  archc summary spec.arch             parameters, FLOPs and activation memory per block
+"""
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value: any .arch expression (`4`, `0.1`, `true`, `"name"`, `[2, 2, 6, 2]`,
+    `hyper(n=4)`). It is evaluated in the model's file, so it may name blocks and ops."""
+    from archc.frontend.parser import parse_expr
+
+    return parse_expr(text, file="--set")
+
+
+def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip().isidentifier():
+            raise ArchError(f"--set takes NAME=VALUE, got '{item}'")
+        out[name.strip()] = parse_value(value.strip())
+    return out
+
+
+def add_spec_args(p: argparse.ArgumentParser) -> None:
+    """The arguments every command that compiles a spec takes."""
+    p.add_argument("spec", type=Path, help="the .arch file")
+    p.add_argument("--model", help="which model or block to compile (when the file has several)")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", default=[],
+                   help="override a model parameter, e.g. --set depth=24 (repeatable)")
+    p.add_argument("--include", action="append", type=Path, default=[], metavar="DIR",
+                   help="also allow imports from DIR (repeatable)")
+    p.add_argument("--max-nodes", type=int, default=200_000, help="expansion limit (ops)")
+
+
+def load_graph(args: argparse.Namespace) -> Any:
+    """Elaborate the spec named by add_spec_args' arguments into the IR."""
+    from archc.elaborate import Limits, elaborate_file
+
+    return elaborate_file(args.spec, model=args.model, overrides=parse_sets(args.set),
+                          includes=args.include, limits=Limits(max_nodes=args.max_nodes))
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a file so that a reader sees the old content or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="archc", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"archc {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    import archc.commands as commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"archc.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from archc import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ArchError as err:
+        print(err.render(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception:  # a bug in archc, never a mistake in the spec
+        traceback.print_exc()
+        print("archc: internal error: this is a bug in archc, not in your spec; please report it",
+              file=sys.stderr)
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())
