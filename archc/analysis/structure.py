@@ -1,0 +1,149 @@
+"""The module tree of a graph: scopes, their nodes, and runs of identical stack layers.
+
+A scope path (`h.3.attn.qkv`) names an instance; its parent is the path without the last part,
+and the root is `""`. A node belongs to its scope and to every ancestor of it. Layers of a stack
+that are identical (same ops, attributes, types, parameter shapes and wiring, relative to the
+layer) form a run, which the summary prints as one row (`h.0-11 (x12)`) and the diagram draws
+once.
+
+    >>> parent("h.3.attn"), depth("h.3.attn"), depth("")
+    ('h.3', 3, 0)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from archc.ir.graph import Graph
+
+
+def parent(path: str) -> str:
+    return path.rpartition(".")[0]
+
+
+def depth(path: str) -> int:
+    return 0 if not path else path.count(".") + 1
+
+
+def ancestors(path: str) -> list[str]:
+    """The path itself and every ancestor, innermost first, ending with the root `""`."""
+    out = []
+    while path:
+        out.append(path)
+        path = parent(path)
+    out.append("")
+    return out
+
+
+def within(path: str, scope: str) -> bool:
+    """Whether `path` is `scope` or lies inside it."""
+    return not scope or path == scope or path.startswith(scope + ".")
+
+
+@dataclass
+class ScopeTree:
+    """Scopes as a tree, each with the indices of the nodes directly in it and in its subtree."""
+
+    graph: Graph
+    children: dict[str, list[str]] = field(default_factory=dict)
+    direct: dict[str, list[int]] = field(default_factory=dict)  # nodes whose scope is the path
+    subtree: dict[str, list[int]] = field(default_factory=dict)  # nodes in the path or below
+
+    def kind(self, path: str) -> str:
+        if not path:
+            return self.graph.name
+        info = self.graph.scopes.get(path)
+        return info.kind if info else ""
+
+    def args(self, path: str) -> dict[str, Any]:
+        info = self.graph.scopes.get(path)
+        return dict(info.args) if info else {}
+
+    def is_op_scope(self, path: str) -> bool:
+        """An instance of a single op (`qkv = linear(...)`), as opposed to a block or a stack."""
+        nodes = self.subtree.get(path, [])
+        return (bool(path) and not self.children.get(path) and len(nodes) == 1
+                and self.graph.nodes[nodes[0]].op == self.kind(path))
+
+
+def scope_tree(graph: Graph) -> ScopeTree:
+    tree = ScopeTree(graph)
+    paths = {""} | set(graph.scopes) | {n.scope for n in graph.nodes}
+    for p in list(paths):  # every prefix of a path is a scope, recorded or not
+        while p:
+            p = parent(p)
+            paths.add(p)
+    first: dict[str, int] = {}
+    for p in paths:
+        tree.children[p], tree.direct[p], tree.subtree[p] = [], [], []
+    for i, node in enumerate(graph.nodes):
+        tree.direct[node.scope].append(i)
+        for a in ancestors(node.scope):
+            tree.subtree[a].append(i)
+            first.setdefault(a, i)
+    big = len(graph.nodes)
+    for p in sorted(paths - {""}, key=lambda p: (first.get(p, big), depth(p))):
+        tree.children[parent(p)].append(p)
+    return tree
+
+
+def signature(tree: ScopeTree, path: str) -> str:
+    """A text that is equal for two scopes exactly when they are the same computation, up to
+    their names: ops, attributes, types, parameter shapes and the wiring inside."""
+    g = tree.graph
+    local: dict[str, str] = {}
+    external: dict[str, str] = {}
+    items: list[Any] = []
+    cut = len(path) + 1
+    for i in tree.subtree[path]:
+        node = g.nodes[i]
+        ins = []
+        for v in node.inputs:
+            if v not in local:
+                external.setdefault(v, f"x{len(external)}:{g.values[v].sizes_str()}")
+            ins.append(local.get(v) or external[v])
+        for k, v in enumerate(node.outputs):
+            local[v] = f"n{len(items)}.{k}"
+        shapes = {role: g.params[name].shape for role, name in node.params.items()}
+        rel = node.scope[cut:]
+        info = g.scopes.get(node.scope)
+        items.append([node.op, node.attrs, rel, info.kind if info else "", info.args if info else {},
+                      ins, [str(g.values[v]) for v in node.outputs], shapes])
+    return json.dumps(items, sort_keys=True, default=str)
+
+
+def runs(tree: ScopeTree, path: str) -> list[list[str]]:
+    """The children of `path` grouped into runs of consecutive identical scopes. Only the layers
+    of a stack are grouped; any other scope's children are runs of one."""
+    kids = tree.children.get(path, [])
+    if tree.kind(path) != "stack":
+        return [[k] for k in kids]
+    out: list[list[str]] = []
+    last = None
+    for k in kids:
+        sig = signature(tree, k)
+        if out and sig == last:
+            out[-1].append(k)
+        else:
+            out.append([k])
+            last = sig
+    return out
+
+
+def run_label(run: list[str]) -> str:
+    """`h.0` for one layer, `h.0-11` for a run (with the last part of each path)."""
+    if len(run) == 1:
+        return run[0]
+    return f"{run[0]}-{run[-1].rpartition('.')[2]}"
+
+
+def value_map(tree: ScopeTree, rep: str, other: str) -> dict[str, str]:
+    """Each value produced in `other` mapped to the matching value of `rep` (an identical scope)."""
+    g = tree.graph
+    out: dict[str, str] = {}
+    for i, j in zip(tree.subtree[rep], tree.subtree[other]):
+        for a, b in zip(g.nodes[i].outputs, g.nodes[j].outputs):
+            out[b] = a
+    return out
