@@ -1,0 +1,107 @@
+"""The graphviz backend: a Neural-Circuit-Diagram-style picture of a graph (`archc render`).
+
+`to_dot(graph)` writes dot text (from `diagram.dot.j2`, filled with a `Diagram` built in
+`diagram.py`); `render(graph, path)` runs graphviz's `dot` to write SVG, PNG or PDF. Where `dot`
+is missing, `render` writes the dot text next to the requested file and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from archc.errors import ArchError
+from archc.ir.graph import Graph
+
+from .diagram import SKIP_COLOR, Diagram, block_args, build_diagram, count, lines
+
+FORMATS = ("svg", "png", "pdf", "dot")
+INSTALL_HINT = "install graphviz to draw it: apt-get install graphviz (or brew install graphviz)"
+
+
+@lru_cache(maxsize=1)
+def _template() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent)),
+                             autoescape=False, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    return env.get_template("diagram.dot.j2")
+
+
+def _title(graph: Graph) -> str:
+    args = f"({block_args(graph.model_args, 100)})" if graph.model_args else ""
+    return lines(graph.name + args, f"{count(graph.param_count())} params", small=10)
+
+
+def diagram_dot(d: Diagram, graph: Graph) -> str:
+    return str(_template().render(d=d, title=_title(graph), skip_color=SKIP_COLOR))
+
+
+def to_dot(graph: Graph, depth: int | None = None, expand: bool = False) -> str:
+    """The diagram of `graph` as dot text; `depth` opens that many levels of scopes (all when
+    None); `expand` draws every layer of a stack instead of one per run of identical layers."""
+    return diagram_dot(build_diagram(graph, depth, expand), graph)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    path: Path  # the file written
+    fallback: bool  # True when `dot` was missing and `path` is dot text instead of the picture
+
+
+def output_format(path: str | Path, fmt: str | None = None) -> str:
+    fmt = (fmt or Path(path).suffix.lstrip(".")).lower()
+    if fmt == "gv":
+        fmt = "dot"
+    if fmt not in FORMATS:
+        raise ArchError(f"cannot render to '{path}': the format must be one of {', '.join(FORMATS)}",
+                        hint="name the output net.svg, net.png, net.pdf or net.dot")
+    return fmt
+
+
+def render(graph: Graph, path: str | Path, fmt: str | None = None, depth: int | None = None,
+           expand: bool = False, dpi: int = 96) -> Rendered:
+    """Write the diagram of `graph` to `path` (format from its suffix unless `fmt`)."""
+    path = Path(path)
+    fmt = output_format(path, fmt)
+    dot_text = to_dot(graph, depth, expand)
+    if fmt == "dot":
+        write_atomic(path, dot_text.encode())
+        return Rendered(path, False)
+    exe = shutil.which("dot")
+    if exe is None:
+        fallback = path.with_suffix(".dot")
+        write_atomic(fallback, dot_text.encode())
+        return Rendered(fallback, True)
+    args = [exe, f"-T{fmt}"] + ([f"-Gdpi={dpi}"] if fmt == "png" else [])
+    result = subprocess.run(args, input=dot_text.encode(), capture_output=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"graphviz 'dot' failed on the diagram of {graph.name}: "
+                           f"{result.stderr.decode(errors='replace').strip()}")
+    write_atomic(path, result.stdout)
+    return Rendered(path, False)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder, then rename: no half-written output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+__all__ = ["FORMATS", "INSTALL_HINT", "Rendered", "build_diagram", "output_format", "render", "to_dot",
+           "write_atomic"]
