@@ -293,12 +293,10 @@ class Elaborator:
 
     # ==== statements ==============================================================================
     def exec_body(self, stmts: tuple[A.Stmt, ...], frame: Frame) -> tuple[list[Any], Span] | None:
-        for i, s in enumerate(stmts):
+        for s in stmts:  # the parser refuses statements after a `return`
             result = self.exec_stmt(s, frame)
             if result is not None:
-                if i + 1 < len(stmts):
-                    raise ArchError("statement after 'return' is never reached", stmts[i + 1].span)
-                return result
+                return result  # a `return`, or an `if`/`for` whose body returned
         return None
 
     def exec_stmt(self, s: A.Stmt, frame: Frame) -> tuple[list[Any], Span] | None:

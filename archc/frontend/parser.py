@@ -88,7 +88,7 @@ _TOKEN_WORDS = {
     "COMMA": "','", "COLON": "':'", "SEMICOLON": "';'", "EQUAL": "'='", "MINUS": "'-'",
     "PIPE": "'>>'", "ARROW": "'=>'", "POW": "'**'", "DOT": "'.'", "AT": "'@'", "STAR": "'*'",
     "__ANON_0": "'->'", "RARROW": "'->'", "COMP_OP": "a comparison", "ADD_OP": "'+' or '-'",
-    "MUL_OP": "'*' or '/'", "$END": "the end of the file",
+    "MUL_OP": "'*' or '/'", "$END": "end of file",
 }
 
 
@@ -103,19 +103,88 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, text: str, file: str) ->
     line, col = err.line or 1, err.column or 1
     if isinstance(err, lark.exceptions.UnexpectedToken):
         tok = err.token
-        found = "the end of the file" if tok.type == "$END" else f"'{tok}'"
+        found = "end of file" if tok.type == "$END" else f"'{tok}'"
         if tok.type == "$END":
             lines = text.splitlines() or [""]
             line, col = len(lines), len(lines[-1]) + 1
+        unclosed = _unclosed_bracket(err, text, file, found, line)
+        if unclosed is not None:
+            return unclosed
+        dangling = _dangling_name(err, text, file)
+        if dangling is not None:
+            return dangling
         width = len(str(tok)) if tok.type != "$END" else 1
         span = Span(file, line, col, line, col + width)
         hint = _hint_for(tok, err.expected)
         return ArchError(f"unexpected {found}; expected {_describe(err.expected)}", span, hint)
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
         char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
-        hint = "strings use double quotes" if char == "'" else None
+        hint = ("strings use double quotes" if char == "'" else
+                "a string must end on the line where it starts" if char == '"' else None)
         return ArchError(f"unexpected character {char!r}", Span(file, line, col, line, col + 1), hint)
     return ArchError("unexpected end of file", Span(file, line, col))
+
+
+_CLOSERS = {"(": (")", "RPAR"), "[": ("]", "RSQB"), "{": ("}", "RBRACE")}
+# tokens that start a new statement or item: finding one where a ')' is due means a '(' was left open
+_FRESH_START = {"RETURN", "IF", "FOR", "ELIF", "ELSE", "RBRACE", "$END", "BLOCK", "MODEL", "AXIS", "IMPORT",
+                "INTERFACE", "LET", "FROM", "AT"}
+
+
+def _open_brackets(text: str, end: int) -> list[int]:
+    """Offsets of the brackets still open at offset `end`, innermost last (strings and comments skipped)."""
+    stack: list[int] = []
+    i = 0
+    while i < end:
+        ch = text[i]
+        if ch == "#":
+            nl = text.find("\n", i)
+            i = end if nl < 0 else nl
+        elif ch == '"':
+            i += 1
+            while i < end and text[i] not in '"\n':
+                i += 2 if text[i] == "\\" else 1
+        elif ch in _CLOSERS:
+            stack.append(i)
+        elif ch in ")]}" and stack and _CLOSERS[text[stack[-1]]][0] == ch:
+            stack.pop()
+        i += 1
+    return stack
+
+
+def _unclosed_bracket(err: lark.exceptions.UnexpectedToken, text: str, file: str, found: str,
+                      line: int) -> ArchError | None:
+    """`f(x` followed by `return y` on the next line: point at the '(' that is not closed."""
+    tok = err.token
+    if tok.type not in _FRESH_START:
+        return None
+    pos = len(text) if tok.type == "$END" else (tok.start_pos or 0)
+    opened = _open_brackets(text, pos)
+    if not opened:
+        return None
+    at = opened[-1]
+    closer, terminal = _CLOSERS[text[at]]
+    oline = text.count("\n", 0, at) + 1
+    if terminal not in err.expected or (oline >= line and tok.type != "$END"):
+        return None
+    ocol = at - (text.rfind("\n", 0, at) + 1) + 1
+    where = "the file ends" if tok.type == "$END" else f"{found} on line {line} comes"
+    return ArchError(f"'{text[at]}' is not closed", Span(file, oline, ocol, oline, ocol + 1),
+                     f"{where} before its '{closer}'")
+
+
+def _dangling_name(err: lark.exceptions.UnexpectedToken, text: str, file: str) -> ArchError | None:
+    """`y = f(x) relu`: the name after a complete statement starts a new one, which needs '='."""
+    history = getattr(err, "token_history", None) or []
+    if not history or history[-1].type != "NAME" or not set(err.expected) <= {"EQUAL", "COMMA"}:
+        return None
+    name = history[-1]
+    start = name.start_pos or 0
+    line_start = text.rfind("\n", 0, start) + 1
+    hint = (f"to apply '{name}' to the value before it, write '>> {name}'"
+            if text[line_start:start].strip() else None)
+    return ArchError(f"expected '=' after '{name}': a statement is 'name = value' or 'return value'",
+                     _tok_span(file, name), hint)
 
 
 def _hint_for(tok: Token, expected: set[str]) -> str | None:
@@ -238,6 +307,10 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
     # -- statements --
     @v_args(meta=True, inline=False)
     def body(self, meta: Meta, stmts: list[A.Stmt]) -> tuple[A.Stmt, ...]:
+        for s, after in zip(stmts, stmts[1:]):
+            if isinstance(s, A.Return):
+                raise ArchError("statement after 'return' is never reached", after.span,
+                                notes=[("the block returns here", s.span)])
         return tuple(stmts)
 
     @v_args(meta=True, inline=False)
