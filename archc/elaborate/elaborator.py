@@ -1008,17 +1008,28 @@ def _kw_span(e: A.Call, key: str) -> Span:
 # ==== public entry points =========================================================================
 def elaborate_file(path: str | Path, model: str | None = None, overrides: dict[str, Any] | None = None,
                    includes: list[Path] | None = None, limits: Limits | None = None) -> Graph:
-    loader = Loader(includes)
-    env = loader.load_path(Path(path))
-    return Elaborator(limits).model(env, model, overrides or {})
+    elaborator = Elaborator(limits)
+    try:
+        env = Loader(includes).load_path(Path(path))
+        return elaborator.model(env, model, overrides or {})
+    except RecursionError:
+        raise _too_deep(elaborator) from None
 
 
 def elaborate_text(text: str, file: str = "<string>", model: str | None = None,
                    overrides: dict[str, Any] | None = None, includes: list[Path] | None = None,
                    limits: Limits | None = None, folder: Path | None = None) -> Graph:
-    loader = Loader(includes)
-    env = loader.load_text(text, file, folder)
-    return Elaborator(limits).model(env, model, overrides or {})
+    elaborator = Elaborator(limits)
+    try:
+        env = Loader(includes).load_text(text, file, folder)
+        return elaborator.model(env, model, overrides or {})
+    except RecursionError:
+        raise _too_deep(elaborator) from None
+
+
+def _too_deep(elaborator: Elaborator) -> ArchError:
+    return ArchError("the spec nests too deeply to elaborate (blocks, pipelines, expressions or imports)",
+                     elaborator.span, "split deep expressions into statements, or nest fewer blocks")
 
 
 __all__ = ["Elaborator", "Limits", "elaborate_file", "elaborate_text", "expr_text"]
