@@ -16,7 +16,7 @@ from archc import resources
 from archc.elaborate.values import BlockTemplate, InterfaceRef, ModuleRef
 from archc.errors import ArchError, Span, did_you_mean
 from archc.frontend import ast as A
-from archc.frontend.parser import parse
+from archc.frontend.parser import MAX_SOURCE_BYTES, parse
 
 MAX_MODULES = 256
 
@@ -84,6 +84,8 @@ class Loader:
         self.stack.append(path)
         try:
             try:
+                if path.stat().st_size > MAX_SOURCE_BYTES:  # refuse before reading it all into memory
+                    raise ArchError(f"{display_name(path)} is larger than {MAX_SOURCE_BYTES >> 20} MiB", span)
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as e:
                 raise ArchError(f"cannot read {display_name(path)}: {e}", span) from None
@@ -132,17 +134,43 @@ class Loader:
         env.axes.update(target.axes)
 
     def resolve(self, rel: str, folder: Path, span: Span) -> Path:
+        """The file an import names. A path (or a link) that leads outside the allowed folders is
+        refused before anything there is read, so a spec cannot probe the rest of the machine."""
         if not rel.endswith(".arch"):
             raise ArchError(f"import '{rel}' must name an .arch file", span)
         bases = [] if os.path.isabs(rel) else [folder] + self.search
         candidates = [Path(rel)] if os.path.isabs(rel) else [b / rel for b in bases]
+        escaped = 0
         for cand in candidates:
-            real = cand.resolve()
-            if real.is_file():
-                if not any(real.is_relative_to(root) for root in self.allowed):
-                    raise ArchError(f"import '{rel}' resolves outside the allowed folders", span,
-                                    "imports may only reach the spec's folder, the standard library "
-                                    "and folders given with --include")
-                return real
+            try:
+                real = cand.resolve()
+                if not self._allowed(real):
+                    if self._allowed(Path(os.path.normpath(cand))) and real.exists():
+                        raise ArchError(f"import '{rel}' is a link to a file outside the allowed folders", span,
+                                        _ROOTS_HINT)
+                    escaped += 1
+                    continue
+                if real.is_file():
+                    return real
+            except (OSError, ValueError) as e:
+                raise ArchError(f"cannot import '{rel}': {e}", span) from None
+        if escaped == len(candidates):
+            raise ArchError(f"import '{rel}' reaches outside the allowed folders", span, _ROOTS_HINT)
+        raise ArchError(f"cannot find '{rel}'", span, did_you_mean(rel, self._known(rel, bases)))
+
+    def _allowed(self, path: Path) -> bool:
+        return any(path.is_relative_to(root) for root in self.allowed)
+
+    def _known(self, rel: str, bases: list[Path]) -> list[str]:
+        """Importable names near a missing one, for 'did you mean': the standard library and the
+        .arch files in the folder the import points into."""
         known = [str(p.relative_to(self.search[0])) for p in self.search[0].rglob("*.arch")]
-        raise ArchError(f"cannot find '{rel}'", span, did_you_mean(rel, known))
+        sub = os.path.dirname(rel)
+        for base in bases:
+            near = (base / sub).resolve()
+            if self._allowed(near) and near.is_dir():
+                known += [os.path.join(sub, f.name) for f in sorted(near.glob("*.arch"))[:1000]]
+        return known
+
+
+_ROOTS_HINT = "imports may only reach the spec's folder, the standard library and folders given with --include"
