@@ -676,7 +676,7 @@ class Elaborator:
 
     def check_attrs(self, op: Op, attrs: dict[str, Any], span: Span) -> None:
         try:
-            op.make_attrs({k: _plain(v) for k, v in attrs.items()}) if _all_given(op, attrs) else None
+            op.make_attrs({k: _plain(v) for k, v in attrs.items()}, strict=True) if _all_given(op, attrs) else None
         except OpError as err:
             raise ArchError(err.message, span, err.hint) from None
 
@@ -826,7 +826,7 @@ class Elaborator:
             raise ArchError(f"{op.name}() takes {want} tensor input{'s' if want != '1' else ''}, got {n}",
                             span or fn.span)
         try:
-            attrs = op.make_attrs({k: _plain(v) for k, v in fn.kwargs.items()})
+            attrs = op.make_attrs({k: _plain(v) for k, v in fn.kwargs.items()}, strict=True)
             types = [t.type for t in ins]
             outs = op.infer(attrs, types)
             specs = op.params(attrs, types)

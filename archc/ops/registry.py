@@ -88,9 +88,11 @@ class Op:
     def attr_names(self) -> list[str]:
         return list(self.Attrs.model_fields)
 
-    def make_attrs(self, values: dict[str, Any]) -> BaseModel:
+    def make_attrs(self, values: dict[str, Any], strict: bool = False) -> BaseModel:
+        """Validate attributes. `strict` (for values written in a spec) refuses conversions such
+        as "64" -> 64 or 1 -> True; IR loaded from JSON is validated leniently."""
         try:
-            return self.Attrs.model_validate(values)
+            return self.Attrs.model_validate(values, strict=strict)
         except ValidationError as e:
             raise OpError(_validation_message(self.name, e)) from None
 
