@@ -17,6 +17,10 @@ from archc.sizes import Size, SizeError
 UNKNOWN = "?"  # prefix of unknown axis atoms while solving
 
 
+class _ArithError(ArchError):
+    """Arithmetic in a type that fails for the sizes at hand (`H/2` with H = 7)."""
+
+
 class Pattern:
     """A tensor type from the spec, evaluated against the names in scope."""
 
@@ -54,7 +58,7 @@ class Pattern:
                 return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b,
                         "/": lambda: a / b, "//": lambda: a // b}[e.op]()
             except SizeError as err:
-                raise ArchError(str(err), e.span) from None
+                raise _ArithError(str(err), e.span) from None
         raise ArchError("a tensor type's axes are names, integers and + - * / of them", e.span)
 
     def fresh(self, bindings: dict[str, Size]) -> TensorType:
@@ -104,7 +108,12 @@ class Pattern:
             progress = False
             for item in list(pending):
                 e, dim, i = item
-                size = self.size_of(e, bindings)
+                try:
+                    size = self.size_of(e, bindings)
+                except _ArithError as err:
+                    known = ", ".join(f"{n} = {bindings[n]}" for n in _names(e) if n in bindings)
+                    raise fail(f"axis {i + 1}: {_expr_text(e)}{' with ' + known if known else ''}: "
+                               f"{err.message}") from None
                 unknowns = [a for a in size.atoms() if a.startswith(UNKNOWN)]
                 if len(unknowns) > 1:
                     continue
@@ -144,6 +153,14 @@ def _solve(size: Size, atom: str, actual: Size, fail: Callable[[str], ArchError]
         if getattr(c, "denominator", 1) != 1 or c <= 0:
             raise fail(f"axis {i + 1}: {_expr_text(e)} cannot be {actual}: {name} would be {c}")
     return value
+
+
+def _names(e: Any) -> list[str]:
+    if isinstance(e, A.Name):
+        return [e.id]
+    if isinstance(e, A.BinOp):
+        return _names(e.left) + [n for n in _names(e.right) if n not in _names(e.left)]
+    return []
 
 
 def _label(e: Any) -> str | None:
