@@ -68,16 +68,20 @@ class Elaborator:
         if name is not None:
             chosen = next((b for b in env.blocks() if b.name == name), None)
             if chosen is None:
-                raise ArchError(f"{env.file} defines no model or block '{name}'", None,
-                                did_you_mean(name, [b.name for b in env.blocks()]))
+                close = did_you_mean(name, [b.name for b in env.blocks()])
+                near = next((b.name_span for b in env.blocks() if close and f"'{b.name}'" in close), None)
+                raise ArchError(f"{env.file} defines no model or block '{name}'", near or Span(env.file, 1, 1),
+                                close)
         elif len(models) == 1:
             chosen = models[0]
         elif not models:
-            raise ArchError(f"{env.file} defines no model", None,
+            first = env.blocks()[0].name_span if env.blocks() else None
+            raise ArchError(f"{env.file} defines no model", first or Span(env.file, 1, 1),
                             "declare the entry point with 'model Name(...) (inputs) -> outputs { ... }'")
         else:
             raise ArchError(f"{env.file} defines {len(models)} models ({', '.join(m.name for m in models)})",
-                            None, "choose one with --model NAME")
+                            models[1].name_span, "choose one with --model NAME",
+                            notes=[("the first model is here", models[0].name_span)])
         template = BlockTemplate(chosen, env)
         unknown = set(overrides) - {p.name for p in chosen.params}
         if unknown:
@@ -126,32 +130,38 @@ class Elaborator:
             if b.implements:
                 self.interface(b.implements, env, b.span)
             return b.ports, b.outs or ()
-        iface = self.interface(b.implements or "", env, b.span)
+        iface = self.interface(b.implements or "", env, b.name_span or b.span)
         return iface.definition.ports, iface.definition.outs
 
     def interface(self, name: str, env: ModuleEnv, span: Span) -> InterfaceRef:
         value = env.names.get(name)
         if not isinstance(value, InterfaceRef):
-            raise ArchError(f"'{name}' is not an interface", span,
+            what = f"'{name}' is {describe(value)}, not an interface" if value is not None else \
+                f"unknown interface '{name}'"
+            raise ArchError(what, span,
                             did_you_mean(name, [n for n, v in env.names.items() if isinstance(v, InterfaceRef)]))
         return value
 
     def construct(self, template: BlockTemplate, args: tuple[Any, ...], kwargs: dict[str, Any],
-                  span: Span | None, base: dict[str, Any] | None = None) -> BlockFn:
-        """Bind a block's parameters: check names and types, fill in defaults."""
+                  span: Span | None, base: dict[str, Any] | None = None,
+                  arg_spans: dict[str | int, Span] | None = None) -> BlockFn:
+        """Bind a block's parameters: check names and types, fill in defaults. `arg_spans` locates
+        each argument (positional by index, keyword by name) for errors about it."""
         b = template.definition
         given = dict(base or {})
+        where = dict(arg_spans or {})
         if len(args) > len(b.params):
-            raise ArchError(f"block '{b.name}' takes {len(b.params)} parameters, got {len(args)} positional",
-                            span)
-        for formal, value in zip(b.params, args):
+            raise ArchError(f"block '{b.name}' takes {len(b.params)} parameter{'s' if len(b.params) != 1 else ''}, "
+                            f"got {len(args)} positional", where.get(len(b.params), span))
+        for i, (formal, value) in enumerate(zip(b.params, args)):
             given[formal.name] = value
+            where[formal.name] = where.get(i, span)  # type: ignore[assignment]
         for key, value in kwargs.items():
             if key not in {p.name for p in b.params}:
                 ports = {p.name for p in (b.ports or ())}
                 hint = (f"'{key}' is an input of '{b.name}': pass tensors positionally" if key in ports
                         else did_you_mean(key, [p.name for p in b.params]))
-                raise ArchError(f"block '{b.name}' has no parameter '{key}'", span, hint)
+                raise ArchError(f"block '{b.name}' has no parameter '{key}'", where.get(key, span), hint)
             given[key] = value
         frame = Frame(module=template.module, scope="", block=b.name)
         params: dict[str, Any] = {}
@@ -164,7 +174,7 @@ class Elaborator:
             else:
                 raise ArchError(f"block '{b.name}' needs its parameter '{formal.name}: {type_text(formal.type)}'",
                                 span, notes=[("declared here", formal.span)])
-            params[formal.name] = self.check_param(formal, value, template.module, b, span)
+            params[formal.name] = self.check_param(formal, value, template.module, b, where.get(formal.name, span))
         return BlockFn(template, params, None, span)
 
     def check_param(self, formal: A.Formal, value: Any, env: ModuleEnv, b: A.BlockDef, span: Span | None) -> Any:
@@ -578,8 +588,11 @@ class Elaborator:
         if len(args) != 1 or isinstance(args[0], bool) or not isinstance(args[0], int):
             raise ArchError("stack() takes its depth, a compile-time int", e.span)
         depth = args[0]
-        if depth < 0 or depth > self.limits.max_nodes:
-            raise ArchError(f"stack depth {depth} is out of range", e.span)
+        if depth < 0:
+            raise ArchError(f"stack depth {depth} is negative", e.span)
+        if depth > self.limits.max_nodes:
+            raise ArchError(f"stack depth {depth} exceeds the expansion limit ({self.limits.max_nodes} ops)",
+                            e.span, "the limit is set by --max-nodes")
         connect = kwargs.get("connect")
         if connect is not None:
             raise ArchError("connection policies on a stack ('connect=') are not available yet", e.kwargs[0].span,
@@ -630,12 +643,13 @@ class Elaborator:
             if isinstance(a, Tensor):
                 raise ArchError("tensor inputs come before the other arguments", expr.span)
         if isinstance(func, BlockTemplate):
-            fn: Any = self.construct(func, tuple(rest), kwargs, e.span)
+            fn: Any = self.construct(func, tuple(rest), kwargs, e.span, arg_spans=_arg_spans(e, n_tensors))
             return self.apply(fn, tensors, frame, e.span) if tensors else fn
         if isinstance(func, OpFn):
             return self.call_op(func, tensors, rest, kwargs, frame, e)
         if isinstance(func, BlockFn) and (rest or kwargs):
-            fn = self.construct(func.template, tuple(rest), kwargs, e.span, base=func.params)
+            fn = self.construct(func.template, tuple(rest), kwargs, e.span, base=func.params,
+                                arg_spans=_arg_spans(e, n_tensors))
             return self.apply(fn, tensors, frame, e.span) if tensors else fn
         if isinstance(func, CALLABLES):
             if rest or kwargs:
@@ -999,6 +1013,13 @@ def _formals_text(ports: Iterable[A.Formal]) -> str:
 def _outs_text(outs: Iterable[A.TensorTypeExpr]) -> str:
     outs = list(outs)
     return type_text(outs[0]) if len(outs) == 1 else "(" + ", ".join(type_text(o) for o in outs) + ")"
+
+
+def _arg_spans(e: A.Call, skip: int) -> dict[str | int, Span]:
+    """Where each non-tensor argument of a call is written: by position (after `skip` tensors) and name."""
+    spans: dict[str | int, Span] = {i: a.span for i, a in enumerate(e.args[skip:])}
+    spans.update({k.name: k.span for k in e.kwargs})
+    return spans
 
 
 def _kw_span(e: A.Call, key: str) -> Span:
