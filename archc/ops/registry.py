@@ -100,6 +100,10 @@ class Op:
         return self.make_attrs(values).model_dump(mode="json")
 
 
+_KINDS = {"int": "an int", "float": "a number", "str": "a string", "bool": "a bool", "none": "none",
+          "tuple[int, ...]": "a list of ints"}
+
+
 def _validation_message(op: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "arguments"
@@ -108,7 +112,17 @@ def _validation_message(op: str, err: ValidationError) -> str:
     if first["type"] == "missing":
         return f"{op}() is missing its argument '{loc}'"
     value = first.get("input")
-    return f"{op}() argument '{loc}': {first['msg'].lower()} (got {value!r})"
+    if not first["loc"]:  # a check across arguments (a model validator)
+        return f"{op}(): {first['msg'].removeprefix('Value error, ')}"
+    name = str(first["loc"][0]) + "".join(f"[{p}]" for p in first["loc"][1:] if isinstance(p, int))
+    if isinstance(value, Size):
+        return f"{op}() argument '{name}' must be a known integer, got the symbolic size '{value}'"
+    same = [e for e in err.errors() if e["loc"][:1] == first["loc"][:1]]
+    if len(same) > 1:  # a union: name the kinds of value it takes
+        kinds = [_KINDS.get(str(e["loc"][1]), str(e["loc"][1]).removeprefix("literal[").removesuffix("]"))
+                 for e in same if len(e["loc"]) > 1]
+        return f"{op}() argument '{name}' must be {' or '.join(dict.fromkeys(kinds))}, got {value!r}"
+    return f"{op}() argument '{name}': {first['msg'].lower().removeprefix('value error, ')} (got {value!r})"
 
 
 _REGISTRY: dict[str, Op] = {}
@@ -176,10 +190,16 @@ def broadcast(a: TensorType, b: TensorType, op: str) -> TensorType:
     for i in range(max(ra, rb)):
         da = a.shape[ra - 1 - i] if i < ra else None
         db = b.shape[rb - 1 - i] if i < rb else None
-        if da is None or (db is not None and da.size == 1 and db.size != 1):
+        if da is None:
             out_dims.append(db)
-        elif db is None or db.size == 1 or da.size == db.size:
-            out_dims.append(da if da.name or db is None else db)
+        elif db is None:
+            out_dims.append(da)
+        elif da.size == db.size:
+            out_dims.append(da if da.name else db)  # equal sizes: keep whichever axis has a name
+        elif db.size == 1:
+            out_dims.append(da)
+        elif da.size == 1:
+            out_dims.append(db)
         else:
             raise OpError(f"{op}: cannot broadcast {a} with {b} "
                           f"(axis {max(ra, rb) - i}: {da.size} vs {db.size})")
