@@ -683,12 +683,15 @@ class Elaborator:
                                 did_you_mean(key, op.attr_names()))
         bound = fn.bound + tuple(tensors)
         new = replace(fn, kwargs=attrs, bound=bound, span=e.span, scope=None if not fn.scope else fn.scope)
-        self.check_attrs(op, attrs, e.span)
+        spans = {name: a.span for name, a in zip(names, e.args[len(tensors):])}
+        spans.update({k.name: k.span for k in e.kwargs})
+        self.check_attrs(op, attrs, e.span, spans)
         if tensors or op.min_inputs == 0:
             return self.apply(replace(new, bound=()), list(bound), frame, e.span)
         return new
 
-    def check_attrs(self, op: Op, attrs: dict[str, Any], span: Span) -> None:
+    def check_attrs(self, op: Op, attrs: dict[str, Any], span: Span, arg_spans: dict[str, Span] | None = None) -> None:
+        """Validate an op's arguments once all are given; an error points at the argument at fault."""
         try:
             op.make_attrs({k: _plain(v) for k, v in attrs.items()}, strict=True) if _all_given(op, attrs) else None
         except OpError as err:

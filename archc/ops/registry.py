@@ -23,9 +23,10 @@ from archc.sizes import Size, SizeError
 class OpError(Exception):
     """A shape, dtype or attribute error raised by an op rule; the elaborator adds the span."""
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, where: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.message, self.hint = message, hint
+        self.where = where  # the argument at fault, outermost first (`sizes`, `h`), when one is
 
 
 class NoAttrs(BaseModel):
@@ -94,7 +95,8 @@ class Op:
         try:
             return self.Attrs.model_validate(values, strict=strict)
         except ValidationError as e:
-            raise OpError(_validation_message(self.name, e)) from None
+            where = tuple(str(p) for p in (e.errors()[0]["loc"] if e.errors() else ()))
+            raise OpError(_validation_message(self.name, e), where=where) from None
 
     def canonical_attrs(self, values: dict[str, Any]) -> dict[str, Any]:
         return self.make_attrs(values).model_dump(mode="json")
