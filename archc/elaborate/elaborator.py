@@ -70,16 +70,16 @@ class Elaborator:
             if chosen is None:
                 close = did_you_mean(name, [b.name for b in env.blocks()])
                 near = next((b.name_span for b in env.blocks() if close and f"'{b.name}'" in close), None)
-                raise ArchError(f"{env.file} defines no model or block '{name}'", near or Span(env.file, 1, 1),
+                raise ArchError(f"this file defines no model or block '{name}'", near or Span(env.file, 1, 1),
                                 close)
         elif len(models) == 1:
             chosen = models[0]
         elif not models:
             first = env.blocks()[0].name_span if env.blocks() else None
-            raise ArchError(f"{env.file} defines no model", first or Span(env.file, 1, 1),
+            raise ArchError("this file defines no model", first or Span(env.file, 1, 1),
                             "declare the entry point with 'model Name(...) (inputs) -> outputs { ... }'")
         else:
-            raise ArchError(f"{env.file} defines {len(models)} models ({', '.join(m.name for m in models)})",
+            raise ArchError(f"this file defines {len(models)} models ({', '.join(m.name for m in models)})",
                             models[1].name_span, "choose one with --model NAME",
                             notes=[("the first model is here", models[0].name_span)])
         template = BlockTemplate(chosen, env)
