@@ -246,3 +246,16 @@ def test_the_zoo_and_std_specs_all_check() -> None:
         if "std" in path.parts:
             continue  # libraries have no model of their own
         verify(elaborate_file(path))
+
+
+def test_broadcasting_keeps_the_larger_axis_whatever_its_label() -> None:
+    spec = """
+    axis B
+    model M (x: [B, 4, 6, 6]) -> [B, 4, 6, 6] {
+        s = parameter([4], init=1.0)
+        return x * rearrange(s, "c -> c 1 1")
+    }
+    """
+    assert out_type(spec) == "[B, 4, 6, 6]"
+    assert out_type(spec.replace("x * rearrange", "rearrange").replace(', "c -> c 1 1")', ', "c -> c 1 1") * x')) \
+        == "[B, 4, 6, 6]"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
+from archc.elaborate import connect as C
 from archc.elaborate.loader import LazyLet, Loader, ModuleEnv
 from archc.elaborate.unify import Pattern
 from archc.elaborate.values import (CALLABLES, BlockFn, BlockTemplate, Builtin, Callable, Frame,
@@ -27,8 +28,8 @@ from archc.ops import registry
 from archc.ops.registry import Op, OpError
 from archc.sizes import MAX_INT, Size, SizeError
 
-PARAM_TYPES = ("int", "float", "bool", "str", "fn", "block", "axis", "list")
-BUILTINS = ("range", "len", "min", "max", "int", "float", "residual", "shape")
+PARAM_TYPES = ("int", "float", "bool", "str", "fn", "block", "axis", "list", "connection")
+BUILTINS = ("range", "len", "min", "max", "int", "float", "shape") + tuple(C.SPECS)
 ANNOTATIONS = ("scope", "no_fuse", "sparse", "deploy", "name")
 
 
@@ -61,6 +62,7 @@ class Elaborator:
         self.depth = 0
         self.param_elems = 0
         self.span: Span | None = None  # the statement being elaborated, for limit errors
+        self.connect: list[C.Context] = []  # stacks being wired by a connection policy
 
     # ==== entry ===================================================================================
     def model(self, env: ModuleEnv, name: str | None, overrides: dict[str, Any]) -> Graph:
@@ -207,6 +209,10 @@ class Elaborator:
         elif name == "list":
             if not isinstance(value, tuple):
                 raise bad
+        elif name == "connection":
+            value = self.as_policy(value, span)
+            if value is None:
+                raise bad
         elif name in ("fn", "block"):
             value = self.as_callable(value, span)
             if value is None:
@@ -259,7 +265,7 @@ class Elaborator:
         for port, t in zip(ports, inputs):
             pattern = Pattern(port.type, self.size_lookup(frame), fn.template.module.axes)  # type: ignore[arg-type]
             relabelled = pattern.match(t.type, bindings, stars, f"input '{port.name}' of '{b.name}'", span)
-            matched.append(Tensor(t.id, relabelled))
+            matched.append(replace(t, type=relabelled))
         for axis, size in bindings.items():
             frame.vars.setdefault(axis, size.value if size.is_const else size)
         for port, t in zip(ports, matched):
@@ -292,8 +298,9 @@ class Elaborator:
             pattern = Pattern(out, self.size_lookup(frame), fn.template.module.axes)
             what = f"block '{b.name}' returns" + (f" (output {i + 1})" if len(outs) > 1 else "")
             relabelled = pattern.match(v.type, bindings, stars if stars is not None else {}, what, ret_span)
-            self.values[v.id] = relabelled
-            checked.append(Tensor(v.id, relabelled))
+            if not isinstance(v, C.StreamState):
+                self.values[v.id] = relabelled
+            checked.append(replace(v, type=relabelled))
         return checked
 
     def record_scope(self, scope: str, kind: str, args: dict[str, Any], span: Span | None) -> None:
@@ -595,9 +602,19 @@ class Elaborator:
                             e.span, "the limit is set by --max-nodes")
         connect = kwargs.get("connect")
         if connect is not None:
-            raise ArchError("connection policies on a stack ('connect=') are not available yet", e.kwargs[0].span,
-                            "write the residual connections inside the block for now")
+            policy = self.as_policy(connect, e.span)
+            if policy is None:
+                raise ArchError(f"connect= takes a connection policy ({', '.join(C.SPECS)}), got {describe(connect)}",
+                                next(k.span for k in e.kwargs if k.name == "connect"))
+            connect = replace(policy, span=next(k.span for k in e.kwargs if k.name == "connect"))
         return StackFn(depth, e.var, e.body, frame, connect, None, e.span)
+
+    def as_policy(self, value: Any, span: Span | None) -> C.Policy | None:
+        if isinstance(value, C.Policy):
+            return value
+        if isinstance(value, Builtin) and value.name in C.SPECS:
+            return C.make_policy(value.name, [], {}, span)
+        return None
 
     def pipeline(self, e: A.Pipeline, frame: Frame) -> Any:
         first = self.eval(e.stages[0], frame)
@@ -695,9 +712,13 @@ class Elaborator:
         try:
             op.make_attrs({k: _plain(v) for k, v in attrs.items()}, strict=True) if _all_given(op, attrs) else None
         except OpError as err:
-            raise ArchError(err.message, span, err.hint) from None
+            at = next((arg_spans[w] for w in reversed(err.where) if w in (arg_spans or {})), span)
+            raise ArchError(err.message, at, err.hint) from None
 
     def builtin(self, name: str, args: list[Any], kwargs: dict[str, Any], frame: Frame, e: A.Call) -> Any:
+        kwargs_all = kwargs
+        if name in C.SPECS and not (name == "residual" and args):
+            kwargs = {}
         if kwargs:
             raise ArchError(f"{name}() takes no keyword arguments", e.span)
         nums = [_plain(a) for a in args]
@@ -728,6 +749,8 @@ class Elaborator:
                 raise ArchError(f"axis {nums[1]} is out of range for {t}", e.span)
             s = t.sizes[nums[1]]
             return s.value if s.is_const else s
+        if name in C.SPECS and not (name == "residual" and args):
+            return C.make_policy(name, args, kwargs_all, e.span)
         if name == "residual":
             fn = self.as_callable(args[-1], e.span) if args else None
             if fn is None or not 1 <= len(args) <= 2:
@@ -762,7 +785,10 @@ class Elaborator:
             return value
         if isinstance(fn, StackFn):
             scope = fn.scope or self.fresh(prefix, "stack")
-            self.record_scope(scope, "stack", {"depth": fn.count}, fn.span)
+            self.record_scope(scope, "stack", {"depth": fn.count, **({"connect": str(fn.connect)} if fn.connect
+                                                                      else {})}, fn.span)
+            if fn.connect is not None:
+                return self.connected_stack(fn, inputs, frame, span, scope)
             value = inputs
             for i in range(fn.count):
                 layer = self.stack_layer(fn, i, span)
@@ -775,13 +801,7 @@ class Elaborator:
             if len(inputs) != 1:
                 raise ArchError("residual() takes one tensor", span)
             inner = fn.scope if fn.scope is not None else prefix
-            branch = self.apply(fn.inner, inputs, frame, span, inner)
-            if not isinstance(branch, Tensor):
-                raise ArchError("the branch of residual() must return one tensor", span)
-            if branch.type.sizes != inputs[0].type.sizes:
-                raise ArchError(f"residual(): the branch changes the shape from {inputs[0].type} to {branch.type}",
-                                span)
-            return self.apply_op("add", [inputs[0], branch], {}, frame, span)
+            return self.residual_add(inputs[0], fn.inner, frame, span, inner)
         raise AssertionError(fn)
 
     def stack_layer(self, fn: StackFn, i: int, span: Span | None) -> Callable:
@@ -823,6 +843,82 @@ class Elaborator:
                                              f"the block in slot '{fn.param}: {i.name}' returns", fn.span or span)
         return out
 
+    def op_at(self, name: str, inputs: list[Tensor], attrs: dict[str, Any], scope: str, frame: Frame,
+              span: Span | None) -> Any:
+        """Apply an op as the instance named `scope` (for parameters a policy owns)."""
+        return self.apply_op_fn(OpFn(registry.get(name), attrs, (), scope, span), inputs, frame, span, scope)
+
+    def residual_add(self, x: Tensor, fn: Callable, frame: Frame, span: Span | None, prefix: str) -> Tensor:
+        """`residual(x, f)`: x + f(x), unless a connection policy wires this stack's layers."""
+        ctx = self.connect[-1] if self.connect else None
+        if ctx is not None and ctx.state is not None and x.id == ctx.state.id:
+            out = C.Connector(self, frame, span).residual(ctx, x, fn, prefix)
+            ctx.state = out
+            return out
+        if isinstance(x, C.StreamState):
+            raise ArchError("residual(): these residual streams belong to another layer", span)
+        branch = self.apply(fn, [x], frame, span, prefix)
+        if not isinstance(branch, Tensor):
+            raise ArchError("the branch of residual() must return one tensor", span)
+        if branch.type.sizes != x.type.sizes:
+            raise ArchError(f"residual(): the branch changes the shape from {x.type} to {branch.type}", span)
+        return self.apply_op("add", [x, branch], {}, frame, span)
+
+    def connected_stack(self, fn: StackFn, inputs: list[Tensor], frame: Frame, span: Span | None,
+                        scope: str) -> Tensor:
+        policy: C.Policy = fn.connect
+        where = policy.span or span
+        con = C.Connector(self, frame, where)
+        if len(inputs) != 1:
+            raise ArchError(f"connect={policy} needs a stack with one input, got {len(inputs)}", where)
+        ctx = C.Context(policy, scope)
+        per_residual = C.policy_kind(policy) == "residual"
+        x = con.enter(ctx, inputs[0])
+        outputs = [x]
+        dim = policy.args.get("dim", 1)
+        for i in range(fn.count):
+            layer = named(self.stack_layer(fn, i, span), _join(scope, str(i)))
+            inp = x
+            if policy.name == "dense" and i > 0:
+                inp = self.apply_op("concat", outputs, {"dim": dim}, frame, where)
+            ctx.layer, ctx.layer_scope, ctx.call_in_layer, ctx.state = i, _join(scope, str(i)), 0, inp
+            # a per-layer policy leaves the layer's own residual calls alone
+            self.connect.append(ctx if per_residual else C.Context(policy, scope))
+            try:
+                out = self.apply(layer, [inp], frame, span, scope)
+            except ArchError as err:
+                if policy.name == "dense" and not err.hint:
+                    err.hint = (f"dense(growth={policy.args['growth']}) feeds layer {i} the concatenation of all "
+                                "earlier outputs, so its input axis must be able to grow")
+                raise
+            finally:
+                self.connect.pop()
+            if not isinstance(out, Tensor):
+                raise ArchError(f"connect={policy}: each layer must return one tensor", where)
+            if per_residual:
+                plain = policy.name == "residual" and not policy.args["post"]  # the default: any layer fits
+                if ctx.call_in_layer == 0 and not plain:
+                    raise ArchError(f"connect={policy} has nothing to connect: layer {i} of this stack makes no "
+                                    "residual(x, f) call", where,
+                                    "write the layer's skips as residual(x, branch) so the policy can wire them")
+                if ctx.call_in_layer and out.id != ctx.state.id:
+                    raise ArchError(f"connect={policy}: a layer must return the value of its last residual(...)",
+                                    where)
+                x = out
+            elif policy.name == "dwa":
+                _check_same(outputs[0], out, policy, where)
+                outputs.append(out)
+                x = con.dwa_after(ctx, i + 1, outputs)
+            elif policy.name == "dense":
+                got = out.type.sizes[dim] if -out.type.rank <= dim < out.type.rank else None
+                if got != Size.of(policy.args["growth"]):
+                    raise ArchError(f"connect={policy}: layer {i} must output {policy.args['growth']} channels on "
+                                    f"axis {dim + 1}, got {out.type}", where)
+                outputs.append(out)
+        if policy.name == "dense":
+            return self.apply_op("concat", outputs, {"dim": dim}, frame, where)
+        return con.exit(ctx, x)
+
     def fresh(self, prefix: str, base: str) -> str:
         key = (prefix, base)
         n = self.counters.get(key, 0)
@@ -836,6 +932,11 @@ class Elaborator:
     def apply_op_fn(self, fn: OpFn, inputs: list[Tensor], frame: Frame, span: Span | None, prefix: str) -> Any:
         op = fn.op
         ins = list(inputs) + list(fn.bound)
+        for t in ins:
+            if isinstance(t, C.StreamState):
+                raise ArchError(f"under connect={self.connect[-1].policy if self.connect else 'hyper'}, the layer's "
+                                f"input holds {t.state.type.sizes[0]} residual streams: it can only be passed to "
+                                f"residual(x, f) or returned, not to {op.name}()", span or fn.span)
         n = len(ins)
         if n < op.min_inputs or (op.max_inputs is not None and n > op.max_inputs):
             want = (f"{op.min_inputs}" if op.max_inputs == op.min_inputs else
@@ -908,6 +1009,12 @@ def _plain(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _plain(x) for k, x in v.items()}
     return v
+
+
+def _check_same(first: Tensor, out: Tensor, policy: Any, span: Span | None) -> None:
+    if first.type.sizes != out.type.sizes:
+        raise ArchError(f"connect={policy} averages layer outputs, so each layer must keep the shape: "
+                        f"{first.type} in, {out.type} out", span)
 
 
 def _is_expr(v: Any) -> bool:
@@ -991,6 +1098,8 @@ def _jsonable(v: Any) -> Any:
         return {k: _jsonable(x) for k, x in v.items()}
     if isinstance(v, SlotFn):
         return _jsonable(v.inner)
+    if isinstance(v, C.Policy):
+        return str(v)
     if isinstance(v, BlockFn):
         return v.template.definition.name
     if isinstance(v, OpFn):

@@ -146,8 +146,14 @@ class Einsum(Op):
         return sides, out, sizes
 
     def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
-        _, out, sizes = self._parse(a, ins)
-        return [TensorType(dtype=ins[0].dtype, shape=tuple(Dim(size=sizes[g[0]], name=g[0]) for g in out.groups))]
+        sides, out, sizes = self._parse(a, ins)
+        labels: dict[str, str] = {}  # an axis keeps the label it had on the inputs, if any
+        for side, t in zip(sides, ins):
+            for (n,), d in zip(side.groups, t.shape):
+                if d.name and n not in labels:
+                    labels[n] = d.name
+        return [TensorType(dtype=ins[0].dtype, shape=tuple(Dim(size=sizes[g[0]], name=labels.get(g[0], g[0]))
+                                                           for g in out.groups))]
 
     def flops(self, a: Any, ins: list[TensorType], outs: list[TensorType]) -> Size:
         _, out, sizes = self._parse(a, ins)
