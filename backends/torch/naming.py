@@ -1,0 +1,63 @@
+"""Names in generated code: variables that never shadow, and accessors for module-tree paths.
+
+Like torch.fx's namespace: a variable is derived from what it is (the scope path of the node that
+makes it, then the op: `h_0_attn_qkv`, `h_0_attn_rearrange`), sanitized into an identifier, and
+numbered (`_1`, `_2`) when the name is taken or would shadow a keyword, a builtin or a name the
+generated file defines.
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+import re
+
+from archc.ir.graph import Graph, Node
+
+# Names the generated module defines or imports at top level, plus `self`.
+FILE_GLOBALS = frozenset({"torch", "nn", "F", "drop_path", "Scope", "self"})
+RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins)) | FILE_GLOBALS
+
+
+def sanitize(text: str) -> str:
+    """An identifier from any text: invalid characters become `_`, a leading digit gets `_`."""
+    out = re.sub(r"\W", "_", text).strip("_") or "v"
+    return f"_{out}" if out[0].isdigit() else out
+
+
+class Namer:
+    """Hands out unique identifiers; a name is never given twice."""
+
+    def __init__(self, taken: frozenset[str] | set[str] = RESERVED) -> None:
+        self.used: set[str] = set(taken)
+
+    def take(self, base: str) -> str:
+        base = sanitize(base)
+        name, n = base, 0
+        while name in self.used:
+            n += 1
+            name = f"{base}_{n}"
+        self.used.add(name)
+        return name
+
+
+def node_base(node: Node, graph: Graph) -> str:
+    """What to call a node's result: its own scope when the node is that instance, else scope + op."""
+    info = graph.scopes.get(node.scope)
+    if node.scope and node.params and info is not None and info.kind == node.op:
+        return node.scope
+    return f"{node.scope}.{node.op}" if node.scope else node.op
+
+
+def value_names(graph: Graph, taken: frozenset[str] | set[str] = RESERVED) -> dict[str, str]:
+    """A variable name for every value id: inputs keep their port names where they can."""
+    namer = Namer(taken)
+    names = {port.value: namer.take(port.name) for port in graph.inputs}
+    for node in graph.nodes:
+        base = node_base(node, graph)
+        if len(node.outputs) == 1:
+            names[node.outputs[0]] = namer.take(base)
+        else:
+            for i, out in enumerate(node.outputs):
+                names[out] = namer.take(f"{base}_{i}")
+    return names
