@@ -409,5 +409,7 @@ class Attention(Op):
 
     def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
         extra = f", scale={a.scale}" if a.scale is not None else ""
-        drop = f", dropout_p={a.dropout} if self.training else 0.0" if a.dropout else ""
+        # `p * self.training`, not `p if self.training else 0.0`: no Python branch on the mode, so the
+        # fx backend can read `self.training` when the GraphModule runs
+        drop = f", dropout_p={a.dropout} * self.training" if a.dropout else ""
         return f"F.scaled_dot_product_attention({', '.join(ins)}, is_causal={a.causal}{drop}{extra})"
