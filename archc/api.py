@@ -1,0 +1,51 @@
+"""The Python API: `archc.compile(path, target="torch", **params) -> nn.Module`, `emit_python(graph)`.
+
+torch is imported only when a backend is used, so `import archc` stays light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from archc.errors import ArchError, did_you_mean
+from archc.ir.graph import Graph
+
+TARGETS = ("torch", "fx")
+
+
+def check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ArchError(f"unknown target '{target}'", None,
+                        did_you_mean(target, TARGETS) or f"the targets are {', '.join(TARGETS)}")
+
+
+def build(graph: Graph, target: str = "torch") -> Any:
+    """Lower an IR graph: "torch" gives an `nn.Module`, "fx" a `torch.fx.GraphModule`."""
+    check_target(target)
+    if target == "torch":
+        from archc.backends.torch import build_module
+
+        return build_module(graph)
+    from archc.backends.fx import build_graph_module
+
+    return build_graph_module(graph)
+
+
+def compile(path: str | Path, target: str = "torch", model: str | None = None, **model_params: Any) -> Any:  # noqa: A001
+    """Compile the spec at `path` to a freshly initialized module. `model` picks a model or block
+    when the file has several; `model_params` override the model's parameters (`depth=4`)."""
+    from archc.elaborate import elaborate_file
+
+    check_target(target)
+    return build(elaborate_file(path, model=model, overrides=model_params), target)
+
+
+def emit_python(graph: Graph) -> str:
+    """The text of a standalone `.py` file (needs only torch) that defines the model."""
+    from archc.backends.torch import emit_python as emit
+
+    return emit(graph)
+
+
+__all__ = ["TARGETS", "build", "check_target", "compile", "emit_python"]
