@@ -1,0 +1,233 @@
+"""Every op in the registry, lowered three ways (module, fx, emitted file), against a plain
+PyTorch eager reference written here independently of the op's own torch spelling."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from backend_harness import assert_close, spec_graph, three_ways
+from torch import nn
+
+from archc.backends.torch.inputs import example_inputs
+from archc.ops import registry
+
+Sd = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    spec: str
+    ref: Callable[[tuple[torch.Tensor, ...], Sd], Any]
+    atol: float = 1e-5
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+def _module(m: nn.Module, sd: Sd, prefix: str) -> nn.Module:
+    """A torch.nn layer holding the archc weights stored under `prefix.`."""
+    m.load_state_dict({k[len(prefix) + 1:]: v for k, v in sd.items() if k.startswith(prefix + ".")})
+    return m.eval()
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None) -> torch.Tensor:
+    s = q @ k.transpose(-1, -2) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
+    if causal:
+        t, n = q.shape[-2], k.shape[-2]
+        s = s.masked_fill(torch.ones(t, n, dtype=torch.bool).triu(1), float("-inf"))
+    return torch.softmax(s, dim=-1) @ v
+
+
+def _ln_channels_first(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    mu = x.mean(1, keepdim=True)
+    var = ((x - mu) ** 2).mean(1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + eps) * w[:, None, None] + b[:, None, None]
+
+
+CASES = [
+    Case("adaptive_avgpool2d", "axis B\nmodel M (x: [B, 4, 9, 9]) -> [B, 4, 3, 3] { return adaptive_avgpool2d(x, 3) }",
+         lambda i, sd: nn.AdaptiveAvgPool2d(3)(i[0])),
+    Case("add", "axis B\nmodel M (x: [B, 3, 8], y: [3, 8]) -> [B, 3, 8] { return x + y + 1.5 }",
+         lambda i, sd: i[0] + i[1] + 1.5),
+    Case("attention", """axis B, T
+         model M (q: [B, 2, T, 8], k: [B, 2, T, 8], v: [B, 2, T, 4]) -> [B, 2, T, 4] {
+             return attention(q, k, v, causal=true)
+         }""", lambda i, sd: _attention(*i, causal=True, scale=None), atol=1e-5, sizes={"T": 7}),
+    Case("attention_scaled", """axis B
+         model M (q: [B, 3, 5, 8], k: [B, 3, 6, 8], v: [B, 3, 6, 8]) -> [B, 3, 5, 8] {
+             return attention(q, k, v, scale=0.25)
+         }""", lambda i, sd: _attention(*i, causal=False, scale=0.25)),
+    Case("avgpool2d", """axis B
+         model M (x: [B, 4, 9, 9]) -> [B, 4, 5, 5] {
+             return avgpool2d(x, 3, stride=2, padding=1, ceil_mode=true, count_include_pad=false)
+         }""", lambda i, sd: nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)(i[0])),
+    Case("batchnorm", "axis B\nmodel M (x: [B, 4, 5, 5]) -> [B, 4, 5, 5] { return batchnorm(x, eps=0.001) }",
+         lambda i, sd: _module(nn.BatchNorm2d(4, eps=1e-3), sd, "batchnorm")(i[0])),
+    Case("batchnorm_1d", "axis B\nmodel M (x: [B, 6]) -> [B, 6] { return batchnorm(x, affine=false) }",
+         lambda i, sd: _module(nn.BatchNorm1d(6, affine=False), sd, "batchnorm")(i[0])),
+    Case("chunk", "axis B\nmodel M (x: [B, 8]) -> ([B, 4], [B, 4]) { a, b = chunk(x, 2)\n return b, a }",
+         lambda i, sd: (i[0][:, 4:], i[0][:, :4])),
+    Case("concat", """axis B, N
+         model M (x: [B, N, 8], y: [B, 2, 8]) -> [B, N + 3, 8] {
+             cls = parameter([1, 1, 8], init="normal(0.02)")
+             return concat(cls, x, y, dim=1)
+         }""", lambda i, sd: torch.cat([sd["parameter"].expand(i[0].shape[0], 1, 8), i[0], i[1]], dim=1),
+         sizes={"N": 5}),
+    Case("conv1d", """axis B, L
+         model M (x: [B, 4, 10]) -> [B, 6, 5] { return conv1d(x, 6, 3, stride=2, padding=1, groups=2) }""",
+         lambda i, sd: _module(nn.Conv1d(4, 6, 3, stride=2, padding=1, groups=2), sd, "conv1d")(i[0])),
+    Case("conv2d", """axis B
+         model M (x: [B, 4, 9, 9]) -> [B, 8, 5, 5] {
+             y = conv2d(x, 8, 3, stride=2, padding=1)
+             return conv2d(y, 8, 3, padding="same", dilation=2, groups=4, bias=false)
+         }""", lambda i, sd: _module(nn.Conv2d(8, 8, 3, padding="same", dilation=2, groups=4, bias=False),
+                                     sd, "conv2d_1")(_module(nn.Conv2d(4, 8, 3, 2, 1), sd, "conv2d")(i[0]))),
+    Case("div", "axis B\nmodel M (x: [B, 8], y: [B, 8]) -> [B, 8] { return x / (y * y + 1.0) + 2.0 / (x * x + 1.0) }",
+         lambda i, sd: i[0] / (i[1] ** 2 + 1) + 2 / (i[0] ** 2 + 1)),
+    Case("drop_path", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return drop_path(x, 0.3) }", lambda i, sd: i[0]),
+    Case("dropout", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return dropout(x, 0.3) }", lambda i, sd: i[0]),
+    Case("einsum", """axis B
+         model M (a: [B, 2, 5, 8], b: [B, 2, 6, 8]) -> [B, 2, 5, 6] {
+             return einsum(a, b, "b h t d, b h s d -> b h t s")
+         }""", lambda i, sd: i[0] @ i[1].transpose(-1, -2)),
+    Case("embedding", "axis B, T\nmodel M (t: i64[B, T]) -> [B, T, 8] { return embedding(t, 50, 8) }",
+         lambda i, sd: _module(nn.Embedding(50, 8), sd, "embedding")(i[0])),
+    Case("flatten", "axis B\nmodel M (x: [B, 2, 3, 4]) -> [B, 2, 12] { return flatten(x, 2) }",
+         lambda i, sd: i[0].reshape(i[0].shape[0], 2, 12)),
+    Case("gelu", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return gelu(x) + gelu(x, approximate=\"tanh\") }",
+         lambda i, sd: 0.5 * i[0] * (1 + torch.erf(i[0] / math.sqrt(2)))
+         + 0.5 * i[0] * (1 + torch.tanh(math.sqrt(2 / math.pi) * (i[0] + 0.044715 * i[0] ** 3)))),
+    Case("global_avgpool", """axis B
+         model M (x: [B, 4, 5, 6]) -> ([B, 4], [B, 4, 1, 1]) { return global_avgpool(x), global_avgpool(x, keepdim=true) }""",
+         lambda i, sd: (i[0].sum((2, 3)) / 30, i[0].sum((2, 3), keepdim=True) / 30)),
+    Case("groupnorm", "axis B\nmodel M (x: [B, 8, 3, 3]) -> [B, 8, 3, 3] { return groupnorm(x, 2) }",
+         lambda i, sd: _module(nn.GroupNorm(2, 8), sd, "groupnorm")(i[0])),
+    Case("identity", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return identity(x) * 2.0 }", lambda i, sd: i[0] * 2),
+    Case("layernorm", "axis B, T\nmodel M (x: [B, T, 8]) -> [B, T, 8] { return layernorm(x) }",
+         lambda i, sd: _module(nn.LayerNorm(8), sd, "layernorm")(i[0])),
+    Case("layernorm_channels_first", """axis B
+         model M (x: [B, 6, 4, 5]) -> [B, 6, 4, 5] { return layernorm(x, dim=1, eps=0.000001) }""",
+         lambda i, sd: _ln_channels_first(i[0], sd["layernorm.weight"], sd["layernorm.bias"], 1e-6)),
+    Case("layernorm_no_bias", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return layernorm(x, bias=false) }",
+         lambda i, sd: F.layer_norm(i[0], (8,)) * sd["layernorm.weight"]),
+    Case("linear", "axis B, T\nmodel M (x: [B, T, 8]) -> [B, T, 5] { return linear(x, 5) >> linear(5, bias=false) }",
+         lambda i, sd: _module(nn.Linear(5, 5, bias=False), sd, "linear_1")(_module(nn.Linear(8, 5), sd, "linear")(i[0]))),
+    Case("maxpool2d", "axis B\nmodel M (x: [B, 4, 9, 9]) -> [B, 4, 5, 5] { return maxpool2d(x, 3, stride=2, padding=1) }",
+         lambda i, sd: nn.MaxPool2d(3, 2, 1)(i[0])),
+    Case("mean", "axis B\nmodel M (x: [B, 4, 6]) -> [B, 1, 6] { return mean(x, [1], keepdim=true) }",
+         lambda i, sd: i[0].sum(1, keepdim=True) / 4),
+    Case("mul", "axis B\nmodel M (x: [B, 8], y: [8]) -> [B, 8] { return x * y * 3.0 }",
+         lambda i, sd: i[0] * i[1] * 3),
+    Case("parameter", """axis B
+         model M (x: [B, 8]) -> [B, 8] { g = parameter([8], init=0.5)\n return x * g }""",
+         lambda i, sd: i[0] * sd["parameter"]),
+    Case("positions", "axis B, T\nmodel M (t: i64[B, T]) -> [T, 8] { return positions(t, 32, 8) }",
+         lambda i, sd: sd["positions.weight"][: i[0].shape[1]]),
+    Case("rearrange", """axis B, T
+         model M (x: [B, T, 12], y: [B, 4, 2, 3]) -> ([B, 3, T, 4], [B, 6, 4]) {
+             return rearrange(x, "b t (h d) -> b h t d", h=3), rearrange(y, "b c h w -> b (h w) c")
+         }""", lambda i, sd: (i[0].reshape(i[0].shape[0], i[0].shape[1], 3, 4).permute(0, 2, 1, 3),
+                              i[1].reshape(i[1].shape[0], 4, 6).transpose(1, 2))),
+    Case("relu", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return relu(x) }", lambda i, sd: i[0].clamp(min=0)),
+    Case("rmsnorm", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return rmsnorm(x) }",
+         lambda i, sd: i[0] * torch.rsqrt(i[0].pow(2).mean(-1, keepdim=True) + 1e-6) * sd["rmsnorm.weight"]),
+    Case("select", "axis B\nmodel M (x: [B, 5, 8]) -> [B, 8] { return x[:, 2] }", lambda i, sd: i[0][:, 2]),
+    Case("sigmoid", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return sigmoid(x) }",
+         lambda i, sd: 1 / (1 + torch.exp(-i[0]))),
+    Case("silu", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return silu(x) }",
+         lambda i, sd: i[0] / (1 + torch.exp(-i[0]))),
+    Case("slice", "axis B\nmodel M (x: [B, 5, 8]) -> [B, 2, 5] { return x[:, 1:3, 3:] }",
+         lambda i, sd: i[0][:, 1:3, 3:]),
+    Case("softmax", "axis B\nmodel M (x: [B, 3, 8]) -> [B, 3, 8] { return softmax(x, 1) }",
+         lambda i, sd: torch.exp(i[0]) / torch.exp(i[0]).sum(1, keepdim=True)),
+    Case("split", "axis B\nmodel M (x: [B, 8]) -> ([B, 2], [B, 6]) { a, b = split(x, [2, 6])\n return a, b }",
+         lambda i, sd: (i[0][:, :2], i[0][:, 2:])),
+    Case("starrelu", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return starrelu(x) }",
+         lambda i, sd: sd["starrelu.scale"] * torch.clamp(i[0], min=0) ** 2 + sd["starrelu.bias"]),
+    Case("starrelu_fixed", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return starrelu(x, 0.5, -0.25, false) }",
+         lambda i, sd: 0.5 * torch.clamp(i[0], min=0) ** 2 - 0.25),
+    Case("sub", "axis B\nmodel M (x: [B, 8], y: [B, 8]) -> [B, 8] { return (x - y) - 2.0 + (1.0 - x) }",
+         lambda i, sd: (i[0] - i[1]) - 2 + (1 - i[0])),
+    Case("tanh", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return tanh(x) }",
+         lambda i, sd: (torch.exp(2 * i[0]) - 1) / (torch.exp(2 * i[0]) + 1)),
+    Case("unbind", "axis B\nmodel M (x: [3, B, 4]) -> ([B, 4], [B, 4], [B, 4]) { a, b, c = unbind(x)\n return c, a, b }",
+         lambda i, sd: (i[0][2], i[0][0], i[0][1])),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_op_matches_eager_reference(case: Case, tmp_path: Any) -> None:
+    graph = spec_graph(case.spec)
+    models = three_ways(graph, tmp_path)
+    inputs = example_inputs(graph, case.sizes, seed=1)
+    sd = models["module"].state_dict()
+    with torch.no_grad():
+        want = case.ref(inputs, sd)
+        for how, model in models.items():
+            assert_close(model.eval()(*inputs), want, f"{case.name} ({how})", atol=case.atol)
+
+
+def test_every_registered_op_is_covered() -> None:
+    covered = {n.op for case in CASES for n in spec_graph(case.spec).nodes}
+    missing = sorted(set(registry.names()) - covered)
+    assert not missing, f"ops with no backend test: {missing}; add a Case to tests/backends/test_ops.py"
+
+
+def _train_outputs(spec: str, tmp_path: Any, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    graph = spec_graph(spec)
+    models = three_ways(graph, tmp_path)
+    x = torch.randn(64, 8)
+    outs = {}
+    for how, model in models.items():
+        torch.manual_seed(seed)
+        outs[how] = model.train()(x)
+    return outs, x
+
+
+def test_dropout_in_training_matches_eager_and_agrees_across_backends(tmp_path: Any) -> None:
+    outs, x = _train_outputs("axis B\nmodel M (x: [B, 8]) -> [B, 8] { return dropout(x, 0.3) }", tmp_path, 7)
+    torch.manual_seed(7)
+    want = F.dropout(x, 0.3, training=True)
+    for how, y in outs.items():
+        assert_close(y, want, f"dropout ({how})")
+
+
+def test_drop_path_drops_whole_samples_in_training(tmp_path: Any) -> None:
+    outs, x = _train_outputs("axis B\nmodel M (x: [B, 8]) -> [B, 8] { return drop_path(x, 0.5) }", tmp_path, 3)
+    y = outs["module"]
+    kept = (y != 0).all(dim=1)
+    dropped = (y == 0).all(dim=1)
+    assert bool((kept | dropped).all()) and 0 < int(kept.sum()) < 64
+    assert_close(y[kept], x[kept] / 0.5, "drop_path keeps samples scaled by 1 / (1 - p)")
+    for how in ("fx", "file"):
+        assert_close(outs[how], y, f"drop_path ({how}) with the same seed")
+
+
+def test_attention_dropout_follows_the_mode(tmp_path: Any) -> None:
+    spec = """axis B
+    model M (q: [B, 2, 6, 8]) -> [B, 2, 6, 8] { return attention(q, q, q, dropout=0.5) }"""
+    graph = spec_graph(spec)
+    models = three_ways(graph, tmp_path)
+    (q,) = example_inputs(graph)
+    want = _attention(q, q, q, causal=False, scale=None)
+    for how, model in models.items():
+        assert_close(model.eval()(q), want, f"attention eval ({how})")
+        assert not torch.allclose(model.train()(q), want), f"attention dropout is off in training ({how})"
+
+
+def test_batchnorm_training_updates_running_statistics_like_torch(tmp_path: Any) -> None:
+    spec = "axis B\nmodel M (x: [B, 4, 5, 5]) -> [B, 4, 5, 5] { return batchnorm(x, momentum=0.2) }"
+    graph = spec_graph(spec)
+    models = three_ways(graph, tmp_path)
+    ref = _module(nn.BatchNorm2d(4, momentum=0.2), models["module"].state_dict(), "batchnorm").train()
+    x = torch.randn(3, 4, 5, 5)
+    want = ref(x)
+    for how, model in models.items():
+        assert_close(model.train()(x), want, f"batchnorm training ({how})")
+        sd = model.state_dict()
+        assert_close(sd["batchnorm.running_mean"], ref.running_mean, f"running_mean ({how})")
+        assert_close(sd["batchnorm.running_var"], ref.running_var, f"running_var ({how})")
