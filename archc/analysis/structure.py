@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archc.ir.graph import Graph
+from archc.ops import registry
 
 
 def parent(path: str) -> str:
@@ -47,6 +48,7 @@ class ScopeTree:
     """Scopes as a tree, each with the indices of the nodes directly in it and in its subtree."""
 
     graph: Graph
+    home: list[str] = field(default_factory=list)  # node index -> the scope it is drawn and counted in
     children: dict[str, list[str]] = field(default_factory=dict)
     direct: dict[str, list[int]] = field(default_factory=dict)  # nodes whose scope is the path
     subtree: dict[str, list[int]] = field(default_factory=dict)  # nodes in the path or below
@@ -68,9 +70,59 @@ class ScopeTree:
                 and self.graph.nodes[nodes[0]].op == self.kind(path))
 
 
+def tied_uses(graph: Graph) -> set[int]:
+    """Nodes that reuse another op's parameters by naming its scope (`@scope("wte") linear(...)`,
+    GPT-2's tied output projection): every node of an op's scope after the op that owns it."""
+    owners: set[str] = set()
+    out: set[int] = set()
+    for i, node in enumerate(graph.nodes):
+        info = graph.scopes.get(node.scope)
+        if info is None or not registry.has(info.kind):
+            continue
+        if node.op == info.kind and node.scope not in owners:
+            owners.add(node.scope)
+        else:
+            out.add(i)
+    return out
+
+
+def common_scope(paths: list[str]) -> str:
+    if not paths:
+        return ""
+    parts = [p.split(".") if p else [] for p in paths]
+    common: list[str] = []
+    for names in zip(*parts):
+        if len(set(names)) != 1:
+            break
+        common.append(names[0])
+    return ".".join(common)
+
+
+def homes(graph: Graph) -> list[str]:
+    """Each node's scope, except that a tied use lives where its inputs and users meet (GPT-2's
+    logits in the model, not inside the token embedding whose weight they share)."""
+    out = [n.scope for n in graph.nodes]
+    tied = tied_uses(graph)
+    if not tied:
+        return out
+    producer = {v: i for i, n in enumerate(graph.nodes) for v in n.outputs}
+    returned = {p.value for p in graph.outputs}
+    users: dict[str, list[int]] = {}
+    for j, n in enumerate(graph.nodes):
+        for v in n.inputs:
+            users.setdefault(v, []).append(j)
+    for i in sorted(tied):
+        node = graph.nodes[i]
+        near = [out[producer[v]] if v in producer else "" for v in node.inputs]
+        for v in node.outputs:
+            near += [graph.nodes[j].scope for j in users.get(v, [])] + ([""] if v in returned else [])
+        out[i] = common_scope(near)
+    return out
+
+
 def scope_tree(graph: Graph) -> ScopeTree:
-    tree = ScopeTree(graph)
-    paths = {""} | set(graph.scopes) | {n.scope for n in graph.nodes}
+    tree = ScopeTree(graph, homes(graph))
+    paths = {""} | set(graph.scopes) | set(tree.home)
     for p in list(paths):  # every prefix of a path is a scope, recorded or not
         while p:
             p = parent(p)
@@ -78,9 +130,9 @@ def scope_tree(graph: Graph) -> ScopeTree:
     first: dict[str, int] = {}
     for p in paths:
         tree.children[p], tree.direct[p], tree.subtree[p] = [], [], []
-    for i, node in enumerate(graph.nodes):
-        tree.direct[node.scope].append(i)
-        for a in ancestors(node.scope):
+    for i, home in enumerate(tree.home):
+        tree.direct[home].append(i)
+        for a in ancestors(home):
             tree.subtree[a].append(i)
             first.setdefault(a, i)
     big = len(graph.nodes)
@@ -89,9 +141,12 @@ def scope_tree(graph: Graph) -> ScopeTree:
     return tree
 
 
-def signature(tree: ScopeTree, path: str) -> str:
+def signature(tree: ScopeTree, path: str, sizes: bool = True) -> str:
     """A text that is equal for two scopes exactly when they are the same computation, up to
-    their names: ops, attributes, types, parameter shapes and the wiring inside."""
+    their names: ops, attributes, dtypes and sizes, parameter shapes and the wiring inside.
+    Axis names are labels, not part of a type, and are left out, and so are initializers
+    (`hc_alpha(3)` in layer 3): they set the starting values, not the computation. With `sizes=False` only the
+    ops, the instance names and the wiring count: the same drawing at another width."""
     g = tree.graph
     local: dict[str, str] = {}
     external: dict[str, str] = {}
@@ -102,16 +157,24 @@ def signature(tree: ScopeTree, path: str) -> str:
         ins = []
         for v in node.inputs:
             if v not in local:
-                external.setdefault(v, f"x{len(external)}:{g.values[v].sizes_str()}")
+                external.setdefault(v, f"x{len(external)}" + (f":{g.values[v].sizes_str()}" if sizes else ""))
             ins.append(local.get(v) or external[v])
         for k, v in enumerate(node.outputs):
             local[v] = f"n{len(items)}.{k}"
-        shapes = {role: g.params[name].shape for role, name in node.params.items()}
-        rel = node.scope[cut:]
         info = g.scopes.get(node.scope)
-        items.append([node.op, node.attrs, rel, info.kind if info else "", info.args if info else {},
-                      ins, [str(g.values[v]) for v in node.outputs], shapes])
+        rel = node.scope[cut:] if within(node.scope, path) else node.scope  # a tied use names its owner
+        item: list[Any] = [node.op, rel, info.kind if info else "", ins]
+        if sizes:
+            item += [_no_init(node.attrs), _no_init(info.args) if info else {},
+                     [g.values[v].dtype + g.values[v].sizes_str() for v in node.outputs],
+                     {role: g.params[name].shape for role, name in node.params.items()}]
+        items.append(item)
     return json.dumps(items, sort_keys=True, default=str)
+
+
+def _no_init(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Attributes without initializers: layers that start from other values compute the same."""
+    return {k: v for k, v in attrs.items() if k != "init"}
 
 
 def runs(tree: ScopeTree, path: str) -> list[list[str]]:

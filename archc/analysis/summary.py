@@ -23,10 +23,11 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from archc.analysis.structure import ScopeTree, ancestors, depth, parent, run_label, runs, scope_tree, within
+from archc.analysis.structure import (ScopeTree, ancestors, depth, parent, run_label, runs, scope_tree,
+                                      tied_uses, within)
 from archc.errors import ArchError
 from archc.ir.graph import Graph, Node
-from archc.ir.types import TensorType
+from archc.ir.types import Dim, TensorType
 from archc.ops import registry
 from archc.sizes import Size, SizeError, parse_size
 
@@ -107,7 +108,7 @@ def scope_stats(graph: Graph, tree: ScopeTree, env: Mapping[str, int]) -> dict[s
     for i, node in enumerate(graph.nodes):
         flops = node_flops(graph, node, env)
         act = sum(type_bytes(graph.values[v], env) for v in node.outputs)
-        for a in ancestors(node.scope):
+        for a in ancestors(tree.home[i]):
             stats[a].flops += flops
             stats[a].act_bytes += act
     for name, p in graph.params.items():
@@ -130,12 +131,12 @@ def _owner(param: str, scopes: Mapping[str, Any]) -> str:
 def scope_outputs(graph: Graph, tree: ScopeTree) -> dict[str, list[str]]:
     """The values each scope hands out: produced inside it and used outside it (or returned)."""
     out: dict[str, list[str]] = {p: [] for p in tree.children}
-    producer = {v: n.scope for n in graph.nodes for v in n.outputs}
+    producer = {v: tree.home[i] for i, n in enumerate(graph.nodes) for v in n.outputs}
     returned = {p.value for p in graph.outputs}
     users: dict[str, list[str]] = {}
-    for n in graph.nodes:
+    for i, n in enumerate(graph.nodes):
         for v in n.inputs:
-            users.setdefault(v, []).append(n.scope)
+            users.setdefault(v, []).append(tree.home[i])
     for v, scope in producer.items():
         for a in ancestors(scope)[:-1]:
             if v in returned or any(not within(u, a) for u in users.get(v, [])):
@@ -216,7 +217,9 @@ def summarize(graph: Graph, batch: int = 1, axes: Mapping[str, int] | None = Non
 def _direct_row(graph: Graph, tree: ScopeTree, path: str, env: Mapping[str, int]) -> Row:
     """The ops written directly in a block, next to its sub-blocks (`x + attn(...)`)."""
     nodes = [graph.nodes[i] for i in tree.direct[path]]
-    ops = sorted({n.op for n in nodes})
+    tied = tied_uses(graph)
+    ops = sorted({f"{graph.nodes[i].op} (shares {graph.nodes[i].scope})" if i in tied else graph.nodes[i].op
+                  for i in tree.direct[path]})
     flops = sum(node_flops(graph, n, env) for n in nodes)
     act = sum(type_bytes(graph.values[v], env) for n in nodes for v in n.outputs)
     name = f"{path}.(ops)" if path else "(ops)"
@@ -230,8 +233,23 @@ def _outputs_text(graph: Graph, values: list[str]) -> str:
     return last[0] if len(values) == 1 else f"{last[0]} (+{len(values) - 1})"
 
 
+def dim_text(d: Dim) -> str:
+    """`D=768`, `T`, `56`: an axis name is shown when it is a name, not an expression that
+    a block signature computed (`(H + stride - 1) // stride`)."""
+    size = str(d.size)
+    if d.name is None or d.name == size or not d.name.isidentifier():
+        return size
+    return f"{d.name}={size}" if d.size.is_const else d.name
+
+
+def axes_text(t: TensorType, dtype: str = "always") -> str:
+    """`f32[B, T, D=768]`; with dtype="not f32", `[B, T, D=768]` unless the dtype is another."""
+    text = f"[{', '.join(dim_text(d) for d in t.shape)}]"
+    return text if dtype != "always" and t.dtype == "f32" else f"{t.dtype}{text}"
+
+
 def _type_text(t: TensorType) -> str:
-    return str(t)
+    return axes_text(t)
 
 
 # -- printing -----------------------------------------------------------------------------------
