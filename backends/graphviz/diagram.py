@@ -19,7 +19,9 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
-from archc.analysis.structure import ScopeTree, depth, parent, run_label, runs, scope_tree, value_map
+from archc.analysis.structure import (ScopeTree, depth, parent, run_label, runs, scope_tree, signature,
+                                      tied_uses, value_map)
+from archc.analysis.summary import axes_text
 from archc.ir.graph import Graph, Node
 from archc.ir.types import TensorType
 from archc.ops import registry
@@ -39,6 +41,7 @@ STYLE: dict[str, tuple[str, str]] = {
 SYMBOLS = {"add": "+", "sub": "−", "mul": "×", "div": "÷"}  # binary ops drawn as circles
 CLUSTER_FILLS = ("#f7f7f7", "#ececec")
 SKIP_COLOR = "#3c78d8"
+SMALL = 3  # scopes of this many ops or fewer are drawn open even when drawn before
 
 
 @dataclass
@@ -86,8 +89,7 @@ class Diagram:
 # -- labels -------------------------------------------------------------------------------------
 def axes_label(t: TensorType) -> str:
     """`[B, T, D=768]`, with the dtype in front when it is not f32 (`i64[B, T]`)."""
-    text = f"[{', '.join(str(d) for d in t.shape)}]"
-    return text if t.dtype == "f32" else f"{t.dtype}{text}"
+    return axes_text(t, dtype="not f32")
 
 
 def _short(value: Any) -> str:
@@ -131,15 +133,15 @@ def count(n: int) -> str:
     return str(n)
 
 
-def _esc(text: str) -> str:
+def esc(text: str) -> str:
     return html.escape(text, quote=True)
 
 
 def lines(title: str, *rest: str, small: int = 9) -> str:
-    out = f"<b>{_esc(title)}</b>"
+    out = f"<b>{esc(title)}</b>"
     for r in rest:
         if r:
-            out += f'<br/><font point-size="{small}">{_esc(r)}</font>'
+            out += f'<br/><font point-size="{small}">{esc(r)}</font>'
     return out
 
 
@@ -156,7 +158,9 @@ class _Builder:
         self.index = {id(n): i for i, n in enumerate(graph.nodes)}
         self.producer = {v: i for i, n in enumerate(graph.nodes) for v in n.outputs}
         self.params = self._param_counts()
+        self.tied = tied_uses(graph)
         self.n_clusters = 0
+        self.drawn: dict[str, str] = {}  # structure (sizes left out) -> the scope drawn with it
 
     def _param_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -208,8 +212,9 @@ class _Builder:
         for i in self.tree.direct[path]:
             if i not in self.hidden:
                 cluster.boxes.append(self.op_box(i))
+        where = parent(path) if self.tree.kind(path) == "stack" else path  # `layer2.0`, not `0`
         for run in self.layer_runs(path):
-            self.build_run(run, path, cluster, level)
+            self.build_run(run, where, cluster, level)
 
     def build_run(self, run: list[str], where: str, cluster: Cluster, level: int, total: int = 0) -> None:
         """Draw the first scope of a run of identical layers, and hide the others."""
@@ -217,11 +222,16 @@ class _Builder:
         for other in run[1:]:
             self.alias.update(value_map(self.tree, rep, other))
             self.hidden.update(self.tree.subtree[other])
-        label = run_label(run)[len(where) + 1 if where else 0:]
-        self.build_child(rep, label, len(run), cluster, level, total)
+        full = run_label(run)
+        label = full[len(where) + 1 if where else 0:]
+        if label[:1].isdigit() and where:  # `stages.0` rather than `0`
+            label = full[len(parent(where)) + 1 if parent(where) else 0:]
+        self.build_child(rep, full, label, len(run), cluster, level, total)
 
-    def build_child(self, path: str, label_path: str, times: int, cluster: Cluster, level: int,
+    def build_child(self, path: str, full: str, label_path: str, times: int, cluster: Cluster, level: int,
                     total: int = 0) -> None:
+        """Draw one scope (or the first of a run of `times`): as its op, as a cluster, or as one box
+        when it is deeper than `max_depth` or its structure was drawn before at other sizes."""
         nodes = [i for i in self.tree.subtree[path] if i not in self.hidden]
         if not nodes:
             return
@@ -235,7 +245,14 @@ class _Builder:
                 self.build_run(layers[0], parent(path), cluster, level, self.params.get(path, 0))
                 return
         label = self.scope_label(path, label_path, times, total)
-        if collapsed:
+        seen = None
+        if not collapsed and not self.expand and len(nodes) > SMALL:
+            key = signature(self.tree, path, sizes=False)
+            seen = self.drawn.get(key)
+            self.drawn.setdefault(key, full)
+        if seen is not None:  # drawn before at other sizes: one box that says where
+            label += f'<br/><font point-size="8"><i>{esc("inside: as " + seen)}</i></font>'
+        if collapsed or seen is not None:
             self.n_clusters += 1
             box_id = f"s{self.n_clusters}"
             for i in nodes:
@@ -258,6 +275,9 @@ class _Builder:
                        extra='width=0.3 height=0.3 fixedsize=true fontsize=14')
         fill, shape = STYLE.get(node.op, ("white", "box"))
         args = op_args(node)
+        if i in self.tied:  # uses another op's parameters
+            shared = ", ".join(f"{role} = {name}" for role, name in node.params.items())
+            return Box(box_id, lines(node.op, args, f"shares {shared}"), shape, fill, "rounded,filled,dashed")
         own = self.g.scopes.get(node.scope)
         if own is not None and own.kind == node.op and node.params:
             n = sum(self.g.params[p].numel for p in node.params.values() if self.g.params[p].trainable)
