@@ -66,20 +66,28 @@ class ScopeTree:
     def is_op_scope(self, path: str) -> bool:
         """An instance of a single op (`qkv = linear(...)`), as opposed to a block or a stack."""
         nodes = self.subtree.get(path, [])
-        return (bool(path) and not self.children.get(path) and len(nodes) == 1
-                and self.graph.nodes[nodes[0]].op == self.kind(path))
+        if not path or self.children.get(path) or len(nodes) != 1:
+            return False
+        node = self.graph.nodes[nodes[0]]
+        return node.op == self.kind(path) or (path not in self.graph.scopes and bool(node.params))
 
 
 def tied_uses(graph: Graph) -> set[int]:
     """Nodes that reuse another op's parameters by naming its scope (`@scope("wte") linear(...)`,
-    GPT-2's tied output projection): every node of an op's scope after the op that owns it."""
+    GPT-2's tied output projection): in the scope of one op, every node after the op that owns it."""
     owners: set[str] = set()
     out: set[int] = set()
     for i, node in enumerate(graph.nodes):
         info = graph.scopes.get(node.scope)
-        if info is None or not registry.has(info.kind):
-            continue
-        if node.op == info.kind and node.scope not in owners:
+        if info is not None:  # a recorded instance: its op owns it
+            if not registry.has(info.kind):
+                continue
+            owner = node.op == info.kind
+        else:  # a scope forced by @scope, never recorded: the first op with parameters owns it
+            if not node.params and node.scope not in owners:
+                continue
+            owner = True
+        if owner and node.scope not in owners:
             owners.add(node.scope)
         else:
             out.add(i)

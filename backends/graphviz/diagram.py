@@ -279,7 +279,7 @@ class _Builder:
             shared = ", ".join(f"{role} = {name}" for role, name in node.params.items())
             return Box(box_id, lines(node.op, args, f"shares {shared}"), shape, fill, "rounded,filled,dashed")
         own = self.g.scopes.get(node.scope)
-        if own is not None and own.kind == node.op and node.params:
+        if node.params and node.scope and (own is None or own.kind == node.op):  # `qkv: linear`
             n = sum(self.g.params[p].numel for p in node.params.values() if self.g.params[p].trainable)
             title = node.scope.rpartition(".")[2]
             title = title if title == node.op else f"{title}: {node.op}"
