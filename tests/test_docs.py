@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +168,7 @@ def test_console_output_is_real(fence: Fence, folder: Path, capsys: pytest.Captu
             runs[-1][1].append(line)
     assert runs, f"{fence.id}: a console block shows at least one '$ archc ...' command"
     for command, shown in runs:
-        argv = command.split()
+        argv = shlex.split(command)
         assert argv[0] == "archc", f"{fence.id}: only archc commands are run, got '{command}'"
         capsys.readouterr()
         main(argv[1:])
