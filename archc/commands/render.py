@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
+import pkgutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from archc.cli import add_spec_args, load_graph
-from archc.errors import ArchError
+from archc.errors import ArchError, did_you_mean
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -44,16 +46,28 @@ def run(args: argparse.Namespace) -> int:
 
 
 def after_passes(graph: Any, names: list[str]) -> Any:
-    """The graph after the named passes, in order (archc.passes, where it exists)."""
+    """The graph after the named passes, in order. A pass is the function `name` of the module
+    `archc.passes.name`, IR -> IR (or a result with a `.graph`)."""
     if not names:
         return graph
     if importlib.util.find_spec("archc.passes") is None:
         raise ArchError(f"--after {names[0]}: there are no passes yet", hint="render without --after")
+    for name in names:
+        graph = _pass(name)(graph)
+        graph = getattr(graph, "graph", graph)
+    return graph
+
+
+def _pass(name: str) -> Any:
     import archc.passes as passes
 
-    run_pass = getattr(passes, "run_pass", None) or getattr(passes, "run", None)
-    if run_pass is None:
-        raise ArchError(f"--after {names[0]}: archc.passes has no run_pass(graph, name) to call")
-    for name in names:
-        graph = run_pass(graph, name)
-    return graph
+    found = {}
+    for info in pkgutil.iter_modules(passes.__path__):
+        fn = getattr(importlib.import_module(f"archc.passes.{info.name}"), info.name, None)
+        if callable(fn):
+            found[info.name] = fn
+    key = name.replace("-", "_")
+    if key not in found:
+        raise ArchError(f"--after: unknown pass '{name}'",
+                        hint=did_you_mean(key, list(found)) or f"the passes are {', '.join(sorted(found))}")
+    return found[key]

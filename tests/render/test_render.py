@@ -128,11 +128,22 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "svg, png, pdf, dot" in capsys.readouterr().err
     with pytest.raises(ArchError):
         render(elaborate_file(GPT), tmp_path / "net.gif")
-    try:
-        import archc.passes  # noqa: F401
-    except ImportError:
-        assert cli.main(["render", str(GPT), "-o", str(tmp_path / "n.dot"), "--after", "dce"]) == 1
+
+
+
+def test_cli_after_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    target = str(tmp_path / "n.dot")
+    if importlib.util.find_spec("archc.passes") is None:
+        assert cli.main(["render", str(GPT), "-o", target, "--after", "dce"]) == 1
         assert "no passes yet" in capsys.readouterr().err
+        return
+    assert cli.main(["render", str(GPT), "-o", target, "--after", "no_such_pass"]) == 1
+    assert "unknown pass 'no_such_pass'" in capsys.readouterr().err
+    if importlib.util.find_spec("archc.passes.dce") is not None:
+        assert cli.main(["render", str(GPT), "-o", target, "--after", "dce"]) == 0
+        assert Path(target).read_text().startswith("// GPT")
 
 
 @needs_dot
