@@ -35,7 +35,7 @@ def _template() -> Any:
 
 
 def _title(graph: Graph) -> str:
-    args = f"({block_args(graph.model_args, 100)})" if graph.model_args else ""
+    args = f"({block_args(graph.model_args, 160)})" if graph.model_args else ""
     return lines(graph.name + args, f"{count(graph.param_count())} params", small=10)
 
 

@@ -96,7 +96,7 @@ def _short(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return f'"{value}"' if " " in value or not value else value
+        return value or '""'
     if isinstance(value, list):
         return "(" + ", ".join(_short(v) for v in value) + ")"
     if isinstance(value, dict):
@@ -180,7 +180,7 @@ class _Builder:
         args = self.tree.args(path)
         name = label_path + (f"  x{times}" if times > 1 else "")
         if kind == "stack":
-            return name, f"stack x{len(self.tree.children[path])}"
+            return name, f"stack x{len(self.tree.children[path])}" + self._connect(path)
         what = f"{kind}({block_args(args)})" if args else kind
         slot = self._slot(path, kind)
         if slot:
@@ -196,13 +196,22 @@ class _Builder:
                 return k
         return None
 
+    def _connect(self, stack: str) -> str:
+        """`, connect = hyper(n=4)`: the connection policy of a stack, when it has one."""
+        policy = self.tree.args(stack).get("connect")
+        return f", connect = {policy}" if policy else ""
+
     def scope_label(self, path: str, label_path: str, times: int, total: int = 0) -> str:
         name, what = self.scope_title(path, label_path, times)
         n = self.params.get(path, 0)
         params = f"{count(n)} params" if n else ""
         if n and times > 1:
             params = f"{count(n)} params each, {count(total or n * times)} in all"
-        return lines(name, what, params)
+        stack = parent(path)
+        wiring = ""
+        if times > 1 and self.tree.kind(stack) == "stack":  # a run of layers: say how they are wired
+            wiring = self._connect(stack).lstrip(", ")
+        return lines(name, what, params, wiring)
 
     def layer_runs(self, path: str) -> list[list[str]]:
         return [[k] for k in self.tree.children[path]] if self.expand else runs(self.tree, path)
@@ -279,6 +288,11 @@ class _Builder:
             shared = ", ".join(f"{role} = {name}" for role, name in node.params.items())
             return Box(box_id, lines(node.op, args, f"shares {shared}"), shape, fill, "rounded,filled,dashed")
         own = self.g.scopes.get(node.scope)
+        if node.op == "parameter":  # a learned tensor: its name and shape, small
+            name = node.scope.rpartition(".")[2] or "parameter"
+            shape_text = "[" + ", ".join(str(v) for v in node.attrs["shape"]) + "]"
+            return Box(box_id, f"<b>{esc(name)}</b> {esc(shape_text)}", shape, fill, "rounded,filled",
+                       "fontsize=9 height=0.2")
         if node.params and node.scope and (own is None or own.kind == node.op):  # `qkv: linear`
             n = sum(self.g.params[p].numel for p in node.params.values() if self.g.params[p].trainable)
             title = node.scope.rpartition(".")[2]

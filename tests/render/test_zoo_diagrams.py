@@ -20,7 +20,7 @@ MODELS = Path(__file__).resolve().parents[2] / "specs" / "models"
 EXPECTED = {
     "resnet18": ["layer1.0-1 x2", "layer2", "layer2.0", "downsample", "inside: as layer1.0-1", "fc: linear"],
     "resnet50": ["layer1.0", "layer1.1-2 x2", "Bottleneck(planes=64, stride=1", "fc: linear"],
-    "vit_small_patch16_224": ["blocks.0-11 x12", "patch_embed", "attn", "mlp", "cls_token: parameter"],
+    "vit_small_patch16_224": ["blocks.0-11 x12", "patch_embed", "attn", "mlp", "cls_token", "[1, 197, 384]"],
     "convnext_tiny": ["stages.0", "blocks.0-2 x3", "blocks.0-8 x9", "head"],
     "poolformer_s12": ["blocks.0-1 x2", "blocks.0-5 x6", "token_mixer", "mixer = Pooling(pool_size=3)"],
     "repvgg_a0": ["stem", "stages", "head"],
