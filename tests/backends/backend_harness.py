@@ -52,10 +52,12 @@ def randomize(module: nn.Module, seed: int = 0) -> None:
                 t.copy_(r.abs() + 0.5 if name.endswith("running_var") else r)
 
 
-def three_ways(graph: Graph, tmp_path: Path, seed: int = 0) -> dict[str, nn.Module]:
-    """The model built three ways, all holding the same (randomized) weights."""
+def three_ways(graph: Graph, tmp_path: Path, seed: int = 0, random_weights: bool = True) -> dict[str, nn.Module]:
+    """The model built three ways, all holding the same weights (randomized, or the spec's init)."""
+    torch.manual_seed(seed)
     module = build_module(graph)
-    randomize(module, seed)
+    if random_weights:
+        randomize(module, seed)
     state = module.state_dict()
     gm = build_graph_module(graph)
     gm.load_state_dict(state)

@@ -1,0 +1,182 @@
+"""The emitted .py file: golden text, determinism, module tree, state_dict names, buffers,
+initializers, and readable names that never shadow."""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from backend_harness import import_file, spec_graph
+from torch import nn
+
+from archc.backends.torch import build_module, emit_python
+from archc.backends.torch.naming import RESERVED
+from archc.elaborate import elaborate_file
+from archc.errors import ArchError
+from archc.ir.graph import Graph
+from archc.resources import specs_root
+
+GPT_TINY = specs_root() / "examples" / "gpt_tiny.arch"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "gpt_tiny.torch.py"
+# small settings for the zoo, so every model builds in well under a second
+SMALL = {"img_size": 64, "num_classes": 10, "depth": 2, "vocab": 100, "dim": 64, "D": 64, "heads": 2, "max_len": 64}
+
+
+def zoo() -> list[Path]:
+    return sorted((specs_root() / "models").glob("*.arch"))
+
+
+def small_graph(path: Path) -> Graph:
+    names = elaborate_file(path).model_args
+    return elaborate_file(path, overrides={k: v for k, v in SMALL.items() if k in names})
+
+
+def test_golden_gpt_tiny() -> None:
+    text = emit_python(elaborate_file(GPT_TINY))
+    if os.environ.get("ARCHC_UPDATE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(text)
+    assert GOLDEN.exists(), "no golden file: run with ARCHC_UPDATE_GOLDEN=1"
+    assert text == GOLDEN.read_text(), "emitted code changed; if intended, refresh with ARCHC_UPDATE_GOLDEN=1"
+
+
+def test_emission_is_deterministic_and_location_independent(tmp_path: Path) -> None:
+    graph = elaborate_file(GPT_TINY)
+    copy = tmp_path / "elsewhere" / "gpt_tiny.arch"
+    copy.parent.mkdir()
+    copy.write_text(GPT_TINY.read_text())
+    assert emit_python(graph) == emit_python(Graph.from_json(graph.to_json()))
+    assert emit_python(graph) == emit_python(elaborate_file(copy))
+
+
+@pytest.mark.parametrize("path", [GPT_TINY, *zoo()], ids=lambda p: p.stem)
+def test_state_dict_keys_are_the_ir_parameter_names(path: Path) -> None:
+    graph = small_graph(path) if path != GPT_TINY else elaborate_file(path)
+    module = build_module(graph)
+    params = dict(module.named_parameters())
+    buffers = dict(module.named_buffers())
+    assert list(module.state_dict()) and set(module.state_dict()) == set(graph.params)
+    for name, decl in graph.params.items():
+        tensor = params[name] if decl.trainable else buffers[name]
+        assert name in (params if decl.trainable else buffers), name
+        assert tuple(tensor.shape) == decl.shape, name
+        assert tensor.dtype == {"f32": torch.float32, "i64": torch.int64}[decl.dtype], name
+
+
+def test_module_tree_mirrors_the_scopes() -> None:
+    graph = elaborate_file(GPT_TINY)
+    module = build_module(graph)
+    named = dict(module.named_modules())
+    assert set(graph.scopes) <= set(named)
+    assert isinstance(module.h, nn.ModuleList) and len(module.h) == 2
+    assert module.h[1].attn.qkv.weight.shape == (192, 64)
+    text = repr(module)
+    assert "(attn): Attention(" in text and "heads=4, causal=True" in text
+    assert "(qkv): linear(features=192, bias=True)" in text
+
+
+def test_batchnorm_buffers_load_into_torch_batchnorm() -> None:
+    graph = spec_graph("axis B\nmodel M (x: [B, 4, 5, 5]) -> [B, 4, 5, 5] { return batchnorm(x) }")
+    module = build_module(graph)
+    assert set(dict(module.named_buffers())) == {"batchnorm.running_mean", "batchnorm.running_var",
+                                                  "batchnorm.num_batches_tracked"}
+    count = module.batchnorm.num_batches_tracked
+    assert count.dtype == torch.int64 and count.shape == () and int(count) == 0
+    assert torch.equal(module.batchnorm.running_var, torch.ones(4))
+    ref = nn.BatchNorm2d(4)
+    ref.load_state_dict({k.split(".", 1)[1]: v for k, v in module.state_dict().items()}, strict=True)
+
+
+def test_initializers_follow_the_init_strings() -> None:
+    spec = """axis B
+    model M (x: [B, 64]) -> [B, 64] {
+        a = parameter([400, 64], init="zeros")
+        b = parameter([400, 64], init="ones")
+        c = parameter([400, 64], init=0.25)
+        d = parameter([400, 64], init="normal(0.5)")
+        e = parameter([400, 64], init="trunc_normal(0.02)")
+        f = parameter([400, 64], init="uniform(0.1)")
+        return x + a[0] + b[0] + c[0] + d[0] + e[0] + f[0]
+    }"""
+    torch.manual_seed(0)
+    p = dict(build_module(spec_graph(spec)).named_parameters())
+    assert set(p) == {"parameter", *(f"parameter_{i}" for i in range(1, 6))}
+    zeros, ones, const, normal, trunc, uniform = (p[k] for k in sorted(p, key=lambda k: (len(k), k)))
+    assert torch.equal(zeros, torch.zeros(400, 64)) and torch.equal(ones, torch.ones(400, 64))
+    assert torch.equal(const, torch.full((400, 64), 0.25))
+    assert abs(normal.std().item() - 0.5) < 0.02 and abs(normal.mean().item()) < 0.02
+    assert trunc.abs().max().item() <= 0.04 + 1e-6 and 0.015 < trunc.std().item() < 0.02
+    assert uniform.abs().max().item() <= 0.1 and uniform.abs().max().item() > 0.099
+    assert abs(uniform.std().item() - 0.1 / 3 ** 0.5) < 0.002
+
+
+def test_an_unknown_initializer_is_a_located_error() -> None:
+    graph = spec_graph('axis B\nmodel M (x: [B, 4]) -> [B, 4] {\n g = parameter([4], init="kaiming")\n return x * g }')
+    with pytest.raises(ArchError, match="unknown initializer 'kaiming'") as err:
+        emit_python(graph)
+    assert "t.arch:3" in err.value.render()
+
+
+def _forward(tree: ast.Module) -> ast.FunctionDef:
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name != "Scope")
+    return next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "forward")
+
+
+@pytest.mark.parametrize("path", [GPT_TINY, *zoo()], ids=lambda p: p.stem)
+def test_forward_is_one_line_per_node_with_names_that_never_shadow(path: Path) -> None:
+    graph = small_graph(path) if path != GPT_TINY else elaborate_file(path)
+    text = emit_python(graph)
+    tree = ast.parse(text)
+    imports = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+               for a in n.names} | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imports <= {"torch", "torch.nn.functional", "nn"}, imports  # needs only torch
+    fwd = _forward(tree)
+    *body, ret = fwd.body
+    assert isinstance(ret, ast.Return) and len(body) == len(graph.nodes)
+    assigned = [t.id for stmt in body for t in ast.walk(stmt.targets[0]) if isinstance(t, ast.Name)]  # type: ignore[attr-defined]
+    args = [a.arg for a in fwd.args.args[1:]]
+    assert len(set(assigned + args)) == len(assigned) + len(args), "a name is assigned twice"
+    assert not set(assigned) & RESERVED
+    lines = text.splitlines()
+    for stmt, node in zip(body, graph.nodes):
+        assert node.span is not None
+        assert lines[stmt.lineno - 1].endswith(f".arch:{node.span.line}"), lines[stmt.lineno - 1]
+
+
+def test_instance_names_that_torch_uses_for_methods_still_work(tmp_path: Path) -> None:
+    spec = """axis B
+    model M (x: [B, 8]) -> [B, 8] {
+        type = linear(8)
+        half = batchnorm()
+        return x >> type >> half
+    }"""
+    graph = spec_graph(spec)
+    module = build_module(graph).eval()
+    assert set(module.state_dict()) == set(graph.params)
+    assert "type.weight" in graph.params and "half.running_mean" in graph.params
+    path = tmp_path / "m.py"
+    path.write_text(emit_python(graph))
+    emitted = import_file(path, "M").eval()
+    emitted.load_state_dict(module.state_dict())
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(emitted(x), module(x))
+    assert module.type(torch.float32) is module  # nn.Module's methods are still its methods
+
+
+def test_an_instance_named_training_is_an_error() -> None:
+    graph = spec_graph("axis B\nmodel M (x: [B, 8]) -> [B, 8] {\n training = linear(8)\n return training(x) }")
+    with pytest.raises(ArchError, match="'training'"):
+        emit_python(graph)
+
+
+def test_the_emitted_file_is_what_runs_in_memory() -> None:
+    graph = elaborate_file(GPT_TINY)
+    module: Any = build_module(graph)
+    source = Path(type(module).forward.__code__.co_filename)
+    import linecache
+
+    assert "".join(linecache.getlines(str(source))) == emit_python(graph)
