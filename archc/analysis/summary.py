@@ -263,7 +263,8 @@ def human(n: float, unit: str = "", base: int = 1000) -> str:
     if i == 0:
         return f"{int(n)}{' ' + unit if unit else ''}"
     prefix = prefixes[i] + ("i" if base == 1024 else "")
-    return f"{n:.3g}{' ' if unit else ''}{prefix}{unit}"
+    digits = f"{n:.0f}" if abs(n) >= 100 else f"{n:.3g}"  # 1000 KiB, not 1e+03 KiB
+    return f"{digits}{' ' if unit else ''}{prefix}{unit}"
 
 
 def format_table(s: Summary) -> str:

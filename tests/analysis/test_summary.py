@@ -149,3 +149,11 @@ def test_a_tied_use_counts_where_it_is_used() -> None:
     assert wte.params == 50 * 8 and wte.flops == 0
     assert ops.kind == "linear (shares wte)" and ops.flops == 2 * 4 * 8 * 50
     assert s.total.params == 50 * 8 + 16
+
+
+def test_human_units() -> None:
+    from archc.analysis.summary import human
+
+    assert human(999) == "999" and human(1234567) == "1.23M" and human(3.63e9) == "3.63G"
+    assert human(1000 * 1024, "B", 1024) == "1000 KiB" and human(1536, "B", 1024) == "1.5 KiB"
+    assert human(512, "B", 1024) == "512 B"
