@@ -366,13 +366,16 @@ class Elaborator:
             if not isinstance(seq, tuple):
                 raise ArchError(f"'for' needs a list or range(...), got {describe(seq)}", s.iter.span)
             outer_loop = frame.loop
+            smallest: int | None = None
             for i, item in enumerate(seq):
                 frame.vars[s.var] = item
                 frame.loop = outer_loop + (i,)
+                before = len(self.nodes)
                 try:
                     result = self.exec_body(s.body, frame)
                 finally:
                     frame.loop = outer_loop
+                smallest = self.expect_nodes(len(self.nodes) - before, smallest, len(seq) - 1 - i, s.span, "iterations")
                 if result is not None:
                     return result
             return None
@@ -790,10 +793,14 @@ class Elaborator:
             if fn.connect is not None:
                 return self.connected_stack(fn, inputs, frame, span, scope)
             value = inputs
+            smallest: int | None = None
             for i in range(fn.count):
                 layer = self.stack_layer(fn, i, span)
+                before = len(self.nodes)
                 value = self.apply(named(layer, _join(scope, str(i))), list(value) if isinstance(value, (tuple, list))
                                    else [value], frame, span, scope)
+                smallest = self.expect_nodes(len(self.nodes) - before, smallest, fn.count - 1 - i, fn.span or span,
+                                              "layers")
             return value if not isinstance(value, list) else (value[0] if len(value) == 1 else tuple(value))
         if isinstance(fn, SlotFn):
             return self.apply_slot(fn, inputs, frame, span, prefix)
@@ -803,6 +810,17 @@ class Elaborator:
             inner = fn.scope if fn.scope is not None else prefix
             return self.residual_add(inputs[0], fn.inner, frame, span, inner)
         raise AssertionError(fn)
+
+    def expect_nodes(self, made: int, smallest: int | None, left: int, span: Span | None, unit: str) -> int:
+        """After one layer of a stack or loop: fail now, not minutes from now, when the layers left
+        would pass the node limit even if each were as small as the smallest so far (a stack of
+        stacks that would make millions of ops fails in well under a second)."""
+        smallest = made if smallest is None else min(smallest, made)
+        if smallest and len(self.nodes) + smallest * left > self.limits.max_nodes:
+            raise ArchError(f"the model would expand to at least {len(self.nodes) + smallest * left} ops, more than "
+                            f"the limit of {self.limits.max_nodes}", span,
+                            f"{left} more {unit} of {smallest} ops or more each; the limit is set by --max-nodes")
+        return smallest
 
     def stack_layer(self, fn: StackFn, i: int, span: Span | None) -> Callable:
         frame = fn.frame

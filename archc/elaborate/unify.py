@@ -138,15 +138,18 @@ class Pattern:
 
 def _solve(size: Size, atom: str, actual: Size, fail: Callable[[str], ArchError], i: int, e: A.Expr) -> Size:
     """Solve size(atom) == actual for an atom that appears linearly."""
-    coef = Size({m: c for m, c in size.terms.items() if any(a == atom for a, _ in m)})
-    rest = size - coef
-    if any(dict(m).get(atom, 0) != 1 for m in coef.terms):
-        raise fail(f"axis {i + 1}: cannot solve '{_expr_text(e)}' for {atom[len(UNKNOWN):]}")
-    try:
-        factor = coef / Size.sym(atom)
-        value = (actual - rest) / factor
-    except SizeError as err:
-        raise fail(f"axis {i + 1}: {err}") from None
+    if size.terms == {((atom, 1),): 1}:
+        value = actual  # a bare axis name, as in most signatures: no algebra needed
+    else:
+        coef = Size({m: c for m, c in size.terms.items() if any(a == atom for a, _ in m)})
+        rest = size - coef
+        if any(dict(m).get(atom, 0) != 1 for m in coef.terms):
+            raise fail(f"axis {i + 1}: cannot solve '{_expr_text(e)}' for {atom[len(UNKNOWN):]}")
+        try:
+            factor = coef / Size.sym(atom)
+            value = (actual - rest) / factor
+        except SizeError as err:
+            raise fail(f"axis {i + 1}: {err}") from None
     name = atom[len(UNKNOWN):]
     if value.is_const:
         c = value.terms.get((), 0)
