@@ -1,0 +1,138 @@
+"""The error corpus: every file in `tests/errors/*.arch` is a wrong spec whose header states the error.
+
+    # error: LINE:COL: SUBSTRING OF THE MESSAGE          (first line; `FILE:LINE:COL` when the error
+    # hint: SUBSTRING OF THE HINT                          is reported in an imported file)
+    # model: NAME                                         (optional, anywhere in the leading comments:
+                                                           elaborate with --model NAME)
+
+Each file must fail with an `ArchError` (never another exception) at exactly that line and column,
+and its rendering must read `file:line:col: error: message`, then the source line and a caret.
+Files under `tests/errors/lib/` are helpers that the corpus imports.
+
+To add a case: write the spec with `# error: ?` on its first line, run this test, and copy the
+location and message it reports into the header after checking that they are right.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from archc.elaborate import elaborate_file, elaborate_text
+from archc.errors import ArchError
+
+CORPUS = Path(__file__).parent / "errors"
+CASES = sorted(CORPUS.glob("*.arch"))
+
+_ERROR = re.compile(r"#\s*error:\s*(?:(?P<file>[^\s:]+\.arch):)?(?P<line>\d+):(?P<col>\d+):\s*(?P<message>.+?)\s*$")
+_HINT = re.compile(r"#\s*hint:\s*(?P<hint>.+?)\s*$")
+_MODEL = re.compile(r"#\s*model:\s*(?P<model>\w+)\s*$")
+
+
+@dataclass(frozen=True)
+class Expected:
+    file: Path
+    line: int
+    col: int
+    message: str
+    hint: str | None
+    model: str | None
+
+
+def expected(path: Path) -> Expected:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    head = _ERROR.fullmatch(lines[0]) if lines else None
+    assert head, f"{path.name}: the first line must be '# error: LINE:COL: message', got {lines[:1]}"
+    leading = [ln for ln in lines[1:] if ln.startswith("#")]
+    hint = next((m["hint"] for ln in lines[1:2] if (m := _HINT.fullmatch(ln))), None)
+    model = next((m["model"] for ln in leading if (m := _MODEL.fullmatch(ln))), None)
+    where = (CORPUS / head["file"]) if head["file"] else path
+    return Expected(where.resolve(), int(head["line"]), int(head["col"]), head["message"], hint, model)
+
+
+def test_the_corpus_is_large_enough() -> None:
+    assert len(CASES) >= 45
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_wrong_spec_fails_with_a_located_error(path: Path) -> None:
+    want = expected(path)
+    with pytest.raises(ArchError) as info:
+        elaborate_file(path, model=want.model)
+    err = info.value
+    assert err.span is not None, f"no location: {err.render()}"
+    got = (Path(err.span.file).resolve(), err.span.line, err.span.col)
+    assert got == (want.file, want.line, want.col), err.render()
+    assert want.message in err.message, err.render()
+    if want.hint is not None:
+        assert err.hint is not None and want.hint in err.hint, err.render()
+
+    text = err.render()
+    first, *rest = text.splitlines()
+    assert first.startswith(f"{err.span.file}:{want.line}:{want.col}: error: "), text
+    source = want.file.read_text(encoding="utf-8").splitlines()[want.line - 1]
+    assert rest and rest[0].endswith(source.expandtabs(1)), text
+    caret = rest[1]
+    assert re.fullmatch(r" *\^~*", caret), text
+    gutter = rest[0].index("| ") + 2
+    assert caret.index("^") == gutter + want.col - 1, text  # the caret stands under the column
+
+
+# -- regressions found while writing the corpus ---------------------------------------------------
+
+def test_an_if_that_returns_may_be_followed_by_more_statements() -> None:
+    spec = """
+    axis B, T, D
+    block Maybe(on: bool) (x: [B, T, D]) -> [B, T, D] {
+        if on {
+            return relu(x)
+        }
+        return x
+    }
+    model M (x: [B, T, 8]) -> [B, T, 8] { return Maybe(true)(x) >> Maybe(false) }
+    """
+    g = elaborate_text(spec, "maybe.arch")
+    assert [n.op for n in g.nodes] == ["relu"]
+
+
+def test_statements_after_a_return_are_refused_in_every_branch() -> None:
+    spec = """
+    axis B, T, D
+    model M (x: [B, T, 8]) -> [B, T, 8] {
+        if false {
+            return x
+            x = relu(x)
+        }
+        return x
+    }
+    """
+    with pytest.raises(ArchError, match="never reached") as info:
+        elaborate_text(spec, "dead.arch")
+    assert info.value.span is not None and info.value.span.line == 6
+
+
+def test_op_arguments_are_not_converted() -> None:
+    base = "axis B, T\nmodel M (x: [B, T, 8]) -> [B, T, 8] {{ return linear(x, {}) }}\n"
+    for arg, message in (('"8"', "valid integer"), ("8.0", "valid integer"), ("true", "valid integer"),
+                         ("8, bias=1", "valid boolean")):
+        with pytest.raises(ArchError, match=message):
+            elaborate_text(base.format(arg), "conv.arch")
+
+
+def test_nesting_past_pythons_recursion_limit_is_an_arch_error() -> None:
+    nest = "(" * 400 + "x" + " + x)" * 400
+    spec = f"""
+    axis B, T, D
+    block Deep(n: int) (x: [B, T, D]) -> [B, T, D] {{
+        if n < 62 {{
+            return Deep(n + 1)({nest})
+        }}
+        return x
+    }}
+    model M (x: [B, T, 8]) -> [B, T, 8] {{ return Deep(0)(x) }}
+    """
+    with pytest.raises(ArchError, match="nests too deeply"):
+        elaborate_text(spec, "deep.arch")
