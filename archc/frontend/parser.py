@@ -176,9 +176,9 @@ def _unclosed_bracket(err: lark.exceptions.UnexpectedToken, text: str, file: str
 def _dangling_name(err: lark.exceptions.UnexpectedToken, text: str, file: str) -> ArchError | None:
     """`y = f(x) relu`: the name after a complete statement starts a new one, which needs '='."""
     history = getattr(err, "token_history", None) or []
-    if not history or history[-1].type != "NAME" or not set(err.expected) <= {"EQUAL", "COMMA"}:
+    name = history[-1] if history else None  # lark puts None there at the start of the file
+    if name is None or name.type != "NAME" or not set(err.expected) <= {"EQUAL", "COMMA"}:
         return None
-    name = history[-1]
     start = name.start_pos or 0
     line_start = text.rfind("\n", 0, start) + 1
     hint = (f"to apply '{name}' to the value before it, write '>> {name}'"
