@@ -16,12 +16,18 @@ from fractions import Fraction
 from typing import Mapping, Union
 
 Monomial = tuple[tuple[str, int], ...]  # sorted (atom, power); () is the constant term
+Coef = Union[int, Fraction]  # int whenever the value is whole: most sizes never need a Fraction
 IntLike = Union[int, "Size"]
 MAX_INT = 2**62  # sizes beyond this are a spec error, not an arbitrary-precision hang
 
 
 class SizeError(ValueError):
     """An arithmetic mistake on sizes (inexact division, overflow); callers add a span."""
+
+
+def _q(c: Coef) -> Coef:
+    """A coefficient in its simplest form: a whole Fraction becomes an int."""
+    return c.numerator if isinstance(c, Fraction) and c.denominator == 1 else c
 
 
 def _mul_mono(a: Monomial, b: Monomial) -> Monomial:
@@ -34,11 +40,10 @@ def _mul_mono(a: Monomial, b: Monomial) -> Monomial:
 class Size:
     __slots__ = ("terms", "_key")
 
-    def __init__(self, terms: Mapping[Monomial, Fraction]) -> None:
-        self.terms = {m: c for m, c in terms.items() if c != 0}
+    def __init__(self, terms: Mapping[Monomial, Coef]) -> None:
+        self.terms = {m: _q(c) for m, c in terms.items() if c != 0}
         self._key = tuple(sorted(self.terms.items()))
-        const = self.terms.get((), Fraction(0))
-        if abs(const) > MAX_INT or any(abs(c) > MAX_INT for c in self.terms.values()):
+        if any(abs(c) > MAX_INT for c in self.terms.values()):
             raise SizeError("size is too large (over 2**62)")
 
     # -- construction ------------------------------------------------------------------------
@@ -46,11 +51,14 @@ class Size:
     def of(value: IntLike) -> "Size":
         if isinstance(value, Size):
             return value
-        return Size({(): Fraction(value)})
+        cached = _CONSTANTS.get(value) if isinstance(value, int) else None
+        if cached is not None:
+            return cached
+        return Size({(): value})
 
     @staticmethod
     def sym(name: str) -> "Size":
-        return Size({((name, 1),): Fraction(1)})
+        return Size({((name, 1),): 1})
 
     # -- queries -----------------------------------------------------------------------------
     @property
@@ -62,10 +70,10 @@ class Size:
         """The integer value of a constant size (raises SizeError if symbolic or fractional)."""
         if not self.is_const:
             raise SizeError(f"size '{self}' is not a known integer")
-        c = self.terms.get((), Fraction(0))
-        if c.denominator != 1:
+        c = self.terms.get((), 0)
+        if isinstance(c, Fraction):
             raise SizeError(f"size '{self}' is not an integer")
-        return int(c)
+        return c
 
     def atoms(self) -> set[str]:
         return {a for m in self.terms for a, _ in m}
@@ -86,9 +94,13 @@ class Size:
     # -- arithmetic --------------------------------------------------------------------------
     def __add__(self, other: IntLike) -> "Size":
         o = Size.of(other)
+        if not o.terms:
+            return self
+        if not self.terms:
+            return o
         terms = dict(self.terms)
         for m, c in o.terms.items():
-            terms[m] = terms.get(m, Fraction(0)) + c
+            terms[m] = terms.get(m, 0) + c
         return Size(terms)
 
     __radd__ = __add__
@@ -104,11 +116,11 @@ class Size:
 
     def __mul__(self, other: IntLike) -> "Size":
         o = Size.of(other)
-        terms: dict[Monomial, Fraction] = {}
+        terms: dict[Monomial, Coef] = {}
         for m1, c1 in self.terms.items():
             for m2, c2 in o.terms.items():
-                m = _mul_mono(m1, m2)
-                terms[m] = terms.get(m, Fraction(0)) + c1 * c2
+                m = _mul_mono(m1, m2) if m1 and m2 else (m1 or m2)
+                terms[m] = terms.get(m, 0) + c1 * c2
         return Size(terms)
 
     __rmul__ = __mul__
@@ -122,11 +134,12 @@ class Size:
             if quotient is None:
                 raise SizeError(f"cannot divide '{self}' by the symbolic size '{o}'")
             return quotient
-        d = o.terms.get((), Fraction(0))
+        d = o.terms.get((), 0)
         if d == 0:
             raise SizeError("division by zero")
-        q = Size({m: c / d for m, c in self.terms.items()})
-        if q.is_const and q.terms.get((), Fraction(0)).denominator != 1:
+        q = Size({m: Fraction(c, d) if isinstance(c, int) and isinstance(d, int) else c / d
+                  for m, c in self.terms.items()})
+        if q.is_const and isinstance(q.terms.get((), 0), Fraction):
             raise SizeError(f"{self} is not divisible by {o}")
         return q
 
@@ -134,14 +147,14 @@ class Size:
         if len(o.terms) != 1:
             return None
         (mono, coef), = o.terms.items()
-        out: dict[Monomial, Fraction] = {}
+        out: dict[Monomial, Coef] = {}
         for m, c in self.terms.items():
             powers = dict(m)
             for atom, p in mono:
                 if powers.get(atom, 0) < p:
                     return None
                 powers[atom] -= p
-            out[tuple(sorted((a, p) for a, p in powers.items() if p))] = c / coef
+            out[tuple(sorted((a, p) for a, p in powers.items() if p))] = Fraction(c) / coef
         return Size(out)
 
     def __floordiv__(self, other: IntLike) -> "Size":
@@ -151,8 +164,8 @@ class Size:
         k = o.value
         if self.is_const:
             return Size.of(self.value // k)
-        exact = Size({m: c / k for m, c in self.terms.items()})
-        if all(c.denominator == 1 for c in exact.terms.values()):
+        exact = Size({m: Fraction(c, 1) / k for m, c in self.terms.items()})
+        if all(isinstance(c, int) for c in exact.terms.values()):
             return exact
         return Size.sym(f"floor({self}, {k})")
 
@@ -182,15 +195,20 @@ class Size:
         return "".join(parts)
 
     def to_json(self) -> int | str:
-        return self.value if self.is_const and self.terms.get((), Fraction(0)).denominator == 1 else str(self)
+        return self.value if self.is_const and isinstance(self.terms.get((), 0), int) else str(self)
 
 
-def _term_text(mono: Monomial, coef: Fraction) -> str:
+def _term_text(mono: Monomial, coef: Coef) -> str:
+    num, den = (coef.numerator, coef.denominator) if isinstance(coef, Fraction) else (coef, 1)
     factors = [a if p == 1 else f"{a}^{p}" for a, p in mono]
-    if coef.numerator != 1 or not factors:
-        factors.insert(0, str(coef.numerator))
+    if num != 1 or not factors:
+        factors.insert(0, str(num))
     text = "*".join(factors)
-    return text if coef.denominator == 1 else f"{text}/{coef.denominator}"
+    return text if den == 1 else f"{text}/{den}"
+
+
+_CONSTANTS: dict[int, Size] = {}
+_CONSTANTS.update({i: Size({(): i}) for i in range(-8, 4097)})
 
 
 # -- parsing the printed form back (for IR loading) ------------------------------------------

@@ -29,7 +29,7 @@ from archc.ops.registry import Op, OpError
 from archc.sizes import MAX_INT, Size, SizeError
 
 PARAM_TYPES = ("int", "float", "bool", "str", "fn", "block", "axis", "list", "connection")
-BUILTINS = ("range", "len", "min", "max", "int", "float", "shape") + tuple(C.SPECS)
+BUILTINS = ("range", "len", "min", "max", "int", "float", "shape", "sequential") + tuple(C.SPECS)
 ANNOTATIONS = ("scope", "no_fuse", "sparse", "deploy", "name")
 
 
@@ -336,7 +336,11 @@ class Elaborator:
 
     def _exec(self, s: A.Stmt, frame: Frame) -> tuple[list[Any], Span] | None:
         if isinstance(s, A.Assign):
-            value = self.eval(s.value, frame)
+            frame.target = s.targets[0] if len(s.targets) == 1 else None
+            try:
+                value = self.eval(s.value, frame)
+            finally:
+                frame.target = None
             if len(s.targets) == 1:
                 self.bind(s.targets[0], value, frame, s.span)
                 return None
@@ -381,18 +385,20 @@ class Elaborator:
             return None
         raise AssertionError(s)
 
+    def instance_path(self, name: str, frame: Frame, span: Span) -> str:
+        """Claim the instance name `name` in this block (suffixed by loop indices)."""
+        path = ".".join([name] + [str(i) for i in frame.loop])
+        if path in frame.instances:
+            raise ArchError(f"the instance name '{name}' is already used in '{frame.block}'", span,
+                            "each named instance is one set of weights; pick another name")
+        frame.instances.add(path)
+        return _join(frame.scope, path)
+
     def bind(self, name: str, value: Any, frame: Frame, span: Span) -> None:
-        if name in registry.names() or name in BUILTINS:
-            raise ArchError(f"'{name}' names a built-in op; choose another name", span)
         if isinstance(value, BlockTemplate):
             value = self.construct(value, (), {}, span)
         if isinstance(value, CALLABLES) and value.scope is None:
-            path = ".".join([name] + [str(i) for i in frame.loop])
-            if path in frame.instances:
-                raise ArchError(f"the instance name '{name}' is already used in '{frame.block}'", span,
-                                "each named instance is one set of weights; pick another name")
-            frame.instances.add(path)
-            value = named(value, _join(frame.scope, path))
+            value = named(value, self.instance_path(name, frame, span))
         frame.vars[name] = value
 
     # ==== expressions =============================================================================
@@ -471,6 +477,11 @@ class Elaborator:
             return self.index(e, frame)
         if isinstance(e, A.Stack):
             return self.stack(e, frame)
+        if isinstance(e, A.Cond):
+            test = self.eval(e.test, frame)
+            if not isinstance(test, bool):
+                raise ArchError(f"'if ... then ... else' needs a compile-time bool, got {describe(test)}", e.test.span)
+            return self.eval(e.then if test else e.orelse, frame)
         if isinstance(e, (A.SliceExpr, A.EllipsisExpr)):
             raise ArchError("a slice is only allowed inside [...]", e.span)
         raise AssertionError(e)
@@ -744,6 +755,11 @@ class Elaborator:
             if len(nums) != 1 or not _is_num(nums[0]):
                 raise ArchError(f"{name}() takes one number", e.span)
             return int(nums[0]) if name == "int" else float(nums[0])
+        if name == "sequential":
+            stages = [self.as_callable(a, e.span) for a in args]
+            if not stages or any(st is None for st in stages):
+                raise ArchError("sequential() takes callables: sequential(conv2d(64, 1), batchnorm)", e.span)
+            return PipeFn(tuple(stages), None, e.span, numbered=True)  # type: ignore[arg-type]
         if name == "shape":
             if len(args) != 2 or not isinstance(args[0], Tensor) or not isinstance(nums[1], int):
                 raise ArchError("shape() takes a tensor and an axis index", e.span)
@@ -776,13 +792,18 @@ class Elaborator:
         if isinstance(fn, OpFn):
             return self.apply_op_fn(fn, inputs, frame, span, prefix)
         if isinstance(fn, BlockFn):
-            scope = fn.scope or self.fresh(prefix, _snake(fn.template.definition.name))
+            scope = fn.scope if fn.scope is not None else (
+                frame.forced_scope if frame.forced_scope is not None
+                else self.fresh(prefix, _snake(fn.template.definition.name)))
             outs = self.apply_block(fn, inputs, span, scope)
             return outs[0] if len(outs) == 1 else tuple(outs)
         if isinstance(fn, PipeFn):
-            inner = fn.scope if fn.scope is not None else prefix
+            inner = fn.scope if fn.scope is not None else (
+                self.fresh(prefix, "sequential") if fn.numbered else prefix)
             value: Any = inputs
-            for stage in fn.stages:
+            stages = [named(st, _join(inner, str(k))) for k, st in enumerate(fn.stages)] if fn.numbered \
+                else fn.stages
+            for stage in stages:
                 value = self.apply(stage, list(value) if isinstance(value, (tuple, list)) else [value],
                                    frame, span, inner)
             return value
@@ -823,18 +844,9 @@ class Elaborator:
         return smallest
 
     def stack_layer(self, fn: StackFn, i: int, span: Span | None) -> Callable:
-        frame = fn.frame
-        saved = frame.vars.get(fn.var) if fn.var else None
-        if fn.var:
-            frame.vars[fn.var] = i
-        try:
-            layer = self.as_callable(self.eval(fn.body, frame), fn.body.span)
-        finally:
-            if fn.var:
-                if saved is None:
-                    frame.vars.pop(fn.var, None)
-                else:
-                    frame.vars[fn.var] = saved
+        # a child frame per layer: a stack nested in the body keeps seeing this layer's index
+        frame = replace(fn.frame, vars={**fn.frame.vars, fn.var: i}) if fn.var else fn.frame
+        layer = self.as_callable(self.eval(fn.body, frame), fn.body.span)
         if layer is None:
             raise ArchError("the body of stack() must be a block or a callable", fn.body.span)
         return layer
@@ -970,6 +982,10 @@ class Elaborator:
             raise ArchError(err.message, span or fn.span, err.hint) from None
         except SizeError as err:
             raise ArchError(f"{op.name}: {err}", span or fn.span) from None
+        if specs and op.min_inputs == 0 and not fn.scope and not frame.forced_scope and frame.target:
+            # `cls_token = parameter([1, 1, D])`: the tensor is the parameter, named as assigned
+            fn = replace(fn, scope=self.instance_path(frame.target, frame, span or fn.span))
+            frame.target = None
         if specs:
             scope = frame.forced_scope or fn.scope or self.fresh(prefix, op.name)
             if not frame.forced_scope:

@@ -74,6 +74,7 @@ class PipeFn:
     stages: tuple["Callable", ...]
     scope: str | None = None
     span: Span | None = None
+    numbered: bool = False  # sequential(...): stages are children 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -158,3 +159,4 @@ class Frame:
     annotations: tuple[A.Annotation, ...] = ()
     forced_scope: str | None = None
     block: str = ""
+    target: str | None = None  # the name being assigned, while its value is evaluated

@@ -111,7 +111,17 @@ class Stack:
     span: Span
 
 
-Expr = Union[Name, Const, TupleExpr, ListExpr, BinOp, UnaryOp, Call, GetAttr, SliceExpr,
+@dataclass(frozen=True)
+class Cond:
+    """`if test then a else b`: a compile-time choice between two expressions."""
+
+    test: "Expr"
+    then: "Expr"
+    orelse: "Expr"
+    span: Span
+
+
+Expr = Union[Cond, Name, Const, TupleExpr, ListExpr, BinOp, UnaryOp, Call, GetAttr, SliceExpr,
              EllipsisExpr, Index, Pipeline, Stack]
 
 

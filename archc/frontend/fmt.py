@@ -17,6 +17,8 @@ _CMP = ("==", "!=", "<", "<=", ">", ">=")
 
 
 def _prec(e: Any) -> int:
+    if isinstance(e, A.Cond):
+        return 0
     if isinstance(e, A.Pipeline):
         return 1
     if isinstance(e, A.BinOp):
@@ -42,6 +44,8 @@ def expr_text(e: Any) -> str:
         if isinstance(e.value, str):
             return '"' + e.value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
         return e.text or repr(e.value)
+    if isinstance(e, A.Cond):
+        return f"if {expr_text(e.test)} then {expr_text(e.then)} else {expr_text(e.orelse)}"
     if isinstance(e, A.Pipeline):
         return " >> ".join(_wrap(s, 2) for s in e.stages)
     if isinstance(e, A.BinOp):
@@ -50,7 +54,10 @@ def expr_text(e: Any) -> str:
             return f"{_wrap(e.left, p + 1)} ** {_wrap(e.right, p)}"
         if e.op in _CMP:
             return f"{_wrap(e.left, p + 1)} {e.op} {_wrap(e.right, p + 1)}"
-        return f"{_wrap(e.left, p)} {e.op} {_wrap(e.right, p + 1)}"
+        left = _wrap(e.left, p)
+        if isinstance(e.left, A.BinOp) and e.left.op != e.op and _prec(e.left) == p and p == _PREC["*"]:
+            left = f"({left})"  # `(H / 2) * W`: mixed * and / read better with their parentheses
+        return f"{left} {e.op} {_wrap(e.right, p + 1)}"
     if isinstance(e, A.UnaryOp):
         if e.op == "not":
             return f"not {_wrap(e.operand, _PREC['not'])}"
@@ -87,9 +94,30 @@ def type_text(t: Any) -> str:
     return f"{t.dtype or ''}[{dims}]"
 
 
+WIDTH = 100  # lines longer than this are wrapped where the language allows
+
+
+def _formal(f: A.Formal) -> str:
+    return f"{f.name}: {type_text(f.type)}" + (f" = {expr_text(f.default)}" if f.default else "")
+
+
 def _formals(fs: tuple[A.Formal, ...]) -> str:
-    return "(" + ", ".join(f"{f.name}: {type_text(f.type)}" + (f" = {expr_text(f.default)}" if f.default else "")
-                           for f in fs) + ")"
+    return "(" + ", ".join(_formal(f) for f in fs) + ")"
+
+
+def _wrapped_formals(prefix: str, fs: tuple[A.Formal, ...]) -> list[str]:
+    """`prefix(a: int, b: int,` with the rest aligned under the first formal, within WIDTH."""
+    lines, current = [], prefix + "("
+    indent = " " * len(current)
+    for i, f in enumerate(fs):
+        piece = _formal(f) + ("," if i + 1 < len(fs) else ")")
+        if current.strip() and not current.endswith("(") and len(current) + 1 + len(piece) > WIDTH:
+            lines.append(current)
+            current = indent + piece
+        else:
+            current += ("" if current.endswith("(") else " ") + piece
+    lines.append(current if fs else current + ")")
+    return lines
 
 
 def _outs(outs: tuple[A.TensorTypeExpr, ...]) -> str:
@@ -109,7 +137,11 @@ class _Printer:
 
     def _leading(self, line: int, indent: str) -> None:
         while self.comments and self.comments[0].line < line:
-            self.lines.append(indent + self.comments.pop(0).text.rstrip())
+            c = self.comments.pop(0)
+            self.lines.append(indent + c.text.rstrip())
+            nxt = self.comments[0].line if self.comments and self.comments[0].line < line else line
+            if nxt > c.line + 1:
+                self.lines.append("")  # the source had a blank line after this comment
 
     def _trailing(self, line: int) -> None:
         while self.comments and self.comments[0].line == line:
@@ -140,26 +172,65 @@ class _Printer:
         for a in b.annotations:
             self.emit(a.span.line, _annotation(a), "")
         head = f"{b.kind} {b.name}"
-        if b.params or b.ports is None:
-            head += _formals(b.params)
+        params = [head + _formals(b.params)] if b.params or b.ports is None else [head]
+        if len(params[0]) > WIDTH:
+            params = _wrapped_formals(head, b.params)
+        tail = ""
         if b.ports is not None:
-            head += (" " if b.params else " ") + _formals(b.ports) + f" -> {_outs(b.outs or ())}"
+            tail = _formals(b.ports) + f" -> {_outs(b.outs or ())}"
         if b.implements:
-            head += f" : {b.implements}"
-        self.emit((b.name_span or b.span).line, head + " {", "")
+            tail += f" : {b.implements}"
+        tail = (tail + " {").strip()
+        if len(params[-1]) + 1 + len(tail) <= WIDTH and len(params) == 1:
+            lines = [params[0] + " " + tail]
+        elif len(params[-1]) + 1 + len(tail) <= WIDTH and not b.ports:
+            lines = params[:-1] + [params[-1] + " " + tail]
+        else:
+            lines = params + ["    " + tail]
+        self.emit((b.name_span or b.span).line, lines[0], "")
+        self.lines.extend(lines[1:])
         self.body(b.body, "    ")
         self._leading(b.span.end_line or b.span.line, "    ")
         self.lines.append("}")
 
     def body(self, stmts: tuple[Any, ...], indent: str) -> None:
+        prev_end = None
         for s in stmts:
+            first = min([s.span.line] + [a.span.line for a in s.annotations] +
+                        [c.line for c in self.comments if prev_end is not None and prev_end < c.line < s.span.line])
+            if prev_end is not None and first > prev_end + 1:
+                self.lines.append("")  # one blank line where the source had any
             self.stmt(s, indent)
+            prev_end = s.span.end_line or s.span.line
 
     def stmt(self, s: Any, indent: str) -> None:
         for a in s.annotations:
             self.emit(a.span.line, _annotation(a), indent)
         if isinstance(s, A.Assign):
-            self.emit(s.span.line, f"{', '.join(s.targets)} = {expr_text(s.value)}", indent)
+            text = f"{', '.join(s.targets)} = {expr_text(s.value)}"
+            if isinstance(s.value, A.Stack) and len(indent + text) > WIDTH:
+                st = s.value
+                var = f"{st.var} => " if st.var else ""
+                self.emit(s.span.line, f"{', '.join(s.targets)} = stack({_args(st.args, st.kwargs)}) {{", indent)
+                self.lines.append(indent + "    " + var + expr_text(st.body))
+                self.lines.append(indent + "}")
+            elif isinstance(s.value, A.Call) and len(indent + text) > WIDTH and (s.value.args or s.value.kwargs):
+                call = s.value
+                head = f"{', '.join(s.targets)} = {_wrap(call.func, 10)}("
+                pieces = [expr_text(a) for a in call.args] + [f"{k.name}={expr_text(k.value)}" for k in call.kwargs]
+                lines, current = [], indent + head
+                for i, piece in enumerate(pieces):
+                    piece += "," if i + 1 < len(pieces) else ")"
+                    if not current.endswith("(") and len(current) + 1 + len(piece) > WIDTH:
+                        lines.append(current)
+                        current = " " * len(indent + head) + piece
+                    else:
+                        current += ("" if current.endswith("(") else " ") + piece
+                lines.append(current)
+                self.emit(s.span.line, lines[0].strip(), indent)
+                self.lines.extend(lines[1:])
+            else:
+                self.emit(s.span.line, text, indent)
         elif isinstance(s, A.Return):
             self.emit(s.span.line, "return " + ", ".join(expr_text(v) for v in s.values), indent)
         elif isinstance(s, A.For):

@@ -362,6 +362,9 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
         stages = tuple(c for c in children if not isinstance(c, Token))
         return A.Pipeline(stages, self._s(meta))
 
+    def cond(self, meta: Meta, test: A.Expr, then: A.Expr, orelse: A.Expr) -> A.Cond:
+        return A.Cond(test, then, orelse, self._s(meta))
+
     def or_op(self, meta: Meta, a: A.Expr, b: A.Expr) -> A.BinOp:
         return A.BinOp("or", a, b, self._s(meta))
 
