@@ -20,6 +20,7 @@ are those of one layer.
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -38,7 +39,7 @@ _FLOOR = re.compile(r"^floor\((.*), (\d+)\)$")
 # -- sizes to numbers ---------------------------------------------------------------------------
 def evaluate(size: Size, env: Mapping[str, int]) -> int:
     """The integer value of a size once its symbols are known; `floor(E, k)` atoms included."""
-    total = 0
+    total = Fraction(0)
     for mono, coef in size.terms.items():
         term = coef
         for atom, power in mono:
@@ -282,7 +283,8 @@ def format_table(s: Summary) -> str:
     right = {3, 4, 5, 6}
 
     def fmt(cells: tuple[str, ...]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        padded = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(padded).rstrip()
 
     rule = "-" * len(fmt(header))
     body = [fmt(x) for x in lines]

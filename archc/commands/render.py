@@ -59,7 +59,7 @@ def after_passes(graph: Any, names: list[str]) -> Any:
 
 
 def _pass(name: str) -> Any:
-    import archc.passes as passes
+    from archc import passes
 
     found = {}
     for info in pkgutil.iter_modules(passes.__path__):

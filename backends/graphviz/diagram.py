@@ -60,7 +60,7 @@ class Cluster:
     label: str
     fill: str
     boxes: list[Box] = field(default_factory=list)
-    clusters: list["Cluster"] = field(default_factory=list)
+    clusters: list[Cluster] = field(default_factory=list)
 
 
 @dataclass
@@ -155,7 +155,6 @@ class _Builder:
         self.alias: dict[str, str] = {}  # value of a hidden layer -> value of the drawn layer
         self.hidden: set[int] = set()  # nodes of layers that are not drawn
         self.box_of: dict[int, str] = {}  # node index -> the id of the box that draws it
-        self.index = {id(n): i for i, n in enumerate(graph.nodes)}
         self.producer = {v: i for i, n in enumerate(graph.nodes) for v in n.outputs}
         self.params = self._param_counts()
         self.tied = tied_uses(graph)
