@@ -43,7 +43,7 @@ class Pattern:
             if isinstance(value, bool):
                 raise ArchError(f"'{e.id}' is a bool, not a size", e.span)
             if isinstance(value, (int, Size)):
-                return Size.of(value)
+                return _const(value, e.span)
             if e.id in self.axes:
                 return Size.sym(UNKNOWN + e.id)
             raise ArchError(f"unknown axis '{e.id}' in a tensor type", e.span,
@@ -51,7 +51,7 @@ class Pattern:
         if isinstance(e, A.Const) and isinstance(e.value, int) and not isinstance(e.value, bool):
             if e.value < 0:
                 raise ArchError("an axis size cannot be negative", e.span)
-            return Size.of(e.value)
+            return _const(e.value, e.span)
         if isinstance(e, A.BinOp) and e.op in ("+", "-", "*", "/", "//"):
             a, b = self.size_of(e.left, bindings), self.size_of(e.right, bindings)
             try:
@@ -134,6 +134,13 @@ class Pattern:
     def text(self) -> str:
         dims = ", ".join("*" if isinstance(d, A.Star) else _expr_text(d) for d in self.expr.dims)
         return f"{self.expr.dtype or ''}[{dims}]"
+
+
+def _const(value: int | Size, span: Span) -> Size:
+    try:
+        return Size.of(value)
+    except SizeError as err:  # past 2**62
+        raise _ArithError(str(err), span) from None
 
 
 def _solve(size: Size, atom: str, actual: Size, fail: Callable[[str], ArchError], i: int, e: A.Expr) -> Size:
