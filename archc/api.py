@@ -32,13 +32,21 @@ def build(graph: Graph, target: str = "torch") -> Any:
     return build_graph_module(graph)
 
 
-def compile(path: str | Path, target: str = "torch", model: str | None = None, **model_params: Any) -> Any:  # noqa: A001
+def compile(path: str | Path, target: str = "torch", model: str | None = None, **model_params: Any) -> Any:
     """Compile the spec at `path` to a freshly initialized module. `model` picks a model or block
     when the file has several; `model_params` override the model's parameters (`depth=4`)."""
     from archc.elaborate import elaborate_file
 
     check_target(target)
-    return build(elaborate_file(path, model=model, overrides=model_params), target)
+    overrides = {k: _as_spec_value(v) for k, v in model_params.items()}
+    return build(elaborate_file(path, model=model, overrides=overrides), target)
+
+
+def _as_spec_value(value: Any) -> Any:
+    """A Python value as the elaborator holds it: lists are tuples (`depths=[2, 2, 6, 2]`)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_spec_value(v) for v in value)
+    return value
 
 
 def emit_python(graph: Graph) -> str:

@@ -13,8 +13,7 @@ import types
 from typing import Any
 
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from archc.backends.torch.emit import TUPLE_OPS, expression
 from archc.backends.torch.load import build_module
@@ -48,10 +47,15 @@ def _namespace(module: nn.Module, tracer: fx.proxy.GraphAppendingTracer) -> dict
     space: dict[str, Any] = {}
     for name, value in globs.items():
         if isinstance(value, types.FunctionType) and value.__module__ == globs["__name__"]:
-            space[name] = (lambda f: lambda *a, **k: tracer.create_proxy("call_function", f, a, k))(value)
+            space[name] = _recorded(value, tracer)
         elif not name.startswith("__"):
             space[name] = value
     return space
+
+
+def _recorded(fn: Any, tracer: fx.proxy.GraphAppendingTracer) -> Any:
+    """A stand-in for `fn` that appends a call to it to the graph."""
+    return lambda *args, **kwargs: tracer.create_proxy("call_function", fn, args, kwargs)
 
 
 def _lower_node(node: Node, graph: Graph, env: dict[str, Any], get_param: Any, space: dict[str, Any],
@@ -61,7 +65,7 @@ def _lower_node(node: Node, graph: Graph, env: dict[str, Any], get_param: Any, s
     local = {**ins, **{params[role]: get_param(p) for role, p in node.params.items()}}
     before = set(fx_graph.nodes)
     try:
-        result = eval(expression(node, graph, list(ins), params), space, local)  # noqa: S307 (registry spelling)
+        result = eval(expression(node, graph, list(ins), params), space, local)
     except Exception as err:  # name the IR node that failed, as fx's interpreter does
         where = f" ({node.span.file}:{node.span.line})" if node.span else ""
         raise RuntimeError(f"fx backend: lowering {node.op} at scope '{node.scope}'{where} failed: {err}") from err

@@ -35,9 +35,9 @@ class ModuleEntry:
     is_list: bool = False
     is_layer: bool = False  # a child of a list: appended, in order
     tensors: list[TensorEntry] = field(default_factory=list)
-    children: list["ModuleEntry"] = field(default_factory=list)
+    children: list[ModuleEntry] = field(default_factory=list)
 
-    def walk(self) -> list["ModuleEntry"]:
+    def walk(self) -> list[ModuleEntry]:
         """This module and every descendant, parents first, in declaration order."""
         out = [self]
         for child in self.children:

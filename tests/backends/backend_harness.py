@@ -78,4 +78,4 @@ def assert_close(got: Any, want: Any, what: str, atol: float = 1e-5, rtol: float
     for i, (g, w) in enumerate(zip(got, want)):
         assert g.shape == w.shape, f"{what}: output {i} has shape {tuple(g.shape)}, expected {tuple(w.shape)}"
         assert g.dtype == w.dtype, f"{what}: output {i} has dtype {g.dtype}, expected {w.dtype}"
-        torch.testing.assert_close(g, w, atol=atol, rtol=rtol, msg=lambda m: f"{what}: output {i}: {m}")
+        torch.testing.assert_close(g, w, atol=atol, rtol=rtol, msg=lambda m, i=i: f"{what}: output {i}: {m}")

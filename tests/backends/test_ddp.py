@@ -19,8 +19,9 @@ WORLD = 2
 
 
 def _worker(rank: int, folder: str) -> None:
-    import archc
     from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import archc
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=WORLD)

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from backend_harness import assert_close, three_ways
-from test_torch_emit import GPT_TINY, small_graph, zoo
 
 from archc.backends.torch.inputs import example_inputs
 from archc.elaborate import elaborate_file
+
+from backend_harness import assert_close, three_ways
+from test_torch_emit import GPT_TINY, small_graph, zoo
 
 
 @pytest.mark.parametrize("path", [GPT_TINY, *zoo()], ids=lambda p: p.stem)

@@ -4,17 +4,19 @@ PyTorch eager reference written here independently of the op's own torch spellin
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
-from backend_harness import assert_close, spec_graph, three_ways
 from torch import nn
 
 from archc.backends.torch.inputs import example_inputs
 from archc.ops import registry
+
+from backend_harness import assert_close, spec_graph, three_ways
 
 Sd = dict[str, torch.Tensor]
 
@@ -75,7 +77,7 @@ CASES = [
          model M (x: [B, N, 8], y: [B, 2, 8]) -> [B, N + 3, 8] {
              cls = parameter([1, 1, 8], init="normal(0.02)")
              return concat(cls, x, y, dim=1)
-         }""", lambda i, sd: torch.cat([sd["parameter"].expand(i[0].shape[0], 1, 8), i[0], i[1]], dim=1),
+         }""", lambda i, sd: torch.cat([sd["cls"].expand(i[0].shape[0], 1, 8), i[0], i[1]], dim=1),
          sizes={"N": 5}),
     Case("conv1d", """axis B, L
          model M (x: [B, 4, 10]) -> [B, 6, 5] { return conv1d(x, 6, 3, stride=2, padding=1, groups=2) }""",
@@ -124,7 +126,7 @@ CASES = [
          lambda i, sd: i[0] * i[1] * 3),
     Case("parameter", """axis B
          model M (x: [B, 8]) -> [B, 8] { g = parameter([8], init=0.5)\n return x * g }""",
-         lambda i, sd: i[0] * sd["parameter"]),
+         lambda i, sd: i[0] * sd["g"]),
     Case("positions", "axis B, T\nmodel M (t: i64[B, T]) -> [T, 8] { return positions(t, 32, 8) }",
          lambda i, sd: sd["positions.weight"][: i[0].shape[1]]),
     Case("rearrange", """axis B, T

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from backend_harness import import_file
 
 import archc
 from archc.backends.torch import emit_python
 from archc.backends.torch.inputs import example_inputs
 from archc.elaborate import elaborate_file
 from archc.resources import specs_root
+
+from backend_harness import import_file
 
 GPT_TINY = specs_root() / "examples" / "gpt_tiny.arch"
 SMALL_GPT = {"D": 32, "depth": 1, "vocab": 50, "heads": 2}
