@@ -90,12 +90,16 @@ def parse_expr(text: str, file: str = "<command line>") -> A.Expr:
         tree = _lark().parse(text, start="expr")
     except lark.exceptions.UnexpectedInput as err:
         raise _syntax_error(err, text, file) from None
+    except RecursionError:
+        raise ArchError("expression is nested too deeply", Span(file, 1, 1)) from None
     try:
         return _ToAst(file).transform(tree)  # type: ignore[no-any-return]
     except lark.exceptions.VisitError as err:
         if isinstance(err.orig_exc, ArchError):
             raise err.orig_exc from None
         raise
+    except RecursionError:
+        raise ArchError("expression is nested too deeply", Span(file, 1, 1)) from None
 
 
 def _parse_tree(text: str, comments: list[A.Comment]) -> lark.Tree:
@@ -140,7 +144,8 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, text: str, file: str) ->
         width = len(str(tok)) if tok.type != "$END" else 1
         span = Span(file, line, col, line, col + width)
         hint = _hint_for(tok, err.expected)
-        return ArchError(f"unexpected {found}; expected {_describe(err.expected)}", span, hint)
+        expected = f"; expected {_describe(err.expected)}" if err.expected else ""
+        return ArchError(f"unexpected {found}{expected}", span, hint)
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
         char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
         hint = ("strings use double quotes" if char == "'" else
