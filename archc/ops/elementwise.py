@@ -48,7 +48,9 @@ class GeluAttrs(_Attrs):
 class Gelu(_Unary):
     name = "gelu"
     Attrs = GeluAttrs
-    elementwise = "0.5 * x * (1 + erf(x / sqrt(2)))"
+    # the exact form, or the tanh approximation (Hendrycks & Gimpel 2016) that GPT-2 uses
+    elementwise = ("0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x ** 3))) if approximate == 'tanh' "
+                   "else 0.5 * x * (1 + erf(x / sqrt(2)))")
     torch = "F.gelu({x}, approximate={approximate})"
 
 

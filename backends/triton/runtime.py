@@ -1,0 +1,158 @@
+"""Runtime support for archc's generated Triton kernels (copied into each generated package).
+
+- `bcast(shape, a, b)`: the (inner, size) pair that indexes an operand broadcast along axes [a, b).
+- `Tuned`: a kernel with block-size configs chosen by `triton.autotune`; the chosen config is kept
+  in a small JSON file keyed by GPU name, kernel (name and source hash) and shape, so the next
+  process launches it without tuning. `ARCHC_TUNE_CACHE` names the file (default
+  `~/.cache/archc/triton-tune.json`). Under `TRITON_INTERPRET=1` (CPU) nothing is tuned: the
+  kernel runs with its interpreter config.
+
+Needs torch and triton only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# Rows up to this many elements are normalized from registers in one pass; longer rows in chunks.
+MAX_SINGLE_ROW = 16384
+INTERPRET_CHUNK = 256  # the chunk the CPU interpreter uses for longer rows
+
+
+def _configs(rows: list[tuple[int, ...]], names: tuple[str, ...]) -> list[triton.Config]:
+    return [triton.Config(dict(zip(names, r[:-2])), num_stages=r[-2], num_warps=r[-1]) for r in rows]
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps): Triton's matmul tutorial set, plus wide-K tiles for fp16/bf16.
+GEMM_CONFIGS = _configs([(128, 256, 64, 3, 8), (64, 256, 32, 4, 4), (128, 128, 32, 4, 4), (128, 64, 32, 4, 4),
+                         (64, 128, 32, 4, 4), (128, 32, 32, 4, 4), (64, 32, 32, 5, 2), (32, 64, 32, 5, 2),
+                         (128, 128, 64, 4, 8), (64, 64, 64, 4, 4)], ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+# (BLOCK_N, stages, warps): a row that fits one block keeps BLOCK_N = next_pow2(N); longer rows use chunks.
+ROW_CONFIGS = _configs([(1 << p, 1, w) for p in range(4, 15) for w in (1, 2, 4, 8, 16)], ("BLOCK_N",))
+ROW_CHUNKS = (1024, 2048, 4096)
+# (BLOCK_M, BLOCK_N, stages, warps)
+ATTENTION_CONFIGS = _configs([(64, 64, 2, 4), (128, 64, 2, 4), (128, 64, 3, 8), (64, 32, 2, 4), (128, 128, 2, 8)],
+                             ("BLOCK_M", "BLOCK_N"))
+
+
+def prune_rows(configs: list[triton.Config], args: dict[str, Any]) -> list[triton.Config]:
+    """Row configs that fit N: exactly next_pow2(N) wide in one pass, or a chunk size for long rows;
+    few warps for short rows."""
+    n = next_pow2(args["N"])
+    if args.get("SINGLE"):
+        return [c for c in configs if c.kwargs["BLOCK_N"] == n and c.num_warps * 32 <= max(n, 32)] or configs[:1]
+    return [c for c in configs if c.kwargs["BLOCK_N"] in ROW_CHUNKS and c.num_warps >= 4]
+
+
+def bcast(shape: Sequence[int], a: int, b: int) -> tuple[int, int]:
+    """(inner, size) of an operand that varies along axes [a, b) of `shape`: element i of the
+    region reads element (i // inner) % size of the operand."""
+    return max(math.prod(shape[b:]), 1), max(math.prod(shape[a:b]), 1)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def precision(t: torch.Tensor) -> str:
+    """tl.dot's input precision for fp32: TF32 only where torch itself allows it."""
+    if t.dtype == torch.float32 and t.is_cuda and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def device_name(t: torch.Tensor) -> str:
+    return torch.cuda.get_device_name(t.device) if t.is_cuda else "cpu"
+
+
+class TuneCache:
+    """Chosen configs on disk: {"<gpu>|<kernel>@<hash>|<shape>|<dtype>": {kwargs, num_warps, num_stages}}."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        default = Path.home() / ".cache" / "archc" / "triton-tune.json"
+        self.path = Path(path or os.environ.get("ARCHC_TUNE_CACHE") or default)
+        self._data: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> dict[str, Any]:
+        if self._data is None:
+            try:
+                self._data = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self._data = {}
+        return self._data
+
+    def get(self, key: str) -> triton.Config | None:
+        entry = self._load().get(key)
+        if entry is None:
+            return None
+        return triton.Config(dict(entry["kwargs"]), num_warps=entry["num_warps"], num_stages=entry["num_stages"])
+
+    def put(self, key: str, config: triton.Config) -> None:
+        with self._lock:
+            data = self._load()
+            data[key] = {"kwargs": dict(config.kwargs), "num_warps": config.num_warps,
+                         "num_stages": config.num_stages}
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tune.", suffix=".json")
+                with os.fdopen(fd, "w") as f:
+                    json.dump(data, f, indent=1, sort_keys=True)
+                os.replace(tmp, self.path)
+            except OSError:  # a read-only home: keep the choice for this process only
+                pass
+
+
+CACHE = TuneCache()
+
+
+class Tuned:
+    """`kernel` with autotuned configs. `tuned[grid](*args, key=(...), interpret={...}, **kwargs)`
+    launches it with the cached config for (GPU, kernel, key), tuning once with triton.autotune on a
+    miss; under the CPU interpreter it runs with the `interpret` block sizes.
+
+    `prune(configs, args)` drops configs that do not fit the launch (a row longer than a block)."""
+
+    def __init__(self, kernel: Any, configs: list[triton.Config], key: list[str],
+                 prune: Callable[[list[triton.Config], dict[str, Any]], list[triton.Config]] | None = None) -> None:
+        self.kernel, self.configs, self.prune = kernel, configs, prune
+        fn = getattr(kernel, "fn", kernel)
+        source = inspect.getsource(fn) if callable(fn) else repr(fn)
+        self.name = f"{getattr(fn, '__name__', 'kernel')}@{hashlib.sha256(source.encode()).hexdigest()[:12]}"
+        early = (lambda cfgs, nargs, **kw: self.prune(cfgs, {**nargs, **kw})) if prune else None
+        self.autotuner = triton.autotune(configs=configs, key=key,
+                                         prune_configs_by={"early_config_prune": early} if early else None)(kernel)
+
+    def __getitem__(self, grid: Any) -> Callable[..., None]:
+        def launch(*args: Any, key: tuple[Any, ...], interpret: dict[str, Any], **kwargs: Any) -> None:
+            if INTERPRET:
+                self.kernel[grid](*args, **kwargs, **interpret)
+                return
+            device = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            name = device_name(device) if device is not None else "?"
+            cache_key = f"{name}|{self.name}|{','.join(map(str, key))}"
+            config = CACHE.get(cache_key)
+            if config is None:
+                self.autotuner[grid](*args, **kwargs)
+                CACHE.put(cache_key, self.autotuner.best_config)
+                return
+            self.kernel[grid](*args, **kwargs, **config.kwargs, num_warps=config.num_warps,
+                              num_stages=config.num_stages)
+
+        return launch
+
+
+__all__ = ["CACHE", "INTERPRET", "MAX_SINGLE_ROW", "TuneCache", "Tuned", "bcast", "device_name", "next_pow2",
+           "precision"]
