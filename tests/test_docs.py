@@ -39,6 +39,7 @@ from archc.ir.verify import verify
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
 SPEC = "spec.arch"  # the name a page's example is compiled under (errors quote it)
+REFRESH = "if archc's output changed on purpose, run: .venv/bin/python docs/refresh_examples.py PAGE"
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def test_error_is_the_one_shown(fence: Fence, folder: Path) -> None:
     expected = _expected_after(fence, "text")
     with pytest.raises(ArchError) as info:
         compile_spec(fence.text, SPEC, folder)
-    assert info.value.render() == expected
+    assert info.value.render() == expected, REFRESH
 
 
 def _normalize(text: str) -> str:
@@ -178,7 +179,7 @@ def test_console_output_is_real(fence: Fence, folder: Path, capsys: pytest.Captu
         status = main(argv[1:])
         out = capsys.readouterr()
         if transcript:
-            assert _normalize(out.out + out.err) == _normalize("\n".join(shown)), command
+            assert _normalize(out.out + out.err) == _normalize("\n".join(shown)), f"{command}\n{REFRESH}"
         else:
             assert status == 0, f"{command}\n{out.out}{out.err}"
 
