@@ -6,6 +6,7 @@ Parse errors become `ArchError`s at the offending token, with what was expected 
 from __future__ import annotations
 
 import functools
+import math
 import hashlib
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ from archc.errors import ArchError, Span, register_source
 from archc.frontend import ast as A
 
 MAX_SOURCE_BYTES = 4 << 20  # a spec larger than 4 MiB is refused before parsing
+MAX_INT_LITERAL = 2**62  # as archc.sizes.MAX_INT: no size or count is larger
 
 
 _comments: list[list[A.Comment]] = [[]]  # where the lexer puts the comments of the current parse
@@ -210,6 +212,13 @@ def _dangling_name(err: lark.exceptions.UnexpectedToken, text: str, file: str) -
         return None
     start = name.start_pos or 0
     line_start = text.rfind("\n", 0, start) + 1
+    if start > line_start and (text[start - 1].isdigit() or text[start - 1] == "."):  # `0x10`, `1.5f`
+        begin = start
+        while begin > line_start and (text[begin - 1].isalnum() or text[begin - 1] in "._"):
+            begin -= 1
+        word, col = text[begin:name.end_pos], begin - line_start + 1
+        return ArchError(f"'{word}' is not a number", Span(file, name.line or 1, col, name.line, col + len(word)),
+                         "numbers are written in decimal, as 16, 0.5 or 1e-6")
     hint = (f"to apply '{name}' to the value before it, write '>> {name}'"
             if text[line_start:start].strip() else None)
     return ArchError(f"expected '=' after '{name}': a statement is 'name = value' or 'return value'",
@@ -454,10 +463,16 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
         return A.Name(str(tok), self._s(meta))
 
     def int(self, meta: Meta, tok: Token) -> A.Const:
-        return A.Const(int(str(tok).replace("_", "")), self._s(meta), str(tok))
+        digits = str(tok).replace("_", "").lstrip("0") or "0"
+        if len(digits) > 19 or int(digits) > MAX_INT_LITERAL:  # also spares Python's 4300-digit limit
+            raise ArchError("integer is too large (over 2**62)", self._s(meta))
+        return A.Const(int(digits), self._s(meta), str(tok))
 
     def float(self, meta: Meta, tok: Token) -> A.Const:
-        return A.Const(float(str(tok).replace("_", "")), self._s(meta), str(tok))
+        value = float(str(tok).replace("_", ""))
+        if not math.isfinite(value):
+            raise ArchError("number is too large for a float", self._s(meta))
+        return A.Const(value, self._s(meta), str(tok))
 
     def string(self, meta: Meta, tok: Token) -> A.Const:
         return A.Const(_unquote(tok, self.file), self._s(meta), str(tok))
