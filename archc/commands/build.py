@@ -1,8 +1,10 @@
-"""`archc build spec.arch --target torch|fx -o OUT`: lower a spec to PyTorch source.
+"""`archc build spec.arch --target torch|fx|triton|cuda -o OUT`: lower a spec to PyTorch source.
 
 --target torch writes a standalone `.py` file that needs only torch; --target fx writes the code
 of the `torch.fx.GraphModule` built from the IR. -o names the file (or a folder, where the file is
 named after the spec); without -o the code goes to stdout. Files are written atomically.
+--target triton|cuda writes a Python package of generated kernels into the folder -o names
+(backends/kernels); --explain prints which kernel or library call runs each region.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 from archc.api import TARGETS
+from archc.backends.kernels.targets import KERNEL_TARGETS
 from archc.cli import add_spec_args, load_graph, write_atomic
 
 
@@ -21,7 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                    ".py file whose module tree and state_dict keys follow the spec; "
                                    "--target fx writes the code of the torch.fx GraphModule built from the IR.")
     add_spec_args(p)
-    p.add_argument("--target", choices=TARGETS, default="torch", help="what to build (default: torch)")
+    p.add_argument("--target", choices=TARGETS + KERNEL_TARGETS, default="torch",
+                   help="what to build (default: torch)")
+    p.add_argument("--explain", action="store_true",
+                   help="triton/cuda: print which kernel or library call runs each region, and why")
     p.add_argument("-o", "--output",
                    help="the .py file to write, or a folder (default: print the code to stdout)")
     p.set_defaults(func=run)
@@ -49,6 +55,8 @@ def fx_source(graph: object) -> str:
 
 def run(args: argparse.Namespace) -> int:
     graph = load_graph(args)
+    if args.target in KERNEL_TARGETS:
+        return run_kernels(args, graph)
     if args.target == "torch":
         from archc.backends.torch import emit_python
 
@@ -62,4 +70,16 @@ def run(args: argparse.Namespace) -> int:
     write_atomic(path, text)
     print(f"{path}: model {graph.name}, {len(graph.nodes)} ops, {graph.param_count():,} parameters "
           f"(target {args.target})")
+    return 0
+
+
+def run_kernels(args: argparse.Namespace, graph: object) -> int:
+    from archc.backends.kernels import targets
+
+    if args.explain:
+        print("\n".join(targets.explain(graph, args.target)))  # type: ignore[arg-type]
+        if args.output is None:
+            return 0
+    files = targets.write_package(graph, args.target, args.output, write_atomic)  # type: ignore[arg-type]
+    print(f"{args.output}: model {graph.name}, {len(files)} files (target {args.target})")  # type: ignore[attr-defined]
     return 0

@@ -120,8 +120,8 @@ class Elaborator:
         self.values[vid] = t
         return Tensor(vid, t)
 
-    def tick(self, span: Span | None) -> None:
-        self.steps += 1
+    def tick(self, span: Span | None, steps: int = 1) -> None:
+        self.steps += steps
         if self.steps > self.limits.max_steps:
             raise ArchError(f"elaboration takes more than {self.limits.max_steps} steps "
                             "(a loop or stack is too large)", span or self.span)
@@ -514,10 +514,12 @@ class Elaborator:
         if e.op == "+" and isinstance(a, str) and isinstance(b, str):
             if len(a) + len(b) > 10_000:
                 raise ArchError("string is too long", e.span)
+            self.tick(e.span, (len(a) + len(b)) // 8)
             return a + b
         if e.op == "+" and isinstance(a, tuple) and isinstance(b, tuple):
             if len(a) + len(b) > 100_000:
                 raise ArchError("list is too long", e.span)
+            self.tick(e.span, len(a) + len(b))
             return a + b
         if not (_is_num(a) or isinstance(a, Size)) or not (_is_num(b) or isinstance(b, Size)):
             raise ArchError(f"cannot apply '{e.op}' to {describe(a)} and {describe(b)}", e.span)
@@ -538,6 +540,8 @@ class Elaborator:
             raise ArchError("division by zero", e.span) from None
         except _IntError as err:
             raise ArchError(str(err), e.span) from None
+        except OverflowError:  # an int too large to become a float
+            raise ArchError(f"a number in '{e.op}' is too large", e.span) from None
 
     def tensor_binop(self, e: A.BinOp, a: Any, b: Any, frame: Frame) -> Tensor:
         ops = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
@@ -739,9 +743,17 @@ class Elaborator:
         if name == "range":
             if not 1 <= len(nums) <= 3 or not all(isinstance(n, int) and not isinstance(n, bool) for n in nums):
                 raise ArchError("range() takes one to three ints", e.span)
-            r = range(*nums)
-            if len(r) > self.limits.max_steps:
-                raise ArchError(f"range() of {len(r)} items exceeds the expansion limit", e.span)
+            try:
+                r = range(*nums)
+                count = len(r)
+            except ValueError:
+                raise ArchError("range() step must not be zero", e.span) from None
+            except OverflowError:  # more items than a machine word counts
+                raise ArchError(f"range() of more than {self.limits.max_steps} items exceeds the expansion limit",
+                                e.span) from None
+            if count > self.limits.max_steps:
+                raise ArchError(f"range() of {count} items exceeds the expansion limit", e.span)
+            self.tick(e.span, count)  # a list costs a step an item, so lists cannot fill the memory
             return tuple(r)
         if name == "len":
             if len(args) != 1 or not isinstance(args[0], tuple):
@@ -754,7 +766,10 @@ class Elaborator:
         if name in ("int", "float"):
             if len(nums) != 1 or not _is_num(nums[0]):
                 raise ArchError(f"{name}() takes one number", e.span)
-            return int(nums[0]) if name == "int" else float(nums[0])
+            try:
+                return int(nums[0]) if name == "int" else float(nums[0])
+            except (OverflowError, ValueError):
+                raise ArchError(f"{name}() of {nums[0]} is out of range", e.span) from None
         if name == "sequential":
             stages = [self.as_callable(a, e.span) for a in args]
             if not stages or any(st is None for st in stages):
@@ -1097,14 +1112,20 @@ def _int_op(op: str, a: int, b: int) -> int | float:
 def _float_op(op: str, a: float, b: float) -> float:
     try:
         if op == "%":
-            return a % b
-        if op == "//":
-            return float(a // b)
-        if op == "**":
-            return float(a ** b)
-        return {"+": a + b, "-": a - b, "*": a * b}[op] if op != "/" else a / b
+            out = a % b
+        elif op == "//":
+            out = float(a // b)
+        elif op == "**":
+            out = a ** b
+        else:
+            out = {"+": a + b, "-": a - b, "*": a * b}[op] if op != "/" else a / b
     except OverflowError:
         raise _IntError(f"float overflow in {a} {op} {b}") from None
+    if isinstance(out, complex):  # (-8.0) ** 0.5
+        raise _IntError(f"{a} ** {b} is not a real number")
+    if not math.isfinite(out):
+        raise _IntError(f"float overflow in {a} {op} {b}")
+    return out
 
 
 def _size_op(op: str, a: Size, b: Size) -> Size:

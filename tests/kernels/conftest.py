@@ -1,0 +1,14 @@
+"""Kernel tests run the generated Triton kernels on the CPU with Triton's interpreter.
+
+TRITON_INTERPRET must be set before triton is first imported, so it is set here, when pytest
+collects this folder. `ARCHC_KERNELS_FULL=1` runs every spec, size and dtype; the default run
+is a fixed sample that takes a few seconds a test.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+FULL = os.environ.get("ARCHC_KERNELS_FULL") == "1"
