@@ -259,3 +259,60 @@ def test_broadcasting_keeps_the_larger_axis_whatever_its_label() -> None:
     assert out_type(spec) == "[B, 4, 6, 6]"
     assert out_type(spec.replace("x * rearrange", "rearrange").replace(', "c -> c 1 1")', ', "c -> c 1 1") * x')) \
         == "[B, 4, 6, 6]"
+
+
+def test_a_named_instance_applied_twice_shares_its_anonymous_parts() -> None:
+    spec = """
+    axis B, D
+    block Mlp (x: [B, D]) -> [B, D] { return x >> linear(D) >> relu }
+    model M (x: [B, 16]) -> [B, 16] {
+        m = Mlp()
+        g = linear(16) >> relu
+        return m(m(g(g(x))))
+    }
+    """
+    g = compile_text(spec)
+    assert sorted(k for k in g.params if k.endswith("weight")) == ["g.linear.weight", "m.linear.weight"]
+
+
+def test_statement_annotations_reach_the_ops_of_called_blocks() -> None:
+    spec = """
+    axis B, D
+    block Mlp (x: [B, D]) -> [B, D] { return x >> linear(D) >> relu }
+    model M (x: [B, 16]) -> [B, 16] {
+        @sparse("2:4") y = Mlp()(x)
+        return y
+    }
+    """
+    assert all(n.annotations and n.annotations[0].name == "sparse" for n in compile_text(spec).nodes)
+    with pytest.raises(ArchError, match="unknown annotation '@bogus' on a block"):
+        compile_text("axis B\n@bogus model M (x: [B, 4]) -> [B, 4] { return x }")
+
+
+def test_tied_shares_another_instances_parameters() -> None:
+    spec = """
+    axis B, T
+    model M (tokens: i64[B, T]) -> [B, T, 50] {
+        wte = embedding(50, 8)
+        head = linear(50, bias=false, tied=wte)
+        return head(wte(tokens))
+    }
+    """
+    g = compile_text(spec)
+    assert set(g.params) == {"wte.weight"} and g.nodes[1].params == {"weight": "wte.weight"}
+    with pytest.raises(ArchError, match="there is no parameter 'nope.weight'"):
+        compile_text(spec.replace("tied=wte", 'tied="nope"'))
+
+
+def test_unknown_initializers_are_caught_when_checking() -> None:
+    with pytest.raises(ArchError, match="unknown initializer 'bogus"):
+        compile_text('axis B\nmodel M (x: [B, 4]) -> [B, 4] { p = parameter([4], init="bogus(1)")\n return x * p }')
+
+
+def test_python_overrides_take_lists_and_expressions_as_text() -> None:
+    spec = """
+    axis B
+    model M(widths: list = [4], act: fn = relu) (x: [B, 4]) -> [B, 6] { return x >> linear(widths[0]) >> act }
+    """
+    g = compile_text(spec, widths=[6], act='gelu(approximate="tanh")')
+    assert [n.op for n in g.nodes] == ["linear", "gelu"] and g.nodes[1].attrs["approximate"] == "tanh"

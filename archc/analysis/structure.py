@@ -73,11 +73,15 @@ class ScopeTree:
 
 
 def tied_uses(graph: Graph) -> set[int]:
-    """Nodes that reuse another op's parameters by naming its scope (`@scope("wte") linear(...)`,
-    GPT-2's tied output projection): in the scope of one op, every node after the op that owns it."""
+    """Nodes that reuse another op's parameters: `tied=` (GPT-2's output projection), or an op in
+    the scope of another (`@scope("wte") linear(...)`): every node after the op that owns it."""
     owners: set[str] = set()
     out: set[int] = set()
     for i, node in enumerate(graph.nodes):
+        owners_of_params = {name[: -len(role) - 1] if role else name for role, name in node.params.items()}
+        if node.params and owners_of_params != {node.scope}:  # `tied=`: another instance's weights
+            out.add(i)
+            continue
         info = graph.scopes.get(node.scope)
         if info is not None:  # a recorded instance: its op owns it
             if not registry.has(info.kind):

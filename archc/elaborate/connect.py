@@ -22,7 +22,7 @@ return; any other use is a type error at that use.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from archc.elaborate.values import Callable, OpFn, PipeFn, Tensor
@@ -128,7 +128,7 @@ class Context:
 
 
 def _axes(rank: int) -> str:
-    return " ".join(f"a{i}" for i in range(rank))
+    return " ".join(f"_a{i}" for i in range(rank))  # internal names: einsum leaves them unlabelled
 
 
 class Connector:
@@ -136,6 +136,11 @@ class Connector:
 
     def __init__(self, el: "Elaborator", frame: "Frame", span: Span | None) -> None:
         self.el, self.frame, self.span = el, frame, span
+
+    def scoped(self, path: str, policy: Policy) -> "Connector":
+        """A connector whose ops land in the scope `path`, recorded as an instance of the policy."""
+        self.el.record_scope(path, policy.name, dict(policy.args), policy.span)
+        return Connector(self.el, replace(self.frame, scope=path), self.span)
 
     # -- emission helpers -------------------------------------------------------------------------
     def op(self, name: str, inputs: list[Tensor], **attrs: Any) -> Any:
@@ -166,24 +171,27 @@ class Connector:
             y = self.apply(rest, x, prefix) if rest is not None else x
             return self.apply(norm, self.op("add", [x, y]), prefix)
         if name == "hyper":
-            return self.hyper(ctx, x, fn, prefix, f"{scope}.hc{k}" if scope else f"hc{k}")
-        y_in = x
+            path = _join(scope, f"hc{k}")
+            return self.scoped(path, p).hyper(ctx, x, fn, prefix, path)
         if name == "frac":
-            return self.frac(ctx, x, fn, prefix, f"{scope}.frac{k}")
-        y = self.apply(fn, y_in, prefix)
+            path = _join(scope, f"frac{k}")
+            return self.scoped(path, p).frac(ctx, x, fn, prefix, path)
+        y = self.apply(fn, x, prefix)
         _same_shape(x, y, self.span)
         if name == "residual":
             return self.op("add", [x, y])
         if name == "rezero":
-            alpha = ctx.cache.get(scope) or self.param(f"{scope}.resweight", [], "zeros")
+            alpha = ctx.cache.get(scope) or self.param(_join(scope, "resweight"), [], "zeros")
             ctx.cache[scope] = alpha
             return self.op("add", [x, self.op("mul", [y, alpha])])
         if name == "layerscale":
-            d = x.type.sizes[-1].value
-            gamma = self.param(f"{scope}.ls{k}.gamma", [d], f"const({p.args['init']})")
-            return self.op("add", [x, self.op("mul", [y, gamma])])
+            path = _join(scope, f"ls{k}")
+            inner = self.scoped(path, p)
+            gamma = inner.param(f"{path}.gamma", [x.type.sizes[-1].value], f"const({p.args['init']})")
+            return inner.op("add", [x, inner.op("mul", [y, gamma])])
         if name == "laurel":
-            return self.laurel(ctx, x, y, f"{scope}.laurel{k}")
+            path = _join(scope, f"laurel{k}")
+            return self.scoped(path, p).laurel(ctx, x, y, path)
         raise AssertionError(name)
 
     def hyper(self, ctx: Context, x: Tensor, fn: Callable, prefix: str, path: str) -> Tensor:
@@ -203,22 +211,22 @@ class Connector:
             scale_a = self.param(f"{path}.dynamic_alpha_scale", [], "const(0.01)")
             fn_b = self.param(f"{path}.dynamic_beta_fn", [d], "zeros")
             scale_b = self.param(f"{path}.dynamic_beta_scale", [], "const(0.01)")
-            wc = self.op("tanh", [self.op("einsum", [normed, fn_a], equation=f"s {lead} d, d j -> s {lead} j")])
+            wc = self.op("tanh", [self.op("einsum", [normed, fn_a], equation=f"_s {lead} _d, _d _j -> _s {lead} _j")])
             ones = " ".join(["1"] * rank)
             alpha = self.op("add", [self.op("mul", [wc, scale_a]),
-                                    self.op("rearrange", [alpha_s], pattern=f"s j -> s {ones} j")])
-            mix = self.op("einsum", [alpha, h], equation=f"s {lead} j, s {lead} d -> j {lead} d")
-            dc = self.op("tanh", [self.op("einsum", [normed, fn_b], equation=f"s {lead} d, d -> s {lead}")])
+                                    self.op("rearrange", [alpha_s], pattern=f"_s _j -> _s {ones} _j")])
+            mix = self.op("einsum", [alpha, h], equation=f"_s {lead} _j, _s {lead} _d -> _j {lead} _d")
+            dc = self.op("tanh", [self.op("einsum", [normed, fn_b], equation=f"_s {lead} _d, _d -> _s {lead}")])
             beta = self.op("add", [self.op("mul", [dc, scale_b]),
-                                   self.op("rearrange", [beta_s], pattern=f"s -> s {ones}")])
+                                   self.op("rearrange", [beta_s], pattern=f"_s -> _s {ones}")])
         else:
-            mix = self.op("einsum", [alpha_s, h], equation=f"s j, s {lead} d -> j {lead} d")
+            mix = self.op("einsum", [alpha_s, h], equation=f"_s _j, _s {lead} _d -> _j {lead} _d")
             beta = beta_s
         branch_in = self.op("select", [mix], dim=0, index=0)
         residuals = self.op("slice", [mix], dim=0, start=1, end=n + 1)
         y = self.apply(fn, branch_in, prefix)
         _same_shape(branch_in, y, self.span)
-        eq = f"{lead} d, s {lead} -> s {lead} d" if dynamic else f"{lead} d, s -> s {lead} d"
+        eq = f"{lead} _d, _s {lead} -> _s {lead} _d" if dynamic else f"{lead} _d, _s -> _s {lead} _d"
         new = self.op("add", [self.op("einsum", [y, beta], equation=eq), residuals])
         return StreamState(new.id, x.type, new, "hyper")
 
@@ -232,20 +240,20 @@ class Connector:
         d = x.type.sizes[-1]
         if not d.is_const or d.value % n:
             raise ArchError(f"frac(n={n}) splits the last axis into {n} fractions, but it has size {d}", self.span)
-        split = f"{lead} (f d) -> f {lead} d"
-        merge = f"f {lead} d -> {lead} (f d)"
-        h = self.op("rearrange", [x], pattern=split, sizes={"f": n})
+        split = f"{lead} (_f _d) -> _f {lead} _d"
+        merge = f"_f {lead} _d -> {lead} (_f _d)"
+        h = self.op("rearrange", [x], pattern=split, sizes={"_f": n})
         gamma = self.param(f"{path}.gamma", [n, n], "eye")
         a = self.param(f"{path}.a", [n, n], "eye")
         beta = self.param(f"{path}.beta", [n], "ones")
-        branch_in = self.op("rearrange", [self.op("einsum", [gamma, h], equation=f"f g, f {lead} d -> g {lead} d")],
+        branch_in = self.op("rearrange", [self.op("einsum", [gamma, h], equation=f"_f _g, _f {lead} _d -> _g {lead} _d")],
                             pattern=merge)
         y = self.apply(fn, branch_in, prefix)
         _same_shape(x, y, self.span)
-        ys = self.op("rearrange", [y], pattern=split, sizes={"f": n})
+        ys = self.op("rearrange", [y], pattern=split, sizes={"_f": n})
         ones = " ".join(["1"] * (rank + 1))
-        mixed = self.op("einsum", [a, h], equation=f"f g, f {lead} d -> g {lead} d")
-        out = self.op("add", [self.op("mul", [ys, self.op("rearrange", [beta], pattern=f"f -> f {ones}")]), mixed])
+        mixed = self.op("einsum", [a, h], equation=f"_f _g, _f {lead} _d -> _g {lead} _d")
+        out = self.op("add", [self.op("mul", [ys, self.op("rearrange", [beta], pattern=f"_f -> _f {ones}")]), mixed])
         return self.op("rearrange", [out], pattern=merge)
 
     def laurel(self, ctx: Context, x: Tensor, y: Tensor, path: str) -> Tensor:
@@ -261,8 +269,8 @@ class Connector:
             r = p["rank"]
             down = self.param(f"{path}.a", [d, r], f"normal({math.sqrt(2.0 / (d + r)):.6g})")
             up = self.param(f"{path}.b", [r, d], "zeros")
-            low = self.op("einsum", [self.op("einsum", [x, down], equation=f"{lead} d, d r -> {lead} r"), up],
-                          equation=f"{lead} r, r e -> {lead} e")
+            low = self.op("einsum", [self.op("einsum", [x, down], equation=f"{lead} _d, _d _r -> {lead} _r"), up],
+                          equation=f"{lead} _r, _r _e -> {lead} _e")
             return self.op("add", [self.op("add", [x, y]), low])
         # pa: x + f(x) + sum_j gamma_j x_{i-j} over the previous `window` residual inputs
         window = p["window"]
@@ -287,7 +295,7 @@ class Connector:
     def exit(self, ctx: Context, x: Tensor) -> Tensor:
         if isinstance(x, StreamState):
             rank = x.state.type.rank - 1
-            return self.op("einsum", [x.state], equation=f"s {_axes(rank)} -> {_axes(rank)}")
+            return self.op("einsum", [x.state], equation=f"_s {_axes(rank)} -> {_axes(rank)}")
         return x
 
     def dwa_after(self, ctx: Context, i: int, outputs: list[Tensor]) -> Tensor:
@@ -303,7 +311,7 @@ class Connector:
         rank = outputs[0].type.rank
         ones = [self.op("rearrange", [t], pattern=f"{_axes(rank)} -> 1 {_axes(rank)}") for t in chosen]
         stacked = ones[0] if len(ones) == 1 else self.op("concat", ones, dim=0)
-        return self.op("einsum", [alpha, stacked], equation=f"j, j {_axes(rank)} -> {_axes(rank)}")
+        return self.op("einsum", [alpha, stacked], equation=f"_j, _j {_axes(rank)} -> {_axes(rank)}")
 
 
 def _join(scope: str, name: str) -> str:

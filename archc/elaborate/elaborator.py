@@ -91,7 +91,8 @@ class Elaborator:
             raise ArchError(f"model '{chosen.name}' has no parameter '{bad}'", chosen.name_span,
                             did_you_mean(bad, [p.name for p in chosen.params]))
         root = Frame(module=env, scope="")
-        overrides = {k: self.eval(v, root) if _is_expr(v) else v for k, v in overrides.items()}
+        types = {f.name: getattr(f.type, "name", "") for f in chosen.params}
+        overrides = {k: self.eval(_as_expr(v, types.get(k, "")), root) for k, v in overrides.items()}
         fn = self.construct(template, (), overrides, chosen.name_span or chosen.span)
         frame = self.block_frame(fn, "")
         ports, outs = self.signature(chosen, env)
@@ -207,6 +208,8 @@ class Elaborator:
             if isinstance(value, bool) or not isinstance(value, (int, Size)):
                 raise bad
         elif name == "list":
+            if isinstance(value, list):
+                value = tuple(value)
             if not isinstance(value, tuple):
                 raise bad
         elif name == "connection":
@@ -252,13 +255,15 @@ class Elaborator:
     def block_frame(self, fn: BlockFn, scope: str) -> Frame:
         return Frame(module=fn.template.module, scope=scope, vars=dict(fn.params), block=fn.template.definition.name)
 
-    def apply_block(self, fn: BlockFn, inputs: list[Tensor], span: Span | None, scope: str) -> list[Tensor]:
+    def apply_block(self, fn: BlockFn, inputs: list[Tensor], span: Span | None, scope: str,
+                    annotations: tuple[A.Annotation, ...] = ()) -> list[Tensor]:
         b = fn.template.definition
         ports, _ = self.signature(b, fn.template.module)
         if len(inputs) != len(ports):
             raise ArchError(f"block '{b.name}' takes {len(ports)} input{'s' if len(ports) != 1 else ''} "
                             f"{_formals_text(ports)}, got {len(inputs)}", span)
         frame = self.block_frame(fn, scope)
+        frame.annotations = annotations  # `@sparse("2:4") y = Mlp()(x)` marks the ops inside Mlp
         bindings: dict[str, Size] = {}
         stars: dict[str, Any] = {}
         matched = []
@@ -280,7 +285,12 @@ class Elaborator:
         if self.depth > self.limits.max_depth:
             raise ArchError(f"blocks nest more than {self.limits.max_depth} deep (is '{b.name}' recursive?)", span)
         try:
-            frame.annotations = b.annotations
+            for a in b.annotations:
+                if a.name not in ANNOTATIONS or a.name == "scope":
+                    raise ArchError(f"unknown annotation '@{a.name}' on a block" if a.name != "scope" else
+                                    "@scope names the instances of a statement; it cannot stand on a block",
+                                    a.span, did_you_mean(a.name, [n for n in ANNOTATIONS if n != "scope"]))
+            frame.annotations = frame.annotations + b.annotations
             result = self.exec_body(b.body, frame)
         finally:
             self.depth -= 1
@@ -707,6 +717,9 @@ class Elaborator:
         attrs = dict(fn.kwargs)
         attrs.update(zip(names, rest))
         extra_field = getattr(op, "kwargs_field", None)
+        tied = fn.tied
+        if "tied" in kwargs:
+            tied = self.tie_target(kwargs.pop("tied"), op, _kw_span(e, "tied"))
         for key, value in kwargs.items():
             if key in op.attr_names() and key != extra_field:
                 attrs[key] = value
@@ -717,13 +730,22 @@ class Elaborator:
                 raise ArchError(f"{op.name}() has no argument '{key}'", _kw_span(e, key),
                                 did_you_mean(key, op.attr_names()))
         bound = fn.bound + tuple(tensors)
-        new = replace(fn, kwargs=attrs, bound=bound, span=e.span, scope=None if not fn.scope else fn.scope)
+        new = replace(fn, kwargs=attrs, bound=bound, span=e.span, scope=None if not fn.scope else fn.scope, tied=tied)
         spans = {name: a.span for name, a in zip(names, e.args[len(tensors):])}
         spans.update({k.name: k.span for k in e.kwargs})
         self.check_attrs(op, attrs, e.span, spans)
         if tensors or op.min_inputs == 0:
             return self.apply(replace(new, bound=()), list(bound), frame, e.span)
         return new
+
+    def tie_target(self, value: Any, op: Op, span: Span) -> str:
+        """`tied=wte` (a named instance) or `tied="transformer.wte"` (a scope path)."""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, CALLABLES) and value.scope:
+            return value.scope
+        raise ArchError(f"{op.name}(tied=...) takes a named instance or its scope path, got {describe(value)}",
+                        span, "name the instance first, e.g. wte = embedding(vocab, D), then tied=wte")
 
     def check_attrs(self, op: Op, attrs: dict[str, Any], span: Span, arg_spans: dict[str, Span] | None = None) -> None:
         """Validate an op's arguments once all are given; an error points at the argument at fault."""
@@ -810,9 +832,11 @@ class Elaborator:
             scope = fn.scope if fn.scope is not None else (
                 frame.forced_scope if frame.forced_scope is not None
                 else self.fresh(prefix, _snake(fn.template.definition.name)))
-            outs = self.apply_block(fn, inputs, span, scope)
+            self.restart(scope)
+            outs = self.apply_block(fn, inputs, span, scope, frame.annotations)
             return outs[0] if len(outs) == 1 else tuple(outs)
         if isinstance(fn, PipeFn):
+            self.restart(fn.scope or "")
             inner = fn.scope if fn.scope is not None else (
                 self.fresh(prefix, "sequential") if fn.numbered else prefix)
             value: Any = inputs
@@ -843,6 +867,7 @@ class Elaborator:
         if isinstance(fn, ResidualFn):
             if len(inputs) != 1:
                 raise ArchError("residual() takes one tensor", span)
+            self.restart(fn.scope or "")
             inner = fn.scope if fn.scope is not None else prefix
             return self.residual_add(inputs[0], fn.inner, frame, span, inner)
         raise AssertionError(fn)
@@ -878,7 +903,11 @@ class Elaborator:
             Pattern(port.type, look, env.axes).match(t.type, bindings, stars,  # type: ignore[arg-type]
                                                      f"input of the slot '{fn.param}: {i.name}'", span)
         inner = fn.inner if fn.inner.scope is not None or fn.scope is None else named(fn.inner, fn.scope)
+        if inner.scope is None and isinstance(inner, BlockFn):
+            inner = named(inner, self.fresh(prefix, _snake(inner.template.definition.name)))
         out = self.apply(inner, inputs, frame, span, prefix)
+        if inner.scope in self.scopes:  # the diagram names the slot the instance fills
+            self.scopes[inner.scope] = self.scopes[inner.scope].model_copy(update={"slot": f"{fn.param}: {i.name}"})
         outs = list(out) if isinstance(out, tuple) else [out]
         if len(outs) != len(i.outs):
             raise ArchError(f"the block in slot '{fn.param}' returns {len(outs)} values; {i.name} needs {len(i.outs)}",
@@ -964,6 +993,13 @@ class Elaborator:
             return self.apply_op("concat", outputs, {"dim": dim}, frame, where)
         return con.exit(ctx, x)
 
+    def restart(self, scope: str) -> None:
+        """Applying the instance `scope` again: its anonymous parts get the same names as the
+        first time, so they are the same weights (a named instance applied twice is shared)."""
+        if scope:
+            for key in [k for k in self.counters if k[0] == scope or k[0].startswith(scope + ".")]:
+                del self.counters[key]
+
     def fresh(self, prefix: str, base: str) -> str:
         key = (prefix, base)
         n = self.counters.get(key, 0)
@@ -1007,7 +1043,14 @@ class Elaborator:
                 self.record_scope(scope, op.name, attrs.model_dump(), fn.span)
         else:
             scope = frame.forced_scope if frame.forced_scope is not None else prefix
-        params = {role: self.declare(_join(scope, role) if role else scope, spec, span)
+        if fn.tied:
+            for role in specs:
+                name = _join(fn.tied, role) if role else fn.tied
+                if name not in self.params:
+                    raise ArchError(f"{op.name}(tied=\"{fn.tied}\"): there is no parameter '{name}' to share",
+                                    span or fn.span, did_you_mean(name, self.params))
+        owner = fn.tied or scope
+        params = {role: self.declare(_join(owner, role) if role else owner, spec, span)
                   for role, spec in specs.items()}
         results = [self.new_value(t) for t in outs]
         node = Node(op=op.name, inputs=tuple(t.id for t in ins), outputs=tuple(r.id for r in results),
@@ -1064,6 +1107,19 @@ def _check_same(first: Tensor, out: Tensor, policy: Any, span: Span | None) -> N
     if first.type.sizes != out.type.sizes:
         raise ArchError(f"connect={policy} averages layer outputs, so each layer must keep the shape: "
                         f"{first.type} in, {out.type} out", span)
+
+
+def _as_expr(v: Any, type_name: str) -> Any:
+    """An override as given: an expression, or a Python value; text for a parameter that is not a
+    str is an .arch expression (`connect="hyper(n=4)"` from Python, as on the command line)."""
+    if isinstance(v, str) and type_name != "str":
+        from archc.frontend.parser import parse_expr
+
+        return parse_expr(v, file="<override>")
+    if _is_expr(v):
+        return v
+    return A.Const(v, Span("<override>", 1, 1)) if not isinstance(v, (list, tuple)) else \
+        A.ListExpr(tuple(_as_expr(x, "") for x in v), Span("<override>", 1, 1))
 
 
 def _is_expr(v: Any) -> bool:

@@ -59,6 +59,7 @@ class OpFn:
     bound: tuple[Tensor, ...] = ()
     scope: str | None = None
     span: Span | None = None
+    tied: str | None = None  # `tied=wte`: use the parameters of the instance at this path
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,8 @@ def describe(value: Any) -> str:
         return "a callable"
     if isinstance(value, Builtin):
         return f"the builtin '{value.name}'"
+    if type(value).__name__ == "Size":
+        return f"the symbolic size '{value}'"
     return type(value).__name__
 
 

@@ -94,9 +94,10 @@ class ScopeInfo(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     path: str
-    kind: str  # block name, op name, or "stack"
+    kind: str  # block name, op name, "stack", or a connection policy's name
     args: dict[str, Any] = Field(default_factory=dict)
     span: SpanModel | None = None
+    slot: str | None = None  # the interface-typed parameter this instance fills: "mixer: TokenMixer"
 
 
 class Graph(BaseModel):

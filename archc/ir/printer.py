@@ -74,6 +74,9 @@ def _node(node: Node, names: _Names) -> str:
             args += [f"{k}={_literal(v)}" for k, v in value.items()]
         elif value is not None and (op.Attrs.model_fields[key].is_required() or value != defaults.get(key)):
             args.append(f"{key}={_literal(value)}")
+    owners = {name[: -len(role) - 1] if role else name for role, name in node.params.items()}
+    if len(owners) == 1 and owners != {node.scope}:
+        args.append(f"tied={json.dumps(owners.pop())}")  # the parameters belong to another instance
     outs = ", ".join(names[o] for o in node.outputs)
     prefix = f"@scope({json.dumps(node.scope)}) " + "".join(_annotation(a) + " " for a in node.annotations)
     where = f"  # {node.span.file}:{node.span.line}" if node.span else ""

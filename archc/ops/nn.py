@@ -9,7 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from archc.ir.types import Dim, TensorType
-from archc.ops.registry import Op, OpError, ParamSpec, known, need_float, need_rank, norm_dim, register
+from archc.ops.registry import (Op, OpError, ParamSpec, check_init, known, need_float, need_rank, norm_dim,
+                                register)
 from archc.sizes import Size
 
 
@@ -348,6 +349,11 @@ class Positions(Op):
 class ParameterAttrs(_Attrs):
     shape: tuple[int, ...]
     init: str | float = "zeros"
+
+    @field_validator("init")
+    @classmethod
+    def _known(cls, v: str | float) -> str | float:
+        return check_init(v) if isinstance(v, str) else v
 
 
 @register

@@ -29,6 +29,26 @@ class OpError(Exception):
         self.where = where  # the argument at fault, outermost first (`sizes`, `h`), when one is
 
 
+# The initializers a parameter may name, with their number of arguments. Backends spell each one.
+INITIALIZERS: dict[str, int] = {"zeros": 0, "ones": 0, "const": 1, "normal": 1, "trunc_normal": 1,
+                                "uniform": 1, "eye": 0, "onehot": 1, "hc_alpha": 1}
+
+
+def check_init(init: str) -> str:
+    """Raise ValueError unless `init` is `name` or `name(number, ...)` with a known name and arity."""
+    import re
+
+    m = re.fullmatch(r"\s*([a-z_]+)\s*(?:\((.*)\))?\s*", init)
+    if not m or m.group(1) not in INITIALIZERS:
+        raise ValueError(f"unknown initializer '{init}'; the initializers are {', '.join(INITIALIZERS)}")
+    args = [a for a in (m.group(2) or "").split(",") if a.strip()]
+    if len(args) != INITIALIZERS[m.group(1)]:
+        raise ValueError(f"initializer '{m.group(1)}' takes {INITIALIZERS[m.group(1)]} argument(s), got '{init}'")
+    for a in args:
+        float(a)  # ValueError for a non-number
+    return init
+
+
 class NoAttrs(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -285,7 +285,9 @@ class _Builder:
         args = op_args(node)
         if i in self.tied:  # uses another op's parameters
             shared = ", ".join(f"{role} = {name}" for role, name in node.params.items())
-            return Box(box_id, lines(node.op, args, f"shares {shared}"), shape, fill, "rounded,filled,dashed")
+            title = node.scope.rpartition(".")[2] if node.scope and self.g.scopes.get(node.scope) else ""
+            title = f"{title}: {node.op}" if title and title != node.op else node.op
+            return Box(box_id, lines(title, args, f"shares {shared}"), shape, fill, "rounded,filled,dashed")
         own = self.g.scopes.get(node.scope)
         if node.op == "parameter":  # a learned tensor: its name and shape, small
             name = node.scope.rpartition(".")[2] or "parameter"

@@ -116,10 +116,17 @@ def test_initializers_follow_the_init_strings() -> None:
 
 
 def test_an_unknown_initializer_is_a_located_error() -> None:
-    graph = spec_graph('axis B\nmodel M (x: [B, 4]) -> [B, 4] {\n g = parameter([4], init="kaiming")\n return x * g }')
+    # caught when the spec is checked, before any backend runs
     with pytest.raises(ArchError, match="unknown initializer 'kaiming'") as err:
-        emit_python(graph)
+        spec_graph('axis B\nmodel M (x: [B, 4]) -> [B, 4] {\n g = parameter([4], init="kaiming")\n return x * g }')
     assert "t.arch:3" in err.value.render()
+
+
+def test_the_backend_spells_every_initializer_the_ir_knows() -> None:
+    from archc.backends.torch.inits import INITS
+    from archc.ops.registry import INITIALIZERS
+
+    assert {k: v[0] for k, v in INITS.items()} == INITIALIZERS
 
 
 def _forward(tree: ast.Module) -> ast.FunctionDef:
