@@ -1,0 +1,290 @@
+"""Mutation fuzzing: a spec with random damage compiles or fails with an ArchError, quickly.
+
+Every spec under `specs/` (std, models, examples; new files are picked up) is mutated at the token
+level: tokens deleted, duplicated or swapped; numbers changed to 0, -1, 1 or huge values;
+identifiers swapped with other identifiers, op names, builtins and keywords; string literals
+replaced; lines deleted, duplicated or swapped; random characters inserted; the text truncated.
+Each mutant is elaborated (a mutated library file through a model that imports it, or through
+one of its own blocks as the entry point) and must either give a graph that passes the IR
+verifier or raise `ArchError` whose `render()` works. Any other exception, or a case that runs
+past `PER_CASE_SECONDS`, is a bug in archc.
+
+How much runs:
+- default: a fixed-seed sample of `DEFAULT_CASES` = 2000 mutants, spread evenly over the spec
+  files (about 30-60 s in all);
+- `ARCHC_FUZZ_FULL=1`: 50000 mutants (`ARCHC_FUZZ_CASES=N` sets any number);
+- `ARCHC_FUZZ_SEED=S` changes the seed (the default is fixed so runs are reproducible).
+A failure prints the file, the case number, the mutations and where the mutant was written.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from archc.elaborate import elaborate_text
+from archc.elaborate.elaborator import BUILTINS, Limits
+from archc.errors import ArchError
+from archc.frontend import ast as A
+from archc.frontend.parser import parse
+from archc.ir.verify import verify
+from archc.ops import registry
+
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+DEFAULT_CASES = 2000
+FULL_CASES = 50000
+PER_CASE_SECONDS = 5.0  # a mutant that takes longer hangs the compiler in practice
+# smaller than the defaults, so that a mutant that turns depth 3 into depth 3454 (a legal, big
+# model) stays quick; the limits themselves are what the fuzzer checks, not their size
+LIMITS = Limits(max_nodes=10_000, max_steps=100_000)
+SEED = os.environ.get("ARCHC_FUZZ_SEED", "archc-fuzz-1")
+
+
+def _total_cases() -> int:
+    if os.environ.get("ARCHC_FUZZ_CASES"):
+        return int(os.environ["ARCHC_FUZZ_CASES"])
+    return FULL_CASES if os.environ.get("ARCHC_FUZZ_FULL") == "1" else DEFAULT_CASES
+
+
+def _spec_files() -> list[Path]:
+    return sorted(SPECS.rglob("*.arch"))
+
+
+FILES = _spec_files()
+
+# ---- mutations ------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|\d[\d_]*(?:\.\d*)?(?:[eE][-+]?\d+)?|[A-Za-z_]\w*'
+                    r'|>>|=>|->|\*\*|//|==|!=|<=|>=|\s+|.', re.S)
+_KEYWORDS = ["block", "model", "interface", "axis", "let", "import", "from", "as", "return", "if", "elif",
+             "else", "for", "in", "and", "or", "not", "true", "false", "stack"]
+_NUMBERS = ["0", "-1", "1", "2", "3", "7", "0.5", "1e308", "1000000", "99999999999999999999", "4611686018427387904",
+            "2 ** 62", "(0 - 5)", "1_0"]
+_STRINGS = ['""', '"b t (h d) -> b h t d"', '"b (h d) -> b h d"', '"... -> ..."', '"b t d, b s d -> b t s"',
+            '"x"', '"(((("', '"a a -> a"', '"b t d -> d t b"', '"same"', '"\\n"', '"é∀"', '"../../etc/passwd.arch"',
+            '"std/nn.arch"']
+_CHARS = "()[]{}<>,.;:=+-*/%@#\"'\\\t\n $?!~`^&|0123456789abcdefxyzBTD_é∀\x00\u200b"
+
+
+def _is_code(tok: str) -> bool:
+    return not tok.isspace() and not tok.startswith("#")
+
+
+def _vocabulary(tokens: list[str]) -> list[str]:
+    names = {t for t in tokens if re.fullmatch(r"[A-Za-z_]\w*", t)}
+    return sorted(names | set(registry.names()) | set(BUILTINS) | set(_KEYWORDS))
+
+
+Mutation = Callable[[list[str], random.Random, list[str]], tuple[list[str], str]]
+
+
+def _pick(tokens: list[str], rng: random.Random, want: Callable[[str], bool] = _is_code) -> int | None:
+    places = [i for i, t in enumerate(tokens) if want(t)]
+    return rng.choice(places) if places else None
+
+
+def _delete(tokens: list[str], rng: random.Random, vocab: list[str]) -> tuple[list[str], str]:
+    i = _pick(tokens, rng)
+    if i is None:
+        return tokens, "delete: nothing"
+    return tokens[:i] + tokens[i + 1:], f"delete {tokens[i]!r}"
+
+
+def _duplicate(tokens: list[str], rng: random.Random, vocab: list[str]) -> tuple[list[str], str]:
+    i = _pick(tokens, rng)
+    if i is None:
+        return tokens, "duplicate: nothing"
+    return tokens[:i + 1] + [" ", tokens[i]] + tokens[i + 1:], f"duplicate {tokens[i]!r}"
+
+
+def _swap(tokens: list[str], rng: random.Random, vocab: list[str]) -> tuple[list[str], str]:
+    i, j = _pick(tokens, rng), _pick(tokens, rng)
+    if i is None or j is None:
+        return tokens, "swap: nothing"
+    out = list(tokens)
+    out[i], out[j] = out[j], out[i]
+    return out, f"swap {tokens[i]!r} and {tokens[j]!r}"
+
+
+def _number(tokens: list[str], rng: random.Random, vocab: list[str]) -> tuple[list[str], str]:
+    i = _pick(tokens, rng, lambda t: t[:1].isdigit())
+    if i is None:
+        return _identifier(tokens, rng, vocab)
+    new = rng.choice(_NUMBERS + [str(rng.randint(0, 5000))])
+    return tokens[:i] + [new] + tokens[i + 1:], f"number {tokens[i]!r} -> {new!r}"
+
+
+def _identifier(tokens: list[str], rng: random.Random, vocab: list[str]) -> tuple[list[str], str]:
+    i = _pick(tokens, rng, lambda t: re.fullmatch(r"[A-Za-z_]\w*", t) is not None)
+    if i is None:
+        return _insert(tokens, rng, vocab)
+    new = rng.choice(vocab)
+    return tokens[:i] + [new] + tokens[i + 1:], f"name {tokens[i]!r} -> {new!r}"
+
+
+def _string(tokens: list[str], rng: random.Random, vocab: list[str]) -> tuple[list[str], str]:
+    i = _pick(tokens, rng, lambda t: t.startswith('"'))
+    if i is None:
+        return _number(tokens, rng, vocab)
+    new = rng.choice(_STRINGS)
+    return tokens[:i] + [new] + tokens[i + 1:], f"string {tokens[i]!r} -> {new!r}"
+
+
+def _insert(tokens: list[str], rng: random.Random, vocab: list[str]) -> tuple[list[str], str]:
+    i = rng.randrange(len(tokens) + 1)
+    new = "".join(rng.choice(_CHARS) for _ in range(rng.randint(1, 3)))
+    return tokens[:i] + [new] + tokens[i:], f"insert {new!r}"
+
+
+def _truncate(tokens: list[str], rng: random.Random, vocab: list[str]) -> tuple[list[str], str]:
+    i = rng.randrange(len(tokens) + 1)
+    return tokens[:i], f"truncate at token {i}"
+
+
+def _lines(tokens: list[str], rng: random.Random, vocab: list[str]) -> tuple[list[str], str]:
+    lines = "".join(tokens).split("\n")
+    i, j = rng.randrange(len(lines)), rng.randrange(len(lines))
+    how = rng.choice(["delete", "duplicate", "swap"])
+    if how == "delete":
+        lines = lines[:i] + lines[i + 1:]
+    elif how == "duplicate":
+        lines = lines[:i + 1] + [lines[i]] + lines[i + 1:]
+    else:
+        lines[i], lines[j] = lines[j], lines[i]
+    return _TOKEN.findall("\n".join(lines)), f"{how} line {i + 1}"
+
+
+MUTATIONS: list[tuple[Mutation, int]] = [(_delete, 3), (_duplicate, 2), (_swap, 2), (_number, 4), (_identifier, 4),
+                                         (_string, 1), (_insert, 2), (_truncate, 1), (_lines, 2)]
+
+
+# mutations that keep the text parseable more often than not, so that the elaborator sees them
+SEMANTIC: list[tuple[Mutation, int]] = [(_number, 3), (_identifier, 3), (_string, 1)]
+
+
+def mutate(text: str, rng: random.Random) -> tuple[str, list[str]]:
+    tokens = _TOKEN.findall(text)
+    vocab = _vocabulary(tokens)
+    done = []
+    table = SEMANTIC if rng.random() < 0.5 else MUTATIONS
+    for _ in range(rng.choice([1, 1, 1, 2, 2, 3])):
+        fn = rng.choices([m for m, _ in table], [w for _, w in table])[0]
+        tokens, what = fn(tokens, rng, vocab)
+        done.append(what)
+    return "".join(tokens), done
+
+
+# ---- running one mutant ---------------------------------------------------------------------------
+
+class _Timeout(BaseException):
+    """Raised by the alarm; a BaseException so that no `except Exception` in archc swallows it."""
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    def ring(signum: int, frame: object) -> None:
+        raise _Timeout()
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@dataclass(frozen=True)
+class Target:
+    """How a spec file is compiled: directly, or as a library through a model that imports it."""
+
+    path: Path
+    hosts: tuple[Path, ...]  # models that import it (for files under std/)
+    blocks: tuple[str, ...]  # its blocks, usable as entry points with model=NAME
+
+
+def _target(path: Path) -> Target:
+    rel = path.relative_to(SPECS).as_posix()
+    hosts = tuple(p for p in FILES if p != path and f'"{rel}"' in p.read_text(encoding="utf-8"))
+    try:
+        blocks = tuple(it.name for it in parse(path.read_text(encoding="utf-8"), str(path)).items
+                       if isinstance(it, A.BlockDef))
+    except ArchError:
+        blocks = ()
+    return Target(path, hosts, blocks)
+
+
+def _compile(target: Target, text: str, rng: random.Random, sandbox: Path) -> None:
+    """Elaborate a mutant of target.path; raises what archc raises."""
+    is_library = target.path.parent.name == "std"
+    if is_library and target.hosts and rng.random() < 0.6:
+        # the mutant replaces the library file in a copy of specs/, so the host's import finds it
+        rel = target.path.relative_to(SPECS)
+        (sandbox / rel).write_text(text, encoding="utf-8")
+        try:
+            host = rng.choice(target.hosts)
+            graph = elaborate_text(host.read_text(encoding="utf-8"), str(sandbox / host.name), folder=sandbox,
+                                   limits=LIMITS)
+        finally:
+            shutil.copyfile(target.path, sandbox / rel)
+    elif is_library and target.blocks:
+        graph = elaborate_text(text, str(target.path), model=rng.choice(target.blocks), folder=target.path.parent,
+                               limits=LIMITS)
+    else:
+        graph = elaborate_text(text, str(target.path), folder=target.path.parent, limits=LIMITS)
+    verify(graph)
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fuzz")
+    shutil.copytree(SPECS / "std", root / "std")
+    return root
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs SIGALRM for the per-case deadline")
+@pytest.mark.parametrize("path", FILES, ids=[p.relative_to(SPECS).as_posix() for p in FILES])
+def test_mutated_spec_fails_only_with_arch_errors(path: Path, sandbox: Path, tmp_path: Path) -> None:
+    target = _target(path)
+    original = path.read_text(encoding="utf-8")
+    cases = max(1, _total_cases() // max(1, len(FILES)))
+    failures: list[str] = []
+    slowest = (0.0, -1)
+    for case in range(cases):
+        rng = random.Random(f"{SEED}:{target.path.name}:{case}")
+        text, done = mutate(original, rng)
+        start = time.perf_counter()
+        problem = None
+        try:
+            with _deadline(PER_CASE_SECONDS):
+                _compile(target, text, rng, sandbox)
+        except ArchError as err:
+            try:
+                err.render()
+            except Exception:  # noqa: BLE001 - rendering an error must never fail
+                problem = "render() failed:\n" + traceback.format_exc()
+        except _Timeout:
+            problem = f"took more than {PER_CASE_SECONDS} s"
+        except Exception:  # noqa: BLE001 - anything but ArchError is a bug in archc
+            problem = traceback.format_exc(limit=-8)
+        elapsed = time.perf_counter() - start
+        slowest = max(slowest, (elapsed, case))
+        if problem is not None:
+            saved = tmp_path / f"case{case}_{path.name}"
+            saved.write_text(text, encoding="utf-8")
+            failures.append(f"case {case} ({'; '.join(done)}), mutant saved as {saved}:\n{problem}")
+            if len(failures) >= 5:
+                break
+    print(f"{path.name}: {cases} cases, slowest {slowest[0]:.2f} s (case {slowest[1]})")
+    assert not failures, "\n\n".join(failures)
