@@ -33,7 +33,7 @@ each conv absorbs only the affine ops around it.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import gcd, prod
 from typing import TYPE_CHECKING, Callable, Mapping
 
@@ -43,7 +43,7 @@ from archc.ops import registry
 from archc.ops.einpattern import parse_arrow, parse_side
 from archc.ops.registry import OpError
 from archc.passes import affine
-from archc.passes.editor import Editor, has_annotation
+from archc.passes.editor import Editor, has_annotation, remake
 from archc.passes.fold_bn import bn_scale_shift
 from archc.passes.result import PassResult, StateDict
 from archc.sizes import Size, SizeError
@@ -463,7 +463,7 @@ def _dense_plan(s: _Search, ed: Editor, nodes: list[Node], work: list[Node], x: 
     groups = _dense_groups(M)
     biased = bool((b != 0).any())
     scope = _common_scope(work)
-    out_scope = ed.fresh_scope(f"{scope}.reparam_linear" if scope else "reparam_linear")
+    out_scope = f"{scope}.reparam_linear" if scope else "reparam_linear"  # made unique by _name
     new: list[Node] = []
     src_names = [f"a{i}" for i in range(xt.rank - 1)]
     dst_names = [f"c{i}" for i in range(yt.rank - 1)]
@@ -508,10 +508,14 @@ def _common_scope(nodes: list[Node]) -> str:
 def _new_node(ed: Editor, work: list[Node], op: str, attrs: dict[str, object], x: str, y: str, kind: str) -> Node:
     scope = _common_scope(work)
     name = f"reparam_{'conv' if kind == 'conv' else 'linear'}"
-    scope = ed.fresh_scope(f"{scope}.{name}" if scope else name)
+    scope = f"{scope}.{name}" if scope else name  # made unique by _name
     roles = ["weight"] + (["bias"] if attrs["bias"] else [])
     return Node(op=op, inputs=(x,), outputs=(y,), attrs=attrs, scope=scope, span=work[-1].span,
                 params={r: f"{scope}.{r}" for r in roles})
+
+
+def _same_ops(old: list[Node], new: tuple[Node, ...]) -> bool:
+    return len(old) == len(new) and all(a.op == b.op and a.attrs == b.attrs for a, b in zip(old, new))
 
 
 def find_plans(graph: Graph, ed: Editor) -> list[Plan]:
@@ -536,30 +540,52 @@ def find_plans(graph: Graph, ed: Editor) -> list[Plan]:
         for _ in range(len(nodes) + 2):
             region = _grow(s, sink, users, producer, outputs)
             result = _plan(s, ed, region)
+            if isinstance(result, Plan) and _same_ops([nodes[i] for i in region if nodes[i].outputs[0] not in consts],
+                                                       result.new_nodes):
+                s.assigned.update(region)  # already in its merged form: a second run changes nothing
+                break
             if isinstance(result, Plan):
                 plans.append(result)
                 s.assigned.update(region)
-                for new in result.new_nodes:
-                    if new.params:
-                        ed.add_scope(new.scope, new)
-                    for role, name in new.params.items():
-                        ed.declare(name, new, role)
                 break
             if isinstance(result, _Cut):
                 index = region[result.position]
-                if isinstance(result.reason, NotAffine):
+                if isinstance(result.reason, NotAffine):  # not linear at all: never in a region
                     candidate[index] = False
-                elif index == sink:
-                    break
-                else:
+                    if index == sink:
+                        break
+                    continue
+                before = len(s.heads)
+                if isinstance(result.reason, NeedsDense):  # leave the node out: the region starts after it
+                    s.heads.update(u for u in users[nodes[index].outputs[0]] if u in region)
+                else:  # the node cannot absorb what comes before it: the region starts at it
                     s.heads.add(index)
+                if len(s.heads) == before:
+                    break
                 continue
             if result == "merging would cost more FLOPs" and not split_at_convs:
                 split_at_convs = True
                 s.heads.update(i for i in region if nodes[i].op in FLOP_OPS)
                 continue
             break
-    return plans
+    return _name(sorted(plans, key=lambda p: graph.nodes.index(p.region[-1])), ed)
+
+
+def _name(plans: list[Plan], ed: Editor) -> list[Plan]:
+    """Give each new layer a scope no one uses (in graph order) and declare its parameters."""
+    out = []
+    for plan in plans:
+        nodes = list(plan.new_nodes)
+        k, layer = next((i, n) for i, n in enumerate(nodes) if n.params)
+        scope = ed.fresh_scope(layer.scope)
+        layer = remake(layer, scope=scope, params={role: f"{scope}.{role}" for role in layer.params})
+        nodes[k] = layer
+        ed.add_scope(scope, layer)
+        for role, name in layer.params.items():
+            ed.declare(name, layer, role)
+        out.append(replace(plan, new_nodes=tuple(nodes), weight=layer.params["weight"],
+                           bias=layer.params.get("bias")))
+    return out
 
 
 # ---- the pass ---------------------------------------------------------------------------------------
