@@ -248,7 +248,10 @@ def evaluate(text: str, variables: Mapping[str, Any], attrs: Mapping[str, Any]) 
 
     env: dict[str, Any] = {**_NAMED_CONSTANTS, **attrs, **variables}
     env.update({k: (lambda f: lambda *a: f(*map(lift, a)))(f) for k, f in funcs.items()})
-    return eval(compile(parse(text), "<elementwise>", "eval"), {"__builtins__": {}}, env)  # noqa: S307
+    # `a if cond else b` with a tensor condition would need torch.where; the registry's conditions
+    # are on attributes, which Python's own `if` decides
+    tree = ast.Expression(body=parse(text))
+    return eval(compile(tree, "<elementwise>", "eval"), {"__builtins__": {}}, env)  # noqa: S307
 
 
 __all__ = ["CUDA", "TRITON", "Dialect", "ExprError", "evaluate", "names", "parse", "translate"]

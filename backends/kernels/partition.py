@@ -217,9 +217,13 @@ def partition(graph: Graph) -> Partition:
 def _epilogue_target(node: Node, where: dict[str, Region], schedule: list[Region],
                      shape_of: dict[int, TensorType], out_type: TensorType | None) -> Region | None:
     """The region an elementwise node can join: the latest-scheduled producer of one of its inputs
-    whose shape is the node's, such that every other input is ready before that region runs."""
+    whose shape is the node's, such that every other input is ready before that region runs; else
+    the last region, when the node's shape is its shape and its inputs are ready (side by side)."""
     producers = [where[v] for v in node.inputs if v in where]
-    for region in sorted({id(r): r for r in producers}.values(), key=schedule.index, reverse=True):
+    candidates = sorted({id(r): r for r in producers}.values(), key=schedule.index, reverse=True)
+    if schedule and schedule[-1] not in candidates:  # side by side: work over the same shape, ready inputs
+        candidates.append(schedule[-1])
+    for region in candidates:
         if region.kind not in FUSING_KINDS or region.sealed or out_type is None:
             continue
         if not _same_shape(shape_of[id(region)], out_type):
