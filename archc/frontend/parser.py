@@ -221,7 +221,8 @@ def _dangling_name(err: lark.exceptions.UnexpectedToken, text: str, file: str) -
                          "numbers are written in decimal, as 16, 0.5 or 1e-6")
     hint = (f"to apply '{name}' to the value before it, write '>> {name}'"
             if text[line_start:start].strip() else
-            f"an expression alone is not a statement; name its result: 'y = {name}{err.token}...'"
+            f"an expression alone is not a statement; name its result: "
+            f"'y = {name}{err.token}...{dict(zip('([', ')]')).get(str(err.token), '')}'"
             if str(err.token) in ("(", ".", "[") else None)
     return ArchError(f"expected '=' after '{name}': a statement is 'name = value' or 'return value'",
                      _tok_span(file, name), hint)
