@@ -10,5 +10,3 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
-
-FULL = os.environ.get("ARCHC_KERNELS_FULL") == "1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from archc.backends.torch.inputs import example_inputs
 from archc.elaborate import elaborate_file
 from archc.ir.graph import Graph
 
+FULL = os.environ.get("ARCHC_KERNELS_FULL") == "1"  # every spec, size and dtype; else a fixed sample
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = Path(__file__).resolve().parent / "specs" / "small.arch"
 

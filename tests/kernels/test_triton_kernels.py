@@ -12,8 +12,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from conftest import FULL  # noqa: E402
-from kernel_harness import build_package, compare, small  # noqa: E402
+from kernel_harness import FULL, build_package, compare, small  # noqa: E402
 
 SIZES = [1, 7, 1000, 1025]
 TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}

@@ -9,8 +9,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from conftest import FULL  # noqa: E402
-from kernel_harness import compare, graph  # noqa: E402
+from kernel_harness import FULL, compare, graph  # noqa: E402
 
 CASES = [("vit", {}, {"B": 2}), ("gpt2", {}, {"B": 2, "T": 13}), ("resnet18", {}, {"B": 2})]
 if FULL:
