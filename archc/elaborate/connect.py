@@ -181,9 +181,13 @@ class Connector:
         if name == "residual":
             return self.op("add", [x, y])
         if name == "rezero":
-            alpha = ctx.cache.get(scope) or self.param(_join(scope, "resweight"), [], "zeros")
+            path = _join(scope, "resweight")
+            if scope not in ctx.cache:
+                self.el.record_scope(path, p.name, dict(p.args), p.span)
+            alpha = ctx.cache.get(scope) or self.param(path, [], "zeros")
             ctx.cache[scope] = alpha
-            return self.op("add", [x, self.op("mul", [y, alpha])])
+            inner = Connector(self.el, replace(self.frame, scope=path), self.span)
+            return inner.op("add", [x, inner.op("mul", [y, alpha])])
         if name == "layerscale":
             path = _join(scope, f"ls{k}")
             inner = self.scoped(path, p)
@@ -287,6 +291,7 @@ class Connector:
     def enter(self, ctx: Context, x: Tensor) -> Tensor:
         if ctx.policy.name != "hyper":
             return x
+        self = self.scoped(_join(ctx.stack_scope, "streams"), ctx.policy)  # expansion and reduction
         n = ctx.policy.args["n"]
         one = self.op("rearrange", [x], pattern=f"{_axes(x.type.rank)} -> 1 {_axes(x.type.rank)}")
         h = self.op("concat", [one] * n, dim=0)
@@ -294,6 +299,7 @@ class Connector:
 
     def exit(self, ctx: Context, x: Tensor) -> Tensor:
         if isinstance(x, StreamState):
+            self = self.scoped(_join(ctx.stack_scope, "streams"), ctx.policy)
             rank = x.state.type.rank - 1
             return self.op("einsum", [x.state], equation=f"_s {_axes(rank)} -> {_axes(rank)}")
         return x
@@ -307,7 +313,9 @@ class Connector:
         chosen = [outputs[j] for j in range(i + 1) if j % k == i % k]
         for t in chosen:
             _same_shape(outputs[0], t, self.span)
-        alpha = self.param(_join(ctx.stack_scope, f"dwa.{i - 1}"), [len(chosen)], f"onehot({len(chosen) - 1})")
+        inner = self.scoped(_join(ctx.stack_scope, "dwa"), ctx.policy)
+        alpha = inner.param(_join(ctx.stack_scope, f"dwa.{i - 1}"), [len(chosen)], f"onehot({len(chosen) - 1})")
+        self = inner
         rank = outputs[0].type.rank
         ones = [self.op("rearrange", [t], pattern=f"{_axes(rank)} -> 1 {_axes(rank)}") for t in chosen]
         stacked = ones[0] if len(ones) == 1 else self.op("concat", ones, dim=0)

@@ -47,3 +47,30 @@ def dwa(period: int, dilation: int) -> int:
 ])
 def test_extra_parameters_follow_the_formulas(connect: str, extra: int) -> None:
     assert params(connect) - params("residual") == extra
+
+
+def costs(connect: str, batch: int = 2, t: int = 8):
+    from archc.analysis.connections import connection_costs
+    from archc.analysis.summary import axis_values
+
+    g = elaborate_text(SPEC, "m.arch", overrides={"connect": parse_value(connect)})
+    (cost,) = connection_costs(g, axis_values(g, batch, {"T": t}))
+    return cost
+
+
+def test_summary_reports_the_parameters_each_policy_adds() -> None:
+    for connect in ("rezero", "layerscale(1e-5)", "hyper(n=4)", "frac(n=4)", 'laurel("lr", rank=3)', "dwa(1)"):
+        assert costs(connect).params == params(connect) - params("residual"), connect
+
+
+def test_summary_activations_follow_the_policies_ops() -> None:
+    x = 2 * 8 * D * 4  # bytes of one [B, T, D] activation (B=2, T=8, f32)
+    # static hyper: per call mix (n+1), select (1), slice (n), B^T y (n), add (n): 4n+2 copies of x;
+    # once per stack: expand to n streams (1 + n), reduce (1); plus the parameters read per call
+    n = 3
+    assert costs(f"hyper(n={n}, dynamic=false)").act_bytes == (L * R * (4 * n + 2) + n + 2) * x \
+        + L * R * (n * (n + 1) + n) * 4
+    # layerscale: gamma (D floats), gamma * f(x), x + ... per call
+    assert costs("layerscale(1e-5)").act_bytes == L * R * (2 * x + D * 4)
+    # rezero: one scalar per layer, then a * f(x) and x + ... per call
+    assert costs("rezero").act_bytes == L * 4 + L * R * 2 * x
