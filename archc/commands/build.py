@@ -16,6 +16,7 @@ from pathlib import Path
 from archc.api import TARGETS
 from archc.backends.kernels.targets import KERNEL_TARGETS
 from archc.cli import add_spec_args, load_graph, write_atomic
+from archc.passes.manager import add_pass_args, run_passes
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -30,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="triton/cuda: print which kernel or library call runs each region, and why")
     p.add_argument("-o", "--output",
                    help="the .py file to write, or a folder (default: print the code to stdout)")
+    add_pass_args(p)
     p.set_defaults(func=run)
 
 
@@ -54,7 +56,7 @@ def fx_source(graph: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    graph = load_graph(args)
+    graph = run_passes(load_graph(args), args).graph
     if args.target in KERNEL_TARGETS:
         return run_kernels(args, graph)
     if args.target == "torch":
