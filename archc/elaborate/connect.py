@@ -14,6 +14,7 @@ initializations are those of the reference notes (shared/reference/connections-r
 | laurel(variant, rank)   | per residual | LAuReL RW / LR / PA (Menghani 2024)                     | = residual     |
 | dwa(period, dilation)   | per layer    | DenseFormer depth-weighted average (Pagliardini 2024)   | = plain stack  |
 | dense(growth)           | per layer    | DenseNet concatenation (Huang 2017)                     | -              |
+| mudd                    | per layer    | MUDDFormer: each layer input its own dynamic dense mix  | = plain stack  |
 
 Widening policies (hyper) carry a stream state that a layer may only pass to `residual()` or
 return; any other use is a type error at that use.
@@ -102,9 +103,6 @@ def make_policy(name: str, args: list[Any], kwargs: dict[str, Any], span: Span |
         raise ArchError(f"laurel variant must be \"rw\", \"lr\" or \"pa\", got {out['variant']!r}", span)
     if name == "dwa" and (out["period"] < 1 or out["dilation"] < 1):
         raise ArchError("dwa(period, dilation) need values >= 1", span)
-    if name == "mudd":
-        raise ArchError("the 'mudd' connection policy is not implemented yet", span,
-                        "use hyper, dwa or dense for dense cross-layer connections")
     return Policy(name, out, span)
 
 
@@ -320,6 +318,32 @@ class Connector:
         ones = [self.op("rearrange", [t], pattern=f"{_axes(rank)} -> 1 {_axes(rank)}") for t in chosen]
         stacked = ones[0] if len(ones) == 1 else self.op("concat", ones, dim=0)
         return self.op("einsum", [alpha, stacked], equation=f"_j, _j {_axes(rank)} -> {_axes(rank)}")
+
+
+    def mudd_mix(self, ctx: Context, i: int, outputs: list[Tensor], ways: int, last: bool = False) -> list[Tensor]:
+        """MUDDFormer (Xiao et al. 2025), the inference form of the reference notes §1.7: from the
+        latest output X_i, per-token weights dw = W2 GELU(W1 RMSNorm(X_i)) + a over the L = i + 1
+        outputs so far, one set per way (a layer input); way c is sum_j dw[c, j] X_j. W2 = 0 and
+        a = [0, ..., 0, 1] at init: every way starts as the latest output."""
+        path = _join(ctx.stack_scope, f"mudd.{i}")
+        inner = self.scoped(path, ctx.policy)
+        latest = outputs[-1]
+        rank, d = latest.type.rank, latest.type.sizes[-1].value
+        n = len(outputs)
+        hid = (ways * n // 64 + 1) * 64 * (4 if last else 1)  # round64 (up, always), x4 for the last mix
+        lead = _axes(rank - 1)
+        w1 = inner.param(f"{path}.w1", [d, hid], f"normal({1 / math.sqrt(d):.6g})")
+        w2 = inner.param(f"{path}.w2", [hid, ways * n], "zeros")
+        a = inner.param(f"{path}.a", [ways, n], "lastcol")
+        normed = self.el.op_at("rmsnorm", [latest], {"affine": False}, path, inner.frame, self.span)
+        hidden = inner.op("gelu", [inner.op("einsum", [normed, w1], equation=f"{lead} _d, _d _h -> {lead} _h")])
+        dw = inner.op("einsum", [hidden, w2], equation=f"{lead} _h, _h _k -> {lead} _k")
+        dw = inner.op("add", [inner.op("rearrange", [dw], pattern=f"{lead} (_c _l) -> {lead} _c _l",
+                                       sizes={"_c": ways}), a])
+        ones = [inner.op("rearrange", [t], pattern=f"{_axes(rank)} -> 1 {_axes(rank)}") for t in outputs]
+        stacked = ones[0] if n == 1 else inner.op("concat", ones, dim=0)
+        return [inner.op("einsum", [inner.op("select", [dw], dim=rank - 1, index=c), stacked],
+                         equation=f"{lead} _l, _l {_axes(rank)} -> {_axes(rank)}") for c in range(ways)]
 
 
 def _join(scope: str, name: str) -> str:

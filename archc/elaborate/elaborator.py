@@ -955,6 +955,16 @@ class Elaborator:
             inp = x
             if policy.name == "dense" and i > 0:
                 inp = self.apply_op("concat", outputs, {"dim": dim}, frame, where)
+            if policy.name == "mudd":  # one dynamic dense mix per layer input (q, k, v, r ways)
+                ways = len(self.signature(layer.template.definition, layer.template.module)[0]) \
+                    if isinstance(layer, BlockFn) else 1
+                mixes = [x] * ways if i == 0 else con.mudd_mix(ctx, i, outputs, ways)
+                out = self.apply(layer, mixes, frame, span, scope)
+                if not isinstance(out, Tensor):
+                    raise ArchError(f"connect={policy}: each layer must return one tensor", where)
+                _check_same(outputs[0], out, policy, where)
+                outputs.append(out)
+                continue
             ctx.layer, ctx.layer_scope, ctx.call_in_layer, ctx.state = i, _join(scope, str(i)), 0, inp
             # a per-layer policy leaves the layer's own residual calls alone
             self.connect.append(ctx if per_residual else C.Context(policy, scope))
@@ -991,6 +1001,8 @@ class Elaborator:
                 outputs.append(out)
         if policy.name == "dense":
             return self.apply_op("concat", outputs, {"dim": dim}, frame, where)
+        if policy.name == "mudd":  # the last mix has one way: the stack's output
+            return con.mudd_mix(ctx, fn.count, outputs, 1, last=True)[0] if fn.count else x
         return con.exit(ctx, x)
 
     def restart(self, scope: str) -> None:

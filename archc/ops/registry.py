@@ -31,7 +31,7 @@ class OpError(Exception):
 
 # The initializers a parameter may name, with their number of arguments. Backends spell each one.
 INITIALIZERS: dict[str, int] = {"zeros": 0, "ones": 0, "const": 1, "normal": 1, "trunc_normal": 1,
-                                "uniform": 1, "eye": 0, "onehot": 1, "hc_alpha": 1}
+                                "uniform": 1, "eye": 0, "onehot": 1, "hc_alpha": 1, "lastcol": 0}
 
 
 def check_init(init: str) -> str:

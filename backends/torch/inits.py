@@ -9,6 +9,7 @@
     eye              nn.init.eye_(p)                                     the identity (2-d)
     onehot(i)        zeros, with 1 at flat index i                       a one-hot vector
     hc_alpha(k)      [e_k | I]: zeros with p[k, 0] = 1, p[:, 1:] = I     hyper-connections' static alpha
+    lastcol          zeros with 1 in the last column                      MUDD's "current only" bias
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ INITS: dict[str, tuple[int, str]] = {
     "eye": (0, "nn.init.eye_({p})"),
     "onehot": (1, "with torch.no_grad(): nn.init.zeros_({p}).view(-1)[int({0})] = 1.0"),
     "hc_alpha": (1, "with torch.no_grad(): nn.init.zeros_({p})[int({0}), 0] = 1.0; nn.init.eye_({p}[:, 1:])"),
+    "lastcol": (0, "with torch.no_grad(): nn.init.zeros_({p})[..., -1] = 1.0"),
 }
 
 _CALL = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$")

@@ -287,7 +287,7 @@ def test_every_policy_trains_gpt2_and_vit() -> None:
     }
     policies = ["residual", "residual(post=true)", "rezero", "layerscale(1e-5)", "hyper(n=2)",
                 "hyper(n=2, dynamic=false)", "frac(n=2)", 'laurel("rw")', 'laurel("lr", rank=4)',
-                'laurel("pa")', "dwa(1, dilation=2)", "dwa(period=2)"]
+                'laurel("pa")', "dwa(1, dilation=2)", "dwa(period=2)", "mudd"]
     for name, (params, make_input) in models.items():
         path = resources.specs_root() / "models" / f"{name}.arch"
         for policy in policies:
@@ -303,3 +303,59 @@ def test_every_policy_trains_gpt2_and_vit() -> None:
             assert math.isfinite(loss.item()), (name, policy)
             changed = [k for k, v in m.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])]
             assert changed, (name, policy)
+
+
+def mudd_reference(sd: dict[str, torch.Tensor], stack: str, layers: list, x0: torch.Tensor, ways: list[int]) -> torch.Tensor:
+    """MUDDFormer's dense connections (reference notes §1.7), written out: after each layer the
+    latest output gives per-token weights over all outputs so far, one set per way."""
+    outs = [x0]
+
+    def mix(i: int, c_ways: int) -> list[torch.Tensor]:
+        p = f"{stack}.mudd.{i}."
+        last = outs[-1]
+        normed = last * torch.rsqrt(last.pow(2).mean(-1, keepdim=True) + 1e-6)
+        dw = torch.nn.functional.gelu(normed @ sd[p + "w1"]) @ sd[p + "w2"]
+        dw = dw.reshape(*dw.shape[:-1], c_ways, len(outs)) + sd[p + "a"]
+        h = torch.stack(outs)
+        return [torch.einsum("btl,lbtd->btd", dw[..., c, :], h) for c in range(c_ways)]
+
+    for i, layer in enumerate(layers):
+        inputs = [x0] * ways[i] if i == 0 else mix(i, ways[i])
+        outs.append(layer(*inputs))
+    return mix(len(layers), 1)[0]
+
+
+def test_mudd_matches_the_reference_and_starts_as_the_plain_stack() -> None:
+    spec = SPEC.replace("return residual(x, fc >> tanh)", "return x + tanh(fc(x))")
+    m = module("mudd", spec=spec)
+    sd = m.state_dict()
+    layers = [lambda t, i=i: t + branch(sd, i, t) for i in range(DEPTH)]
+    check(m, mudd_reference(sd, "h", layers, X, [1] * DEPTH))
+    plain, fresh = module("residual", spec=spec), module("mudd", spec=spec, randomize=False)
+    fresh.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():  # W2 = 0, a = current only: each mix is the latest output
+        assert torch.allclose(fresh(X), plain(X), atol=1e-6)
+
+
+def test_mudd_gives_a_four_way_layer_its_q_k_v_and_r_streams() -> None:
+    spec = """
+    axis B, T, D
+    block Way4 (xq: [B, T, D], xk: [B, T, D], xv: [B, T, D], xr: [B, T, D]) -> [B, T, D] {
+        fq = linear(D)
+        fk = linear(D)
+        fv = linear(D)
+        return xr + tanh(fq(xq) * fk(xk) + fv(xv))
+    }
+    model M(depth: int = 3, connect: connection = mudd) (x: [B, T, 8]) -> [B, T, 8] {
+        return x >> stack(depth, connect = connect) { Way4() }
+    }
+    """
+    m = module("mudd", spec=spec)
+    sd = m.state_dict()
+
+    def layer(i: int):
+        lin = lambda n, t: t @ sd[f"stack.{i}.{n}.weight"].T + sd[f"stack.{i}.{n}.bias"]  # noqa: E731
+        return lambda q, k, v, r: r + torch.tanh(lin("fq", q) * lin("fk", k) + lin("fv", v))
+
+    check(m, mudd_reference(sd, "stack", [layer(i) for i in range(DEPTH)], X, [4] * DEPTH))
+    assert sd["stack.mudd.1.a"].shape == (4, 2) and sd["stack.mudd.3.a"].shape == (1, 4)

@@ -27,6 +27,15 @@ def params(connect: str) -> int:
     return elaborate_text(SPEC, "m.arch", overrides={"connect": parse_value(connect)}).param_count()
 
 
+def mudd() -> int:
+    """One single-way mix after each layer but the first, over n = i + 1 outputs, and a last one
+    over L + 1 outputs with a 4x wider hidden layer: D*hid + hid*n + n each, hid = round64(n)."""
+    def mix(n: int, last: bool) -> int:
+        hid = (n // 64 + 1) * 64 * (4 if last else 1)
+        return D * hid + hid * n + n
+    return sum(mix(i + 1, False) for i in range(1, L)) + mix(L + 1, True)
+
+
 def dwa(period: int, dilation: int) -> int:
     return sum(i // dilation + 1 for i in range(1, L + 1) if i % period == 0)
 
@@ -44,6 +53,7 @@ def dwa(period: int, dilation: int) -> int:
     ('laurel("pa", window=2)', sum(min(2, c) for c in range(L * R))),
     ("dwa(1, dilation=1)", dwa(1, 1)),
     ("dwa(period=2, dilation=2)", dwa(2, 2)),
+    ("mudd", mudd()),
 ])
 def test_extra_parameters_follow_the_formulas(connect: str, extra: int) -> None:
     assert params(connect) - params("residual") == extra
