@@ -359,3 +359,17 @@ def test_mudd_gives_a_four_way_layer_its_q_k_v_and_r_streams() -> None:
 
     check(m, mudd_reference(sd, "stack", [layer(i) for i in range(DEPTH)], X, [4] * DEPTH))
     assert sd["stack.mudd.1.a"].shape == (4, 2) and sd["stack.mudd.3.a"].shape == (1, 4)
+
+
+def test_frac_is_built_with_gamma_identity_unlike_the_packages_init() -> None:
+    """The reference notes (§1.5) found that the hyper-connections package's frac init feeds the
+    branch [frac_0, frac_0] instead of x; archc builds Gamma = I, so its branch input at init is x
+    (test above). This pins the package's behaviour: if it changes, compare weights directly."""
+    from hyper_connections.hyper_connections import HyperConnections
+
+    hc = HyperConnections(1, dim=D, num_fracs=2, layer_index=0)
+    branch_input, _ = hc(X)
+    half = D // 2
+    assert torch.allclose(branch_input[..., :half], X[..., :half])
+    assert torch.allclose(branch_input[..., half:], X[..., :half])  # frac_0 twice: not the identity
+    assert not torch.allclose(branch_input, X)
