@@ -30,6 +30,9 @@ $(STAMP): pyproject.toml setup.py
 demo: venv
 	$(BIN)/archc check specs/models/resnet18.arch
 	$(BIN)/python -m archc.demo specs/models/resnet18.arch
+	$(BIN)/archc summary specs/models/resnet18.arch --depth 1
+	$(BIN)/archc render specs/models/resnet18.arch -o out/resnet18.svg
+	@echo "diagram: out/resnet18.svg"
 
 test: venv
 	$(BIN)/python -m pytest -q -n 2 tests
