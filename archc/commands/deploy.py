@@ -40,8 +40,10 @@ def _read_weights(path: Path, key_map: str, spec: Path) -> dict:  # type: ignore
 
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as err:
-        raise ArchError(f"{path}: cannot read the weights: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # noqa: BLE001  (torch.load raises many kinds; all mean "not a checkpoint")
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ArchError(f"{path}: cannot read the weights (expected a state_dict saved with torch.save): "
+                        f"{first}") from None
     if hasattr(sd, "state_dict") and not isinstance(sd, dict):
         sd = sd.state_dict()
     if not isinstance(sd, dict):
@@ -51,6 +53,12 @@ def _read_weights(path: Path, key_map: str, spec: Path) -> dict:  # type: ignore
 
         sd = timm_to_archc(spec.stem, sd)
     return sd
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_together(files: dict[Path, bytes]) -> None:
@@ -64,6 +72,7 @@ def write_together(files: dict[Path, bytes]) -> None:
             temps.append((tmp, path))
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
         for tmp, path in temps:
             os.replace(tmp, path)
     finally:
