@@ -10,7 +10,7 @@ import math
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lark
 from lark import Token, Transformer, v_args
@@ -67,20 +67,7 @@ def parse(text: str, file: str = "<string>") -> A.Module:
     if len(text.encode("utf-8", "replace")) > MAX_SOURCE_BYTES:
         raise ArchError(f"spec is larger than {MAX_SOURCE_BYTES >> 20} MiB", Span(file, 1, 1))
     comments: list[A.Comment] = []
-    try:
-        tree = _parse_tree(text, comments)
-    except lark.exceptions.UnexpectedInput as err:
-        raise _syntax_error(err, text, file) from None
-    except RecursionError:
-        raise ArchError("expression is nested too deeply", Span(file, 1, 1)) from None
-    try:
-        module: A.Module = _ToAst(file).transform(tree)
-    except lark.exceptions.VisitError as err:
-        if isinstance(err.orig_exc, ArchError):
-            raise err.orig_exc from None
-        raise
-    except RecursionError:
-        raise ArchError("expression is nested too deeply", Span(file, 1, 1)) from None
+    module: A.Module = _to_ast(lambda: _parse_tree(text, comments), text, file)
     module.comments = comments
     return module
 
@@ -88,14 +75,16 @@ def parse(text: str, file: str = "<string>") -> A.Module:
 def parse_expr(text: str, file: str = "<command line>") -> A.Expr:
     """Parse one expression, as given to `--set NAME=VALUE`."""
     register_source(file, text)
+    return _to_ast(lambda: _lark().parse(text, start="expr"), text, file)  # type: ignore[no-any-return]
+
+
+def _to_ast(parse_tree: Callable[[], lark.Tree], text: str, file: str) -> Any:
+    """Parse and transform to the AST; every failure becomes an ArchError at its location."""
     try:
-        tree = _lark().parse(text, start="expr")
+        tree = parse_tree()
+        return _ToAst(file).transform(tree)
     except lark.exceptions.UnexpectedInput as err:
         raise _syntax_error(err, text, file) from None
-    except RecursionError:
-        raise ArchError("expression is nested too deeply", Span(file, 1, 1)) from None
-    try:
-        return _ToAst(file).transform(tree)  # type: ignore[no-any-return]
     except lark.exceptions.VisitError as err:
         if isinstance(err.orig_exc, ArchError):
             raise err.orig_exc from None
