@@ -47,7 +47,7 @@ FULL_CASES = 50000
 PER_CASE_SECONDS = 5.0  # a mutant that takes longer hangs the compiler in practice
 # smaller than the defaults, so that a mutant that turns depth 3 into depth 3454 (a legal, big
 # model) stays quick; the limits themselves are what the fuzzer checks, not their size
-LIMITS = Limits(max_nodes=10_000, max_steps=100_000)
+LIMITS = Limits(max_nodes=3_000, max_steps=40_000)
 SEED = os.environ.get("ARCHC_FUZZ_SEED", "archc-fuzz-1")
 
 
