@@ -236,6 +236,13 @@ def parse_size(text: int | str) -> Size:
     return result
 
 
+def _rational_div(a: Size, b: Size, text: str) -> Size:
+    """Division as the printer means it: `B/2 + 1/2` has fractional coefficients, exactly."""
+    if not b.is_const or b.value == 0:
+        raise SizeError(f"cannot parse size '{text}'")
+    return Size({m: Fraction(c) / b.value for m, c in a.terms.items()})
+
+
 class _SizeParser:
     def __init__(self, tokens: list[tuple[str, str]], text: str) -> None:
         self.tokens, self.pos, self.text = tokens, 0, text
@@ -260,7 +267,7 @@ class _SizeParser:
         out = self.factor()
         while self.peek() in ("*", "/"):
             op = self.take()[1]
-            out = out * self.factor() if op == "*" else out / self.factor()
+            out = out * self.factor() if op == "*" else _rational_div(out, self.factor(), self.text)
         return out
 
     def factor(self) -> Size:
