@@ -63,6 +63,12 @@ class ScopeTree:
         info = self.graph.scopes.get(path)
         return dict(info.args) if info else {}
 
+    def depth_of(self, path: str) -> int:
+        """A stack's number of layers (as elaborated), not counting the scopes its connection
+        policy adds beside them (`h.streams`, `h.dwa`)."""
+        depth = self.args(path).get("depth")
+        return int(depth) if isinstance(depth, int) else len(self.children.get(path, []))
+
     def is_op_scope(self, path: str) -> bool:
         """An instance of a single op (`qkv = linear(...)`), as opposed to a block or a stack."""
         nodes = self.subtree.get(path, [])

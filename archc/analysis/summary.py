@@ -191,7 +191,7 @@ def summarize(graph: Graph, batch: int = 1, axes: Mapping[str, int] | None = Non
         path, s = run[0], stats[run[0]]
         kind = tree.kind(path)
         if kind == "stack":
-            kind = f"stack x{len(tree.children[path])}"
+            kind = f"stack x{tree.depth_of(path)}"
         name = run_label(run) + (f" (x{len(run)})" if len(run) > 1 else "")
         return Row(name, path, kind, depth(path), len(run), _outputs_text(graph, outputs[path]),
                    s.params, s.buffers, s.flops, s.macs, s.act_bytes)

@@ -179,7 +179,7 @@ class _Builder:
         args = self.tree.args(path)
         name = label_path + (f"  x{times}" if times > 1 else "")
         if kind == "stack":
-            return name, f"stack x{len(self.tree.children[path])}" + self._connect(path)
+            return name, f"stack x{self.tree.depth_of(path)}" + self._connect(path)
         what = f"{kind}({block_args(args)})" if args else kind
         slot = self._slot(path, kind)
         if slot:
