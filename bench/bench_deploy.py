@@ -199,7 +199,8 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="replace the Passes section of docs/benchmarks.md")
     args = ap.parse_args()
     torch.manual_seed(0)
-    lines = [f"Measured by `bench/bench_deploy.py` on {datetime.date.today()}: {platform.processor() or platform.machine()}, "
+    cpu = platform.processor() or platform.machine()
+    lines = [f"Measured by `bench/bench_deploy.py` on {datetime.date.today()}: {cpu}, "
              f"{torch.get_num_threads()} threads, torch {torch.__version__}; {args.rounds} rounds x "
              f"{args.inner} calls; shared machine, so read the ratios, not the absolute times.", ""]
     if args.only in (None, "repvgg"):

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from archc.elaborate.values import Callable, OpFn, PipeFn, Tensor
+from archc.elaborate.values import Callable, OpFn, PipeFn, Tensor, describe
 from archc.errors import ArchError, Span
 from archc.ir.types import TensorType
 
@@ -92,8 +92,9 @@ def make_policy(name: str, args: list[Any], kwargs: dict[str, Any], span: Span |
                             f"its arguments are {', '.join(spec) or 'none'}")
         typ, _ = spec[key]
         if isinstance(value, bool) and typ is not bool or not isinstance(value, typ):
-            raise ArchError(f"{name}({key}=...) must be {typ if isinstance(typ, type) else typ[0]}, got {value!r}",
-                            span)
+            want = typ if isinstance(typ, type) else typ[0]
+            words = {int: "an int", float: "a number", bool: "a bool", str: "a string"}.get(want, want.__name__)
+            raise ArchError(f"{name}({key}=...) must be {words}, got {describe(value)}", span)
         out[key] = float(value) if typ == (float, int) else value
     for key, (_, default) in spec.items():
         out.setdefault(key, default)

@@ -145,6 +145,8 @@ def describe(value: Any) -> str:
         return "a callable"
     if isinstance(value, Builtin):
         return f"the builtin '{value.name}'"
+    if type(value).__name__ == "Policy":  # archc.elaborate.connect imports this module
+        return f"the connection policy '{value}'"
     if type(value).__name__ == "Size":
         return f"the symbolic size '{value}'"
     return type(value).__name__

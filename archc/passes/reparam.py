@@ -34,44 +34,22 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field, replace
-from math import gcd, prod
-from typing import TYPE_CHECKING, Callable, Mapping
+from math import prod
+from typing import TYPE_CHECKING, Mapping
 
 from archc.ir.graph import Graph, Node
 from archc.ir.types import TensorType
 from archc.ops import registry
-from archc.ops.einpattern import parse_arrow, parse_side
-from archc.ops.registry import OpError
 from archc.passes import affine
 from archc.passes.editor import Editor, has_annotation, remake
-from archc.passes.fold_bn import bn_scale_shift
+from archc.passes.regions import (AFFINE_OPS, FLOP_OPS, MAX_DENSE, Consts, Cut, NeedsDense, NotAffine, Tier,
+                                  batch_preserving, const_values, dense_groups, emit_attrs, eval_consts,
+                                  implied_type, probe_matrix, random_weights, region_forms, tier_of)
 from archc.passes.result import PassResult, StateDict
 from archc.sizes import Size, SizeError
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-AFFINE_OPS = frozenset({"identity", "dropout", "drop_path", "conv1d", "conv2d", "linear", "batchnorm",
-                        "avgpool2d", "add", "sub", "mul", "div", "rearrange", "flatten"})
-FLOP_OPS = frozenset({"conv1d", "conv2d", "linear"})
-LAYOUT_OPS = frozenset({"rearrange", "flatten"})
-MAX_DENSE = 1 << 24  # entries of a dense matrix read off by probing
-Weights = Callable[[str], "Tensor"]
-
-
-class NotAffine(Exception):
-    """The node is not an affine function of the region input."""
-
-
-class NeedsDense(Exception):
-    """The node is affine but changes layout: only the dense (probing) form can express it."""
-
-
-@dataclass(frozen=True)
-class Tier:
-    layout: str  # "cf": channels first, convolutions over the trailing axes; "cl": last axis only
-    nd: int
-    channels: int
 
 
 @dataclass
@@ -96,265 +74,6 @@ class _Search:
     heads: set[int] = field(default_factory=set)
     assigned: set[int] = field(default_factory=set)
     consts: set[str] = field(default_factory=set)  # values computed from parameters alone
-
-
-class Consts:
-    """The values computed from parameters alone (a LayerScale vector, possibly reshaped), each
-    fetched on demand: as a shape-only tensor while planning, evaluated when weights are known."""
-
-    def __init__(self, names: set[str], fetch: Callable[[str], "Tensor"]) -> None:
-        self.names, self.fetch = names, fetch
-        self.cache: dict[str, Tensor] = {}
-
-    def __contains__(self, value: object) -> bool:
-        return value in self.names
-
-    def __getitem__(self, value: str) -> "Tensor":
-        if value not in self.cache:
-            self.cache[value] = self.fetch(value)
-        return self.cache[value]
-
-
-def const_values(graph: Graph) -> set[str]:
-    out: set[str] = set()
-    for n in graph.nodes:
-        if n.op == "parameter" or (n.inputs and all(v in out for v in n.inputs)):
-            out.update(n.outputs)
-    return out
-
-
-def eval_consts(graph: Graph, names: set[str], weights: Mapping[str, "Tensor"]) -> dict[str, "Tensor"]:
-    from archc.passes.probe import run_nodes
-
-    nodes = [n for n in graph.nodes if n.outputs and n.outputs[0] in names]
-    return run_nodes(nodes, graph.values, {}, weights)
-
-
-# ---- the transfer rules: one op's effect on the form of its input ---------------------------------
-def _channel_vector(p: "Tensor", v: TensorType, out: TensorType, tier: Tier, channels: int) -> "Tensor":
-    """A parameter that broadcasts along the channel axis only, as a [C] vector."""
-    shape = tuple(int(s) for s in p.shape)
-    channel = 1 if tier.layout == "cf" else v.rank - 1
-    if out != v or len(shape) > v.rank:
-        raise NotAffine("the operand broadcasts the value to a larger shape")
-    for j, q in enumerate(shape):
-        axis = v.rank - len(shape) + j
-        if q != 1 and (axis != channel or q != channels):
-            raise NotAffine("the operand varies along an axis other than the channels")
-    flat = p.reshape(-1)
-    return flat if flat.shape[0] == channels else flat.expand(channels)
-
-
-def _transfer(node: Node, forms: dict[str, affine.Form], consts: "Consts", tier: Tier,
-              weight: Weights, types: Mapping[str, TensorType]) -> affine.Form:
-    op, ins, a = node.op, node.inputs, node.attrs
-    if op in ("identity", "dropout", "drop_path"):
-        return forms[ins[0]]
-    if op in LAYOUT_OPS:
-        raise NeedsDense(op)
-    if op in ("conv1d", "conv2d"):
-        if tier.layout != "cf" or tier.nd != (1 if op == "conv1d" else 2):
-            raise NeedsDense(op)
-        conv = registry.get(op)
-        k, s, p, d = conv._geometry(conv.make_attrs(a))  # type: ignore[attr-defined]
-        bias = weight(node.params["bias"]) if "bias" in node.params else None
-        return affine.then_conv(forms[ins[0]], weight(node.params["weight"]), bias, a["groups"], s, p, d)
-    if op == "linear":
-        if tier.layout != "cl":
-            raise NeedsDense(op)
-        bias = weight(node.params["bias"]) if "bias" in node.params else None
-        return affine.then_conv(forms[ins[0]], weight(node.params["weight"]), bias, 1, (), (), ())
-    if op == "batchnorm":
-        if tier.layout == "cl" and types[ins[0]].rank != 2:
-            raise NeedsDense("batchnorm normalizes axis 2, not the feature axis")
-        scale, shift = bn_scale_shift(_Lookup(weight), dict(node.params), a["eps"])
-        return affine.then_scale(forms[ins[0]], scale, shift)
-    if op == "avgpool2d":
-        if tier.layout != "cf" or tier.nd != 2:
-            raise NeedsDense(op)
-        pool = registry.get(op)
-        k, s, p = pool.geometry(pool.make_attrs(a))  # type: ignore[attr-defined]
-        if a["ceil_mode"] or (any(p) and not a["count_include_pad"]):
-            raise NotAffine("average pooling is a convolution only with count_include_pad and floor mode")
-        f = forms[ins[0]]
-        kernel = affine.avgpool_kernel(f.cout, k, f.K)
-        return affine.then_conv(f, kernel, None, f.cout, s, p, (1, 1))
-    if op in ("add", "sub", "mul", "div"):
-        return _arithmetic(node, forms, consts, tier, types)
-    raise NotAffine(op)
-
-
-class _Lookup(dict):  # type: ignore[type-arg]
-    """A state_dict view over a weight function (for bn_scale_shift)."""
-
-    def __init__(self, weight: Weights) -> None:
-        super().__init__()
-        self.weight = weight
-
-    def __getitem__(self, name: str) -> "Tensor":
-        return self.weight(name)
-
-
-def _arithmetic(node: Node, forms: dict[str, affine.Form], consts: "Consts", tier: Tier,
-                types: Mapping[str, TensorType]) -> affine.Form:
-    op, ins, a = node.op, node.inputs, node.attrs
-    out = types[node.outputs[0]]
-    if len(ins) == 1:
-        f, c = forms[ins[0]], float(a["other"])
-        full = f.b.new_full((f.cout,), c)
-        if op == "add":
-            return affine.then_scale(f, None, full)
-        if op == "sub":
-            return affine.then_scale(f, f.b.new_full((f.cout,), -1.0), full) if a["swap"] else \
-                affine.then_scale(f, None, -full)
-        if op == "mul":
-            return affine.then_scale(f, full, None)
-        if a["swap"]:
-            raise NotAffine("c / x")
-        return affine.then_scale(f, f.b.new_full((f.cout,), 1.0 / c), None)
-    left, right = ins
-    if left in forms and right in forms:
-        if op not in ("add", "sub") or types[left] != out or types[right] != out:
-            raise NotAffine(f"{op} of two values that depend on the input")
-        return affine.add(forms[left], forms[right], 1.0 if op == "add" else -1.0)
-    if left in forms and right in consts:
-        f = forms[left]
-        vec = _channel_vector(consts[right], types[left], out, tier, f.cout)
-        return {"add": lambda: affine.then_scale(f, None, vec), "sub": lambda: affine.then_scale(f, None, -vec),
-                "mul": lambda: affine.then_scale(f, vec, None), "div": lambda: affine.then_scale(f, 1.0 / vec, None),
-                }[op]()
-    if right in forms and left in consts and op in ("add", "sub", "mul"):
-        f = forms[right]
-        vec = _channel_vector(consts[left], types[right], out, tier, f.cout)
-        if op == "add":
-            return affine.then_scale(f, None, vec)
-        if op == "sub":
-            return affine.then_scale(f, -vec.new_ones(vec.shape), vec)
-        return affine.then_scale(f, vec, None)
-    raise NotAffine(f"{op} with an operand that is neither the region's input nor a parameter")
-
-
-# ---- conv / linear form of a region ---------------------------------------------------------------
-def _tier(nodes: list[Node], x: TensorType) -> Tier | None:
-    ops = {n.op for n in nodes}
-    try:
-        if x.rank == 2:
-            return Tier("cl", 0, x.sizes[1].value)
-        if x.rank >= 3 and ops & {"conv1d", "conv2d", "batchnorm", "avgpool2d"}:
-            return Tier("cf", x.rank - 2, x.sizes[1].value)
-        if x.rank >= 1 and "linear" in ops:
-            return Tier("cl", 0, x.sizes[-1].value)
-    except SizeError:
-        return None
-    return None
-
-
-def _emit_attrs(f: affine.Form, tier: Tier) -> tuple[str, dict[str, object]]:
-    one = lambda v: v[0] if len(set(v)) == 1 else list(v)  # noqa: E731
-    if tier.layout == "cl":
-        return "linear", {"features": f.cout, "bias": f.biased}
-    return f"conv{tier.nd}d", {"channels": f.cout, "kernel": one(f.kernel), "stride": one(f.stride),
-                               "padding": one(f.padding), "groups": f.groups, "bias": f.biased}
-
-
-def _implied(f: affine.Form, tier: Tier, x: TensorType) -> TensorType | None:
-    op_name, attrs = _emit_attrs(f, tier)
-    op = registry.get(op_name)
-    try:
-        return op.infer(op.make_attrs(attrs), [x])[0]
-    except (OpError, SizeError):
-        return None
-
-
-def region_forms(nodes: list[Node], x: str, tier: Tier, weight: Weights, consts: "Consts",
-                 types: Mapping[str, TensorType], like: "Tensor") -> affine.Form:
-    """The form of the region's output; raises (Cut, index) where a node breaks it."""
-    forms = {x: affine.identity(tier.channels, tier.nd, like)}
-    for i, node in enumerate(nodes):
-        if node.outputs[0] in consts:
-            continue
-        try:
-            f = _transfer(node, forms, consts, tier, weight, types)
-        except (NotAffine, NeedsDense, affine.NotExact) as err:
-            raise _Cut(i, err) from None
-        if tier.layout == "cf" and _implied(f, tier, types[x]) != types[node.outputs[0]]:
-            raise _Cut(i, affine.NotExact("the merged kernel would not produce the same output grid"))
-        forms[node.outputs[0]] = f
-    return forms[nodes[-1].outputs[0]]
-
-
-class _Cut(Exception):
-    def __init__(self, position: int, reason: Exception) -> None:
-        super().__init__(str(reason))
-        self.position, self.reason = position, reason
-
-
-# ---- dense form of a region (layout changes; RepMLP) ---------------------------------------------
-def _batch_preserving(nodes: list[Node], x: TensorType, types: Mapping[str, TensorType], consts: set[str]) -> bool:
-    batch = x.sizes[0]
-    if batch.is_const:
-        return False  # a probe needs its own batch size
-    for node in nodes:
-        if node.outputs[0] in consts:
-            continue
-        t = types[node.outputs[0]]
-        if t.rank < 2 or t.sizes[0] != batch:
-            return False
-        if node.op == "rearrange":
-            left, right = (parse_side(s, "rearrange") for s in parse_arrow(node.attrs["pattern"], "rearrange"))
-            if not left.groups or len(left.groups[0]) != 1 or left.groups[0] != right.groups[0] \
-                    or left.groups[0] == ("...",):
-                return False
-        if node.op == "flatten" and node.attrs["start"] % types[node.inputs[0]].rank == 0:
-            return False
-    return True
-
-
-def probe_matrix(nodes: list[Node], x: str, y: str, types: Mapping[str, TensorType],
-                 weights: Mapping[str, "Tensor"], consts: Consts) -> "tuple[Tensor, Tensor]":
-    """(M, b) with region(x) = M @ vec(x) + b per batch row, read off the identity."""
-    import torch
-
-    from archc.passes.probe import run_nodes
-
-    shape = tuple(s.value for s in types[x].sizes[1:])
-    n = prod(shape)
-    probe = torch.cat([torch.zeros(1, n, dtype=torch.float64), torch.eye(n, dtype=torch.float64)]).reshape(n + 1, *shape)
-    produced = {v for n in nodes for v in n.outputs}
-    env = {v: consts[v] for n in nodes for v in n.inputs if v in consts and v not in produced}
-    env = run_nodes(nodes, types, {**env, x: probe}, weights)
-    out = env[y].reshape(n + 1, -1)
-    return (out[1:] - out[0]).T.contiguous(), out[0].clone()
-
-
-def _dense_groups(M: "Tensor") -> int:
-    nout, nin = (int(s) for s in M.shape)
-    nz = M != 0
-    for g in sorted((g for g in range(1, gcd(nin, nout) + 1) if nin % g == 0 and nout % g == 0), reverse=True):
-        blocks = nz.reshape(g, nout // g, g, nin // g).any(dim=(1, 3))
-        if not (blocks & ~torch_eye(g)).any():
-            return g
-    return 1
-
-
-def torch_eye(n: int) -> "Tensor":
-    import torch
-
-    return torch.eye(n, dtype=torch.bool)
-
-
-def _random_weights(graph: Graph, nodes: list[Node]) -> dict[str, "Tensor"]:
-    """Weights in general position, to read a region's structure (which entries are non-zero)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    out = {}
-    for node in nodes:
-        for role, name in node.params.items():
-            if name not in out:
-                t = torch.randn(graph.params[name].shape, generator=gen, dtype=torch.float64)
-                out[name] = t.abs() + 0.5 if role == "running_var" else t
-    return out
 
 
 # ---- search -----------------------------------------------------------------------------------------
@@ -398,7 +117,7 @@ def _grow(s: _Search, sink: int, users: dict[str, list[int]], producer: dict[str
     return sorted(region)
 
 
-def _plan(s: _Search, ed: Editor, indices: list[int]) -> Plan | _Cut | str:
+def _plan(s: _Search, ed: Editor, indices: list[int]) -> Plan | Cut | str:
     """A plan for the region, a cut to make, or why it stays as it is."""
     graph = s.graph
     nodes = [graph.nodes[i] for i in indices]
@@ -411,8 +130,8 @@ def _plan(s: _Search, ed: Editor, indices: list[int]) -> Plan | _Cut | str:
         return "no conv or linear to merge into"
     (x,), y = tuple(inputs), nodes[-1].outputs[0]
     types = graph.values
-    tier = _tier(work, types[x])
-    needs_dense: _Cut | None = None
+    tier = tier_of(work, types[x])
+    needs_dense: Cut | None = None
     if tier is not None:
         import torch
 
@@ -425,14 +144,14 @@ def _plan(s: _Search, ed: Editor, indices: list[int]) -> Plan | _Cut | str:
 
         try:
             f = region_forms(nodes, x, tier, shape_only, Consts(s.consts, const_shape), types, meta)
-        except _Cut as cut:
+        except Cut as cut:
             if not isinstance(cut.reason, NeedsDense):
                 return cut
             needs_dense = cut
         else:
-            if _implied(f, tier, types[x]) != types[y]:
-                return _Cut(len(nodes) - 1, affine.NotExact("output grid"))
-            op_name, attrs = _emit_attrs(f, tier)
+            if implied_type(f, tier, types[x]) != types[y]:
+                return Cut(len(nodes) - 1, affine.NotExact("output grid"))
+            op_name, attrs = emit_attrs(f, tier)
             kind = "conv" if tier.layout == "cf" else "linear"
             new = _new_node(ed, work, op_name, attrs, x, y, kind)
             if _flops([new], {**types}) > _flops(work, types):
@@ -448,7 +167,7 @@ def _plan(s: _Search, ed: Editor, indices: list[int]) -> Plan | _Cut | str:
 def _dense_plan(s: _Search, ed: Editor, nodes: list[Node], work: list[Node], x: str, y: str) -> Plan | str:
     graph, types = s.graph, s.graph.values
     xt, yt = types[x], types[y]
-    if xt.rank < 2 or yt.rank < 2 or xt.sizes[0] != yt.sizes[0] or not _batch_preserving(nodes, xt, types, s.consts):
+    if xt.rank < 2 or yt.rank < 2 or xt.sizes[0] != yt.sizes[0] or not batch_preserving(nodes, xt, types, s.consts):
         return "the region mixes the batch axis"
     try:
         nin, nout = prod(d.value for d in xt.sizes[1:]), prod(d.value for d in yt.sizes[1:])
@@ -457,10 +176,10 @@ def _dense_plan(s: _Search, ed: Editor, nodes: list[Node], work: list[Node], x: 
     if nin * nout > MAX_DENSE:
         return "the dense matrix would be too large"
     const_nodes = [n for n in graph.nodes if n.outputs and n.outputs[0] in s.consts]
-    weights = _random_weights(graph, nodes + const_nodes)
+    weights = random_weights(graph, nodes + const_nodes)
     consts = eval_consts(graph, s.consts, weights)
     M, b = probe_matrix(nodes, x, y, types, weights, Consts(s.consts, consts.__getitem__))
-    groups = _dense_groups(M)
+    groups = dense_groups(M)
     biased = bool((b != 0).any())
     scope = _common_scope(work)
     out_scope = f"{scope}.reparam_linear" if scope else "reparam_linear"  # made unique by _name
@@ -468,14 +187,15 @@ def _dense_plan(s: _Search, ed: Editor, nodes: list[Node], work: list[Node], x: 
     src_names = [f"a{i}" for i in range(xt.rank - 1)]
     dst_names = [f"c{i}" for i in range(yt.rank - 1)]
     unit = " 1 1" if groups > 1 else ""
-    flat_t = TensorType.of(xt.dtype, [xt.sizes[0], nin] + ([1, 1] if groups > 1 else []))
+    unit_axes: list[Size | int] = [1, 1] if groups > 1 else []
+    flat_t = TensorType.of(xt.dtype, [xt.sizes[0], nin, *unit_axes])
     v = x
     if xt.rank != 2 or groups > 1:
         v = ed.fresh(flat_t)
         new.append(Node(op="rearrange", inputs=(x,), outputs=(v,), scope=scope, span=work[0].span,
                         attrs={"pattern": f"b {' '.join(src_names)} -> b ({' '.join(src_names)}){unit}"}))
     last = yt.rank == 2 and groups == 1
-    mid = y if last else ed.fresh(TensorType.of(yt.dtype, [yt.sizes[0], nout] + ([1, 1] if groups > 1 else [])))
+    mid = y if last else ed.fresh(TensorType.of(yt.dtype, [yt.sizes[0], nout, *unit_axes]))
     params = {r: f"{out_scope}.{r}" for r in ["weight"] + (["bias"] if biased else [])}
     if groups > 1:
         fc = Node(op="conv2d", inputs=(v,), outputs=(mid,), params=params, scope=out_scope, span=work[-1].span,
@@ -548,7 +268,7 @@ def find_plans(graph: Graph, ed: Editor) -> list[Plan]:
                 plans.append(result)
                 s.assigned.update(region)
                 break
-            if isinstance(result, _Cut):
+            if isinstance(result, Cut):
                 index = region[result.position]
                 if isinstance(result.reason, NotAffine):  # not linear at all: never in a region
                     candidate[index] = False
@@ -601,9 +321,9 @@ def _apply(graph: Graph, ed: Editor, plans: list[Plan]) -> Graph:
         if i not in removed:
             out.append(n)
             continue
-        plan = removed[i]
-        if plan is not None:
-            out.extend(plan.new_nodes)
+        sink = removed[i]
+        if sink is not None:
+            out.extend(sink.new_nodes)
     ed.nodes = out  # type: ignore[assignment]
     return ed.finish()
 

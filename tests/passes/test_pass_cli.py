@@ -20,7 +20,8 @@ def _weights(tmp_path: Path, name: str = "repvgg") -> Path:
     return path
 
 
-def test_deploy_writes_weights_and_a_spec_that_compiles_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_deploy_writes_weights_and_a_spec_that_compiles_again(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     weights = _weights(tmp_path)
     out = tmp_path / "out"
     assert main(["deploy", str(SPECS / "repvgg.arch"), "--weights", str(weights), "-o", str(out)]) == 0
