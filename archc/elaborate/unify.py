@@ -89,7 +89,6 @@ class Pattern:
         if actual.rank < fixed or (star_at is None and actual.rank != fixed):
             raise fail(f"rank {actual.rank}, expected {'at least ' if star_at is not None else ''}{fixed}")
         pairs: list[tuple[A.Expr, Dim, int]] = []
-        out: list[Dim] = []
         if star_at is not None:
             n_star = actual.rank - fixed
             lead = actual.shape[star_at:star_at + n_star]

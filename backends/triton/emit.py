@@ -22,7 +22,7 @@ from pathlib import Path
 
 from archc.backends.kernels import expr
 from archc.backends.kernels.module import Call, Context, context, explain, forward_lines, header, template
-from archc.backends.kernels.partition import Partition, Region, partition
+from archc.backends.kernels.partition import Region, partition
 from archc.backends.kernels.plan import KernelPlan, Operand, plan, var
 from archc.backends.torch.emit import _signature, emit_python, expression
 from archc.ir.graph import Graph
