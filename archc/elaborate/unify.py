@@ -42,6 +42,8 @@ class Pattern:
             value = self.lookup(e.id)
             if isinstance(value, bool):
                 raise ArchError(f"'{e.id}' is a bool, not a size", e.span)
+            if isinstance(value, int) and value < 0:
+                raise ArchError(f"'{e.id}' is {value}; an axis size cannot be negative", e.span)
             if isinstance(value, (int, Size)):
                 return _const(value, e.span)
             if e.id in self.axes:
@@ -120,7 +122,8 @@ class Pattern:
                 progress = True
                 if not unknowns:
                     if size != dim.size:
-                        raise fail(f"axis {i + 1}: {_expr_text(e)} is {size}, got {dim.size}")
+                        said = "expected " if _expr_text(e) == str(size) else f"{_expr_text(e)} is "
+                        raise fail(f"axis {i + 1}: {said}{size}, got {dim.size}")
                     continue
                 bindings[unknowns[0][len(UNKNOWN):]] = _solve(size, unknowns[0], dim.size, fail, i, e)
             if not progress:
