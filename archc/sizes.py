@@ -41,9 +41,9 @@ class Size:
     __slots__ = ("terms", "_key")
 
     def __init__(self, terms: Mapping[Monomial, Coef]) -> None:
-        self.terms = {m: _q(c) for m, c in terms.items() if c != 0}
+        self.terms: dict[Monomial, Coef] = {m: _q(c) for m, c in terms.items() if c != 0}
         self._key = tuple(sorted(self.terms.items()))
-        if any(abs(c) > MAX_INT for c in self.terms.values()):
+        if any(c > MAX_INT or c < -MAX_INT for c in self.terms.values()):
             raise SizeError("size is too large (over 2**62)")
 
     # -- construction ------------------------------------------------------------------------
@@ -137,8 +137,7 @@ class Size:
         d = o.terms.get((), 0)
         if d == 0:
             raise SizeError("division by zero")
-        q = Size({m: Fraction(c, d) if isinstance(c, int) and isinstance(d, int) else c / d
-                  for m, c in self.terms.items()})
+        q = Size({m: Fraction(c) / d for m, c in self.terms.items()})
         if q.is_const and isinstance(q.terms.get((), 0), Fraction):
             raise SizeError(f"{self} is not divisible by {o}")
         return q
@@ -190,7 +189,7 @@ class Size:
         for i, mono in enumerate(order):
             coef = self.terms[mono]
             sign = "-" if coef < 0 else "+"
-            text = _term_text(mono, abs(coef))
+            text = _term_text(mono, -coef if coef < 0 else coef)
             parts.append(text if i == 0 and sign == "+" else f"{'-' if i == 0 else ' ' + sign + ' '}{text}")
         return "".join(parts)
 

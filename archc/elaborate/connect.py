@@ -95,7 +95,7 @@ def make_policy(name: str, args: list[Any], kwargs: dict[str, Any], span: Span |
             want = typ if isinstance(typ, type) else typ[0]
             words = {int: "an int", float: "a number", bool: "a bool", str: "a string"}.get(want, want.__name__)
             raise ArchError(f"{name}({key}=...) must be {words}, got {describe(value)}", span)
-        out[key] = float(value) if typ == (float, int) else value
+        out[key] = float(value) if typ == (float, int) else value  # type: ignore[arg-type]
     for key, (_, default) in spec.items():
         out.setdefault(key, default)
     if name in ("hyper", "frac") and out["n"] < 1:

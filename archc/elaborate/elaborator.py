@@ -752,7 +752,8 @@ class Elaborator:
         try:
             op.make_attrs({k: _plain(v) for k, v in attrs.items()}, strict=True) if _all_given(op, attrs) else None
         except OpError as err:
-            at = next((arg_spans[w] for w in reversed(err.where) if w in (arg_spans or {})), span)
+            spans = arg_spans or {}
+            at = next((spans[w] for w in reversed(err.where) if w in spans), span)
             raise ArchError(err.message, at, err.hint) from None
 
     def builtin(self, name: str, args: list[Any], kwargs: dict[str, Any], frame: Frame, e: A.Call) -> Any:
@@ -1047,7 +1048,7 @@ class Elaborator:
             raise ArchError(f"{op.name}: {err}", span or fn.span) from None
         if specs and op.min_inputs == 0 and not fn.scope and not frame.forced_scope and frame.target:
             # `cls_token = parameter([1, 1, D])`: the tensor is the parameter, named as assigned
-            fn = replace(fn, scope=self.instance_path(frame.target, frame, span or fn.span))
+            fn = replace(fn, scope=self.instance_path(frame.target, frame, span or fn.span or Span("", 1, 1)))
             frame.target = None
         if specs:
             scope = frame.forced_scope or fn.scope or self.fresh(prefix, op.name)

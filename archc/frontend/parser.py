@@ -138,7 +138,8 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, text: str, file: str) ->
         expected = f"; expected {_describe(err.expected)}" if err.expected else ""
         return ArchError(f"unexpected {found}{expected}", span, hint)
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
-        char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
+        pos = err.pos_in_stream or 0
+        char = text[pos] if pos < len(text) else "?"
         hint = ("strings use double quotes" if char == "'" else
                 "a string must end on the line where it starts" if char == '"' else None)
         return ArchError(f"unexpected character {char!r}", Span(file, line, col, line, col + 1), hint)
