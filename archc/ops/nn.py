@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, PositiveInt, field_validator
 
 from archc.ir.types import Dim, TensorType
 from archc.ops.registry import (Op, OpError, ParamSpec, check_init, known, need_float, need_rank, norm_dim,
@@ -296,8 +296,8 @@ class GroupNorm(Op):
 
 
 class EmbeddingAttrs(_Attrs):
-    num: int
-    dim: int
+    num: PositiveInt
+    dim: PositiveInt
 
 
 @register
@@ -319,8 +319,8 @@ class Embedding(Op):
 
 
 class PositionsAttrs(_Attrs):
-    max_len: int
-    dim: int
+    max_len: PositiveInt
+    dim: PositiveInt
 
 
 @register

@@ -102,6 +102,8 @@ class AdaptiveAvgPool2d(Op):
         need_float(t, self.name)
         need_rank(t, 4, self.name, "[B, C, H, W]")
         h, w = _two(a.size, "adaptive_avgpool2d size")
+        if min(h, w) <= 0:
+            raise OpError(f"adaptive_avgpool2d: output size {a.size} must be positive")
         return [TensorType(dtype=t.dtype, shape=t.shape[:2] + (Dim(size=Size.of(h)), Dim(size=Size.of(w))))]
 
     def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:

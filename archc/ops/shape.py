@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from archc.ir.types import Dim, TensorType
 from archc.ops.einpattern import Side, expand_ellipsis, expand_right, parse_arrow, parse_side
@@ -19,7 +19,7 @@ class _Attrs(BaseModel):
 
 class RearrangeAttrs(_Attrs):
     pattern: str
-    sizes: dict[str, int] = Field(default_factory=dict)
+    sizes: dict[str, PositiveInt] = Field(default_factory=dict)
 
 
 def _solve_rearrange(a: RearrangeAttrs, t: TensorType, op: str) -> tuple[Side, Side, dict[str, Size]]:
