@@ -31,22 +31,23 @@ ATOMS = ["B", "T", "D", "H", "W"]
 
 # ---- sizes ---------------------------------------------------------------------------------------
 
-def _combine(children: st.SearchStrategy[Size]) -> st.SearchStrategy[Size]:
-    def apply(op: str, a: Size, b: Size, k: int) -> Size:
-        try:
-            if op == "+":
-                return a + b
-            if op == "-":
-                return a - b
-            if op == "*":
-                return a * b
-            if op == "/":
-                return a / k  # symbolic sizes may carry fractions (`H/2`); constants must divide
-            return a // abs(k)
-        except SizeError:
-            return a
+def _size_op(op: str, a: Size, b: Size, k: int) -> Size:
+    try:
+        if op == "+":
+            return a + b
+        if op == "-":
+            return a - b
+        if op == "*":
+            return a * b
+        if op == "/":
+            return a / k  # symbolic sizes may carry fractions (`H/2`); constants must divide
+        return a // abs(k)
+    except SizeError:
+        return a
 
-    return st.builds(apply, st.sampled_from(["+", "-", "*", "/", "//"]), children, children,
+
+def _combine(children: st.SearchStrategy[Size]) -> st.SearchStrategy[Size]:
+    return st.builds(_size_op, st.sampled_from(["+", "-", "*", "/", "//"]), children, children,
                      st.integers(-6, 6).filter(bool))
 
 
