@@ -951,7 +951,12 @@ class Elaborator:
         x = con.enter(ctx, inputs[0])
         outputs = [x]
         dim = policy.args.get("dim", 1)
+        smallest: int | None = None
         for i in range(fn.count):
+            if i:  # after each layer, as in a plain stack: fail now when the rest cannot fit
+                smallest = self.expect_nodes(len(self.nodes) - before, smallest, fn.count - i, fn.span or span,
+                                             "layers")
+            before = len(self.nodes)
             layer = named(self.stack_layer(fn, i, span), _join(scope, str(i)))
             inp = x
             if policy.name == "dense" and i > 0:
