@@ -66,3 +66,16 @@ def test_deployed_repvgg_a0_matches_timm_reparameterized(timm: ModuleType) -> No
     assert {n.op for n in result.graph.nodes} == {"conv2d", "relu", "global_avgpool", "linear"}
     assert [n.op for n in result.graph.nodes].count("relu") == 22
     assert canonical(elaborate_text(print_graph(result.graph), "repvgg_a0.deploy.arch")) == canonical(result.graph)
+
+
+def test_archc_deploy_reads_a_timm_checkpoint(timm: ModuleType, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from archc.cli import main
+
+    weights = tmp_path / "repvgg_a0_timm.pt"
+    torch.save(randomized_repvgg(timm).state_dict(), weights)
+    out = tmp_path / "out"
+    assert main(["deploy", str(zoo.spec_path("repvgg_a0")), "--weights", str(weights), "--key-map", "timm",
+                 "-o", str(out)]) == 0
+    assert "212 ops -> 46" in capsys.readouterr().out
+    deployed = elaborate_file(out / "repvgg_a0.deploy.arch")
+    build_module(deployed).load_state_dict(torch.load(out / "deployed.pt", weights_only=True), strict=True)
