@@ -136,3 +136,17 @@ def test_nesting_past_pythons_recursion_limit_is_an_arch_error() -> None:
     """
     with pytest.raises(ArchError, match="nests too deeply"):
         elaborate_text(spec, "deep.arch")
+
+
+def test_deeply_nested_command_line_values_are_arch_errors() -> None:
+    from archc.frontend.parser import parse_expr
+
+    for text in ("-" * 5000 + "1", "not " * 5000 + "true", "[" * 5000 + "]" * 5000):
+        with pytest.raises(ArchError):
+            parse_expr(text, "<command line>")
+
+
+def test_a_syntax_error_on_the_first_token_is_located() -> None:
+    with pytest.raises(ArchError, match="unexpected 'else'") as info:
+        elaborate_text("else { }\n", "first.arch")
+    assert info.value.span is not None and (info.value.span.line, info.value.span.col) == (1, 1)
