@@ -11,7 +11,7 @@ past `PER_CASE_SECONDS`, is a bug in archc.
 
 How much runs:
 - default: a fixed-seed sample of `DEFAULT_CASES` = 2000 mutants, spread evenly over the spec
-  files (about 30-60 s in all);
+  files (about 25 s of CPU in all; on a loaded machine the wall time grows with the load);
 - `ARCHC_FUZZ_FULL=1`: 50000 mutants (`ARCHC_FUZZ_CASES=N` sets any number);
 - `ARCHC_FUZZ_SEED=S` changes the seed (the default is fixed so runs are reproducible).
 A failure prints the file, the case number, the mutations and where the mutant was written.
