@@ -86,7 +86,7 @@ class Loader:
             try:
                 if path.stat().st_size > MAX_SOURCE_BYTES:  # refuse before reading it all into memory
                     raise ArchError(f"{display_name(path)} is larger than {MAX_SOURCE_BYTES >> 20} MiB", span)
-                text = path.read_text(encoding="utf-8")
+                text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is dropped
             except (OSError, UnicodeDecodeError) as e:
                 raise ArchError(f"cannot read {display_name(path)}: {e}", span) from None
             file = display_name(path)
