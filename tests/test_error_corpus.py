@@ -150,3 +150,9 @@ def test_a_syntax_error_on_the_first_token_is_located() -> None:
     with pytest.raises(ArchError, match="unexpected 'else'") as info:
         elaborate_text("else { }\n", "first.arch")
     assert info.value.span is not None and (info.value.span.line, info.value.span.col) == (1, 1)
+
+
+def test_a_byte_order_mark_and_crlf_line_ends_are_accepted(tmp_path: Path) -> None:
+    spec = tmp_path / "windows.arch"
+    spec.write_bytes(b"\xef\xbb\xbfaxis B\r\nmodel M() (x: [B, 4]) -> [B, 4] {\r\n    return relu(x)  # c\r\n}\r\n")
+    assert [n.op for n in elaborate_file(spec).nodes] == ["relu"]
