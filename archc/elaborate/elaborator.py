@@ -952,6 +952,7 @@ class Elaborator:
         outputs = [x]
         dim = policy.args.get("dim", 1)
         smallest: int | None = None
+        before = len(self.nodes)
         for i in range(fn.count):
             if i:  # after each layer, as in a plain stack: fail now when the rest cannot fit
                 smallest = self.expect_nodes(len(self.nodes) - before, smallest, fn.count - i, fn.span or span,
