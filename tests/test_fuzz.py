@@ -26,10 +26,10 @@ import shutil
 import signal
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -68,7 +68,7 @@ FILES = _spec_files()
 # ---- mutations ------------------------------------------------------------------------------------
 
 _TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|\d[\d_]*(?:\.\d*)?(?:[eE][-+]?\d+)?|[A-Za-z_]\w*'
-                    r'|>>|=>|->|\*\*|//|==|!=|<=|>=|\s+|.', re.S)
+                    r'|>>|=>|->|\*\*|//|==|!=|<=|>=|\s+|.', re.DOTALL)
 _KEYWORDS = ["block", "model", "interface", "axis", "let", "import", "from", "as", "return", "if", "elif",
              "else", "for", "in", "and", "or", "not", "true", "false", "stack"]
 _NUMBERS = ["0", "-1", "1", "2", "3", "7", "0.5", "1e308", "1000000", "99999999999999999999", "4611686018427387904",

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import dataclasses
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +113,7 @@ def test_symbolic_division_states_divisibility() -> None:
     assert str(half) == "H/2" and half * 2 == Size.sym("H")
     assert half.subs({"H": Size.of(14)}) == Size.of(7)
     with pytest.raises(SizeError):
-        half.subs({"H": Size.of(7)}).value  # 7/2 is not a size
-    assert Size.of(7).terms != half.subs({"H": Size.of(7)}).terms or Fraction(7, 2) != 7
+        _ = half.subs({"H": Size.of(7)}).value  # 7/2 is not a size
 
 
 # ---- expressions: format then parse ----------------------------------------------------------------
@@ -126,7 +124,7 @@ INTS = st.integers(0, 10**6).map(lambda v: A.Const(v, _NOWHERE, str(v)))
 NEG_INTS = st.integers(1, 999).map(lambda v: A.Const(-v, _NOWHERE, f"-{v}"))
 FLOATS = st.sampled_from(["0.5", "1e-06", "2.0", "3.25", ".5", "1e3"]).map(
     lambda t: A.Const(float(t), _NOWHERE, t))
-STRINGS = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12).map(
+STRINGS = st.text(st.characters(exclude_categories=["Cs"]), max_size=12).map(
     lambda s: A.Const(s, _NOWHERE, ""))
 BOOLS = st.booleans().map(lambda b: A.Const(b, _NOWHERE, "true" if b else "false"))
 LEAVES = NAMES.map(lambda n: A.Name(n, _NOWHERE)) | INTS | NEG_INTS | FLOATS | STRINGS | BOOLS

@@ -66,8 +66,8 @@ def test_archc_check_reports_python_as_an_error_without_running_it(tmp_path: Pat
     sentinel = tmp_path / "pwned"
     spec = tmp_path / "evil.arch"
     spec.write_text(model(f'y = __import__("os").system("touch {sentinel}")\nreturn x'), encoding="utf-8")
-    run = subprocess.run([sys.executable, "-m", "archc", "check", str(spec)], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    run = subprocess.run([sys.executable, "-m", "archc", "check", str(spec)], check=False, capture_output=True,
+                         text=True, cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 1, run.stderr
     assert "error: unknown name '__import__'" in run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
@@ -254,7 +254,7 @@ def test_bombs_do_not_use_much_memory(tmp_path: Path) -> None:
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(before // 1024, after // 1024)
     """))
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     before_mb, after_mb = map(int, run.stdout.split()[-2:])
     assert "compiled:" not in run.stdout
