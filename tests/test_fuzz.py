@@ -213,18 +213,34 @@ class Target:
 
     path: Path
     hosts: tuple[Path, ...]  # models that import it (for files under std/)
-    blocks: tuple[str, ...]  # its blocks, usable as entry points with model=NAME
+    blocks: tuple[tuple[str, dict[str, object]], ...]  # entry points (model=NAME) and values for their
+    # required parameters, so that a library block is elaborated past its signature
 
 
 def _target(path: Path) -> Target:
     rel = path.relative_to(SPECS).as_posix()
     hosts = tuple(p for p in FILES if p != path and f'"{rel}"' in p.read_text(encoding="utf-8"))
     try:
-        blocks = tuple(it.name for it in parse(path.read_text(encoding="utf-8"), str(path)).items
-                       if isinstance(it, A.BlockDef))
+        blocks = tuple(entry for it in parse(path.read_text(encoding="utf-8"), str(path)).items
+                       if isinstance(it, A.BlockDef) and (entry := _entry(it)) is not None)
     except ArchError:
         blocks = ()
     return Target(path, hosts, blocks)
+
+
+_SAMPLE_VALUES: dict[str, object] = {"int": 16, "float": 0.5, "bool": True, "axis": 16}
+
+
+def _entry(b: A.BlockDef) -> tuple[str, dict[str, object]] | None:
+    """A block as an entry point, with a value for each required parameter (None: one cannot be made)."""
+    values: dict[str, object] = {}
+    for f in b.params:
+        if f.default is None:
+            kind = f.type.name if isinstance(f.type, A.TypeName) else ""
+            if kind not in _SAMPLE_VALUES:
+                return None
+            values[f.name] = _SAMPLE_VALUES[kind]
+    return b.name, values
 
 
 def _compile(target: Target, text: str, rng: random.Random, sandbox: Path) -> None:
@@ -241,7 +257,8 @@ def _compile(target: Target, text: str, rng: random.Random, sandbox: Path) -> No
         finally:
             shutil.copyfile(target.path, sandbox / rel)
     elif is_library and target.blocks:
-        graph = elaborate_text(text, str(target.path), model=rng.choice(target.blocks), folder=target.path.parent,
+        name, overrides = rng.choice(target.blocks)
+        graph = elaborate_text(text, str(target.path), model=name, overrides=overrides, folder=target.path.parent,
                                limits=LIMITS)
     else:
         graph = elaborate_text(text, str(target.path), folder=target.path.parent, limits=LIMITS)
