@@ -65,7 +65,10 @@ def expr_text(e: Any) -> str:
     if isinstance(e, A.Call):
         return f"{_wrap(e.func, 10)}({_args(e.args, e.kwargs)})"
     if isinstance(e, A.GetAttr):
-        return f"{_wrap(e.obj, 10)}.{e.name}"
+        obj = _wrap(e.obj, 10)
+        if isinstance(e.obj, A.Const) and not isinstance(e.obj.value, str) and not obj.startswith("("):
+            obj = f"({obj})"  # `(3).x`: `3.x` would read as a number
+        return f"{obj}.{e.name}"
     if isinstance(e, A.Index):
         return f"{_wrap(e.obj, 10)}[{', '.join(expr_text(s) for s in e.subs)}]"
     if isinstance(e, A.SliceExpr):
