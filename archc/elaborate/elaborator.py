@@ -30,7 +30,7 @@ from archc.sizes import MAX_INT, Size, SizeError
 
 PARAM_TYPES = ("int", "float", "bool", "str", "fn", "block", "axis", "list", "connection")
 BUILTINS = ("range", "len", "min", "max", "int", "float", "shape", "sequential") + tuple(C.SPECS)
-ANNOTATIONS = ("scope", "no_fuse", "sparse", "deploy", "name")
+ANNOTATIONS = ("scope", "no_fuse", "sparse", "deploy", "name", "fused")  # fused: set by mark_epilogues
 
 
 @dataclass(frozen=True)
