@@ -38,6 +38,7 @@ class Relu(_Unary):
     name = "relu"
     elementwise = "max(x, 0)"
     torch = "F.relu({x})"
+    torch_inplace = "F.relu({x}, inplace=True)"
 
 
 class GeluAttrs(_Attrs):
@@ -154,6 +155,7 @@ class _Binary(Op):
     inputs = ("x", "y?")
     Attrs = BinaryAttrs
     symbol = "+"
+    method_inplace = ""  # `x.add_(y)`; only for ops whose backward reads no operand
 
     def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
         if len(ins) == 2:
@@ -170,11 +172,18 @@ class _Binary(Op):
             left, right = right, left
         return f"({left} {self.symbol} {right})"
 
+    def torch_inplace_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str | None:
+        if not self.method_inplace or a.swap:
+            return None
+        return f"{ins[0]}.{self.method_inplace}({ins[1] if len(ins) == 2 else repr(a.other)})"
+
 
 @register
 class Add(_Binary):
     name = "add"
     symbol = "+"
+    method_inplace = "add_"
+    fresh = True
     linear = True
     elementwise = "x + y"
 
@@ -183,6 +192,8 @@ class Add(_Binary):
 class Sub(_Binary):
     name = "sub"
     symbol = "-"
+    method_inplace = "sub_"
+    fresh = True
     linear = True
     elementwise = "x - y"
 

@@ -39,6 +39,7 @@ class Linear(Op):
     name = "linear"
     Attrs = LinearAttrs
     linear = True
+    fresh = True
     torch = "F.linear({x}, {weight}, {bias})"
 
     def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
@@ -83,6 +84,7 @@ class ConvAttrs(_Attrs):
 class _Conv(Op):
     Attrs = ConvAttrs
     linear = True
+    fresh = True
     ndim = 2
 
     def _geometry(self, a: Any) -> tuple[tuple[int, ...], ...]:
@@ -166,6 +168,7 @@ class BatchNorm(Op):
     name = "batchnorm"
     Attrs = BatchNormAttrs
     linear = True
+    fresh = True  # F.batch_norm's backward reads its input and statistics, not its output
 
     def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
         t = ins[0]

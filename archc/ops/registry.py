@@ -70,6 +70,8 @@ class Op:
     linear: ClassVar[bool] = False  # linear in its input (for re-parameterization)
     elementwise: ClassVar[str | None] = None  # scalar expression in x (and y), for fusion
     torch: ClassVar[str] = ""  # python expression; {x} {y} inputs, {weight} params, {attr} attrs
+    torch_inplace: ClassVar[str] = ""  # the same, overwriting its first input {x} (see torch_inplace_expr)
+    fresh: ClassVar[bool] = False  # returns a new tensor that its backward never reads (may be overwritten)
     doc: ClassVar[str] = ""
 
     # -- the rules each op states ---------------------------------------------------------------
@@ -91,6 +93,16 @@ class Op:
             return self.torch.format(xs="[" + ", ".join(ins) + "]", **params, **fields)
         values = dict(zip(names, ins))
         return self.torch.format(**values, **params, **fields)
+
+    def torch_inplace_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str | None:
+        """The op overwriting its first input (`F.relu(x, inplace=True)`), or None if it has no
+        such spelling. Bit-identical to `torch_expr`; the torch emitter uses it only where that
+        input is dead afterwards, `fresh`, read by nothing else and of the output's type."""
+        if not self.torch_inplace:
+            return None
+        names = [i.strip("*?") for i in self.inputs]
+        fields = {k: repr(v) for k, v in a.model_dump().items()}
+        return self.torch_inplace.format(**dict(zip(names, ins)), **params, **fields)
 
     # -- shared machinery -----------------------------------------------------------------------
     @property

@@ -8,6 +8,7 @@ evaluates the same spelling, so there is one spelling per op. Same IR in, same b
 from __future__ import annotations
 
 import os
+from collections import Counter
 from functools import cache
 from pathlib import Path
 
@@ -88,15 +89,61 @@ def _tree_lines(root: ModuleEntry, graph: Graph, labels: dict[str, str]) -> tupl
     return init, reset
 
 
+def last_uses(graph: Graph) -> list[list[str]]:
+    """Per node, the values that are dead once it has run: read for the last time there, or made
+    there and never read. Graph outputs never die. Deleting them (as torch.fx's generated code
+    does) frees each activation as soon as it can go; a flat `forward` would otherwise hold every
+    intermediate until it returns (all of ResNet-50's activations at once)."""
+    last: dict[str, int] = {}
+    for i, node in enumerate(graph.nodes):
+        for v in (*node.outputs, *node.inputs):
+            last[v] = i
+    keep = {p.value for p in graph.outputs}
+    dead: list[list[str]] = [[] for _ in graph.nodes]
+    for v, i in last.items():
+        if v not in keep:
+            dead[i].append(v)
+    return dead
+
+
+def overwrites(graph: Graph) -> set[int]:
+    """The nodes that may overwrite their first input, as timm's ResNet does (`relu(inplace=True)`,
+    `x += shortcut`): that input is made by a `fresh` op (a new tensor its backward never reads),
+    read by this node alone (so nothing saved it for backward and nothing views it), not returned,
+    and of the output's dtype and shape (no broadcast, no promotion). Same values, one buffer less:
+    ResNet-50 at batch 8 ran 6-10% slower without it."""
+    made_by = {v: node for node in graph.nodes for v in node.outputs}
+    reads = Counter(v for node in graph.nodes for v in node.inputs)
+    returned = {p.value for p in graph.outputs}
+    out = set()
+    for i, node in enumerate(graph.nodes):
+        if not node.inputs or len(node.outputs) != 1:
+            continue
+        v = node.inputs[0]
+        src = made_by.get(v)
+        if src is None or not registry.get(src.op).fresh or reads[v] != 1 or v in returned:
+            continue
+        t, o = graph.values[v], graph.values[node.outputs[0]]
+        if t.dtype == o.dtype and t.sizes == o.sizes:
+            out.add(i)
+    return out
+
+
 def _forward_lines(root: ModuleEntry, graph: Graph, names: dict[str, str], labels: dict[str, str]) -> list[str]:
     tensors = {t.decl.name: t.expr for m in root.walk() for t in m.tensors}
+    inplace = overwrites(graph)
     lines = []
-    for node in graph.nodes:
-        expr = expression(node, graph, [names[v] for v in node.inputs],
-                          {role: tensors[p] for role, p in node.params.items()})
+    for i, (node, dead) in enumerate(zip(graph.nodes, last_uses(graph))):
+        ins, params = [names[v] for v in node.inputs], {role: tensors[p] for role, p in node.params.items()}
+        op = registry.get(node.op)
+        types = [graph.values[v] for v in node.inputs]
+        expr = op.torch_inplace_expr(op.make_attrs(node.attrs), ins, params, types) if i in inplace else None
+        expr = expr or expression(node, graph, ins, params)
         outs = [names[v] for v in node.outputs]
         lhs = ", ".join(outs) if len(outs) > 1 else f"({outs[0]},)" if node.op in TUPLE_OPS else outs[0]
         lines.append(f"{lhs} = {expr}{_where(node.span, labels)}")
+        if dead:
+            lines.append(f"del {', '.join(names[v] for v in dead)}")
     return lines
 
 
@@ -123,4 +170,5 @@ def emit_python(graph: Graph) -> str:
     )
 
 
-__all__ = ["FILE_GLOBALS", "TUPLE_OPS", "class_name", "emit_python", "expression", "source_labels"]
+__all__ = ["FILE_GLOBALS", "TUPLE_OPS", "class_name", "emit_python", "expression", "last_uses", "overwrites",
+           "source_labels"]

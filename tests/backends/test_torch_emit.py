@@ -144,11 +144,16 @@ def test_forward_is_one_line_per_node_with_names_that_never_shadow(path: Path) -
     assert imports <= {"torch", "torch.nn.functional", "nn"}, imports  # needs only torch
     fwd = _forward(tree)
     *body, ret = fwd.body
+    deleted = [t.id for stmt in body if isinstance(stmt, ast.Delete) for t in stmt.targets]  # type: ignore[attr-defined]
+    body = [stmt for stmt in body if not isinstance(stmt, ast.Delete)]
     assert isinstance(ret, ast.Return) and len(body) == len(graph.nodes)
     assigned = [t.id for stmt in body for t in ast.walk(stmt.targets[0]) if isinstance(t, ast.Name)]  # type: ignore[attr-defined]
     args = [a.arg for a in fwd.args.args[1:]]
     assert len(set(assigned + args)) == len(assigned) + len(args), "a name is assigned twice"
     assert not set(assigned) & RESERVED
+    # every value but the returned ones is freed once, right after its last use
+    returned = {n.id for n in ast.walk(ret) if isinstance(n, ast.Name)}
+    assert sorted(deleted) == sorted(set(assigned + args) - returned)
     lines = text.splitlines()
     for stmt, node in zip(body, graph.nodes):
         assert node.span is not None
@@ -188,3 +193,51 @@ def test_the_emitted_file_is_what_runs_in_memory() -> None:
     import linecache
 
     assert "".join(linecache.getlines(str(source))) == emit_python(graph)
+
+
+# ---- freeing and overwriting intermediates -------------------------------------------------------
+RESIDUAL = """axis B, C, H, W
+model Res (x: [B, 8, H, W]) -> [B, 8, H, W] {
+    y = x >> conv2d(8, kernel=3, padding=1, bias=false) >> batchnorm() >> relu
+    z = y >> conv2d(8, kernel=3, padding=1, bias=false) >> batchnorm()
+    return relu(z + y)
+}"""
+
+
+def test_single_use_fresh_values_are_overwritten_in_place(tmp_path: Path) -> None:
+    """relu after batchnorm and `z + y` with z read once become in-place, as in timm's ResNet;
+    the model input and y (read twice, saved by the conv for backward) are never overwritten.
+    Outputs and gradients match the fx module, which spells every op out of place."""
+    from backend_harness import three_ways
+
+    graph = spec_graph(RESIDUAL)
+    forward = ast.unparse(_forward(ast.parse(emit_python(graph))))
+    assert forward.count("inplace=True") == 2 and forward.count(".add_(") == 1, forward
+    assert "F.relu(x" not in forward and "x.add_" not in forward
+    models = three_ways(graph, tmp_path)
+    for m in models.values():
+        m.train()
+    x = torch.randn(2, 8, 6, 6)
+    outs, grads = {}, {}
+    for name, m in models.items():
+        xi = x.clone().requires_grad_(True)
+        outs[name] = m(xi)
+        outs[name].square().sum().backward()  # in training mode: autograd would object to a bad overwrite
+        grads[name] = [xi.grad] + [p.grad for p in m.parameters()]
+    for name in ("module", "file"):
+        assert torch.equal(outs[name], outs["fx"])
+        for g, want in zip(grads[name], grads["fx"]):
+            torch.testing.assert_close(g, want, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("spec", "why"), [
+    ("axis B\nmodel M (x: [B, 8]) -> [B, 8] { return relu(x) }", "a model input"),
+    ("axis B\nmodel M (x: [B, 8]) -> [B, 8] { y = linear(x, 8)\n return relu(y) + y }", "read twice"),
+    ("axis B\nmodel M (x: [B, 8]) -> [B, 8] { return relu(identity(linear(x, 8))) }", "an alias"),
+    ("axis B\nmodel M (x: [B, 8]) -> [B, 8] { return relu(dropout(linear(x, 8), p=0.1)) }", "maybe an alias"),
+    ("axis B\nmodel M (x: [B, 8]) -> [B, 8] { y = sigmoid(linear(x, 8))\n return relu(y) }", "saved by backward"),
+    ("axis B\nmodel M (x: [B, 8]) -> [B, 8] { return linear(x, 1) + x }", "broadcast to the output"),
+])
+def test_values_that_must_survive_are_not_overwritten(spec: str, why: str) -> None:
+    forward = ast.unparse(_forward(ast.parse(emit_python(spec_graph(spec)))))
+    assert "inplace=True" not in forward and ".add_(" not in forward, why

@@ -126,33 +126,59 @@ class GPT(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         wte = F.embedding(tokens, self.wte.weight)  # gpt_tiny.arch:33
         wpe = self.wpe.weight[:tokens.shape[-1]]  # gpt_tiny.arch:33
+        del tokens
         add = (wte + wpe)  # gpt_tiny.arch:33
+        del wte, wpe
         h_0_ln_1 = F.layer_norm(add, (64,), self.h[0].ln_1.weight, self.h[0].ln_1.bias, 1e-05)  # gpt_tiny.arch:25
         h_0_attn_qkv = F.linear(h_0_ln_1, self.h[0].attn.qkv.weight, self.h[0].attn.qkv.bias)  # gpt_tiny.arch:15
+        del h_0_ln_1
         h_0_attn_rearrange = h_0_attn_qkv.reshape(h_0_attn_qkv.shape[0], h_0_attn_qkv.shape[1], 3, 4, 16).permute(2, 0, 3, 1, 4)  # gpt_tiny.arch:15
+        del h_0_attn_qkv
         h_0_attn_unbind_0, h_0_attn_unbind_1, h_0_attn_unbind_2 = torch.unbind(h_0_attn_rearrange, dim=0)  # gpt_tiny.arch:15
+        del h_0_attn_rearrange
         h_0_attn_attention = F.scaled_dot_product_attention(h_0_attn_unbind_0, h_0_attn_unbind_1, h_0_attn_unbind_2, is_causal=True)  # gpt_tiny.arch:16
+        del h_0_attn_unbind_0, h_0_attn_unbind_1, h_0_attn_unbind_2
         h_0_attn_rearrange_1 = h_0_attn_attention.permute(0, 2, 1, 3).reshape(h_0_attn_attention.shape[0], h_0_attn_attention.shape[2], 4 * 16)  # gpt_tiny.arch:17
+        del h_0_attn_attention
         h_0_attn_proj = F.linear(h_0_attn_rearrange_1, self.h[0].attn.proj.weight, self.h[0].attn.proj.bias)  # gpt_tiny.arch:17
+        del h_0_attn_rearrange_1
         h_0_add = (add + h_0_attn_proj)  # gpt_tiny.arch:25
+        del add, h_0_attn_proj
         h_0_ln_2 = F.layer_norm(h_0_add, (64,), self.h[0].ln_2.weight, self.h[0].ln_2.bias, 1e-05)  # gpt_tiny.arch:26
         h_0_mlp_fc1 = F.linear(h_0_ln_2, self.h[0].mlp.fc1.weight, self.h[0].mlp.fc1.bias)  # gpt_tiny.arch:7
+        del h_0_ln_2
         h_0_mlp_gelu = F.gelu(h_0_mlp_fc1, approximate='none')  # gpt_tiny.arch:7
+        del h_0_mlp_fc1
         h_0_mlp_fc2 = F.linear(h_0_mlp_gelu, self.h[0].mlp.fc2.weight, self.h[0].mlp.fc2.bias)  # gpt_tiny.arch:7
+        del h_0_mlp_gelu
         h_0_add_1 = (h_0_add + h_0_mlp_fc2)  # gpt_tiny.arch:26
+        del h_0_add, h_0_mlp_fc2
         h_1_ln_1 = F.layer_norm(h_0_add_1, (64,), self.h[1].ln_1.weight, self.h[1].ln_1.bias, 1e-05)  # gpt_tiny.arch:25
         h_1_attn_qkv = F.linear(h_1_ln_1, self.h[1].attn.qkv.weight, self.h[1].attn.qkv.bias)  # gpt_tiny.arch:15
+        del h_1_ln_1
         h_1_attn_rearrange = h_1_attn_qkv.reshape(h_1_attn_qkv.shape[0], h_1_attn_qkv.shape[1], 3, 4, 16).permute(2, 0, 3, 1, 4)  # gpt_tiny.arch:15
+        del h_1_attn_qkv
         h_1_attn_unbind_0, h_1_attn_unbind_1, h_1_attn_unbind_2 = torch.unbind(h_1_attn_rearrange, dim=0)  # gpt_tiny.arch:15
+        del h_1_attn_rearrange
         h_1_attn_attention = F.scaled_dot_product_attention(h_1_attn_unbind_0, h_1_attn_unbind_1, h_1_attn_unbind_2, is_causal=True)  # gpt_tiny.arch:16
+        del h_1_attn_unbind_0, h_1_attn_unbind_1, h_1_attn_unbind_2
         h_1_attn_rearrange_1 = h_1_attn_attention.permute(0, 2, 1, 3).reshape(h_1_attn_attention.shape[0], h_1_attn_attention.shape[2], 4 * 16)  # gpt_tiny.arch:17
+        del h_1_attn_attention
         h_1_attn_proj = F.linear(h_1_attn_rearrange_1, self.h[1].attn.proj.weight, self.h[1].attn.proj.bias)  # gpt_tiny.arch:17
+        del h_1_attn_rearrange_1
         h_1_add = (h_0_add_1 + h_1_attn_proj)  # gpt_tiny.arch:25
+        del h_0_add_1, h_1_attn_proj
         h_1_ln_2 = F.layer_norm(h_1_add, (64,), self.h[1].ln_2.weight, self.h[1].ln_2.bias, 1e-05)  # gpt_tiny.arch:26
         h_1_mlp_fc1 = F.linear(h_1_ln_2, self.h[1].mlp.fc1.weight, self.h[1].mlp.fc1.bias)  # gpt_tiny.arch:7
+        del h_1_ln_2
         h_1_mlp_gelu = F.gelu(h_1_mlp_fc1, approximate='none')  # gpt_tiny.arch:7
+        del h_1_mlp_fc1
         h_1_mlp_fc2 = F.linear(h_1_mlp_gelu, self.h[1].mlp.fc2.weight, self.h[1].mlp.fc2.bias)  # gpt_tiny.arch:7
+        del h_1_mlp_gelu
         h_1_add_1 = (h_1_add + h_1_mlp_fc2)  # gpt_tiny.arch:26
+        del h_1_add, h_1_mlp_fc2
         ln_f = F.layer_norm(h_1_add_1, (64,), self.ln_f.weight, self.ln_f.bias, 1e-05)  # gpt_tiny.arch:36
+        del h_1_add_1
         linear = F.linear(ln_f, self.linear.weight, None)  # gpt_tiny.arch:36
+        del ln_f
         return linear
