@@ -152,8 +152,9 @@ class Einsum(Op):
             for (n,), d in zip(side.groups, t.shape):
                 if d.name and n not in labels:
                     labels[n] = d.name
-        return [TensorType(dtype=ins[0].dtype, shape=tuple(Dim(size=sizes[g[0]], name=labels.get(g[0], g[0]))
-                                                           for g in out.groups))]
+        return [TensorType(dtype=ins[0].dtype, shape=tuple(
+            Dim(size=sizes[g[0]], name=labels.get(g[0], None if g[0].startswith("_") else g[0]))
+            for g in out.groups))]
 
     def flops(self, a: Any, ins: list[TensorType], outs: list[TensorType]) -> Size:
         _, out, sizes = self._parse(a, ins)
