@@ -89,16 +89,41 @@ def torch_lines(ctx: Context, region: Region) -> list[str]:
 
 def forward_lines(ctx: Context, calls: dict[int, Call]) -> list[str]:
     lines = []
+    dead_after = region_last_uses(ctx)
     for region in ctx.part.regions:
         call = calls.get(region.index)
         if call is None:
             lines.extend(torch_lines(ctx, region))
-            continue
-        outs = ", ".join(ctx.names[v] for v in call.outputs)
-        args = ", ".join(expr for _, expr in call.args)
-        first = ctx.graph.nodes[region.nodes[0]]
-        lines.append(f"{outs}, = K.{region.name}({args})  # {where(ctx, region.nodes[0])} {first.scope}".rstrip())
+        else:
+            outs = ", ".join(ctx.names[v] for v in call.outputs)
+            args = ", ".join(expr for _, expr in call.args)
+            first = ctx.graph.nodes[region.nodes[0]]
+            lines.append(f"{outs}, = K.{region.name}({args})  # {where(ctx, region.nodes[0])} {first.scope}".rstrip())
+        dead = [ctx.names[v] for v in dead_after.get(region.index, [])]
+        if dead:  # free each activation after the region that reads it last, as the torch target does
+            lines.append(f"del {', '.join(dead)}")
     return lines
+
+
+def region_last_uses(ctx: Context) -> dict[int, list[str]]:
+    """Per region, the named values read (or made) for the last time there. Values a fused region
+    keeps inside its kernel have no name in `forward` and are never listed; outputs never die."""
+    owner = {i: region.index for region in ctx.part.regions for i in region.nodes}
+    made_in = {v: owner[i] for i, node in enumerate(ctx.graph.nodes) for v in node.outputs}
+    last: dict[str, int] = {p.value: -1 for p in ctx.graph.inputs}
+    order = [region.index for region in ctx.part.regions]
+    rank = {r: k for k, r in enumerate(order)}
+    for i, node in enumerate(ctx.graph.nodes):
+        r = owner[i]
+        for v in node.inputs:
+            if made_in.get(v) != r:  # read from outside this region: it has a name in forward
+                last[v] = max(last.get(v, -1), rank[r])
+    keep = {p.value for p in ctx.graph.outputs}
+    dead: dict[int, list[str]] = {}
+    for v, k in last.items():
+        if v not in keep and k >= 0:
+            dead.setdefault(order[k], []).append(v)
+    return dead
 
 
 def explain(ctx: Context, calls: dict[int, Call]) -> list[str]:
