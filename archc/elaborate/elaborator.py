@@ -7,13 +7,14 @@ a spec that would unroll past `Limits` fails with an error at the statement that
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 from archc.elaborate import connect as C
+from archc.elaborate.builtins import NAMES, call_builtin
+from archc.elaborate.consteval import ConstError, is_num, numeric, plain
 from archc.elaborate.loader import LazyLet, Loader, ModuleEnv
 from archc.elaborate.unify import Pattern
 from archc.elaborate.values import (CALLABLES, BlockFn, BlockTemplate, Builtin, Callable, Frame,
@@ -26,10 +27,10 @@ from archc.ir.graph import AnnotationIR, Graph, Node, ParamDecl, Port, ScopeInfo
 from archc.ir.types import TensorType
 from archc.ops import registry
 from archc.ops.registry import Op, OpError
-from archc.sizes import MAX_INT, Size, SizeError
+from archc.sizes import Size, SizeError
 
 PARAM_TYPES = ("int", "float", "bool", "str", "fn", "block", "axis", "list", "connection")
-BUILTINS = ("range", "len", "min", "max", "int", "float", "shape", "sequential") + tuple(C.SPECS)
+BUILTINS = NAMES
 ANNOTATIONS = ("scope", "no_fuse", "sparse", "deploy", "name", "fused")  # fused: set by mark_epilogues
 
 
@@ -511,11 +512,11 @@ class Elaborator:
         if isinstance(a, Tensor) or isinstance(b, Tensor):
             return self.tensor_binop(e, a, b, frame)
         if e.op in ("==", "!="):
-            eq = _plain(a) == _plain(b)
+            eq = plain(a) == plain(b)
             return eq if e.op == "==" else not eq
         if e.op in ("<", "<=", ">", ">="):
-            a, b = _plain(a), _plain(b)
-            if not _is_num(a) or not _is_num(b):
+            a, b = plain(a), plain(b)
+            if not is_num(a) or not is_num(b):
                 raise ArchError(f"cannot compare {describe(a)} and {describe(b)}", e.span)
             return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[e.op]
         return self.arith(e, a, b)
@@ -531,24 +532,15 @@ class Elaborator:
                 raise ArchError("list is too long", e.span)
             self.tick(e.span, len(a) + len(b))
             return a + b
-        if not (_is_num(a) or isinstance(a, Size)) or not (_is_num(b) or isinstance(b, Size)):
+        if not (is_num(a) or isinstance(a, Size)) or not (is_num(b) or isinstance(b, Size)):
             raise ArchError(f"cannot apply '{e.op}' to {describe(a)} and {describe(b)}", e.span)
         try:
-            if isinstance(a, Size) or isinstance(b, Size):
-                if isinstance(a, float) or isinstance(b, float):
-                    raise ArchError(f"cannot mix the symbolic size '{a if isinstance(a, Size) else b}' "
-                                    "with a float", e.span)
-                out = _size_op(e.op, Size.of(a), Size.of(b))
-                return out.value if out.is_const and out.terms.get((), 0) == int(out.terms.get((), 0)) and \
-                    out.is_const else out
-            if isinstance(a, int) and isinstance(b, int):
-                return _int_op(e.op, a, b)
-            return _float_op(e.op, float(a), float(b))
+            return numeric(e.op, a, b)
         except SizeError as err:
             raise ArchError(str(err), e.span) from None
         except ZeroDivisionError:
             raise ArchError("division by zero", e.span) from None
-        except _IntError as err:
+        except ConstError as err:
             raise ArchError(str(err), e.span) from None
         except OverflowError:  # an int too large to become a float
             raise ArchError(f"a number in '{e.op}' is too large", e.span) from None
@@ -750,76 +742,14 @@ class Elaborator:
     def check_attrs(self, op: Op, attrs: dict[str, Any], span: Span, arg_spans: dict[str, Span] | None = None) -> None:
         """Validate an op's arguments once all are given; an error points at the argument at fault."""
         try:
-            op.make_attrs({k: _plain(v) for k, v in attrs.items()}, strict=True) if _all_given(op, attrs) else None
+            op.make_attrs({k: plain(v) for k, v in attrs.items()}, strict=True) if _all_given(op, attrs) else None
         except OpError as err:
             spans = arg_spans or {}
             at = next((spans[w] for w in reversed(err.where) if w in spans), span)
             raise ArchError(err.message, at, err.hint) from None
 
     def builtin(self, name: str, args: list[Any], kwargs: dict[str, Any], frame: Frame, e: A.Call) -> Any:
-        kwargs_all = kwargs
-        if name in C.SPECS and not (name == "residual" and args):
-            kwargs = {}
-        if kwargs:
-            raise ArchError(f"{name}() takes no keyword arguments", e.span)
-        nums = [_plain(a) for a in args]
-        if name == "range":
-            if not 1 <= len(nums) <= 3 or not all(isinstance(n, int) and not isinstance(n, bool) for n in nums):
-                raise ArchError("range() takes one to three ints", e.span)
-            try:
-                r = range(*nums)
-                count = len(r)
-            except ValueError:
-                raise ArchError("range() step must not be zero", e.span) from None
-            except OverflowError:  # more items than a machine word counts
-                raise ArchError(f"range() of more than {self.limits.max_steps} items exceeds the expansion limit",
-                                e.span) from None
-            if count > self.limits.max_steps:
-                raise ArchError(f"range() of {count} items exceeds the expansion limit", e.span)
-            self.tick(e.span, count)  # a list costs a step an item, so lists cannot fill the memory
-            return tuple(r)
-        if name == "len":
-            if len(args) != 1 or not isinstance(args[0], tuple):
-                raise ArchError("len() takes one list", e.span)
-            return len(args[0])
-        if name in ("min", "max"):
-            if not nums or not all(_is_num(n) for n in nums):
-                raise ArchError(f"{name}() takes numbers", e.span)
-            return (min if name == "min" else max)(nums)
-        if name in ("int", "float"):
-            if len(nums) != 1 or not _is_num(nums[0]):
-                raise ArchError(f"{name}() takes one number", e.span)
-            try:
-                return int(nums[0]) if name == "int" else float(nums[0])
-            except (OverflowError, ValueError):
-                raise ArchError(f"{name}() of {nums[0]} is out of range", e.span) from None
-        if name == "sequential":
-            stages = [self.as_callable(a, e.span) for a in args]
-            if not stages or any(st is None for st in stages):
-                raise ArchError("sequential() takes callables: sequential(conv2d(64, 1), batchnorm)", e.span)
-            return PipeFn(tuple(stages), None, e.span, numbered=True)  # type: ignore[arg-type]
-        if name == "shape":
-            if len(args) != 2 or not isinstance(args[0], Tensor) or not isinstance(nums[1], int):
-                raise ArchError("shape() takes a tensor and an axis index", e.span)
-            t = args[0].type
-            if not -t.rank <= nums[1] < t.rank:
-                raise ArchError(f"axis {nums[1]} is out of range for {t}", e.span)
-            s = t.sizes[nums[1]]
-            return s.value if s.is_const else s
-        if name in C.SPECS and not (name == "residual" and args):
-            return C.make_policy(name, args, kwargs_all, e.span)
-        if name == "residual":
-            fn = self.as_callable(args[-1], e.span) if args else None
-            if fn is None or not 1 <= len(args) <= 2:
-                raise ArchError("residual() takes a callable, optionally after its tensor input: "
-                                "residual(x, f) or residual(f)", e.span)
-            res = ResidualFn(fn, None, e.span)
-            if len(args) == 2:
-                if not isinstance(args[0], Tensor):
-                    raise ArchError(f"residual(x, f) needs a tensor x, got {describe(args[0])}", e.span)
-                return self.apply(res, [args[0]], frame, e.span)
-            return res
-        raise AssertionError(name)
+        return call_builtin(self, name, args, kwargs, frame, e)
 
     # ==== application =============================================================================
     def apply(self, fn: Callable, inputs: list[Tensor], frame: Frame, span: Span | None,
@@ -1044,7 +974,7 @@ class Elaborator:
             raise ArchError(f"{op.name}() takes {want} tensor input{'s' if want != '1' else ''}, got {n}",
                             span or fn.span)
         try:
-            attrs = op.make_attrs({k: _plain(v) for k, v in fn.kwargs.items()}, strict=True)
+            attrs = op.make_attrs({k: plain(v) for k, v in fn.kwargs.items()}, strict=True)
             types = [t.type for t in ins]
             outs = op.infer(attrs, types)
             specs = op.params(attrs, types)
@@ -1104,22 +1034,8 @@ class Elaborator:
 
 
 # ==== helpers =====================================================================================
-class _IntError(Exception):
-    pass
-
-
 def _raise(err: Exception) -> Any:
     raise err
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, Size) and v.is_const:
-        return v.value
-    if isinstance(v, tuple):
-        return tuple(_plain(x) for x in v)
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
 
 
 def _check_same(first: Tensor, out: Tensor, policy: Any, span: Span | None) -> None:
@@ -1145,76 +1061,9 @@ def _is_expr(v: Any) -> bool:
     return type(v).__module__ == A.__name__ and hasattr(v, "span")
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _all_given(op: Op, attrs: dict[str, Any]) -> bool:
     required = [n for n, f in op.Attrs.model_fields.items() if f.is_required()]
     return all(n in attrs for n in required)
-
-
-def _int_op(op: str, a: int, b: int) -> int | float:
-    if op == "+":
-        out = a + b
-    elif op == "-":
-        out = a - b
-    elif op == "*":
-        out = a * b
-    elif op == "/":
-        if b == 0:
-            raise ZeroDivisionError
-        if a % b:
-            raise _IntError(f"{a} / {b} is not a whole number (use // to round down, or a float)")
-        out = a // b
-    elif op == "//":
-        out = a // b
-    elif op == "%":
-        out = a % b
-    elif op == "**":
-        if b < 0:
-            return float(a) ** b
-        if a not in (0, 1, -1) and b * math.log2(abs(a)) > 62:
-            raise _IntError(f"{a} ** {b} is too large")
-        out = a ** b
-    else:
-        raise AssertionError(op)
-    if abs(out) > MAX_INT:
-        raise _IntError(f"integer {'overflow' if abs(out) > MAX_INT else ''} in {a} {op} {b}")
-    return out
-
-
-def _float_op(op: str, a: float, b: float) -> float:
-    try:
-        if op == "%":
-            out = a % b
-        elif op == "//":
-            out = float(a // b)
-        elif op == "**":
-            out = a ** b
-        else:
-            out = {"+": a + b, "-": a - b, "*": a * b}[op] if op != "/" else a / b
-    except OverflowError:
-        raise _IntError(f"float overflow in {a} {op} {b}") from None
-    if isinstance(out, complex):  # (-8.0) ** 0.5
-        raise _IntError(f"{a} ** {b} is not a real number")
-    if not math.isfinite(out):
-        raise _IntError(f"float overflow in {a} {op} {b}")
-    return out
-
-
-def _size_op(op: str, a: Size, b: Size) -> Size:
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    if op == "/":
-        return a / b
-    if op == "//":
-        return a // b
-    raise SizeError(f"'{op}' is not defined on symbolic sizes")
 
 
 def _jsonable(v: Any) -> Any:
