@@ -23,7 +23,7 @@ from pathlib import Path
 from archc.backends.kernels import expr
 from archc.backends.kernels.module import Call, Context, context, explain, forward_lines, header, template
 from archc.backends.kernels.partition import Region, partition
-from archc.backends.kernels.plan import KernelPlan, Operand, plan, var
+from archc.backends.kernels.plan import KernelPlan, Operand, plan, prepare_operands, var
 from archc.backends.torch.emit import _signature, emit_python
 from archc.ir.graph import Graph
 from archc.ops import registry
@@ -96,16 +96,7 @@ def _prepare(loads: list[Operand], stores: list[str]) -> list[str]:
     lines = [f"shape = {full.var}.shape" if full is not None else
              f"shape = torch.broadcast_shapes({', '.join(op.var + '.shape' for op in values)})",
              f"ref = {ref}"]
-    for op in loads:
-        if op.gather:
-            lines.append(f"{op.var} = {op.var}.to(ref.dtype).expand(shape).contiguous()")
-            continue
-        lines.append(f"{op.var} = {op.var}.to(ref.dtype).contiguous()")
-        if op.axes is not None and not op.scalar:
-            lines.append(f"{op.var}_inner, {op.var}_size = bcast(shape, {op.axes[0]}, {op.axes[1]})")
-    for v in stores:
-        lines.append(f"{var(v)} = torch.empty(shape, device=ref.device, dtype=ref.dtype)")
-    return lines
+    return lines + prepare_operands(loads, stores, "ref", "bcast", cast=True)
 
 
 def _body(stmts: list) -> list[str]:

@@ -176,3 +176,21 @@ def _bind_scalar_operand(node: Node, text: str) -> str:
 
 
 __all__ = ["KernelPlan", "Operand", "Stmt", "plan", "var"]
+
+
+def prepare_operands(loads: list[Operand], stores: list[str], ref: str, bcast: str, cast: bool) -> list[str]:
+    """The Python lines before a kernel launch: operands made contiguous (and broadcast where the
+    kernel gathers), their broadcast strides, and the empty outputs. `cast` converts each operand
+    to the reference dtype first (the CUDA kernels take one dtype); `bcast` is the helper's name."""
+    to = ".to(ref.dtype)" if cast else ""
+    lines = []
+    for op in loads:
+        if op.gather:
+            lines.append(f"{op.var} = {op.var}{to}.expand(shape).contiguous()")
+            continue
+        lines.append(f"{op.var} = {op.var}{to}.contiguous()")
+        if op.axes is not None and not op.scalar:
+            lines.append(f"{op.var}_inner, {op.var}_size = {bcast}(shape, {op.axes[0]}, {op.axes[1]})")
+    for v in stores:
+        lines.append(f"{var(v)} = torch.empty(shape, device={ref}.device, dtype={ref}.dtype)")
+    return lines

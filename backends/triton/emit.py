@@ -23,7 +23,7 @@ from pathlib import Path
 from archc.backends.kernels import expr
 from archc.backends.kernels.module import Call, Context, context, explain, forward_lines, header, template
 from archc.backends.kernels.partition import Region, partition
-from archc.backends.kernels.plan import KernelPlan, Operand, plan, var
+from archc.backends.kernels.plan import KernelPlan, Operand, plan, prepare_operands, var
 from archc.backends.torch.emit import _signature, emit_python, expression
 from archc.ir.graph import Graph
 from archc.ops import registry
@@ -81,17 +81,7 @@ def _kernel_args(loads: list[Operand], stores: list[str], rank: int, gemm: bool 
 
 
 def _prepare(loads: list[Operand], stores: list[str], shape_line: str, ref: str) -> list[str]:
-    lines = [shape_line]
-    for op in loads:
-        if op.gather:
-            lines.append(f"{op.var} = {op.var}.expand(shape).contiguous()")
-            continue
-        lines.append(f"{op.var} = {op.var}.contiguous()")
-        if op.axes is not None and not op.scalar:
-            lines.append(f"{op.var}_inner, {op.var}_size = rt.bcast(shape, {op.axes[0]}, {op.axes[1]})")
-    for v in stores:
-        lines.append(f"{var(v)} = torch.empty(shape, device={ref}.device, dtype={ref}.dtype)")
-    return lines
+    return [shape_line] + prepare_operands(loads, stores, ref, "rt.bcast", cast=False)
 
 
 def _shape_line(loads: list[Operand]) -> tuple[str, str]:
