@@ -1,0 +1,82 @@
+"""ONNX: the torch target exported with `torch.onnx` (its TorchScript exporter), then checked
+with onnxruntime. Every symbolic axis of an input or output (`B`, `T`) becomes a dynamic axis
+with the same name, so one file serves every batch size and sequence length."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+from archc.errors import ArchError
+from archc.ir.graph import Graph
+
+OPSET = 17
+
+
+def _dynamic_axes(graph: Graph) -> dict[str, dict[int, str]]:
+    ports = list(graph.inputs) + list(graph.outputs)
+    return {p.name: {i: str(s) for i, s in enumerate(p.type.sizes) if not s.is_const} for p in ports}
+
+
+def _register_symbolics() -> None:
+    """ONNX spellings for the aten ops the TorchScript exporter lacks (at every opset)."""
+    import torch
+    from torch.onnx import register_custom_op_symbolic
+
+    def rms_norm(g: Any, x: Any, shape: Any, weight: Any, eps: Any) -> Any:
+        # x / sqrt(mean(x^2, last axis) + eps) * weight; archc's rmsnorm normalizes the last axis
+        eps_value = eps.node().t("value").item() if eps.node().kind() == "onnx::Constant" else 1e-6
+        if eps_value != eps_value:  # None in the graph: torch's default, the dtype's epsilon
+            eps_value = float(torch.finfo(torch.float32).eps)
+        square = g.op("Mul", x, x)
+        mean = g.op("ReduceMean", square, axes_i=[-1], keepdims_i=1)
+        denom = g.op("Sqrt", g.op("Add", mean, g.op("Constant", value_t=torch.tensor(eps_value))))
+        out = g.op("Div", x, denom)
+        if weight.node().mustBeNone():
+            return out
+        return g.op("Mul", out, weight)
+
+    register_custom_op_symbolic("aten::rms_norm", rms_norm, OPSET)
+
+
+def export_onnx(graph: Graph, module: Any = None, opset: int = OPSET) -> bytes:
+    """The model (a fresh torch-target module, or `module` with its weights) as ONNX bytes."""
+    import torch
+
+    from archc.backends.torch import build_module
+    from archc.backends.torch.inputs import example_inputs
+
+    _register_symbolics()
+    module = (module if module is not None else build_module(graph)).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's notes on traced shapes and deprecations
+        torch.onnx.export(module, example_inputs(graph), buffer, dynamo=False, opset_version=opset,
+                          input_names=[p.name for p in graph.inputs],
+                          output_names=[p.name for p in graph.outputs],
+                          dynamic_axes=_dynamic_axes(graph))
+    return buffer.getvalue()
+
+
+def max_diff(graph: Graph, module: Any, data: bytes, sizes: dict[str, int] | None = None) -> float:
+    """Run the ONNX file with onnxruntime and `module` on the same random inputs (by default at
+    other sizes than the export's, which exercises the dynamic axes): the max abs difference."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ArchError("checking an ONNX file needs onnxruntime: pip install onnxruntime") from None
+    import torch
+
+    from archc.backends.torch.inputs import example_inputs
+
+    inputs = example_inputs(graph, sizes or {"B": 3, "T": 9}, seed=1)
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = session.run(None, {p.name: t.numpy() for p, t in zip(graph.inputs, inputs)})
+    with torch.no_grad():
+        want = module.eval()(*inputs)
+    want = want if isinstance(want, tuple) else (want,)
+    return max(float((torch.from_numpy(g) - w).abs().max()) for g, w in zip(got, want))
+
+
+__all__ = ["export_onnx", "max_diff"]
