@@ -84,8 +84,7 @@ def tied_uses(graph: Graph) -> set[int]:
     owners: set[str] = set()
     out: set[int] = set()
     for i, node in enumerate(graph.nodes):
-        owners_of_params = {name[: -len(role) - 1] if role else name for role, name in node.params.items()}
-        if node.params and owners_of_params != {node.scope}:  # `tied=`: another instance's weights
+        if node.params and node.param_owners() != {node.scope}:  # `tied=`: another instance's weights
             out.add(i)
             continue
         info = graph.scopes.get(node.scope)

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from archc.elaborate.values import Callable, OpFn, PipeFn, Tensor, describe
+from archc.elaborate.values import Callable, OpFn, PipeFn, Tensor, describe, join_scope
 from archc.errors import ArchError, Span
 from archc.ir.types import TensorType
 
@@ -170,17 +170,17 @@ class Connector:
             y = self.apply(rest, x, prefix) if rest is not None else x
             return self.apply(norm, self.op("add", [x, y]), prefix)
         if name == "hyper":
-            path = _join(scope, f"hc{k}")
+            path = join_scope(scope, f"hc{k}")
             return self.scoped(path, p).hyper(ctx, x, fn, prefix, path)
         if name == "frac":
-            path = _join(scope, f"frac{k}")
+            path = join_scope(scope, f"frac{k}")
             return self.scoped(path, p).frac(ctx, x, fn, prefix, path)
         y = self.apply(fn, x, prefix)
         _same_shape(x, y, self.span)
         if name == "residual":
             return self.op("add", [x, y])
         if name == "rezero":
-            path = _join(scope, "resweight")
+            path = join_scope(scope, "resweight")
             if scope not in ctx.cache:
                 self.el.record_scope(path, p.name, dict(p.args), p.span)
             alpha = ctx.cache.get(scope) or self.param(path, [], "zeros")
@@ -188,12 +188,12 @@ class Connector:
             inner = Connector(self.el, replace(self.frame, scope=path), self.span)
             return inner.op("add", [x, inner.op("mul", [y, alpha])])
         if name == "layerscale":
-            path = _join(scope, f"ls{k}")
+            path = join_scope(scope, f"ls{k}")
             inner = self.scoped(path, p)
             gamma = inner.param(f"{path}.gamma", [x.type.sizes[-1].value], f"const({p.args['init']})")
             return inner.op("add", [x, inner.op("mul", [y, gamma])])
         if name == "laurel":
-            path = _join(scope, f"laurel{k}")
+            path = join_scope(scope, f"laurel{k}")
             return self.scoped(path, p).laurel(ctx, x, y, path)
         raise AssertionError(name)
 
@@ -290,7 +290,7 @@ class Connector:
     def enter(self, ctx: Context, x: Tensor) -> Tensor:
         if ctx.policy.name != "hyper":
             return x
-        self = self.scoped(_join(ctx.stack_scope, "streams"), ctx.policy)  # expansion and reduction
+        self = self.scoped(join_scope(ctx.stack_scope, "streams"), ctx.policy)  # expansion and reduction
         n = ctx.policy.args["n"]
         one = self.op("rearrange", [x], pattern=f"{_axes(x.type.rank)} -> 1 {_axes(x.type.rank)}")
         h = self.op("concat", [one] * n, dim=0)
@@ -298,7 +298,7 @@ class Connector:
 
     def exit(self, ctx: Context, x: Tensor) -> Tensor:
         if isinstance(x, StreamState):
-            self = self.scoped(_join(ctx.stack_scope, "streams"), ctx.policy)
+            self = self.scoped(join_scope(ctx.stack_scope, "streams"), ctx.policy)
             rank = x.state.type.rank - 1
             return self.op("einsum", [x.state], equation=f"_s {_axes(rank)} -> {_axes(rank)}")
         return x
@@ -312,8 +312,8 @@ class Connector:
         chosen = [outputs[j] for j in range(i + 1) if j % k == i % k]
         for t in chosen:
             _same_shape(outputs[0], t, self.span)
-        inner = self.scoped(_join(ctx.stack_scope, "dwa"), ctx.policy)
-        alpha = inner.param(_join(ctx.stack_scope, f"dwa.{i - 1}"), [len(chosen)], f"onehot({len(chosen) - 1})")
+        inner = self.scoped(join_scope(ctx.stack_scope, "dwa"), ctx.policy)
+        alpha = inner.param(join_scope(ctx.stack_scope, f"dwa.{i - 1}"), [len(chosen)], f"onehot({len(chosen) - 1})")
         self = inner
         rank = outputs[0].type.rank
         ones = [self.op("rearrange", [t], pattern=f"{_axes(rank)} -> 1 {_axes(rank)}") for t in chosen]
@@ -326,7 +326,7 @@ class Connector:
         latest output X_i, per-token weights dw = W2 GELU(W1 RMSNorm(X_i)) + a over the L = i + 1
         outputs so far, one set per way (a layer input); way c is sum_j dw[c, j] X_j. W2 = 0 and
         a = [0, ..., 0, 1] at init: every way starts as the latest output."""
-        path = _join(ctx.stack_scope, f"mudd.{i}")
+        path = join_scope(ctx.stack_scope, f"mudd.{i}")
         inner = self.scoped(path, ctx.policy)
         latest = outputs[-1]
         rank, d = latest.type.rank, latest.type.sizes[-1].value
@@ -345,10 +345,6 @@ class Connector:
         stacked = ones[0] if n == 1 else inner.op("concat", ones, dim=0)
         return [inner.op("einsum", [inner.op("select", [dw], dim=rank - 1, index=c), stacked],
                          equation=f"{lead} _l, _l {_axes(rank)} -> {_axes(rank)}") for c in range(ways)]
-
-
-def _join(scope: str, name: str) -> str:
-    return f"{scope}.{name}" if scope else name
 
 
 def _split_norm(fn: Callable) -> tuple[Callable | None, Callable | None]:

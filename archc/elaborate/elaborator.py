@@ -19,7 +19,7 @@ from archc.elaborate.loader import LazyLet, Loader, ModuleEnv
 from archc.elaborate.unify import Pattern
 from archc.elaborate.values import (CALLABLES, BlockFn, BlockTemplate, Builtin, Callable, Frame,
                                     InterfaceRef, ModuleRef, OpFn, PipeFn, ResidualFn, SlotFn,
-                                    StackFn, Tensor, describe, named)
+                                    StackFn, Tensor, describe, join_scope, named)
 from archc.errors import ArchError, Span, did_you_mean
 from archc.frontend import ast as A
 from archc.frontend.fmt import expr_text, type_text
@@ -40,10 +40,6 @@ class Limits:
     max_steps: int = 2_000_000
     max_depth: int = 64
     max_params: int = 10**11  # parameter elements
-
-
-def _join(scope: str, name: str) -> str:
-    return f"{scope}.{name}" if scope else name
 
 
 def _snake(name: str) -> str:
@@ -403,7 +399,7 @@ class Elaborator:
             raise ArchError(f"the instance name '{name}' is already used in '{frame.block}'", span,
                             "each named instance is one set of weights; pick another name")
         frame.instances.add(path)
-        return _join(frame.scope, path)
+        return join_scope(frame.scope, path)
 
     def bind(self, name: str, value: Any, frame: Frame, span: Span) -> None:
         if isinstance(value, BlockTemplate):
@@ -771,7 +767,7 @@ class Elaborator:
             inner = fn.scope if fn.scope is not None else (
                 self.fresh(prefix, "sequential") if fn.numbered else prefix)
             value: Any = inputs
-            stages = [named(st, _join(inner, str(k))) for k, st in enumerate(fn.stages)] if fn.numbered \
+            stages = [named(st, join_scope(inner, str(k))) for k, st in enumerate(fn.stages)] if fn.numbered \
                 else fn.stages
             for stage in stages:
                 value = self.apply(stage, list(value) if isinstance(value, (tuple, list)) else [value],
@@ -788,7 +784,7 @@ class Elaborator:
             for i in range(fn.count):
                 layer = self.stack_layer(fn, i, span)
                 before = len(self.nodes)
-                value = self.apply(named(layer, _join(scope, str(i))), list(value) if isinstance(value, (tuple, list))
+                value = self.apply(named(layer, join_scope(scope, str(i))), list(value) if isinstance(value, (tuple, list))
                                    else [value], frame, span, scope)
                 smallest = self.expect_nodes(len(self.nodes) - before, smallest, fn.count - 1 - i, fn.span or span,
                                               "layers")
@@ -888,7 +884,7 @@ class Elaborator:
                 smallest = self.expect_nodes(len(self.nodes) - before, smallest, fn.count - i, fn.span or span,
                                              "layers")
             before = len(self.nodes)
-            layer = named(self.stack_layer(fn, i, span), _join(scope, str(i)))
+            layer = named(self.stack_layer(fn, i, span), join_scope(scope, str(i)))
             inp = x
             if policy.name == "dense" and i > 0:
                 inp = self.apply_op("concat", outputs, {"dim": dim}, frame, where)
@@ -902,7 +898,7 @@ class Elaborator:
                 _check_same(outputs[0], out, policy, where)
                 outputs.append(out)
                 continue
-            ctx.layer, ctx.layer_scope, ctx.call_in_layer, ctx.state = i, _join(scope, str(i)), 0, inp
+            ctx.layer, ctx.layer_scope, ctx.call_in_layer, ctx.state = i, join_scope(scope, str(i)), 0, inp
             # a per-layer policy leaves the layer's own residual calls alone
             self.connect.append(ctx if per_residual else C.Context(policy, scope))
             try:
@@ -953,7 +949,7 @@ class Elaborator:
         key = (prefix, base)
         n = self.counters.get(key, 0)
         self.counters[key] = n + 1
-        return _join(prefix, base if n == 0 else f"{base}_{n}")
+        return join_scope(prefix, base if n == 0 else f"{base}_{n}")
 
     def apply_op(self, name: str, inputs: list[Tensor], attrs: dict[str, Any], frame: Frame,
                  span: Span | None) -> Any:
@@ -994,12 +990,12 @@ class Elaborator:
             scope = frame.forced_scope if frame.forced_scope is not None else prefix
         if fn.tied:
             for role in specs:
-                name = _join(fn.tied, role) if role else fn.tied
+                name = join_scope(fn.tied, role) if role else fn.tied
                 if name not in self.params:
                     raise ArchError(f"{op.name}(tied=\"{fn.tied}\"): there is no parameter '{name}' to share",
                                     span or fn.span, did_you_mean(name, self.params))
         owner = fn.tied or scope
-        params = {role: self.declare(_join(owner, role) if role else owner, spec, span)
+        params = {role: self.declare(join_scope(owner, role) if role else owner, spec, span)
                   for role, spec in specs.items()}
         results = [self.new_value(t) for t in outs]
         node = Node(op=op.name, inputs=tuple(t.id for t in ins), outputs=tuple(r.id for r in results),

@@ -113,6 +113,11 @@ Callable = Union[OpFn, BlockFn, PipeFn, StackFn, SlotFn, ResidualFn]
 CALLABLES = (OpFn, BlockFn, PipeFn, StackFn, SlotFn, ResidualFn)
 
 
+def join_scope(scope: str, name: str) -> str:
+    """`blocks.3` + `attn` -> `blocks.3.attn`; the model's own scope is empty."""
+    return f"{scope}.{name}" if scope else name
+
+
 def named(fn: Callable, scope: str) -> Callable:
     """A named instance of fn (an already named instance keeps its name: it is shared)."""
     return fn if fn.scope is not None else replace(fn, scope=scope)

@@ -55,6 +55,10 @@ class Node(BaseModel):
     span: SpanModel | None = None
     annotations: tuple[AnnotationIR, ...] = ()
 
+    def param_owners(self) -> set[str]:
+        """The instances whose parameters this node uses (its own scope, unless `tied=`)."""
+        return {name[: -len(role) - 1] if role else name for role, name in self.params.items()}
+
     @model_validator(mode="after")
     def _attrs_valid(self) -> "Node":
         from archc.ops import registry  # the op registry validates attributes

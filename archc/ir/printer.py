@@ -74,7 +74,7 @@ def _node(node: Node, names: _Names) -> str:
             args += [f"{k}={_literal(v)}" for k, v in value.items()]
         elif value is not None and (op.Attrs.model_fields[key].is_required() or value != defaults.get(key)):
             args.append(f"{key}={_literal(value)}")
-    owners = {name[: -len(role) - 1] if role else name for role, name in node.params.items()}
+    owners = node.param_owners()
     if len(owners) == 1 and owners != {node.scope}:
         args.append(f"tied={json.dumps(owners.pop())}")  # the parameters belong to another instance
     outs = ", ".join(names[o] for o in node.outputs)
