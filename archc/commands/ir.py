@@ -29,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             graph = Graph.from_json(args.spec.read_text())
         except (OSError, ValueError) as e:
-            raise ArchError(f"{args.spec}: not a valid archc IR file: {str(e).splitlines()[0]}") from None
+            errors = getattr(e, "errors", None)  # pydantic's ValidationError: say the first problem
+            why = errors()[0]["msg"].removeprefix("Value error, ") if callable(errors) else str(e).splitlines()[0]
+            raise ArchError(f"{args.spec}: not a valid archc IR file: {why}") from None
     else:
         graph = load_graph(args)
     text = print_graph(graph) if args.arch else graph.to_json() + "\n"

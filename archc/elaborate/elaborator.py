@@ -7,6 +7,7 @@ a spec that would unroll past `Limits` fails with an error at the statement that
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from archc.elaborate.values import (CALLABLES, BlockFn, BlockTemplate, Builtin, 
 from archc.errors import ArchError, Span, did_you_mean
 from archc.frontend import ast as A
 from archc.frontend.fmt import expr_text, type_text
+from archc.ir.names import bad_scope_segment
 from archc.ir.graph import AnnotationIR, Graph, Node, ParamDecl, Port, ScopeInfo, SpanModel
 from archc.ir.types import TensorType
 from archc.ops import registry
@@ -334,6 +336,11 @@ class Elaborator:
                 path = self.eval(a.args[0], frame) if len(a.args) == 1 else None
                 if not isinstance(path, str):
                     raise ArchError("@scope takes one string, the scope path", a.span)
+                bad = bad_scope_segment(path)
+                if bad is not None:
+                    raise ArchError(f"@scope path {json.dumps(path)}: segment {json.dumps(bad)} is not a name or an "
+                                    "index", a.span, "each segment of a scope path is a name (ASCII letters, digits, "
+                                    "'_', not starting with a digit) or a number, as in \"h.0.attn\"")
                 frame.forced_scope = path
         frame.annotations = frame.annotations + tuple(a for a in s.annotations if a.name != "scope")
         try:

@@ -6,17 +6,20 @@ Parse errors become `ArchError`s at the offending token, with what was expected 
 from __future__ import annotations
 
 import functools
-import math
 import hashlib
-import os
+import json
+import math
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import lark
 from lark import Token, Transformer, v_args
+from lark.grammar import Rule
+from lark.lexer import TerminalDef
 from lark.tree import Meta
 
-from archc import resources
+from archc import cachefs, resources
 from archc.errors import ArchError, Span, register_source
 from archc.frontend import ast as A
 
@@ -38,27 +41,113 @@ def _lark() -> lark.Lark:
     # lark hands ignored tokens to lexer callbacks only; that is how comments reach the formatter
     options: dict[str, Any] = dict(parser="lalr", propagate_positions=True, maybe_placeholders=True,
                                    start=["start", "expr"], lexer_callbacks={"COMMENT": _keep_comment})
-    cache = _cache_file(text)
-    if cache is not None:
-        try:
-            return lark.Lark(text, cache=str(cache), **options)
-        except Exception:  # a stale or unreadable cache only costs the time to rebuild
-            cache.unlink(missing_ok=True)
-    return lark.Lark(text, **options)
+    key = _cache_key(text, options)
+    path = _cache_file(key)
+    if path is not None:
+        cached = _load_cached(path, key, options)
+        if cached is not None:
+            return cached
+    parser = lark.Lark(text, **options)
+    if path is not None:
+        _save_cached(parser, path, key)
+    return parser
 
 
-def _cache_file(grammar: str) -> Path | None:
-    """Where lark keeps its parse tables (10x faster start-up): a folder of the user's own, never
-    the shared temp folder, since lark's cache is a pickle that it loads."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "archc"
+# The grammar cache: lark's LALR tables as plain JSON data, never a pickle (lark's own `cache=`
+# option pickles them, and loading a pickle runs whatever code it names). Building the tables takes
+# about 140 ms; reading them back about 25 ms. The file lives in the user's own cache folder
+# (archc.cachefs: folder 0700 and owned by the user, file 0600, written atomically, checked for
+# owner and mode on the open descriptor), and is named and headed by the sha256 of the grammar,
+# the options and the lark and Python versions. The header also holds the sha256 of the data, so a
+# truncated or damaged file is rebuilt rather than half-read. A file that fails a check is never
+# read: it is rebuilt (with a warning on stderr when someone else could have written it).
+_CACHE_FORMAT = "archc-lark-tables-1"
+_LOAD_OPTIONS = ("propagate_positions", "lexer_callbacks")  # passed again on load (not data)
+
+
+def _cache_key(grammar: str, options: dict[str, Any]) -> str:
+    fixed = sorted((k, repr(v)) for k, v in options.items() if k not in _LOAD_OPTIONS)
+    text = "\0".join([_CACHE_FORMAT, grammar, repr(fixed), lark.__version__, repr(sys.version_info[:2])])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _cache_file(key: str) -> Path | None:
+    """Where the grammar tables are kept: `<cache home>/archc/grammar-<key>.json`, in a folder of
+    the user's own (None when there is none: then nothing is cached)."""
+    if not cachefs.supported():
+        return None
+    root = cachefs.cache_home() / "archc"
     try:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if root.stat().st_uid != os.getuid() or root.stat().st_mode & 0o022:
-            return None
+        cachefs.private_dir(root)
+    except cachefs.UnsafeCache as err:
+        _warn(f"archc: not caching the grammar tables in {root}: {err}")
+        return None
+    except OSError:  # a read-only home: build the tables every time
+        return None
+    return root / f"grammar-{key[:16]}.json"
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _load_cached(path: Path, key: str, options: dict[str, Any]) -> lark.Lark | None:
+    try:
+        raw = cachefs.read_private(path)
+    except cachefs.UnsafeCache as err:
+        _warn(f"archc: ignoring the grammar cache {path}: {err}; rebuilding it")
+        return None
     except OSError:
         return None
-    key = hashlib.sha256((grammar + lark.__version__).encode()).hexdigest()[:16]
-    return root / f"grammar-{key}.lark-cache"
+    if raw is None:
+        return None
+    head, _, body = raw.partition(b"\n")
+    try:
+        if json.loads(head) != {"format": _CACHE_FORMAT, "key": key, "sha256": hashlib.sha256(body).hexdigest()}:
+            return None  # another grammar, lark or Python, or a damaged file
+        doc = json.loads(body, object_hook=_from_json)
+        load = {k: options[k] for k in _LOAD_OPTIONS if k in options}
+        return lark.Lark._load_from_dict(doc["data"], doc["memo"], **load)  # type: ignore[no-any-return]
+    except Exception:  # data this lark cannot read back: rebuild
+        return None
+
+
+def _save_cached(parser: lark.Lark, path: Path, key: str) -> None:
+    try:
+        data, memo = parser.memo_serialize([TerminalDef, Rule])
+        allowed = getattr(lark.lark, "_LOAD_ALLOWED_OPTIONS", set(_LOAD_OPTIONS))  # as Lark.save
+        data["options"] = {k: v for k, v in data["options"].items() if k not in allowed}
+        body = json.dumps({"data": _to_json(data), "memo": _to_json(memo)}, separators=(",", ":")).encode()
+        head = json.dumps({"format": _CACHE_FORMAT, "key": key, "sha256": hashlib.sha256(body).hexdigest()})
+        cachefs.write_private(path, head.encode() + b"\n" + body)
+    except (OSError, TypeError, ValueError):  # not writable, or data JSON cannot hold: no cache
+        pass
+
+
+def _to_json(x: Any) -> Any:
+    """lark's serialized tables as JSON: tuples become {"<t>": [...]}, and dicts with keys other
+    than strings (the parse table's state numbers) {"<d>": [[key, value], ...]}; anything that is
+    not plain data raises TypeError."""
+    if x is None or isinstance(x, (str, bool, int, float)):
+        return x
+    if isinstance(x, list):
+        return [_to_json(v) for v in x]
+    if isinstance(x, tuple):
+        return {"<t>": [_to_json(v) for v in x]}
+    if isinstance(x, dict):
+        if all(type(k) is str for k in x) and "<t>" not in x and "<d>" not in x:
+            return {k: _to_json(v) for k, v in x.items()}
+        return {"<d>": [[_to_json(k), _to_json(v)] for k, v in x.items()]}
+    raise TypeError(f"cannot cache a {type(x).__name__}")
+
+
+def _from_json(d: dict[str, Any]) -> Any:
+    if len(d) == 1:
+        if "<t>" in d:
+            return tuple(d["<t>"])
+        if "<d>" in d:
+            return {k: v for k, v in d["<d>"]}
+    return d
 
 
 def parse(text: str, file: str = "<string>") -> A.Module:
@@ -485,7 +574,7 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
         return A.ListExpr(tuple(i for i in items if i is not None), self._s(meta))
 
 
-_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
 
 
 def _unquote(tok: Token, file: str) -> str:
@@ -495,6 +584,16 @@ def _unquote(tok: Token, file: str) -> str:
         ch = body[i]
         if ch == "\\" and i + 1 < len(body):
             nxt = body[i + 1]
+            if nxt == "u":  # \u{hex}: any character by its code point
+                end = body.find("}", i + 3)
+                code = body[i + 3:end] if body[i + 2:i + 3] == "{" and end > 0 else ""
+                if not (1 <= len(code) <= 6 and all(c in "0123456789abcdefABCDEF" for c in code)) \
+                        or int(code, 16) > 0x10FFFF:
+                    raise ArchError("escape '\\u' takes a hex code point in braces, as in \\u{2028}",
+                                    _tok_span(file, tok))
+                out.append(chr(int(code, 16)))
+                i = end + 1
+                continue
             if nxt not in _ESCAPES:
                 raise ArchError(f"unknown escape '\\{nxt}' in string", _tok_span(file, tok))
             out.append(_ESCAPES[nxt])

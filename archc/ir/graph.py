@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from archc.errors import Span
+from archc.ir.names import check_graph_names
 from archc.ir.types import TensorType
 
 SCHEMA_VERSION = 1
@@ -121,6 +122,7 @@ class Graph(BaseModel):
     def _version(self) -> "Graph":
         if self.schema_version != SCHEMA_VERSION:
             raise ValueError(f"IR schema version {self.schema_version} is not {SCHEMA_VERSION}")
+        check_graph_names(self)
         return self
 
     # -- JSON -----------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from their defaults as keywords, and the node's source line in a comment.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -15,7 +14,20 @@ from archc.ir.graph import AnnotationIR, Graph, Node
 from archc.ir.types import TensorType
 from archc.ops import registry
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
+_ARCH_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def arch_str(text: str) -> str:
+    """An .arch string literal for `text`: the one quoting layer of the printed .arch text. Backslash,
+    quote, newline, CR and tab get their escapes, other non-printable characters `\\u{hex}`."""
+    return '"' + "".join(_ARCH_ESCAPES.get(c) or (c if c.isprintable() else f"\\u{{{ord(c):x}}}")
+                         for c in text) + '"'
+
+
+def arch_comment(text: str) -> str:
+    """`text` made fit for a `#` comment: one line, control characters and line separators escaped."""
+    return repr(text)[1:-1]
 
 
 def _literal(v: Any) -> str:
@@ -27,7 +39,7 @@ def _literal(v: Any) -> str:
             text += ".0"  # inf/nan are rejected by attribute validation before this point
         return text
     if isinstance(v, str):
-        return json.dumps(v)
+        return arch_str(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_literal(x) for x in v) + "]"
     raise TypeError(f"cannot print attribute value {v!r}")
@@ -76,10 +88,10 @@ def _node(node: Node, names: _Names) -> str:
             args.append(f"{key}={_literal(value)}")
     owners = node.param_owners()
     if len(owners) == 1 and owners != {node.scope}:
-        args.append(f"tied={json.dumps(owners.pop())}")  # the parameters belong to another instance
+        args.append(f"tied={arch_str(owners.pop())}")  # the parameters belong to another instance
     outs = ", ".join(names[o] for o in node.outputs)
-    prefix = f"@scope({json.dumps(node.scope)}) " + "".join(_annotation(a) + " " for a in node.annotations)
-    where = f"  # {node.span.file}:{node.span.line}" if node.span else ""
+    prefix = f"@scope({arch_str(node.scope)}) " + "".join(_annotation(a) + " " for a in node.annotations)
+    where = f"  # {arch_comment(node.span.file)}:{node.span.line}" if node.span else ""
     return f"    {prefix}{outs} = {node.op}({', '.join(args)}){where}"
 
 
@@ -92,7 +104,7 @@ def print_graph(graph: Graph) -> str:
     ins = ", ".join(f"{p.name}: {_type(p.type)}" for p in graph.inputs)
     outs = [_type(p.type) for p in graph.outputs]
     out_text = outs[0] if len(outs) == 1 else "(" + ", ".join(outs) + ")"
-    name = graph.name if _IDENT.match(graph.name) else "Model"
+    name = graph.name if _IDENT.fullmatch(graph.name) else "Model"
     lines.append(f"model {name} ({ins}) -> {out_text} {{")
     lines += [_node(n, names) for n in graph.nodes]
     lines.append("    return " + ", ".join(names[p.value] for p in graph.outputs))

@@ -20,8 +20,9 @@ RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset
 
 
 def sanitize(text: str) -> str:
-    """An identifier from any text: invalid characters become `_`, a leading digit gets `_`."""
-    out = re.sub(r"\W", "_", text).strip("_") or "v"
+    """An ASCII identifier from any text: every other character becomes `_`, a leading digit gets
+    `_`. ASCII only: Python folds identifiers by NFKC, so `ﬁ` and `fi` would be one variable."""
+    out = re.sub(r"[^A-Za-z0-9_]", "_", text).strip("_") or "v"
     return f"_{out}" if out[0].isdigit() else out
 
 

@@ -8,10 +8,10 @@ whose children are exactly `0..n-1` (a stack) becomes an `nn.ModuleList`; every 
 
 from __future__ import annotations
 
-import keyword
 from dataclasses import dataclass, field
 from functools import cache
 
+from archc.backends.quote import is_identifier, py_str
 from archc.errors import ArchError
 from archc.ir.graph import Graph, ParamDecl, SpanModel
 
@@ -52,17 +52,18 @@ def _module_names() -> tuple[frozenset[str], frozenset[str]]:
     from torch import nn
 
     instance = frozenset(vars(nn.Module())) | {"_spec_kind", "_spec_args"}
-    return instance, frozenset(dir(nn.Module)) | frozenset(dir(nn.ModuleList))
+    # the class attributes: torch's, and the methods every generated module class defines
+    return instance, frozenset(dir(nn.Module)) | frozenset(dir(nn.ModuleList)) | {"reset_parameters"}
 
 
 def _safe(name: str) -> bool:
-    """Can generated code write `parent.name`?"""
-    return name.isidentifier() and not keyword.iskeyword(name) and name not in _module_names()[1]
+    """Can generated code write `parent.name`? Otherwise it writes `parent._modules['name']`."""
+    return is_identifier(name) and name not in _module_names()[1]
 
 
 def _arg_text(value: object) -> str:
     if isinstance(value, str):
-        return value if value.replace(".", "").isidentifier() else repr(value)
+        return value if all(is_identifier(p) for p in value.split(".")) else py_str(value)
     if isinstance(value, list):
         return "[" + ", ".join(_arg_text(v) for v in value) + "]"
     return repr(value)
@@ -103,10 +104,10 @@ def module_tree(graph: Graph) -> ModuleEntry:
             child.parent_expr, child.is_layer = entry.expr, entry.is_list
             child.expr = (f"{entry.expr}[{child.attr}]" if entry.is_list else
                           f"{entry.expr}.{child.attr}" if _safe(child.attr) else
-                          f"{entry.expr}._modules[{child.attr!r}]")
+                          f"{entry.expr}._modules[{py_str(child.attr)}]")
         for t in entry.tensors:
             store = "_parameters" if t.decl.trainable else "_buffers"
-            t.expr = f"{entry.expr}.{t.attr}" if _safe(t.attr) else f"{entry.expr}.{store}[{t.attr!r}]"
+            t.expr = f"{entry.expr}.{t.attr}" if _safe(t.attr) else f"{entry.expr}.{store}[{py_str(t.attr)}]"
     return root
 
 
