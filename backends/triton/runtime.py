@@ -3,9 +3,10 @@
 - `bcast(shape, a, b)`: the (inner, size) pair that indexes an operand broadcast along axes [a, b).
 - `Tuned`: a kernel with block-size configs chosen by `triton.autotune`; the chosen config is kept
   in a small JSON file keyed by GPU name, kernel (name and source hash) and shape, so the next
-  process launches it without tuning. `ARCHC_TUNE_CACHE` names the file (default
-  `~/.cache/archc/triton-tune.json`). Under `TRITON_INTERPRET=1` (CPU) nothing is tuned: the
-  kernel runs with its interpreter config.
+  process launches it without tuning. `ARCHC_TUNE_CACHE` names the file (an absolute path; default
+  `$XDG_CACHE_HOME/archc/triton-tune.json`, or `~/.cache/archc/triton-tune.json`), read only when
+  it and its folder belong to the current user and others cannot write them. Under
+  `TRITON_INTERPRET=1` (CPU) nothing is tuned: the kernel runs with its interpreter config.
 
 Needs torch and triton only.
 """
@@ -17,6 +18,8 @@ import inspect
 import json
 import math
 import os
+import stat
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -78,27 +81,52 @@ def device_name(t: torch.Tensor) -> str:
 
 
 class TuneCache:
-    """Chosen configs on disk: {"<gpu>|<kernel>@<hash>|<shape>|<dtype>": {kwargs, num_warps, num_stages}}."""
+    """Chosen configs on disk: {"<gpu>|<kernel>@<hash>|<shape>|<dtype>": {kwargs, num_warps, num_stages}}.
+
+    The file is read only when it and its folder pass the checks of archc/cachefs.py (copied here:
+    this file is copied into each generated package and must stay self-contained; keep the two in
+    step): a regular file, not a symbolic link, owned by the current user and not writable by group
+    or others, in a folder likewise. It is written atomically (a 0600 temporary file, then
+    os.replace) in a folder created 0700. Entries that are not {"kwargs": {name: int}, "num_warps":
+    int, "num_stages": int} are dropped, and `Tuned` launches only a config of its own list."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        default = Path.home() / ".cache" / "archc" / "triton-tune.json"
-        self.path = Path(path or os.environ.get("ARCHC_TUNE_CACHE") or default)
+        self.path = Path(path) if path else _default_path()
         self._data: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        self._warned = False
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            print(f"archc: {message}", file=sys.stderr)
 
     def _load(self) -> dict[str, Any]:
         if self._data is None:
+            self._data = {}
             try:
-                self._data = json.loads(self.path.read_text())
+                if self.path.parent.exists():
+                    _check_owner(os.stat(self.path.parent), self.path.parent)
+                raw = _read_private(self.path)
+                loaded = json.loads(raw) if raw is not None else {}
+            except _Refused as err:
+                self._warn(f"ignoring the autotune cache: {err}")
+                return self._data
             except (OSError, ValueError):
-                self._data = {}
+                return self._data
+            if isinstance(loaded, dict):
+                self._data = {k: v for k, v in loaded.items() if isinstance(k, str) and _valid_entry(v)}
         return self._data
 
-    def get(self, key: str) -> triton.Config | None:
+    def get(self, key: str, allowed: Sequence[triton.Config] | None = None) -> triton.Config | None:
+        """The config kept for `key`; None if there is none or (given `allowed`) it is not one of them."""
         entry = self._load().get(key)
         if entry is None:
             return None
-        return triton.Config(dict(entry["kwargs"]), num_warps=entry["num_warps"], num_stages=entry["num_stages"])
+        config = triton.Config(dict(entry["kwargs"]), num_warps=entry["num_warps"], num_stages=entry["num_stages"])
+        if allowed is not None and _signature(config) not in {_signature(c) for c in allowed}:
+            return None
+        return config
 
     def put(self, key: str, config: triton.Config) -> None:
         with self._lock:
@@ -106,13 +134,97 @@ class TuneCache:
             data[key] = {"kwargs": dict(config.kwargs), "num_warps": config.num_warps,
                          "num_stages": config.num_stages}
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tune.", suffix=".json")
-                with os.fdopen(fd, "w") as f:
-                    json.dump(data, f, indent=1, sort_keys=True)
-                os.replace(tmp, self.path)
+                _private_dir(self.path.parent)
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tune.", suffix=".json")  # 0600
+                try:
+                    with os.fdopen(fd, "w") as f:
+                        json.dump(data, f, indent=1, sort_keys=True)
+                    os.replace(tmp, self.path)
+                except BaseException:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+                    raise
+            except _Refused as err:  # keep the choice for this process only
+                self._warn(f"not writing the autotune cache: {err}")
             except OSError:  # a read-only home: keep the choice for this process only
                 pass
+
+
+def _default_path() -> Path:
+    """$ARCHC_TUNE_CACHE when absolute, else <cache home>/archc/triton-tune.json (the cache home is
+    $XDG_CACHE_HOME when absolute, else ~/.cache): a relative path is ignored."""
+    named = os.environ.get("ARCHC_TUNE_CACHE", "")
+    if os.path.isabs(named):
+        return Path(named)
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "archc" / "triton-tune.json"
+
+
+def _valid_entry(entry: Any) -> bool:
+    def small_int(v: Any) -> bool:
+        return type(v) is int and 0 <= v <= 1 << 20
+
+    return (isinstance(entry, dict) and set(entry) == {"kwargs", "num_warps", "num_stages"}
+            and isinstance(entry["kwargs"], dict)
+            and all(isinstance(k, str) and small_int(v) for k, v in entry["kwargs"].items())
+            and small_int(entry["num_warps"]) and entry["num_warps"] > 0 and small_int(entry["num_stages"]))
+
+
+def _signature(config: triton.Config) -> tuple[Any, ...]:
+    return tuple(sorted(config.kwargs.items())), config.num_warps, config.num_stages
+
+
+class _Refused(Exception):
+    pass
+
+
+def _check_owner(st: os.stat_result, path: Path) -> None:
+    me = os.geteuid()
+    if st.st_uid != me:
+        raise _Refused(f"{path} is owned by uid {st.st_uid}, not by the current user (uid {me})")
+    if st.st_mode & 0o022:
+        raise _Refused(f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})")
+
+
+def _private_dir(path: Path) -> None:
+    """Create `path` (and missing parents) 0700; _Refused unless ours and closed to others."""
+    missing = []
+    for p in (path, *path.parents):
+        if os.path.lexists(p):
+            break
+        missing.append(p)
+    for p in reversed(missing):
+        try:
+            os.mkdir(p, 0o700)  # the umask can only take bits away
+        except FileExistsError:
+            pass
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise _Refused(f"{path} is not a folder")
+    _check_owner(st, path)
+
+
+def _read_private(path: Path) -> bytes | None:
+    """The bytes of `path`, checked on the open descriptor (never through a symbolic link); None if absent."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        if os.path.islink(path):
+            raise _Refused(f"{path} is a symbolic link") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Refused(f"{path} is not a regular file")
+        _check_owner(st, path)
+        if st.st_size > 16 << 20:
+            raise OSError(f"{path} is larger than 16 MiB")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 CACHE = TuneCache()
@@ -143,7 +255,7 @@ class Tuned:
             device = next((a for a in args if isinstance(a, torch.Tensor)), None)
             name = device_name(device) if device is not None else "?"
             cache_key = f"{name}|{self.name}|{','.join(map(str, key))}"
-            config = CACHE.get(cache_key)
+            config = CACHE.get(cache_key, self.configs)
             if config is None:
                 self.autotuner[grid](*args, **kwargs)
                 CACHE.put(cache_key, self.autotuner.best_config)
