@@ -339,8 +339,8 @@ class Elaborator:
                 bad = bad_scope_segment(path)
                 if bad is not None:
                     raise ArchError(f"@scope path {json.dumps(path)}: segment {json.dumps(bad)} is not a name or an "
-                                    "index", a.span, "each segment of a scope path is a name (ASCII letters, digits, "
-                                    "'_', not starting with a digit) or a number, as in \"h.0.attn\"")
+                                    "index", a.span, "each segment of a scope path is made of ASCII letters, digits "
+                                    "and '_', as in \"h.0.attn\"")
                 frame.forced_scope = path
         frame.annotations = frame.annotations + tuple(a for a in s.annotations if a.name != "scope")
         try:

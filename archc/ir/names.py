@@ -4,7 +4,8 @@ Every name in a graph becomes code somewhere (a Python attribute, a module path,
 key, a DOT node), so the IR only holds names that are safe everywhere:
 
     identifier     ASCII letters, digits and `_`, not starting with a digit     qkv, GPT2, B
-    scope path     identifiers and indices joined by `.` ("" is the model)      h.0.attn.qkv
+    scope path     segments of ASCII letters, digits and `_` joined by `.`     h.0.attn.qkv, 0_conv1
+                   ("" is the model); torch reads `0_conv1` as `_modules['0_conv1']`
     parameter      a scope path and one more segment                            h.0.attn.qkv.weight
 
 ASCII only: Python folds identifiers by NFKC (`ﬁ` is `fi` to it), so a Unicode name could make
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from archc.ir.graph import Graph
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+")
+SEGMENT = re.compile(r"[A-Za-z0-9_]+")
 
 
 def is_identifier(name: str) -> bool:
@@ -30,7 +31,7 @@ def is_identifier(name: str) -> bool:
 
 
 def bad_scope_segment(path: str) -> str | None:
-    """The first segment of `path` that is neither an identifier nor an index; None if all are."""
+    """The first segment of `path` that is not ASCII letters, digits and `_`; None if all are."""
     if path == "":
         return None
     return next((seg for seg in path.split(".") if not SEGMENT.fullmatch(seg)), None)

@@ -63,6 +63,12 @@ class Linear(Op):
     def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
         return f"F.linear({ins[0]}, {params['weight']}, {params.get('bias', 'None')})"
 
+    def torch_module(self, a: Any, roles: frozenset[str], types: list[TensorType]) -> str | None:
+        if roles - {"weight", "bias"} or "weight" not in roles:
+            return None
+        fan_in = known(types[0].sizes[-1], "features")
+        return f"nn.Linear({fan_in}, {a.features}, bias={'bias' in roles})"
+
 
 def _pair(v: int | tuple[int, ...], n: int, what: str) -> tuple[int, ...]:
     out = (v,) * n if isinstance(v, int) else tuple(v)
@@ -142,6 +148,15 @@ class _Conv(Op):
         return (f"F.conv{self.ndim}d({ins[0]}, {params['weight']}, {params.get('bias', 'None')}, "
                 f"stride={one(s)}, padding={one(p)}, dilation={one(d)}, groups={a.groups})")
 
+    def torch_module(self, a: Any, roles: frozenset[str], types: list[TensorType]) -> str | None:
+        if roles - {"weight", "bias"} or "weight" not in roles:
+            return None
+        k, s, p, d = self._geometry(a)
+        one = lambda v: v[0] if len(set(v)) == 1 else v  # noqa: E731
+        cin = known(types[0].sizes[1], "input channels")
+        return (f"nn.Conv{self.ndim}d({cin}, {a.channels}, {one(k)}, stride={one(s)}, padding={one(p)}, "
+                f"dilation={one(d)}, groups={a.groups}, bias={'bias' in roles})")
+
 
 @register
 class Conv1d(_Conv):
@@ -193,6 +208,14 @@ class BatchNorm(Op):
                 f"{params.get('weight', 'None')}, {params.get('bias', 'None')}, "
                 f"self.training, {a.momentum}, {a.eps})")
 
+    def torch_module(self, a: Any, roles: frozenset[str], types: list[TensorType]) -> str | None:
+        stats = {"running_mean", "running_var", "num_batches_tracked"}
+        if roles not in (stats, stats | {"weight", "bias"}) or types[0].rank > 5:
+            return None
+        c = known(types[0].sizes[1], "channels")
+        kind = {2: 1, 3: 1, 4: 2, 5: 3}[types[0].rank]
+        return f"nn.BatchNorm{kind}d({c}, eps={a.eps}, momentum={a.momentum}, affine={'weight' in roles})"
+
 
 class LayerNormAttrs(_Attrs):
     eps: float = 1e-5
@@ -239,6 +262,13 @@ class LayerNorm(Op):
         return call.format(x=f"{ins[0]}.permute({', '.join(map(str, to_last))})") + \
             f".permute({', '.join(map(str, back))})"
 
+    def torch_module(self, a: Any, roles: frozenset[str], types: list[TensorType]) -> str | None:
+        if norm_dim(a.dim, types[0].rank, self.name) != types[0].rank - 1 or \
+                roles not in (frozenset(), {"weight"}, {"weight", "bias"}):
+            return None
+        c = known(types[0].sizes[-1], "normalized axis")
+        return f"nn.LayerNorm({c}, eps={a.eps}, elementwise_affine={bool(roles)}, bias={'bias' in roles})"
+
 
 class RmsNormAttrs(_Attrs):
     eps: float = 1e-6
@@ -265,6 +295,12 @@ class RmsNorm(Op):
     def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
         c = known(types[0].sizes[-1], "axis")
         return f"F.rms_norm({ins[0]}, ({c},), {params.get('weight', 'None')}, {a.eps})"
+
+    def torch_module(self, a: Any, roles: frozenset[str], types: list[TensorType]) -> str | None:
+        if roles not in (frozenset(), {"weight"}):
+            return None
+        c = known(types[0].sizes[-1], "axis")
+        return f"nn.RMSNorm({c}, eps={a.eps}, elementwise_affine={bool(roles)})"
 
 
 class GroupNormAttrs(_Attrs):
@@ -297,6 +333,12 @@ class GroupNorm(Op):
     def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
         return f"F.group_norm({ins[0]}, {a.groups}, {params.get('weight', 'None')}, {params.get('bias', 'None')}, {a.eps})"
 
+    def torch_module(self, a: Any, roles: frozenset[str], types: list[TensorType]) -> str | None:
+        if roles not in (frozenset(), {"weight", "bias"}):
+            return None
+        c = known(types[0].sizes[1], "channels")
+        return f"nn.GroupNorm({a.groups}, {c}, eps={a.eps}, affine={bool(roles)})"
+
 
 class EmbeddingAttrs(_Attrs):
     num: PositiveInt
@@ -319,6 +361,9 @@ class Embedding(Op):
 
     def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
         return f"F.embedding({ins[0]}, {params['weight']})"
+
+    def torch_module(self, a: Any, roles: frozenset[str], types: list[TensorType]) -> str | None:
+        return f"nn.Embedding({a.num}, {a.dim})" if roles == {"weight"} else None
 
 
 class PositionsAttrs(_Attrs):

@@ -94,6 +94,13 @@ class Op:
         values = dict(zip(names, ins))
         return self.torch.format(**values, **params, **fields)
 
+    def torch_module(self, a: Any, roles: frozenset[str], types: list[TensorType]) -> str | None:
+        """The torch module that computes this op on its one input with parameters of the same
+        names (`nn.Linear(768, 2304, bias=True)`), or None. `roles` are the parameters the node
+        has (a pass may have added a bias). The module's forward must equal `torch_expr` bit for
+        bit: the torch backend calls it instead, so hooks, PEFT and tensor parallelism see it."""
+        return None
+
     def torch_inplace_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str | None:
         """The op overwriting its first input (`F.relu(x, inplace=True)`), or None if it has no
         such spelling. Bit-identical to `torch_expr`; the torch emitter uses it only where that

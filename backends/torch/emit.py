@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -16,8 +18,9 @@ import jinja2
 
 from archc.backends.quote import py_comment, py_docstring, py_str, verify_python
 from archc.backends.torch.inits import InitError, empty_call, init_call
-from archc.backends.torch.naming import FILE_GLOBALS, RESERVED, sanitize, value_names
-from archc.backends.torch.tree import ModuleEntry, module_tree
+from archc.backends.torch.naming import FILE_GLOBALS, RESERVED, Namer, node_base, sanitize
+from archc.backends.torch.plan import Call, Unit, plan
+from archc.backends.torch.tree import ModuleEntry, TensorEntry, module_tree
 from archc.errors import ArchError
 from archc.ir.graph import Graph, Node, SpanModel
 from archc.ops import registry
@@ -74,32 +77,6 @@ def _signature(graph: Graph) -> str:
     return f"model {graph.name}({args}) ({ins}) -> {outs if len(graph.outputs) == 1 else f'({outs})'}"
 
 
-def _tree_lines(root: ModuleEntry, graph: Graph, labels: dict[str, str]) -> tuple[list[str], list[str]]:
-    """`__init__` lines (each module, then its tensors) and `reset_parameters` lines."""
-    init, reset = [], []
-    for m in root.walk():
-        if m is not root:
-            made = "nn.ModuleList()" if m.is_list else \
-                f"Scope({py_str(m.kind)}, {py_str(m.args)})" if m.args else f"Scope({py_str(m.kind)})"
-            made = f"{m.parent_expr}.append({made})" if m.is_layer else f"{m.expr} = {made}"
-            init.append(made + _where(m.span, labels))
-        for t in m.tensors:
-            empty = empty_call(t.decl.shape, t.decl.dtype)
-            if t.decl.trainable:
-                init.append(f"{t.expr} = nn.Parameter({empty})")
-            elif t.expr.endswith("]"):  # a name torch.nn.Module uses for a method: set the entry itself
-                init.append(f"{t.expr} = {empty}")
-            else:
-                init.append(f"{m.expr}.register_buffer({py_str(t.attr)}, {empty})")
-            try:
-                reset.append(init_call(t.decl.init, t.expr))
-            except InitError as err:
-                owner = next((n for n in graph.nodes if t.decl.name in n.params.values()), None)
-                raise ArchError(f"parameter '{t.decl.name}': {err}",
-                                owner.span.to_span() if owner and owner.span else None) from None
-    return init, reset
-
-
 def last_uses(graph: Graph) -> list[list[str]]:
     """Per node, the values that are dead once it has run: read for the last time there, or made
     there and never read. Graph outputs never die. Deleting them (as torch.fx's generated code
@@ -140,32 +117,317 @@ def overwrites(graph: Graph) -> set[int]:
     return out
 
 
-def _forward_lines(root: ModuleEntry, graph: Graph, names: dict[str, str], labels: dict[str, str]) -> list[str]:
-    tensors = {t.decl.name: t.expr for m in root.walk() for t in m.tensors}
-    inplace = overwrites(graph)
-    lines = []
-    for i, (node, dead) in enumerate(zip(graph.nodes, last_uses(graph))):
-        ins, params = [names[v] for v in node.inputs], {role: tensors[p] for role, p in node.params.items()}
+def _init_call(t: TensorEntry, expr: str, graph: Graph) -> str:
+    try:
+        return init_call(t.decl.init, expr)
+    except InitError as err:
+        owner = next((n for n in graph.nodes if t.decl.name in n.params.values()), None)
+        raise ArchError(f"parameter '{t.decl.name}': {err}", owner.span.to_span() if owner and owner.span else None) \
+            from None
+
+
+def _tensor_lines(m: ModuleEntry, base: str) -> list[str]:
+    """`__init__` lines that create the tensors of module `m`, read as `base` (`self.attn`)."""
+    out = []
+    for t in m.tensors:
+        empty = empty_call(t.decl.shape, t.decl.dtype)
+        if t.decl.trainable:
+            out.append(f"{base}{t.step} = nn.Parameter({empty})")
+        elif t.step.endswith("]"):  # a name torch.nn.Module uses for a method: set the entry itself
+            out.append(f"{base}{t.step} = {empty}")
+        else:
+            out.append(f"{base}.register_buffer({py_str(t.attr)}, {empty})")
+    return out
+
+
+@dataclass
+class _Stmt:
+    """One statement of a forward, over value ids: `writes = text(reads)`."""
+
+    reads: list[str]
+    writes: list[str]
+    render: Callable[[dict[str, str]], list[str]]  # value names -> the statement's lines
+
+
+@dataclass
+class _Class:
+    name: str
+    doc: str
+    init: list[str]
+    reset: list[str]
+    args: str
+    forward: list[str]
+    returns: str
+
+    def key(self) -> str:
+        """Two instances share a class exactly when everything but the name is the same."""
+        return "\n".join([self.doc, *self.init, "|", *self.reset, "|", self.args, *self.forward, self.returns])
+
+
+class _Emitter:
+    """Writes one class per distinct callable instance of a plan, children first."""
+
+    def __init__(self, graph: Graph, labels: dict[str, str], model_name: str) -> None:
+        self.graph, self.labels = graph, labels
+        self.root = module_tree(graph)
+        self.plan = plan(graph, self.root)
+        self.classes: dict[str, _Class] = {}  # key -> class
+        self.class_of: dict[str, str] = {}  # path -> class name
+        self.class_names = Namer(RESERVED | {model_name})
+        self.inplace = overwrites(graph)
+        self.reads = Counter(v for node in graph.nodes for v in node.inputs)
+        self.model_name = model_name
+        self.node_scopes = {n.scope for n in graph.nodes}
+
+    # -- the tree: which class each callable instance gets ------------------------------------
+    def emit(self) -> list[_Class]:
+        for entry in reversed(self.root.walk()):
+            unit = self.plan.units.get(entry.path)
+            if unit is None or unit.kind == "leaf":
+                continue
+            cls = self.write(unit)
+            if unit.kind == "model":
+                cls.name = self.model_name
+                self.classes["<model>"] = cls
+            elif cls.key() in self.classes:
+                self.class_of[entry.path] = self.classes[cls.key()].name
+            else:
+                cls.name = self.class_names.take(_class_base(entry.kind))
+                self.classes[cls.key()] = cls
+                self.class_of[entry.path] = cls.name
+        return list(self.classes.values())
+
+    def write(self, unit: Unit) -> _Class:
+        entry = unit.entry
+        init, reset = self.init_lines(entry, "self")
+        call = unit.calls[0]
+        names, stmts, args = self.forward(unit, call)
+        lines = self.render(stmts, names, {*call.outputs})
+        returns = ", ".join(names[v] for v in call.outputs)
+        doc = self.doc(unit)
+        return _Class("", doc, init, reset, args, lines, returns)
+
+    def doc(self, unit: Unit) -> str:
+        if unit.kind == "model":
+            return _signature(self.graph)
+        e = unit.entry
+        where = f" ({self.labels.get(e.span.file, e.span.file)}:{e.span.line})" if e.span else ""
+        return f"{e.kind}({e.args}){where}" if e.args else f"{e.kind}{where}"
+
+    def constructor(self, m: ModuleEntry) -> str | None:
+        """How a child module is made: a class, a torch module, a list; None for a holder."""
+        unit = self.plan.units.get(m.path)
+        if unit is not None:
+            return unit.module if unit.kind == "leaf" else f"{self.class_of[m.path]}()"
+        if m.is_list:
+            return None
+        if not m.tensors and not m.children and m.path not in self.node_scopes:
+            return "nn.Identity()"  # an instance a pass emptied (a folded BatchNorm)
+        return None
+
+    def init_lines(self, m: ModuleEntry, base: str) -> tuple[list[str], list[str]]:
+        """`__init__` and `reset_parameters` lines of module `m` (read as `base`) and of the
+        children it holds, down to the callable ones, which make and initialize themselves."""
+        init = _tensor_lines(m, base)
+        reset = [_init_call(t, base + t.step, self.graph) for t in m.tensors]
+        for child in m.children:
+            expr = base + child.step
+            made = self.made(child)
+            init.append((f"{base}.append({made})" if m.is_list else f"{expr} = {made}") + _where(child.span, self.labels))
+            if child.is_list and made != "nn.ModuleList()":
+                continue  # nn.ModuleList([Block() for _ in range(n)])
+            unit = self.plan.units.get(child.path)
+            if unit is None:  # a holder or a list: filled here
+                i2, r2 = self.init_lines(child, expr)
+                init += i2
+                reset += r2
+            elif unit.kind == "leaf":  # the spec's initializers, not torch's
+                reset += [_init_call(t, expr + t.step, self.graph) for t in child.tensors]
+        return init, reset
+
+    def made(self, m: ModuleEntry) -> str:
+        """The expression that makes a child module."""
+        if m.is_list:
+            kinds = {self.class_of.get(c.path) for c in m.children}
+            if len(kinds) == 1 and None not in kinds:
+                return f"nn.ModuleList([{kinds.pop()}() for _ in range({len(m.children)})])"
+            return "nn.ModuleList()"
+        return self.constructor(m) or _scope_call(m)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, unit: Unit, call: Call) -> tuple[dict[str, str], list[_Stmt], str]:
+        graph, entry = self.graph, unit.entry
+        self.current = entry
+        namer = Namer(RESERVED | {"layer"})
+        names: dict[str, str] = {}
+        if unit.kind == "model":
+            ports = {p.value: p.name for p in graph.inputs}
+            for v in call.inputs:
+                names[v] = namer.take(ports[v])
+            args = ", ".join(f"{names[v]}: torch.Tensor" for v in call.inputs)
+        else:
+            for k, v in enumerate(call.inputs):
+                names[v] = namer.take("x" if len(call.inputs) == 1 else f"x{k}")
+            args = ", ".join(f"{names[v]}: torch.Tensor" for v in call.inputs)
+        cut = len(entry.path) + 1 if entry.path else 0
+        made_here: set[str] = set(call.inputs)
+        own: set[str] = set()  # values made by this forward's own op statements
+        stmts: list[_Stmt] = []
+        for i in call.nodes:
+            node = graph.nodes[i]
+            child = self.plan.owner(unit, i)
+            if child is not None and child.kind == "block":
+                sub = next((c for c in child.calls if c.nodes.start == i), None)
+                if sub is None:
+                    continue
+                for v in sub.outputs:
+                    names[v] = namer.take(child.entry.path[cut:] + ("" if len(sub.outputs) == 1 else f"_{len(names)}"))
+                stmts.append(self.call_stmt(child.entry.relative(entry), sub.inputs, sub.outputs, child.entry))
+                made_here.update(sub.outputs)
+                continue
+            base = node_base(node, graph)[cut:] if node.scope.startswith(entry.path) else node_base(node, graph)
+            for k, v in enumerate(node.outputs):
+                names[v] = namer.take(base if len(node.outputs) == 1 else f"{base}_{k}")
+            if child is not None:  # a leaf module: the node is its call
+                stmts.append(self.call_stmt(child.entry.relative(entry), list(node.inputs), list(node.outputs),
+                                            child.entry, node.span))
+                own.update(node.outputs)
+                continue
+            stmts.append(self.op_stmt(i, entry, own, set(call.outputs)))
+            own.update(node.outputs)
+            made_here.update(node.outputs)
+        self.keep = set(call.outputs)
+        return names, self.loops(stmts, names), args
+
+    def call_stmt(self, expr: str, ins: list[str], outs: list[str], child: ModuleEntry,
+                  span: SpanModel | None = None) -> _Stmt:
+        where = _where(span or child.span, self.labels)
+
+        def render(names: dict[str, str]) -> list[str]:
+            lhs = ", ".join(names[v] for v in outs)
+            return [f"{lhs} = {expr}({', '.join(names[v] for v in ins)}){where}"]
+
+        stmt = _Stmt(list(ins), list(outs), render)
+        stmt.child = child  # type: ignore[attr-defined]
+        return stmt
+
+    def op_stmt(self, i: int, entry: ModuleEntry, own: set[str], outputs: set[str]) -> _Stmt:
+        graph, node = self.graph, self.graph.nodes[i]
+        tensors = {t.decl.name: t for m in self.root.walk() for t in m.tensors} if not hasattr(self, "_tensors") \
+            else self._tensors
+        self._tensors = tensors
+        params = {role: _tensor_expr(tensors[p], entry) for role, p in node.params.items()}
         op = registry.get(node.op)
-        types = [graph.values[v] for v in node.inputs]
-        expr = op.torch_inplace_expr(op.make_attrs(node.attrs), ins, params, types) if i in inplace else None
-        expr = expr or expression(node, graph, ins, params)
-        outs = [names[v] for v in node.outputs]
-        lhs = ", ".join(outs) if len(outs) > 1 else f"({outs[0]},)" if node.op in TUPLE_OPS else outs[0]
-        lines.append(f"{lhs} = {expr}{_where(node.span, labels)}")
-        if dead:
-            lines.append(f"del {', '.join(names[v] for v in dead)}")
-    return lines
+        v0 = node.inputs[0] if node.inputs else None
+        inplace = i in self.inplace and v0 in own and v0 not in outputs
+
+        def render(names: dict[str, str]) -> list[str]:
+            ins = [names[v] for v in node.inputs]
+            types = [graph.values[v] for v in node.inputs]
+            expr = op.torch_inplace_expr(op.make_attrs(node.attrs), ins, params, types) if inplace else None
+            expr = expr or expression(node, graph, ins, params)
+            outs = [names[v] for v in node.outputs]
+            lhs = ", ".join(outs) if len(outs) > 1 else f"({outs[0]},)" if node.op in TUPLE_OPS else outs[0]
+            return [f"{lhs} = {expr}{_where(node.span, self.labels)}"]
+
+        return _Stmt(list(node.inputs), list(node.outputs), render)
+
+    def loops(self, stmts: list[_Stmt], names: dict[str, str]) -> list[_Stmt]:
+        """Consecutive layers of one list, of one class, each feeding the next: one `for` loop."""
+        out: list[_Stmt] = []
+        k = 0
+        while k < len(stmts):
+            run = [stmts[k]]
+            first = getattr(stmts[k], "child", None)
+            while first is not None and first.is_layer and first.path in self.class_of and len(run[-1].reads) == 1 and len(run[-1].writes) == 1:
+                nxt = stmts[k + len(run)] if k + len(run) < len(stmts) else None
+                prev = getattr(run[-1], "child")
+                layer = getattr(nxt, "child", None) if nxt else None
+                if nxt is None or layer is None or layer.parent is not first.parent or \
+                        int(layer.attr) != int(prev.attr) + 1 or nxt.reads != run[-1].writes or len(nxt.writes) != 1 or \
+                        self.class_of.get(layer.path) != self.class_of.get(first.path) or \
+                        layer.path not in self.class_of or self.reads[run[-1].writes[0]] != self._reads_in(nxt, run[-1].writes[0]):
+                    break
+                run.append(nxt)
+            if len(run) < 2:
+                out.append(stmts[k])
+                k += 1
+                continue
+            x_in, x_out = run[0].reads[0], run[-1].writes[0]
+            later = {v for st in stmts[k + len(run):] for v in st.reads}
+            if x_in not in later and x_in not in self.keep:  # the loop variable takes the input's name
+                names[x_out] = names[x_in]
+            out.append(self.loop_stmt(run, first, names))
+            k += len(run)
+        return out
+
+    def _reads_in(self, stmt: _Stmt, v: str) -> int:
+        """How many graph nodes read `v` inside the call `stmt` makes."""
+        child = getattr(stmt, "child")
+        unit = self.plan.units[child.path]
+        return sum(1 for c in unit.calls for i in c.nodes for u in self.graph.nodes[i].inputs if u == v)
+
+    def loop_stmt(self, run: list[_Stmt], first: ModuleEntry, names: dict[str, str]) -> _Stmt:
+        lst = first.parent
+        assert lst is not None
+        last = getattr(run[-1], "child")
+        a, b, n = int(first.attr), int(last.attr) + 1, len(lst.children)
+        x_in, x_out = run[0].reads[0], run[-1].writes[0]
+        rel = getattr(run[0], "child").relative(self.current)
+        seq = rel[: -len(first.step)] + ("" if (a, b) == (0, n) else f"[{a}:{b}]")
+
+        def render(nm: dict[str, str]) -> list[str]:
+            head = [] if nm[x_out] == nm[x_in] else [f"{nm[x_out]} = {nm[x_in]}"]
+            return head + [f"for layer in {seq}:", f"    {nm[x_out]} = layer({nm[x_out]})"]
+
+        return _Stmt([x_in], [x_out], render)
+
+    def render(self, stmts: list[_Stmt], names: dict[str, str], keep: set[str]) -> list[str]:
+        """The statements with a `del` after each value's last use (graph outputs and this
+        forward's results stay), as torch.fx's generated code does: a flat `forward` would
+        otherwise hold every intermediate until it returns."""
+        last: dict[str, int] = {}
+        for k, st in enumerate(stmts):
+            for v in (*st.writes, *st.reads):
+                last[v] = k
+        dead: list[list[str]] = [[] for _ in stmts]
+        for v, k in last.items():
+            if v not in keep:
+                dead[k].append(v)
+        lines: list[str] = []
+        for st, gone in zip(stmts, dead):
+            lines += st.render(names)
+            live = {names[v] for v in st.writes if v not in gone}  # a loop may rebind its input's name
+            gone = [n for n in dict.fromkeys(names[v] for v in gone) if n not in live]
+            if gone:
+                lines.append(f"del {', '.join(gone)}")
+        return lines
+
+
+def _tensor_expr(t: TensorEntry, entry: ModuleEntry) -> str:
+    """A tensor as code in `entry`'s methods reads it."""
+    owner_path = t.decl.name.rpartition(".")[0]
+    m: ModuleEntry | None = t.owner  # type: ignore[attr-defined]
+    assert m is not None and m.path == owner_path
+    return m.relative(entry) + t.step
+
+
+def _scope_call(m: ModuleEntry) -> str:
+    return f"Scope({py_str(m.kind)}, {py_str(m.args)})" if m.args else f"Scope({py_str(m.kind)})"
+
+
+def _class_base(kind: str) -> str:
+    """A class name from a block or op name: `GPT2Block` stays, `hyper` becomes `Hyper`."""
+    base = sanitize(kind) if kind else "Block"
+    return base if base[0].isupper() else "".join(p[:1].upper() + p[1:] for p in base.split("_") if p) or "Block"
 
 
 def emit_python(graph: Graph) -> str:
     """The model as the text of a standalone `.py` file that needs only torch."""
     labels = source_labels(graph)
-    root = module_tree(graph)
     name = class_name(graph)
-    names = value_names(graph, RESERVED | {name})
-    init, reset = _tree_lines(root, graph, labels)
-    outs = [names[p.value] for p in graph.outputs]
+    emitter = _Emitter(graph, labels, name)
+    classes = emitter.emit()
     n_params = sum(p.numel for p in graph.params.values() if p.trainable)
     n_buffers = sum(p.numel for p in graph.params.values() if not p.trainable)
     source = ", ".join(sorted(set(labels.values()))) or "an IR graph"
@@ -173,15 +435,11 @@ def emit_python(graph: Graph) -> str:
     module_doc = (f"{name}: generated by archc from {source}. Do not edit; regenerate with `archc build`.\n\n"
                   f"    {_signature(graph)}\n\n{counts}. Needs only torch.\n")
     text = _template().render(
-        name=name,
         module_doc=py_docstring(module_doc),
-        class_doc=py_docstring(_signature(graph), indent="    "),
-        init_lines=init,
-        reset_lines=reset,
-        inputs=", ".join(f"{names[p.value]}: torch.Tensor" for p in graph.inputs),
-        return_type="torch.Tensor" if len(outs) == 1 else "tuple[torch.Tensor, ...]",
-        forward_lines=_forward_lines(root, graph, names, labels),
-        returns=", ".join(outs),
+        classes=[dict(name=c.name, doc=py_docstring(c.doc, indent="    "), init=c.init, reset=c.reset,
+                      args=c.args, forward=c.forward, returns=c.returns,
+                      return_type="torch.Tensor" if "," not in c.returns else "tuple[torch.Tensor, ...]")
+                 for c in classes],
     )
     verify_python(text, f"<archc: {name}>", strings=spec_strings(graph))
     return text

@@ -21,6 +21,8 @@ class TensorEntry:
     decl: ParamDecl
     attr: str
     expr: str  # how generated code reads it: `self.h[0].attn.qkv.weight`
+    step: str = ""  # from its module: `.weight`, or `._parameters['weight']`
+    owner: ModuleEntry | None = None
 
 
 @dataclass
@@ -31,11 +33,22 @@ class ModuleEntry:
     args: str  # "heads=4, causal=True"
     span: SpanModel | None
     expr: str = "self"
+    step: str = ""  # from its parent: `.attn`, `[3]`, or `._modules['forward']`
+    parent: ModuleEntry | None = None
     parent_expr: str = ""
     is_list: bool = False
     is_layer: bool = False  # a child of a list: appended, in order
     tensors: list[TensorEntry] = field(default_factory=list)
     children: list[ModuleEntry] = field(default_factory=list)
+
+    def relative(self, ancestor: ModuleEntry) -> str:
+        """How code in `ancestor`'s methods reads this module: `self.attn.qkv`."""
+        steps: list[str] = []
+        entry: ModuleEntry | None = self
+        while entry is not None and entry is not ancestor:
+            steps.append(entry.step)
+            entry = entry.parent
+        return "self" + "".join(reversed(steps))
 
     def walk(self) -> list[ModuleEntry]:
         """This module and every descendant, parents first, in declaration order."""
@@ -92,7 +105,8 @@ def module_tree(graph: Graph) -> ModuleEntry:
             ensure(path)
     for name, decl in graph.params.items():
         owner, _, attr = name.rpartition(".")
-        ensure(owner).tensors.append(TensorEntry(decl=decl, attr=attr, expr=""))
+        module = ensure(owner)
+        module.tensors.append(TensorEntry(decl=decl, attr=attr, expr="", owner=module))
     for entry in root.walk():
         _check_names(entry, graph)
         kids = [c.attr for c in entry.children]
@@ -101,13 +115,14 @@ def module_tree(graph: Graph) -> ModuleEntry:
         if entry.is_list:
             entry.children.sort(key=lambda c: int(c.attr))
         for child in entry.children:
-            child.parent_expr, child.is_layer = entry.expr, entry.is_list
-            child.expr = (f"{entry.expr}[{child.attr}]" if entry.is_list else
-                          f"{entry.expr}.{child.attr}" if _safe(child.attr) else
-                          f"{entry.expr}._modules[{py_str(child.attr)}]")
+            child.parent, child.parent_expr, child.is_layer = entry, entry.expr, entry.is_list
+            child.step = (f"[{child.attr}]" if entry.is_list else f".{child.attr}" if _safe(child.attr) else
+                          f"._modules[{py_str(child.attr)}]")
+            child.expr = entry.expr + child.step
         for t in entry.tensors:
             store = "_parameters" if t.decl.trainable else "_buffers"
-            t.expr = f"{entry.expr}.{t.attr}" if _safe(t.attr) else f"{entry.expr}.{store}[{py_str(t.attr)}]"
+            t.step = f".{t.attr}" if _safe(t.attr) else f".{store}[{py_str(t.attr)}]"
+            t.expr = entry.expr + t.step
     return root
 
 

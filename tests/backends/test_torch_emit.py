@@ -4,6 +4,7 @@ initializers, and readable names that never shadow."""
 from __future__ import annotations
 
 import ast
+import re
 import os
 from pathlib import Path
 from typing import Any
@@ -76,9 +77,10 @@ def test_module_tree_mirrors_the_scopes() -> None:
     assert set(graph.scopes) <= set(named)
     assert isinstance(module.h, nn.ModuleList) and len(module.h) == 2
     assert module.h[1].attn.qkv.weight.shape == (192, 64)
+    assert type(module.h[0]) is type(module.h[1])  # one class per distinct block
     text = repr(module)
-    assert "(attn): Attention(" in text and "heads=4, causal=True" in text
-    assert "(qkv): linear(features=192, bias=True)" in text
+    assert "(attn): Attention(" in text and "heads=4, causal=True" in (type(module.h[0].attn).__doc__ or "")
+    assert "(qkv): Linear(in_features=64, out_features=192, bias=True)" in text
 
 
 def test_batchnorm_buffers_load_into_torch_batchnorm() -> None:
@@ -129,35 +131,40 @@ def test_the_backend_spells_every_initializer_the_ir_knows() -> None:
     assert {k: v[0] for k, v in INITS.items()} == INITIALIZERS
 
 
-def _forward(tree: ast.Module) -> ast.FunctionDef:
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name != "Scope")
-    return next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "forward")
+def _forwards(tree: ast.Module) -> list[ast.FunctionDef]:
+    classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name != "Scope"]
+    return [f for c in classes for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "forward"]
+
+
+def _forward_text(text: str) -> str:
+    return "\n".join(ast.unparse(f) for f in _forwards(ast.parse(text)))
 
 
 @pytest.mark.parametrize("path", [GPT_TINY, *zoo()], ids=lambda p: p.stem)
-def test_forward_is_one_line_per_node_with_names_that_never_shadow(path: Path) -> None:
+def test_each_forward_frees_its_values_and_names_never_shadow(path: Path) -> None:
     graph = small_graph(path) if path != GPT_TINY else elaborate_file(path)
     text = emit_python(graph)
     tree = ast.parse(text)
     imports = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
                for a in n.names} | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert imports <= {"torch", "torch.nn.functional", "nn"}, imports  # needs only torch
-    fwd = _forward(tree)
-    *body, ret = fwd.body
-    deleted = [t.id for stmt in body if isinstance(stmt, ast.Delete) for t in stmt.targets]  # type: ignore[attr-defined]
-    body = [stmt for stmt in body if not isinstance(stmt, ast.Delete)]
-    assert isinstance(ret, ast.Return) and len(body) == len(graph.nodes)
-    assigned = [t.id for stmt in body for t in ast.walk(stmt.targets[0]) if isinstance(t, ast.Name)]  # type: ignore[attr-defined]
-    args = [a.arg for a in fwd.args.args[1:]]
-    assert len(set(assigned + args)) == len(assigned) + len(args), "a name is assigned twice"
-    assert not set(assigned) & RESERVED
-    # every value but the returned ones is freed once, right after its last use
-    returned = {n.id for n in ast.walk(ret) if isinstance(n, ast.Name)}
-    assert sorted(deleted) == sorted(set(assigned + args) - returned)
     lines = text.splitlines()
-    for stmt, node in zip(body, graph.nodes):
-        assert node.span is not None
-        assert lines[stmt.lineno - 1].endswith(f".arch:{node.span.line}"), lines[stmt.lineno - 1]
+    for fwd in _forwards(tree):
+        *body, ret = fwd.body
+        deleted = [t.id for stmt in body if isinstance(stmt, ast.Delete) for t in stmt.targets]  # type: ignore[attr-defined]
+        assigns = [stmt for stmt in body if isinstance(stmt, ast.Assign)]
+        assigned = [t.id for stmt in assigns for t in ast.walk(stmt.targets[0]) if isinstance(t, ast.Name)]
+        args = [a.arg for a in fwd.args.args[1:]]
+        loops = [stmt for stmt in body if isinstance(stmt, ast.For)]
+        assert len(set(assigned + args)) == len(assigned) + len(args), "a name is assigned twice"
+        assert not set(assigned) & RESERVED
+        # every value but the returned ones is freed once, right after its last use
+        returned = {n.id for n in ast.walk(ret) if isinstance(n, ast.Name)}
+        assert sorted(deleted) == sorted(set(assigned + args) - returned)
+        for stmt in assigns:  # each statement is one IR node or one call of a child, with its spec line
+            line = lines[stmt.lineno - 1]
+            assert re.search(r"\.arch:\d+$", line) or all(isinstance(stmt.value, ast.Name) for _ in [0]), line
+        assert all(isinstance(loop.target, ast.Name) and loop.target.id == "layer" for loop in loops)
 
 
 def test_instance_names_that_torch_uses_for_methods_still_work(tmp_path: Path) -> None:
@@ -211,7 +218,7 @@ def test_single_use_fresh_values_are_overwritten_in_place(tmp_path: Path) -> Non
     from backend_harness import three_ways
 
     graph = spec_graph(RESIDUAL)
-    forward = ast.unparse(_forward(ast.parse(emit_python(graph))))
+    forward = _forward_text(emit_python(graph))
     assert forward.count("inplace=True") == 2 and forward.count(".add_(") == 1, forward
     assert "F.relu(x" not in forward and "x.add_" not in forward
     models = three_ways(graph, tmp_path)
@@ -239,5 +246,5 @@ def test_single_use_fresh_values_are_overwritten_in_place(tmp_path: Path) -> Non
     ("axis B\nmodel M (x: [B, 8]) -> [B, 8] { return linear(x, 1) + x }", "broadcast to the output"),
 ])
 def test_values_that_must_survive_are_not_overwritten(spec: str, why: str) -> None:
-    forward = ast.unparse(_forward(ast.parse(emit_python(spec_graph(spec)))))
+    forward = _forward_text(emit_python(spec_graph(spec)))
     assert "inplace=True" not in forward and ".add_(" not in forward, why
