@@ -1,35 +1,24 @@
 """The in-memory `nn.Module`, made from the generated source, as torch.fx makes a GraphModule.
 
-The text `emit_python` writes is executed in a fresh module object (registered in `sys.modules`
-so classes pickle within the process, and in `linecache` so tracebacks show the generated
-lines). There is one spelling of the model: the file a user can read is the code that runs.
+The text `emit_python` writes is imported as the module `archc.generated.m<digest>` (see
+archc/generated), so the classes have an importable home: `torch.save(model)` pickles them by
+that name and `torch.load` finds them again in another process, and tracebacks show the
+generated lines. There is one spelling of the model: the file a user can read is the code that runs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import linecache
-import sys
 import types
-from functools import lru_cache
 from typing import Any
 
+from archc import generated
 from archc.backends.torch.emit import class_name, emit_python
 from archc.ir.graph import Graph
 
 
-@lru_cache(maxsize=64)
 def load_source(source: str) -> types.ModuleType:
-    """Execute generated source as a module; the same text gives the same module (and classes)."""
-    key = hashlib.sha256(source.encode()).hexdigest()[:16]
-    name = f"archc_generated_{key}"
-    filename = f"<archc-generated-{key}>"
-    module = types.ModuleType(name)
-    module.__file__ = filename
-    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-    exec(compile(source, filename, "exec"), module.__dict__)
-    sys.modules[name] = module
-    return module
+    """Import generated source as a module; the same text gives the same module (and classes)."""
+    return generated.load(source)
 
 
 def build_module(graph: Graph) -> Any:
