@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from archc.ir.blocks import common_scope, homes, tied_uses, within  # noqa: F401  (re-exported)
 from archc.ir.graph import Graph
 from archc.ops import registry
 
@@ -38,9 +39,6 @@ def ancestors(path: str) -> list[str]:
     return out
 
 
-def within(path: str, scope: str) -> bool:
-    """Whether `path` is `scope` or lies inside it."""
-    return not scope or path == scope or path.startswith(scope + ".")
 
 
 @dataclass
@@ -76,65 +74,6 @@ class ScopeTree:
             return False
         node = self.graph.nodes[nodes[0]]
         return node.op == self.kind(path) or (path not in self.graph.scopes and bool(node.params))
-
-
-def tied_uses(graph: Graph) -> set[int]:
-    """Nodes that reuse another op's parameters: `tied=` (GPT-2's output projection), or an op in
-    the scope of another (`@scope("wte") linear(...)`): every node after the op that owns it."""
-    owners: set[str] = set()
-    out: set[int] = set()
-    for i, node in enumerate(graph.nodes):
-        if node.params and node.param_owners() != {node.scope}:  # `tied=`: another instance's weights
-            out.add(i)
-            continue
-        info = graph.scopes.get(node.scope)
-        if info is not None:  # a recorded instance: its op owns it
-            if not registry.has(info.kind):
-                continue
-            owner = node.op == info.kind
-        else:  # a scope forced by @scope, never recorded: the first op with parameters owns it
-            if not node.params and node.scope not in owners:
-                continue
-            owner = True
-        if owner and node.scope not in owners:
-            owners.add(node.scope)
-        else:
-            out.add(i)
-    return out
-
-
-def common_scope(paths: list[str]) -> str:
-    if not paths:
-        return ""
-    parts = [p.split(".") if p else [] for p in paths]
-    common: list[str] = []
-    for names in zip(*parts):
-        if len(set(names)) != 1:
-            break
-        common.append(names[0])
-    return ".".join(common)
-
-
-def homes(graph: Graph) -> list[str]:
-    """Each node's scope, except that a tied use lives where its inputs and users meet (GPT-2's
-    logits in the model, not inside the token embedding whose weight they share)."""
-    out = [n.scope for n in graph.nodes]
-    tied = tied_uses(graph)
-    if not tied:
-        return out
-    producer = {v: i for i, n in enumerate(graph.nodes) for v in n.outputs}
-    returned = {p.value for p in graph.outputs}
-    users: dict[str, list[int]] = {}
-    for j, n in enumerate(graph.nodes):
-        for v in n.inputs:
-            users.setdefault(v, []).append(j)
-    for i in sorted(tied):
-        node = graph.nodes[i]
-        near = [out[producer[v]] if v in producer else "" for v in node.inputs]
-        for v in node.outputs:
-            near += [graph.nodes[j].scope for j in users.get(v, [])] + ([""] if v in returned else [])
-        out[i] = common_scope(near)
-    return out
 
 
 def scope_tree(graph: Graph) -> ScopeTree:

@@ -24,6 +24,7 @@ from archc.elaborate.values import (CALLABLES, BlockFn, BlockTemplate, Builtin, 
 from archc.errors import ArchError, Span, did_you_mean
 from archc.frontend import ast as A
 from archc.frontend.fmt import expr_text, type_text
+from archc.ir.blocks import annotate
 from archc.ir.names import bad_scope_segment
 from archc.ir.graph import AnnotationIR, Graph, Node, ParamDecl, Port, ScopeInfo, SpanModel
 from archc.ir.types import TensorType
@@ -105,14 +106,14 @@ class Elaborator:
         for axis, size in bindings.items():
             frame.vars.setdefault(axis, size.value if size.is_const else size)
         results = self.run_block(fn, frame, inputs, chosen.span, bindings)
-        return Graph(
+        return annotate(Graph(
             name=chosen.name,
             axes=tuple(sorted({a for t in (self.values[i.id] for i in inputs) for s in t.sizes for a in s.atoms()})),
             model_args={k: _jsonable(v) for k, v in fn.params.items()},
             inputs=tuple(Port(name=p.name, value=t.id, type=t.type) for p, t in zip(ports, inputs)),
             outputs=tuple(Port(name=f"out{i}" if len(results) > 1 else "out", value=t.id, type=t.type)
                           for i, t in enumerate(results)),
-            values=self.values, nodes=tuple(self.nodes), params=self.params, scopes=self.scopes)
+            values=self.values, nodes=tuple(self.nodes), params=self.params, scopes=self.scopes))
 
     # ==== values ==================================================================================
     def new_value(self, t: TensorType) -> Tensor:

@@ -17,7 +17,7 @@ from archc.errors import Span
 from archc.ir.names import check_graph_names
 from archc.ir.types import TensorType
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: scopes carry their block structure (calls, key)
 
 
 class SpanModel(BaseModel):
@@ -94,6 +94,17 @@ class Port(BaseModel):
     type: TensorType
 
 
+class BlockCall(BaseModel):
+    """One application of a block instance: its nodes `[start, stop)` of the graph, the values that
+    enter it and the values that leave it (see archc/ir/blocks.py)."""
+
+    model_config = ConfigDict(frozen=True)
+    start: int
+    stop: int
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
 class ScopeInfo(BaseModel):
     """A named instance in the module tree: which block or op it is, with what arguments."""
 
@@ -103,6 +114,8 @@ class ScopeInfo(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
     span: SpanModel | None = None
     slot: str | None = None  # the interface-typed parameter this instance fills: "mixer: TokenMixer"
+    calls: tuple[BlockCall, ...] = ()  # a block instance's applications, where it can be called
+    key: str = ""  # structural key: equal for instances that compute the same thing
 
 
 class Graph(BaseModel):
@@ -121,7 +134,8 @@ class Graph(BaseModel):
     @model_validator(mode="after")
     def _version(self) -> "Graph":
         if self.schema_version != SCHEMA_VERSION:
-            raise ValueError(f"IR schema version {self.schema_version} is not {SCHEMA_VERSION}")
+            raise ValueError(f"IR schema version {self.schema_version} is not {SCHEMA_VERSION}: the file was written "
+                             "by another archc; write it again with `archc ir` from the spec")
         check_graph_names(self)
         return self
 

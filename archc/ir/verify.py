@@ -4,6 +4,7 @@ Runs after every pass in the tests."""
 
 from __future__ import annotations
 
+from archc.ir.blocks import block_calls
 from archc.ir.graph import Graph
 from archc.ops import registry
 from archc.ops.registry import OpError
@@ -55,4 +56,9 @@ def verify(graph: Graph) -> Graph:
     unused = set(graph.params) - used_params
     if unused:
         raise VerifyError(f"parameters no node uses: {sorted(unused)[:5]}")
+    found = block_calls(graph)
+    for path, info in graph.scopes.items():
+        if (info.calls, info.key) != found.get(path, ((), "")):
+            raise VerifyError(f"scope '{path}': its recorded block structure is not the graph's "
+                              "(a pass that changes nodes must be followed by archc.ir.blocks.annotate)")
     return graph

@@ -19,10 +19,10 @@ import jinja2
 from archc.backends.quote import py_comment, py_docstring, py_str, verify_python
 from archc.backends.torch.inits import InitError, empty_call, init_call
 from archc.backends.torch.naming import FILE_GLOBALS, RESERVED, Namer, node_base, sanitize
-from archc.backends.torch.plan import Call, Unit, plan
+from archc.backends.torch.plan import Unit, plan
 from archc.backends.torch.tree import ModuleEntry, TensorEntry, module_tree
 from archc.errors import ArchError
-from archc.ir.graph import Graph, Node, SpanModel
+from archc.ir.graph import BlockCall, Graph, Node, SpanModel
 from archc.ops import registry
 
 # Ops whose torch spelling returns a tuple even when the IR node has a single output.
@@ -255,7 +255,7 @@ class _Emitter:
         return self.constructor(m) or _scope_call(m)
 
     # -- forward ------------------------------------------------------------------------------
-    def forward(self, unit: Unit, call: Call) -> tuple[dict[str, str], list[_Stmt], str]:
+    def forward(self, unit: Unit, call: BlockCall) -> tuple[dict[str, str], list[_Stmt], str]:
         graph, entry = self.graph, unit.entry
         self.current = entry
         namer = Namer(RESERVED | {"layer"})
@@ -273,11 +273,11 @@ class _Emitter:
         made_here: set[str] = set(call.inputs)
         own: set[str] = set()  # values made by this forward's own op statements
         stmts: list[_Stmt] = []
-        for i in call.nodes:
+        for i in range(call.start, call.stop):
             node = graph.nodes[i]
             child = self.plan.owner(unit, i)
             if child is not None and child.kind == "block":
-                sub = next((c for c in child.calls if c.nodes.start == i), None)
+                sub = next((c for c in child.calls if c.start == i), None)
                 if sub is None:
                     continue
                 for v in sub.outputs:
@@ -365,7 +365,7 @@ class _Emitter:
         """How many graph nodes read `v` inside the call `stmt` makes."""
         child = getattr(stmt, "child")
         unit = self.plan.units[child.path]
-        return sum(1 for c in unit.calls for i in c.nodes for u in self.graph.nodes[i].inputs if u == v)
+        return sum(1 for c in unit.calls for i in range(c.start, c.stop) for u in self.graph.nodes[i].inputs if u == v)
 
     def loop_stmt(self, run: list[_Stmt], first: ModuleEntry, names: dict[str, str]) -> _Stmt:
         lst = first.parent

@@ -14,36 +14,26 @@ another block's weights, its nodes interleave with others) is a `Scope` that onl
 tensors, and its nodes run in the nearest callable ancestor's `forward`: the outputs are the
 same either way. A stack is an `nn.ModuleList` of its layers.
 
-Each call's boundary is computed from the flat list: its inputs are the values its nodes read
-and do not make (in order of first use), its outputs the values it makes that anything after it
-reads (or that the model returns), in order of definition.
+Which block instances can be called, and their calls (the values that cross each boundary),
+is part of the IR (`ScopeInfo.calls`, computed by archc/ir/blocks.py); this module adds what is
+torch's own: which op instances are torch modules.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
-from archc.analysis.structure import homes, within
 from archc.backends.torch.tree import ModuleEntry
-from archc.ir.graph import Graph
+from archc.ir.blocks import homes, within
+from archc.ir.graph import BlockCall, Graph
 from archc.ops import registry
-
-
-@dataclass
-class Call:
-    """One application of a module: the nodes it runs and the values that cross its boundary."""
-
-    nodes: range
-    inputs: list[str]
-    outputs: list[str]
 
 
 @dataclass
 class Unit:
     entry: ModuleEntry
     kind: str  # "model", "block" or "leaf"
-    calls: list[Call] = field(default_factory=list)
+    calls: list[BlockCall] = field(default_factory=list)
     module: str = ""  # a leaf's torch constructor: "nn.Linear(768, 2304, bias=True)"
 
 
@@ -63,37 +53,6 @@ class Plan:
                 found = self.units[path]
             path = path.rpartition(".")[0]
         return found
-
-
-def _runs(indices: list[int]) -> list[range]:
-    out: list[range] = []
-    for i in indices:
-        if out and out[-1].stop == i:
-            out[-1] = range(out[-1].start, i + 1)
-        else:
-            out.append(range(i, i + 1))
-    return out
-
-
-def _boundary(graph: Graph, run: range, readers: dict[str, list[int]], returned: set[str]) -> Call:
-    made = {v for i in run for v in graph.nodes[i].outputs}
-    inputs = list(dict.fromkeys(v for i in run for v in graph.nodes[i].inputs if v not in made))
-    outputs = [v for i in run for v in graph.nodes[i].outputs
-               if v in returned or any(j not in run for j in readers.get(v, []))]
-    return Call(run, inputs, outputs)
-
-
-def _shape_of(graph: Graph, call: Call, path: str) -> str:
-    """The call's computation up to names: equal for two runs of one shared instance."""
-    local = {v: f"in{k}" for k, v in enumerate(call.inputs)}
-    items = []
-    for n, i in enumerate(call.nodes):
-        node = graph.nodes[i]
-        for k, v in enumerate(node.outputs):
-            local[v] = f"n{n}.{k}"
-        items.append([node.op, node.attrs, node.scope[len(path):], node.params, [local.get(v) for v in node.inputs]])
-    items.append([local[v] for v in call.outputs])
-    return json.dumps(items, sort_keys=True, default=str)
 
 
 def _leaf(graph: Graph, entry: ModuleEntry, nodes: list[int], home: list[str]) -> str | None:
@@ -118,39 +77,21 @@ def _leaf(graph: Graph, entry: ModuleEntry, nodes: list[int], home: list[str]) -
 
 def plan(graph: Graph, root: ModuleEntry) -> Plan:
     home = homes(graph)
-    readers: dict[str, list[int]] = {}
-    for i, node in enumerate(graph.nodes):
-        for v in node.inputs:
-            readers.setdefault(v, []).append(i)
-    returned = {p.value for p in graph.outputs}
     under: dict[str, list[int]] = {}
     for i, h in enumerate(home):
-        path = h
-        while True:
-            under.setdefault(path, []).append(i)
-            if not path:
-                break
-            path = path.rpartition(".")[0]
+        under.setdefault(h, []).append(i)
     units: dict[str, Unit] = {}
-    for entry in reversed(root.walk()):  # children before parents
+    for entry in root.walk():
         if entry is root or entry.is_list:
             continue
-        nodes = under.get(entry.path, [])
-        module = _leaf(graph, entry, nodes, home)
+        module = _leaf(graph, entry, under.get(entry.path, []), home)
         if module:
-            calls = [Call(range(i, i + 1), list(graph.nodes[i].inputs), list(graph.nodes[i].outputs)) for i in nodes]
+            calls = [BlockCall(start=i, stop=i + 1, inputs=graph.nodes[i].inputs, outputs=graph.nodes[i].outputs)
+                     for i in under[entry.path]]
             units[entry.path] = Unit(entry, "leaf", calls, module)
-            continue
-        if registry.has(entry.kind):
-            continue  # an op with no torch module of its own (positions, parameter): its parent runs it
-        if not nodes or any(not within(p, entry.path) or p == entry.path
-                            for i in nodes for p in graph.nodes[i].params.values()):
-            continue  # nothing to call, or it reads tensors it does not own: a holder
-        calls = [_boundary(graph, run, readers, returned) for run in _runs(nodes)]
-        if any(not c.outputs for c in calls) or \
-                len({_shape_of(graph, c, entry.path) for c in calls}) != 1:
-            continue
-        units[entry.path] = Unit(entry, "block", calls)
-    model = Call(range(len(graph.nodes)), [p.value for p in graph.inputs], [p.value for p in graph.outputs])
+        elif entry.path in graph.scopes and graph.scopes[entry.path].calls:  # see archc/ir/blocks.py
+            units[entry.path] = Unit(entry, "block", list(graph.scopes[entry.path].calls))
+    model = BlockCall(start=0, stop=len(graph.nodes), inputs=tuple(p.value for p in graph.inputs),
+                      outputs=tuple(p.value for p in graph.outputs))
     units[""] = Unit(root, "model", [model])
     return Plan(graph, root, home, units)
