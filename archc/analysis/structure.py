@@ -142,7 +142,9 @@ def runs(tree: ScopeTree, path: str) -> list[list[str]]:
     out: list[list[str]] = []
     last = None
     for k in kids:
-        sig = signature(tree, k)
+        info = tree.graph.scopes.get(k)
+        # the IR's structural key (archc/ir/blocks.py) where the layer has one, else its computation
+        sig = f"key:{info.key}" if info is not None and info.key else signature(tree, k)
         if out and sig == last:
             out[-1].append(k)
         else:

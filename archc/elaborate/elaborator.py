@@ -275,6 +275,9 @@ class Elaborator:
             frame.vars.setdefault(axis, size.value if size.is_const else size)
         for port, t in zip(ports, matched):
             frame.vars[port.name] = t
+        if scope in self.scopes:  # a named instance applied again: it shares its weights
+            info = self.scopes[scope]
+            self.scopes[scope] = info.model_copy(update={"applied": info.applied + 1})
         self.record_scope(scope, b.name, fn.params, b.span)
         return self.run_block(fn, frame, matched, span, bindings, stars)
 

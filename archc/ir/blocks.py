@@ -109,6 +109,18 @@ def _runs(indices: list[int]) -> list[range]:
     return out
 
 
+def _applications(runs: list[range], applied: int) -> list[range] | None:
+    """The runs cut into one per application: a shared instance applied twice in a row (`m(m(x))`)
+    makes one contiguous run of two equal halves. None when they cannot be cut evenly."""
+    if len(runs) >= applied:
+        return runs
+    total = sum(len(r) for r in runs)
+    if total % applied or any(len(r) % (total // applied) for r in runs):
+        return None
+    size = total // applied
+    return [range(i, i + size) for r in runs for i in range(r.start, r.stop, size)]
+
+
 def _type(graph: Graph, v: str) -> str:
     """A value's dtype and sizes; axis names are display labels, not part of the type."""
     t = graph.values[v]
@@ -157,7 +169,10 @@ def block_calls(graph: Graph) -> dict[str, tuple[tuple[BlockCall, ...], str]]:
         if any(not p.startswith(path + ".") for i in nodes for p in graph.nodes[i].params.values()):
             continue  # it reads tensors it does not own
         calls, shapes = [], set()
-        for run in _runs(nodes):
+        runs = _applications(_runs(nodes), graph.scopes[path].applied)
+        if runs is None:
+            continue
+        for run in runs:
             made = {v for i in run for v in graph.nodes[i].outputs}
             ins = tuple(dict.fromkeys(v for i in run for v in graph.nodes[i].inputs if v not in made))
             outs = tuple(v for i in run for v in graph.nodes[i].outputs

@@ -114,6 +114,7 @@ class ScopeInfo(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
     span: SpanModel | None = None
     slot: str | None = None  # the interface-typed parameter this instance fills: "mixer: TokenMixer"
+    applied: int = 1  # how many times the spec applies this block instance (a shared one: more)
     calls: tuple[BlockCall, ...] = ()  # a block instance's applications, where it can be called
     key: str = ""  # structural key: equal for instances that compute the same thing
 
