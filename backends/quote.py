@@ -9,10 +9,12 @@ function of its language below, and never through an f-string of its own:
              py_comment(text)    the text of a `#` comment         one line, no control characters
              py_docstring(text)  a docstring statement             built with ast.unparse
              py_attr(obj, name)  read attribute `name` of `obj`    obj.name, or getattr(obj, 'name')
+             py_float(x)         a float constant                 0.5, float('inf')
              verify_python(src)  parse the file and check it: names it reads are its own or allowed
     C/CUDA   c_comment(text)     the text of a `//` comment        printable ASCII, no backslash
              c_str(text)         a string literal                  octal escapes
     DOT      dot_str(text)       a double-quoted DOT id             "a\\"b"
+             dot_html(text)      text inside an HTML-like label     a &lt;b&gt;
 
 `is_identifier` is the one test of whether a name may stand as a Python identifier in generated
 code: ASCII only, since Python folds identifiers by NFKC (`ﬁ` and `fi` are one name to it), and
@@ -23,7 +25,9 @@ from __future__ import annotations
 
 import ast
 import builtins
+import html
 import keyword
+import math
 import re
 
 # --- Python ----------------------------------------------------------------------------------
@@ -56,6 +60,13 @@ def py_docstring(text: str, indent: str = "") -> str:
     """A docstring statement holding `text`, written by `ast.unparse` (which escapes what it must)."""
     code = ast.unparse(ast.Module(body=[ast.Expr(ast.Constant(str(text)))], type_ignores=[]))
     return "\n".join(indent + line if line else line for line in code.split("\n"))
+
+
+def py_float(value: float) -> str:
+    """A Python expression for the float `value`: its repr, or `float('inf')`, `float('-inf')`,
+    `float('nan')` (whose reprs are names, not literals)."""
+    value = float(value)
+    return repr(value) if math.isfinite(value) else f"float({repr(value)!r})"
 
 
 def py_attr(obj: str, name: str) -> str:
@@ -128,15 +139,23 @@ def verify_python(source: str, filename: str = "<generated>", allowed: frozenset
                     raise GeneratedCodeError(f"{filename}:{node.lineno}: generated code imports '{name}'")
     if strings:
         constants = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+        def held(text: str) -> bool:
+            return _code_safe(text) or any(text in c or repr(text) in c for c in constants)
+
         for text in strings:
-            if not _code_safe(text) and not any(text in c or repr(text) in c for c in constants):
+            # a scope path is held whole (`Scope(..., "h.0")`) or one segment at a time
+            # (`self._modules['a"b']._modules['fc']`), each segment a constant
+            if not held(text) and not all(held(part) for part in text.split(".")):
                 raise GeneratedCodeError(f"{filename}: spec text {text!r} is not a string constant of the file")
     return tree
 
 
 _IMPORTABLE = frozenset({"torch", "triton", "__future__", "typing", "math", "ctypes", "os", "sys", "pathlib",
                          "functools", "hashlib", "json", "tempfile", "time", "subprocess", "shutil", "dataclasses",
-                         "itertools", "collections", "stat", "build", "archc_runtime", "importlib"})
+                         "itertools", "collections", "stat", "build", "archc_runtime", "importlib",
+                         # the sibling modules of a Triton / CUDA package (relative imports)
+                         "model", "kernels", "runtime", "torch_model"})
 
 # --- C and CUDA ------------------------------------------------------------------------------
 
@@ -153,7 +172,8 @@ def c_comment(text: str) -> str:
 def c_str(text: str) -> str:
     """A C string literal for `text` (UTF-8 bytes), every byte outside the safe set as a 3-digit octal escape."""
     safe = _C_SAFE - {"?"}
-    return '"' + "".join(chr(b) if chr(b) in safe else f"\\{b:03o}" for b in str(text).encode("utf-8")) + '"'
+    data = str(text).encode("utf-8", "surrogatepass")  # a lone surrogate (from JSON) is still bytes
+    return '"' + "".join(chr(b) if chr(b) in safe else f"\\{b:03o}" for b in data) + '"'
 
 
 # --- DOT (graphviz) --------------------------------------------------------------------------
@@ -166,3 +186,10 @@ def dot_str(text: str) -> str:
     body = body.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\n")
     return '"' + "".join(c if c.isprintable() or c == " " else f"\\\\x{ord(c):02x}" for c in body) + '"'
 
+
+def dot_html(text: str) -> str:
+    """`text` for the inside of an HTML-like DOT label (`label=<...>`): `&`, `<`, `>` and quotes as
+    entities, and every character that is not printable (control characters, which graphviz's XML
+    parser refuses even as `&#1;`, line separators, lone surrogates) written out as `\\xNN`."""
+    shown = "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in str(text))
+    return html.escape(shown, quote=True)

@@ -5,19 +5,30 @@ proxies for its inputs and parameters, which appends that node's fx nodes to the
 module is traced, and nothing about the mode is baked in: `self.training` is read when the
 GraphModule runs, so `.train()` / `.eval()` switch dropout and BatchNorm as in the `.py` file.
 The GraphModule keeps the torch backend's module tree, so `state_dict()` keys are the same.
+
+A parameter name is spec text. fx writes a `get_attr` target into the generated code as
+`self.a.b` (or `getattr(self, "a")`, unescaped), so only targets whose every segment is a plain
+ASCII identifier that no `nn.Module` / `GraphModule` attribute shadows become `get_attr` nodes;
+any other tensor is read the way the torch backend reads it, through the owners' `_modules`,
+`_parameters` and `_buffers` dicts, with each key a string constant (which fx writes with repr).
+The generated code is checked with `quote.verify_python` before the GraphModule is returned.
 """
 
 from __future__ import annotations
 
+import operator
 import types
+from functools import cache
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from archc.backends.torch.emit import TUPLE_OPS, expression
+from archc.backends.quote import PY_GLOBALS, GeneratedCodeError, is_identifier, py_docstring, verify_python
+from archc.backends.torch.emit import TUPLE_OPS, expression, source_labels
 from archc.backends.torch.load import build_module
 from archc.backends.torch.naming import RESERVED, Namer, value_names
+from archc.errors import ArchError
 from archc.ir.graph import Graph, Node
 
 
@@ -64,8 +75,11 @@ def _lower_node(node: Node, graph: Graph, env: dict[str, Any], get_param: Any, s
     params = {role: f"_p{i}" for i, role in enumerate(node.params)}
     local = {**ins, **{params[role]: get_param(p) for role, p in node.params.items()}}
     before = set(fx_graph.nodes)
+    text = expression(node, graph, list(ins), params)
+    # the torch spelling is evaluated here: check it reads only what the generated file could
+    verify_python(text, "<fx lowering>", allowed=PY_GLOBALS | frozenset(space) | frozenset(local))
     try:
-        result = eval(expression(node, graph, list(ins), params), space, local)
+        result = eval(text, space, local)
     except Exception as err:  # name the IR node that failed, as fx's interpreter does
         where = f" ({node.span.file}:{node.span.line})" if node.span else ""
         raise RuntimeError(f"fx backend: lowering {node.op} at scope '{node.scope}'{where} failed: {err}") from err
@@ -77,36 +91,141 @@ def _lower_node(node: Node, graph: Graph, env: dict[str, Any], get_param: Any, s
             proxy.node._rename(names[value])
 
 
+@cache
+def _shadowed() -> frozenset[str]:
+    """Names that `self.<name>` does not read as a child of a GraphModule (or of a scope module):
+    attributes of the classes and the instance attributes torch and fx keep."""
+    gm = fx.GraphModule(nn.Module(), fx.Graph())
+    return frozenset(dir(fx.GraphModule)) | frozenset(dir(nn.ModuleList)) | frozenset(vars(gm))
+
+
+@cache
+def _graph_module_keeps() -> frozenset[str]:
+    """Attributes a GraphModule sets on itself (`graph`, `meta`, `_code`, ...): a child of the root
+    of one of these names would break it (`gm.graph = ...` refuses to replace a child module)."""
+    gm = fx.GraphModule(nn.Module(), fx.Graph())
+    props = {k for k, v in vars(fx.GraphModule).items() if isinstance(v, property)}
+    return frozenset(set(vars(gm)) - set(vars(nn.Module()))) | props
+
+
+def _check_root_names(graph: Graph, module: nn.Module) -> None:
+    for name in [*module._modules, *module._parameters, *module._buffers]:
+        if name in _graph_module_keeps():
+            info = graph.scopes.get(name)
+            node = next((n for n in graph.nodes if n.scope == name or n.scope.startswith(name + ".")), None)
+            span = info.span if info is not None and info.span else node.span if node is not None else None
+            raise ArchError(f"the instance name '{name}' cannot be used in the fx target: torch.fx.GraphModule "
+                            "keeps an attribute of that name", span.to_span() if span else None,
+                            "rename the instance (the torch target takes it)")
+
+
+def _plain(segment: str) -> bool:
+    """May a `get_attr` target hold this segment? fx writes `.segment`, or `getattr(x, "segment")`
+    (unescaped) for a layer index; anything else is read through the dicts."""
+    if segment.isascii() and segment.isdigit():
+        return True
+    return is_identifier(segment) and not segment.startswith("__") and segment not in _shadowed()
+
+
+class _Reader:
+    """Appends the fx nodes that read a tensor of the module tree, by its parameter name.
+
+    `self.a.b.weight` (one `get_attr`) when every segment is `_plain`; otherwise as the torch
+    backend reads it: `self._modules['a"b']._parameters['weight']`, each key a constant."""
+
+    def __init__(self, tracer: fx.proxy.GraphAppendingTracer, graph: Graph) -> None:
+        self.tracer, self.graph = tracer, graph
+        self.cache: dict[tuple[str, str], fx.Proxy] = {}
+
+    def _once(self, key: tuple[str, str], make: Any) -> fx.Proxy:
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
+
+    def _get_attr(self, path: str) -> fx.Proxy:
+        assert all(_plain(s) for s in path.split(".")) or path in ("_modules", "_parameters", "_buffers")
+        return self._once(("attr", path), lambda: self.tracer.create_proxy("get_attr", path, (), {}))
+
+    def _item(self, container: fx.Proxy, key: str) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", operator.getitem, (container, key), {})
+
+    def _dict(self, path: str, which: str) -> fx.Proxy:
+        """The `_modules` / `_parameters` / `_buffers` dict of the module at `path`."""
+        if path == "":
+            return self._get_attr(which)
+        return self._once((which, path), lambda: self.tracer.create_proxy(
+            "call_function", getattr, (self.module(path), which), {}))
+
+    def module(self, path: str) -> fx.Proxy:
+        if all(_plain(s) for s in path.split(".")):
+            return self._get_attr(path)
+        owner, _, leaf = path.rpartition(".")
+        return self._once(("module", path), lambda: self._item(self._dict(owner, "_modules"), leaf))
+
+    def tensor(self, name: str) -> fx.Proxy:
+        if all(_plain(s) for s in name.split(".")):
+            return self._get_attr(name)
+        owner, _, leaf = name.rpartition(".")
+        which = "_parameters" if self.graph.params[name].trainable else "_buffers"
+        return self._once(("tensor", name), lambda: self._item(self._dict(owner, which), leaf))
+
+
+def _ascii_names(names: dict[str, str]) -> dict[str, str]:
+    """Value names that are ASCII identifiers: fx writes a placeholder's name as written."""
+    if all(is_identifier(n) for n in names.values()):
+        return names
+    namer = Namer(RESERVED | {n for n in names.values() if is_identifier(n)})
+    return {v: n if is_identifier(n) else namer.take(n.encode("ascii", "replace").decode().replace("?", "_"))
+            for v, n in names.items()}
+
+
 def build_graph_module(graph: Graph, module: nn.Module | None = None) -> fx.GraphModule:
     """The model as a GraphModule; `module` (default: a fresh torch-backend module) gives the weights."""
     module = module if module is not None else build_module(graph)
+    _check_root_names(graph, module)
     fx_graph = fx.Graph()
-    names = value_names(graph)
+    names = _ascii_names(value_names(graph))
     tracer = _Tracer(fx_graph, set(names.values()))
     env: dict[str, Any] = {p.value: fx.Proxy(fx_graph.placeholder(names[p.value]), tracer) for p in graph.inputs}
     space = _namespace(module, tracer)
     space["self"] = _Self(tracer.create_proxy("get_attr", "training", (), {}))
-    cache: dict[str, fx.Proxy] = {}
-
-    def get_param(name: str) -> fx.Proxy:
-        if name not in cache:
-            cache[name] = tracer.create_proxy("get_attr", name, (), {})
-        return cache[name]
-
+    reader = _Reader(tracer, graph)
     for node in graph.nodes:
-        _lower_node(node, graph, env, get_param, space, names, fx_graph)
+        _lower_node(node, graph, env, reader.tensor, space, names, fx_graph)
     outs = [env[p.value].node for p in graph.outputs]
     fx_graph.output(outs[0] if len(outs) == 1 else tuple(outs))
     fx_graph.eliminate_dead_code()  # drops unused reads such as an unused `self.training`
-    gm = fx.GraphModule(module, fx_graph, class_name=type(module).__name__)
-    for name, child in module.named_children():  # the whole tree: unread buffers and repr too
-        setattr(gm, name, child)
-    for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
-        if not hasattr(gm, name):
-            (gm.register_parameter if isinstance(tensor, nn.Parameter) else gm.register_buffer)(name, tensor)
+    cls = type(module).__name__
+    gm = fx.GraphModule(module, fx.Graph(), class_name=cls if is_identifier(cls) else "GraphModule")
+    # the whole tree, unread buffers too, entered as the torch backend enters it: a spec name may be
+    # one that a method of nn.Module or GraphModule shadows (`eval`, `forward`), so no setattr
+    gm._modules.update(module._modules)
+    gm._parameters.update(module._parameters)
+    gm._buffers.update(module._buffers)
+    gm._non_persistent_buffers_set.update(module._non_persistent_buffers_set)
+    gm.graph = fx_graph  # recompiles
     gm.graph.lint()
-    gm.recompile()
+    try:
+        verify_python(gm.code, f"<fx: {graph.name!r}>", allowed=_allowed(gm))
+    except GeneratedCodeError as err:  # a bug in archc: say so, with the code fx wrote
+        raise GeneratedCodeError(f"{err}\n{gm.code}") from None
     return gm
 
 
-__all__ = ["build_graph_module", "torch"]
+def _allowed(gm: fx.GraphModule) -> frozenset[str]:
+    # fx's own globals, and getattr: fx reads a layer `self.h[0]` as getattr(self.h, "0"), on digits only
+    return PY_GLOBALS | frozenset(gm.forward.__globals__) | {"getattr"}
+
+
+def fx_source(graph: Graph, gm: fx.GraphModule | None = None) -> str:
+    """The file `archc build --target fx` writes: a docstring naming the model and its spec files
+    (spec text: through py_docstring), then the forward that fx wrote; checked with verify_python."""
+    gm = gm if gm is not None else build_graph_module(graph)
+    source = ", ".join(sorted(set(source_labels(graph).values()))) or "an IR graph"
+    doc = py_docstring(f"forward() of the torch.fx GraphModule for model {graph.name}, built by archc from {source}.")
+    text = f"{doc}\n\nimport torch\n\n\n{gm.code.strip()}\n"
+    verify_python(text, f"<fx: {graph.name!r}>", allowed=_allowed(gm))
+    return text
+
+
+__all__ = ["build_graph_module", "fx_source", "torch"]

@@ -8,6 +8,7 @@ is missing, `render` writes the dot text next to the requested file and says so.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -16,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from archc.backends.quote import c_comment, dot_str
 from archc.errors import ArchError
 from archc.ir.graph import Graph
 
@@ -31,7 +33,19 @@ def _template() -> Any:
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent)),
                              autoescape=False, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env.filters.update(dot_id=dot_id, dot_str=dot_str, dot_comment=c_comment)
     return env.get_template("diagram.dot.j2")
+
+
+_DOT_KEYWORDS = frozenset({"node", "edge", "graph", "digraph", "subgraph", "strict"})
+
+
+def dot_id(text: str) -> str:
+    """A DOT node or cluster id: as it is when it is a plain ASCII name (`n3`, `cluster_2`, `in_x`),
+    else quoted (quote.dot_str), so a port name from an IR file stays one id."""
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text) and text.lower() not in _DOT_KEYWORDS:
+        return text
+    return dot_str(text)
 
 
 def _title(graph: Graph) -> str:

@@ -15,13 +15,13 @@ Decisions live here, text lives in `diagram.dot.j2`:
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from typing import Any
 
 from archc.analysis.structure import (ScopeTree, depth, parent, run_label, runs, scope_tree, signature,
                                       tied_uses, value_map)
 from archc.analysis.summary import axes_text
+from archc.backends.quote import dot_html
 from archc.ir.graph import Graph, Node
 from archc.ir.types import TensorType
 from archc.ops import registry
@@ -46,7 +46,7 @@ SMALL = 3  # scopes of this many ops or fewer are drawn open even when drawn bef
 
 @dataclass
 class Box:
-    id: str
+    id: str  # any text: the template writes it with `dot_id`
     label: str  # graphviz HTML label (without the outer <>)
     shape: str = "box"
     fill: str = "white"
@@ -134,7 +134,8 @@ def count(n: int) -> str:
 
 
 def esc(text: str) -> str:
-    return html.escape(text, quote=True)
+    """Text for an HTML-like label: entities, and no character graphviz's XML parser refuses."""
+    return dot_html(text)
 
 
 def lines(title: str, *rest: str, small: int = 9) -> str:

@@ -16,7 +16,8 @@ from typing import Callable
 import jinja2
 
 from archc.backends.kernels.partition import Partition, Region
-from archc.backends.torch.emit import TUPLE_OPS, class_name, expression, source_labels
+from archc.backends.quote import PY_GLOBALS, c_comment, is_identifier, py_comment, py_docstring, verify_python
+from archc.backends.torch.emit import TUPLE_OPS, _signature, class_name, expression, source_labels
 from archc.backends.torch.naming import RESERVED, value_names
 from archc.backends.torch.tree import module_tree
 from archc.ir.graph import Graph
@@ -55,17 +56,20 @@ def context(graph: Graph, part: Partition) -> Context:
 
 
 def where(ctx: Context, index: int) -> str:
+    """`file:line` of a node, as spec text: quote it (py_comment, c_comment) wherever it goes."""
     node = ctx.graph.nodes[index]
     return f"{ctx.labels.get(node.span.file, node.span.file)}:{node.span.line}" if node.span else ""
 
 
 def header(ctx: Context, region: Region, impl: str, comment: str = "#") -> str:
-    """The comment above a region's kernel: what it computes and the spec lines it came from."""
+    """The comment above a region's kernel: what it computes and the spec lines it came from.
+    `comment` is "#" (Python: py_comment) or "//" (C: c_comment); spec text goes through it."""
+    q = py_comment if comment == "#" else c_comment
     nodes = [ctx.graph.nodes[i] for i in region.nodes]
     rule = f"{comment} " + "-" * (96 - len(comment))
-    lines = [rule, f"{comment} {region.name}: {' -> '.join(n.op for n in nodes)}  [{impl}]"]
+    lines = [rule, f"{comment} {q(region.name)}: {q(' -> '.join(n.op for n in nodes))}  [{q(impl)}]"]
     for i, n in zip(region.nodes, nodes):
-        lines.append(f"{comment}   {where(ctx, i):<40} {n.op:<12} {n.scope}")
+        lines.append(f"{comment}   {q(where(ctx, i)):<40} {q(n.op):<12} {q(n.scope)}".rstrip())
     lines.append(rule)
     return "\n".join(lines)
 
@@ -76,9 +80,10 @@ def torch_lines(ctx: Context, region: Region) -> list[str]:
     for i in region.nodes:
         node = ctx.graph.nodes[i]
         ins = [ctx.names[v] for v in node.inputs]
-        comment = f"  # {where(ctx, i)}" if node.span else ""
+        comment = f"  # {py_comment(where(ctx, i))}" if node.span else ""
         if "alias" in region.note:
-            out.append(f"{ctx.names[node.outputs[0]]} = {ins[0]}  # {node.op}: the identity in eval mode{comment[3:]}")
+            out.append(f"{ctx.names[node.outputs[0]]} = {ins[0]}  # {py_comment(node.op)}: the identity in eval mode"
+                       f"{comment[3:]}")
             continue
         expr = expression(node, ctx.graph, ins, {role: ctx.tensors[p] for role, p in node.params.items()})
         outs = [ctx.names[v] for v in node.outputs]
@@ -98,7 +103,8 @@ def forward_lines(ctx: Context, calls: dict[int, Call]) -> list[str]:
             outs = ", ".join(ctx.names[v] for v in call.outputs)
             args = ", ".join(expr for _, expr in call.args)
             first = ctx.graph.nodes[region.nodes[0]]
-            lines.append(f"{outs}, = K.{region.name}({args})  # {where(ctx, region.nodes[0])} {first.scope}".rstrip())
+            note = py_comment(f"{where(ctx, region.nodes[0])} {first.scope}".strip())
+            lines.append(f"{outs}, = K.{region.name}({args})  # {note}".rstrip())
         dead = [ctx.names[v] for v in dead_after.get(region.index, [])]
         if dead:  # free each activation after the region that reads it last, as the torch target does
             lines.append(f"del {', '.join(dead)}")
@@ -130,8 +136,9 @@ def explain(ctx: Context, calls: dict[int, Call]) -> list[str]:
     """One line per region: what runs it (`archc build --explain`)."""
     out = []
     for region in ctx.part.regions:
-        ops = " -> ".join(ctx.graph.nodes[i].op for i in region.nodes)
-        scope = ctx.graph.nodes[region.nodes[0]].scope or "(model)"
+        # printed to a terminal: spec text without control characters (py_comment escapes them)
+        ops = py_comment(" -> ".join(ctx.graph.nodes[i].op for i in region.nodes))
+        scope = py_comment(ctx.graph.nodes[region.nodes[0]].scope) or "(model)"
         call = calls.get(region.index)
         if call is not None:
             how = call.impl
@@ -143,7 +150,8 @@ def explain(ctx: Context, calls: dict[int, Call]) -> list[str]:
             how = region.note
         else:
             how = f"torch fallback: {region.note}" if region.note else "torch"
-        out.append(f"{region.name:<18} {where(ctx, region.nodes[0]):<28} {scope:<28} {ops:<36} {how}")
+        out.append(f"{region.name:<18} {py_comment(where(ctx, region.nodes[0])):<28} {scope:<28} {ops:<36} "
+                   f"{py_comment(how)}")
     return out
 
 
@@ -159,10 +167,47 @@ def template(folder: Path, name: str) -> jinja2.Template:
     return _ENVS[key].get_template(name)
 
 
+def source_text(ctx: Context) -> str:
+    """The spec files the package came from (spec text: it goes into docstrings, via py_docstring)."""
+    return ", ".join(sorted(set(ctx.labels.values()))) or "an IR graph"
+
+
+def model_py(ctx: Context, calls: dict[int, Call], target: str, title: str, kernel_ext: str) -> str:
+    """OUT/model.py: the torch target's class with a `forward` that calls the kernels."""
+    assert is_identifier(ctx.cls), ctx.cls
+    source = source_text(ctx)
+    module_doc = (f"{ctx.cls} with {title} kernels: generated by archc from {source}. Do not edit; regenerate\n"
+                  f"with `archc build --target {target}`.\n\n"
+                  "The module tree, parameters and `state_dict` are the torch target's (torch_model.py); only\n"
+                  "`forward` differs: each region of the model is one generated kernel or one library call\n"
+                  f"(kernels.{kernel_ext}). The kernels are forward-only: in training mode, or when autograd needs\n"
+                  "the result, `forward` runs the torch target's forward.\n")
+    inputs = [ctx.names[p.value] for p in ctx.graph.inputs]
+    return template(Path(__file__).parent, "model.py.j2").render(
+        module_doc=py_docstring(module_doc), class_doc=py_docstring(_signature(ctx.graph), indent="    "),
+        cls=ctx.cls, torch_module="torch_model", kernel_module="kernels",
+        inputs=", ".join(f"{n}: torch.Tensor" for n in inputs), input_names=", ".join(inputs),
+        forward_lines=forward_lines(ctx, calls), returns=", ".join(ctx.names[p.value] for p in ctx.graph.outputs))
+
+
+def init_py(ctx: Context, target: str) -> str:
+    """OUT/__init__.py: exports the model class."""
+    doc = py_docstring(f"{ctx.cls}: generated by archc (target {target}) from {source_text(ctx)}.")
+    return f"{doc}\n\nfrom .model import {ctx.cls}\n\n__all__ = [{ctx.cls!r}]\n"
+
+
+def verify_package(files: dict[str, str], generated: tuple[str, ...], extra: frozenset[str] = frozenset()) -> None:
+    """Check every generated Python file of a package (quote.verify_python) before it is written;
+    `extra` names the further globals the kernels' files read (`getattr` for ctypes symbols)."""
+    for name in generated:
+        verify_python(files[name], f"<archc package: {name}>", allowed=PY_GLOBALS | extra)
+
+
 def write_files(out: Path, files: dict[str, str], write: Callable[[Path, str], None]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         write(out / name, text)
 
 
-__all__ = ["Call", "Context", "context", "explain", "forward_lines", "header", "template", "torch_lines"]
+__all__ = ["Call", "Context", "context", "explain", "forward_lines", "header", "init_py", "model_py", "source_text",
+           "template", "torch_lines", "verify_package"]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from archc.backends.kernels import expr
 from archc.backends.kernels.partition import Partition, Region, elementwise_text
+from archc.backends.quote import is_identifier
 from archc.ir.graph import Graph, Node
 from archc.ir.types import TensorType
 from archc.sizes import Size
@@ -50,7 +51,7 @@ class Stmt:
     var: str
     text: str  # the scalar expression from the registry
     variables: dict[str, str]  # expression name -> kernel variable
-    where: str  # `file:line` of the spec
+    where: str  # `file:line` of the spec: spec text, quoted by each target (py_comment, c_comment)
 
     def code(self, dialect: expr.Dialect) -> str:
         return expr.translate(self.text, self.variables, self.node.attrs, dialect)
@@ -74,7 +75,11 @@ class KernelPlan:
 
 
 def var(value: str) -> str:
-    return "v" + value.lstrip("%")
+    """The kernel variable of an IR value: `v12` for `%12`. A value id is text from the IR file, so
+    any other id is spelled in hex (`vx6162`): always an ASCII identifier, one per id."""
+    if re.fullmatch(r"%[0-9]+", value):
+        return "v" + value[1:]
+    return "vx" + value.encode("utf-8", "surrogatepass").hex()
 
 
 def param_axes(node: Node, role: str, graph: Graph, shape: TensorType) -> tuple[int, int]:
@@ -150,7 +155,8 @@ def plan(part: Partition, region: Region, labels: dict[str, str]) -> KernelPlan:
         for role in node.params:
             if role not in used:  # BatchNorm's num_batches_tracked
                 continue
-            op = Operand(var=f"{role or 'p'}{counter[0]}", param=node.params[role],
+            base = role if is_identifier(role) else "p"  # a role is IR text too
+            op = Operand(var=f"{base}{counter[0]}", param=node.params[role],
                          axes=param_axes(node, role, graph, shape))
             counter[0] += 1
             kp.loads.append(op)

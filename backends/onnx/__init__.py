@@ -14,9 +14,47 @@ from archc.ir.graph import Graph
 OPSET = 17
 
 
+def port_names(graph: Graph) -> tuple[list[str], list[str]]:
+    """The ONNX names of the inputs and the outputs. ONNX needs them distinct: the inputs keep the
+    spec's names, and an output whose archc name (`out`, `out0`) is also an input's gets `_1`, `_2`.
+    A name ONNX cannot hold (empty, not UTF-8, two inputs of one name) is an ArchError."""
+    inputs = [p.name for p in graph.inputs]
+    for name in inputs:
+        if not name or not _utf8(name):
+            raise ArchError(f"--target onnx: the input name {name!r} cannot be an ONNX name")
+    if len(set(inputs)) != len(inputs):
+        dup = next(n for n in inputs if inputs.count(n) > 1)
+        raise ArchError(f"--target onnx: two inputs are named {dup!r}; ONNX needs distinct names")
+    used, outputs = set(inputs), []
+    for p in graph.outputs:
+        base = p.name if p.name and _utf8(p.name) else "out"
+        name, n = base, 0
+        while name in used:
+            n += 1
+            name = f"{base}_{n}"
+        used.add(name)
+        outputs.append(name)
+    return inputs, outputs
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can carry
+        return False
+    return True
+
+
 def _dynamic_axes(graph: Graph) -> dict[str, dict[int, str]]:
-    ports = list(graph.inputs) + list(graph.outputs)
-    return {p.name: {i: str(s) for i, s in enumerate(p.type.sizes) if not s.is_const} for p in ports}
+    inputs, outputs = port_names(graph)
+    ports = list(zip(inputs, graph.inputs)) + list(zip(outputs, graph.outputs))
+    return {name: {i: _axis_name(s) for i, s in enumerate(p.type.sizes) if not s.is_const} for name, p in ports}
+
+
+def _axis_name(size: object) -> str:
+    """A dynamic axis's name: the symbolic size as written (`B`, `4*D`), any text ONNX can store."""
+    text = str(size)
+    return text if _utf8(text) else text.encode("utf-8", "backslashreplace").decode()
 
 
 def _register_symbolics() -> None:
@@ -50,11 +88,11 @@ def export_onnx(graph: Graph, module: Any = None, opset: int = OPSET) -> bytes:
     _register_symbolics()
     module = (module if module is not None else build_module(graph)).eval()
     buffer = io.BytesIO()
+    inputs, outputs = port_names(graph)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on traced shapes and deprecations
         torch.onnx.export(module, example_inputs(graph), buffer, dynamo=False, opset_version=opset,
-                          input_names=[p.name for p in graph.inputs],
-                          output_names=[p.name for p in graph.outputs],
+                          input_names=inputs, output_names=outputs,
                           dynamic_axes=_dynamic_axes(graph))
     return buffer.getvalue()
 
@@ -72,11 +110,11 @@ def max_diff(graph: Graph, module: Any, data: bytes, sizes: dict[str, int] | Non
 
     inputs = example_inputs(graph, sizes or {"B": 3, "T": 9}, seed=1)
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-    got = session.run(None, {p.name: t.numpy() for p, t in zip(graph.inputs, inputs)})
+    got = session.run(None, {name: t.numpy() for name, t in zip(port_names(graph)[0], inputs)})
     with torch.no_grad():
         want = module.eval()(*inputs)
     want = want if isinstance(want, tuple) else (want,)
     return max(float((torch.from_numpy(g) - w).abs().max()) for g, w in zip(got, want))
 
 
-__all__ = ["export_onnx", "max_diff"]
+__all__ = ["export_onnx", "max_diff", "port_names"]
