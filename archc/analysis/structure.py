@@ -18,7 +18,6 @@ from typing import Any
 
 from archc.ir.blocks import common_scope, homes, tied_uses, within  # noqa: F401  (re-exported)
 from archc.ir.graph import Graph
-from archc.ops import registry
 
 
 def parent(path: str) -> str:

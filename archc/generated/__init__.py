@@ -29,7 +29,7 @@ from pathlib import Path
 
 from archc import cachefs
 
-__path__: list[str] = []  # a package whose modules come only from the finder below
+__path__: list[str] = []  # type: ignore[no-redef]  # a package whose modules come only from the finder below
 _NAME = re.compile(re.escape(__name__) + r"\.m([0-9a-f]{32})")
 _SOURCES: dict[str, str] = {}  # digest -> text, for sources made in this process (no cache folder needed)
 

@@ -60,5 +60,5 @@ def verify(graph: Graph) -> Graph:
     for path, info in graph.scopes.items():
         if (info.calls, info.key) != found.get(path, ((), "")):
             raise VerifyError(f"scope '{path}': its recorded block structure is not the graph's "
-                              "(a pass that changes nodes must be followed by archc.ir.blocks.annotate)")
+                              "(a pass that changes nodes must be followed by archc.ir.blocks.annotate, as Editor.finish does)")
     return graph

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from archc.ir.blocks import annotate
 from archc.ir.graph import Graph, Node, ParamDecl, Port, ScopeInfo
 from archc.ir.types import TensorType
 from archc.ops import registry
@@ -102,12 +103,13 @@ class Editor:
         self.scopes[path] = ScopeInfo(path=path, kind=node.op, args=dict(node.attrs), span=node.span)
 
     def finish(self) -> Graph:
+        """The edited graph, its block structure recomputed (archc/ir/blocks.py): no pass keeps it by hand."""
         nodes = tuple(n for n in self.nodes if n is not None)
         defined = {p.value for p in self.graph.inputs} | {v for n in nodes for v in n.outputs}
         used = {name for n in nodes for name in n.params.values()}
         scopes = {k: s for k, s in self.scopes.items()
                   if any(n.scope == k or n.scope.startswith(k + ".") for n in nodes)}
-        return Graph(schema_version=self.graph.schema_version, name=self.graph.name, axes=self.graph.axes,
+        return annotate(Graph(schema_version=self.graph.schema_version, name=self.graph.name, axes=self.graph.axes,
                      model_args=self.graph.model_args, inputs=self.graph.inputs, outputs=tuple(self.outputs),
                      values={k: t for k, t in self.values.items() if k in defined}, nodes=nodes,
-                     params={k: p for k, p in self.params.items() if k in used}, scopes=scopes)
+                     params={k: p for k, p in self.params.items() if k in used}, scopes=scopes))

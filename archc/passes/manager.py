@@ -21,7 +21,6 @@ from typing import Callable, Sequence, TextIO
 from archc.errors import ArchError, did_you_mean
 from archc.ir.graph import Graph
 from archc.ir.printer import print_graph
-from archc.ir.blocks import annotate
 from archc.ir.verify import verify
 from archc.passes.cse import cse
 from archc.passes.dce import dce
@@ -86,8 +85,7 @@ def run_pipeline(graph: Graph, names: Sequence[str], print_after: Sequence[str] 
     transform: WeightTransform | None = None
     for name in resolve(names):
         result = PASSES[name](graph)
-        graph = annotate(result.graph)  # the block structure, as this pass left it
-        graph = verify(graph) if check else graph
+        graph = verify(result.graph) if check else result.graph
         transform = compose(transform, result.transform)
         if name in print_after or "all" in print_after:
             stream = out or sys.stdout

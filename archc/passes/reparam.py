@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from math import prod
 from typing import TYPE_CHECKING, Mapping
 
+from archc.ir.blocks import common_scope
 from archc.ir.graph import Graph, Node
 from archc.ir.types import TensorType
 from archc.ops import registry
@@ -216,13 +217,7 @@ def _dense_plan(s: _Search, ed: Editor, nodes: list[Node], work: list[Node], x: 
 
 
 def _common_scope(nodes: list[Node]) -> str:
-    parts = [n.scope.split(".") if n.scope else [] for n in nodes]
-    common: list[str] = []
-    for column in zip(*parts):
-        if len(set(column)) != 1:
-            break
-        common.append(column[0])
-    return ".".join(common)
+    return common_scope([n.scope for n in nodes])
 
 
 def _new_node(ed: Editor, work: list[Node], op: str, attrs: dict[str, object], x: str, y: str, kind: str) -> Node:
