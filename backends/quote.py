@@ -24,7 +24,6 @@ never a keyword.
 from __future__ import annotations
 
 import ast
-import builtins
 import html
 import keyword
 import math

@@ -551,9 +551,6 @@ def test_dotted_scope_paths(workdir: Path, monkeypatch: pytest.MonkeyPatch, fiel
     _every_backend_holds(field, MEGA, workdir, monkeypatch, dots=True)
 
 
-@pytest.mark.xfail(reason="LayerNorm.torch_expr (archc/ops/nn.py) calls str.format on text that holds the "
-                          "parameter's accessor: '{' in a parameter name is a KeyError", raises=KeyError,
-                   strict=False)
 def test_braces_in_a_parameter_name(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _every_backend_holds("param", "w{x}{BULLET}", workdir, monkeypatch, braces=True)
 
@@ -638,8 +635,6 @@ def test_the_fx_file_names_its_spec_files_as_data(workdir: Path, case: str) -> N
     assert lib in doc and len(tree.body) == 3  # the docstring, `import torch`, `def forward`
 
 
-@pytest.mark.xfail(reason="archc/commands/build.py has its own fx_source, which writes file names into a docstring "
-                          "raw; it should call archc.backends.fx.build.fx_source", strict=False)
 def test_archc_build_target_fx_writes_file_names_as_data(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = workdir / "spec"
     folder.mkdir()

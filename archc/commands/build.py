@@ -46,14 +46,10 @@ def output_path(args: argparse.Namespace) -> Path | None:
 
 
 def fx_source(graph: object) -> str:
-    from archc.backends.fx import build_graph_module
-    from archc.backends.torch.emit import source_labels
+    """The `--target fx` file: the fx backend writes it, through the quoting layer."""
+    from archc.backends.fx.build import fx_source as write
 
-    gm = build_graph_module(graph)  # type: ignore[arg-type]
-    source = ", ".join(sorted(set(source_labels(graph).values()))) or "an IR graph"  # type: ignore[arg-type]
-    header = (f'"""forward() of the torch.fx GraphModule for model {graph.name}, '  # type: ignore[attr-defined]
-              f'built by archc from {source}."""\n\nimport torch\n')
-    return header + "\n\n" + gm.code.strip() + "\n"
+    return write(graph)  # type: ignore[arg-type]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -253,14 +253,15 @@ class LayerNorm(Op):
         t = types[0]
         d = norm_dim(a.dim, t.rank, self.name)
         c = known(t.sizes[d], "normalized axis")
-        call = f"F.layer_norm({{x}}, ({c},), {params.get('weight', 'None')}, {params.get('bias', 'None')}, {a.eps})"
+        def call(x: str) -> str:
+            return f"F.layer_norm({x}, ({c},), {params.get('weight', 'None')}, {params.get('bias', 'None')}, {a.eps})"
+
         if d == t.rank - 1:
-            return call.format(x=ins[0])
+            return call(ins[0])
         to_last = list(range(t.rank))
         to_last.append(to_last.pop(d))
         back = [to_last.index(i) for i in range(t.rank)]
-        return call.format(x=f"{ins[0]}.permute({', '.join(map(str, to_last))})") + \
-            f".permute({', '.join(map(str, back))})"
+        return call(f"{ins[0]}.permute({', '.join(map(str, to_last))})") + f".permute({', '.join(map(str, back))})"
 
     def torch_module(self, a: Any, roles: frozenset[str], types: list[TensorType]) -> str | None:
         if norm_dim(a.dim, types[0].rank, self.name) != types[0].rank - 1 or \

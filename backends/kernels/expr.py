@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Mapping
 
+from archc.backends.quote import py_float
+
 
 class ExprError(ValueError):
     """An expression the translator cannot print (the region falls back to torch)."""
@@ -41,12 +43,14 @@ class Dialect:
 
 
 def _triton_const(v: float) -> str:
-    return repr(float(v))
+    return py_float(v)  # inf and nan are names in Python, not literals
 
 
 def _cuda_const(v: float) -> str:
     if math.isinf(v):
         return "INFINITY" if v > 0 else "(-INFINITY)"
+    if math.isnan(v):
+        return "NAN"
     text = repr(float(v))
     return f"{text}f" if "e" in text or "." in text else f"{text}.0f"
 
