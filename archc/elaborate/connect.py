@@ -102,6 +102,10 @@ def make_policy(name: str, args: list[Any], kwargs: dict[str, Any], span: Span |
         raise ArchError(f"{name}(n={out['n']}) needs n >= 1", span)
     if name == "laurel" and out["variant"] not in ("rw", "lr", "pa"):
         raise ArchError(f"laurel variant must be \"rw\", \"lr\" or \"pa\", got {out['variant']!r}", span)
+    if name == "dense" and out["growth"] < 1:
+        raise ArchError(f"dense(growth={out['growth']}) needs growth >= 1 (the channels each layer adds)", span)
+    if name == "laurel" and (out["rank"] < 1 or out["window"] < 1):
+        raise ArchError("laurel(rank, window) need values >= 1", span)
     if name == "dwa" and (out["period"] < 1 or out["dilation"] < 1):
         raise ArchError("dwa(period, dilation) need values >= 1", span)
     return Policy(name, out, span)

@@ -4,14 +4,18 @@ and attention. Shapes follow PyTorch's layouts (channels first for convs and bat
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 from archc.ir.types import Dim, TensorType
 from archc.ops.registry import (Op, OpError, ParamSpec, check_init, known, need_float, need_rank, norm_dim,
                                 register)
 from archc.sizes import Size
+
+
+# a normalization's epsilon: a positive, finite number (a negative or NaN one makes NaNs at run time)
+Eps = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 
 
 class _Attrs(BaseModel):
@@ -78,12 +82,12 @@ def _pair(v: int | tuple[int, ...], n: int, what: str) -> tuple[int, ...]:
 
 
 class ConvAttrs(_Attrs):
-    channels: int
+    channels: PositiveInt
     kernel: int | tuple[int, ...]
     stride: int | tuple[int, ...] = 1
     padding: int | tuple[int, ...] | Literal["same"] = 0
     dilation: int | tuple[int, ...] = 1
-    groups: int = 1
+    groups: PositiveInt = 1
     bias: bool = True
 
 
@@ -171,8 +175,8 @@ class Conv2d(_Conv):
 
 
 class BatchNormAttrs(_Attrs):
-    eps: float = 1e-5
-    momentum: float = 0.1
+    eps: Eps = 1e-5
+    momentum: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.1
     affine: bool = True
 
 
@@ -218,7 +222,7 @@ class BatchNorm(Op):
 
 
 class LayerNormAttrs(_Attrs):
-    eps: float = 1e-5
+    eps: Eps = 1e-5
     affine: bool = True
     bias: bool = True
     dim: int = -1  # the normalized axis: -1 (channels last) or 1 (channels first, as LayerNorm2d)
@@ -272,7 +276,7 @@ class LayerNorm(Op):
 
 
 class RmsNormAttrs(_Attrs):
-    eps: float = 1e-6
+    eps: Eps = 1e-6
     affine: bool = True
 
 
@@ -305,8 +309,8 @@ class RmsNorm(Op):
 
 
 class GroupNormAttrs(_Attrs):
-    groups: int
-    eps: float = 1e-5
+    groups: PositiveInt
+    eps: Eps = 1e-5
     affine: bool = True
 
 
@@ -428,8 +432,8 @@ class Parameter(Op):
 
 class AttentionAttrs(_Attrs):
     causal: bool = False
-    scale: float | None = None
-    dropout: float = 0.0
+    scale: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
 
 @register

@@ -292,6 +292,10 @@ class Chunk(Op):
             part = t.sizes[d] / a.chunks
         except SizeError:
             raise OpError(f"chunk: axis of size {t.sizes[d]} does not split into {a.chunks} equal parts") from None
+        if not part.is_const and not all(isinstance(c, int) for c in part.terms.values()):
+            raise OpError(f"chunk: the axis of symbolic size {t.sizes[d]} splits into {a.chunks} equal parts only "
+                          f"when {t.sizes[d]} is divisible by {a.chunks}, which archc cannot prove",
+                          hint=f"declare the axis as a multiple, e.g. {a.chunks}*K for a new axis K")
         shape = tuple(Dim(size=part) if i == d else dd for i, dd in enumerate(t.shape))
         return [TensorType(dtype=t.dtype, shape=shape)] * a.chunks
 
@@ -352,15 +356,21 @@ class Slice(Op):
         t = ins[0]
         d = norm_dim(a.dim, t.rank, self.name)
         size = t.sizes[d]
-        if a.start < 0 or (a.end is not None and a.end < 0):
-            if not size.is_const:
+        if not size.is_const:
+            if a.start < 0 or (a.end is not None and a.end < 0):
                 raise OpError("slice: negative bounds need a known axis size")
-        start = a.start % size.value if a.start < 0 else a.start
-        end = size if a.end is None else Size.of(a.end % size.value if a.end < 0 else a.end)
-        if size.is_const:
-            end = Size.of(min(end.value, size.value))
-            start = min(start, end.value)
-        new = end - start
+            if a.end is not None:
+                raise OpError(f"slice: {a.start}:{a.end} of the axis of symbolic size {size} has {a.end - a.start} "
+                              f"entries only when {size} >= {a.end}, which archc cannot prove",
+                              hint="declare the axis with a known size, or slice it with an open end "
+                                   f"({a.start}:)")
+            new = size - a.start
+        else:
+            n = size.value
+            start, stop, _ = slice(a.start, a.end).indices(n)
+            if stop <= start:
+                raise OpError(f"slice: {a.start}:{'' if a.end is None else a.end} of an axis of size {n} is empty")
+            new = Size.of(stop - start)
         return [TensorType(dtype=t.dtype, shape=t.shape[:d] + (Dim(size=new),) + t.shape[d + 1:])]
 
     def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
