@@ -183,7 +183,7 @@ class _Emitter:
     def emit(self) -> list[_Class]:
         for entry in reversed(self.root.walk()):
             unit = self.plan.units.get(entry.path)
-            if unit is None or unit.kind == "leaf":
+            if unit is None or unit.kind in ("leaf", "sequential"):
                 continue
             cls = self.write(unit)
             if unit.kind == "model":
@@ -192,10 +192,24 @@ class _Emitter:
             elif cls.key() in self.classes:
                 self.class_of[entry.path] = self.classes[cls.key()].name
             else:
-                cls.name = self.class_names.take(_class_base(entry.kind))
+                cls.name = f"\x00{len(self.classes)}\x00"  # named below, in the order a reader meets them
                 self.classes[cls.key()] = cls
                 self.class_of[entry.path] = cls.name
-        return list(self.classes.values())
+        final: dict[str, str] = {}
+        for entry in self.root.walk():
+            temp = self.class_of.get(entry.path)
+            if temp is not None and temp not in final:
+                final[temp] = self.class_names.take(_class_base(entry.kind))
+        order: dict[str, int] = {}  # each class after the classes it holds, in the order a reader meets them
+        for entry in _post_order(self.root):
+            order.setdefault(self.class_of.get(entry.path, "<model>" if entry is self.root else ""), len(order))
+        classes = sorted(self.classes.values(), key=lambda c: order.get(c.name if c.name != self.model_name
+                                                                        else "<model>", len(order)))
+        for cls in classes:
+            cls.name = final.get(cls.name, cls.name)
+            cls.init = [_rename(line, final) for line in cls.init]
+            cls.forward = [_rename(line, final) for line in cls.forward]
+        return classes
 
     def write(self, unit: Unit) -> _Class:
         entry = unit.entry
@@ -218,6 +232,8 @@ class _Emitter:
         """How a child module is made: a class, a torch module, a list; None for a holder."""
         unit = self.plan.units.get(m.path)
         if unit is not None:
+            if unit.kind == "sequential":
+                return self.made(m)
             return unit.module if unit.kind == "leaf" else f"{self.class_of[m.path]}()"
         if m.is_list:
             return None
@@ -234,8 +250,11 @@ class _Emitter:
             expr = base + child.step
             made = self.made(child)
             init.append((f"{base}.append({made})" if m.is_list else f"{expr} = {made}") + _where(child.span, self.labels))
-            if child.is_list and made != "nn.ModuleList()":
-                continue  # nn.ModuleList([Block() for _ in range(n)])
+            if child.is_list and made != "nn.ModuleList()":  # nn.ModuleList([Block() ...]), nn.Sequential(...)
+                for layer in child.children:  # its torch leaves take the spec's initializers
+                    if self.plan.units[layer.path].kind == "leaf":
+                        reset += [_init_call(t, expr + layer.step + t.step, self.graph) for t in layer.tensors]
+                continue
             unit = self.plan.units.get(child.path)
             if unit is None:  # a holder or a list: filled here
                 i2, r2 = self.init_lines(child, expr)
@@ -248,9 +267,15 @@ class _Emitter:
     def made(self, m: ModuleEntry) -> str:
         """The expression that makes a child module."""
         if m.is_list:
-            kinds = {self.class_of.get(c.path) for c in m.children}
-            if len(kinds) == 1 and None not in kinds:
-                return f"nn.ModuleList([{kinds.pop()}() for _ in range({len(m.children)})])"
+            kinds = [self.class_of.get(c.path) for c in m.children]
+            unit = self.plan.units.get(m.path)
+            if unit is not None and unit.kind == "sequential":
+                items = [self.constructor(c) or "" for c in m.children]
+                if len(set(kinds)) == 1 and None not in kinds:
+                    return f"nn.Sequential(*[{items[0]} for _ in range({len(items)})])"
+                return f"nn.Sequential({', '.join(items)})"
+            if len(set(kinds)) == 1 and None not in kinds:
+                return f"nn.ModuleList([{kinds[0]}() for _ in range({len(kinds)})])"
             return "nn.ModuleList()"
         return self.constructor(m) or _scope_call(m)
 
@@ -276,7 +301,7 @@ class _Emitter:
         for i in range(call.start, call.stop):
             node = graph.nodes[i]
             child = self.plan.owner(unit, i)
-            if child is not None and child.kind == "block":
+            if child is not None and child.kind in ("block", "sequential"):
                 sub = next((c for c in child.calls if c.start == i), None)
                 if sub is None:
                     continue
@@ -402,6 +427,22 @@ class _Emitter:
             if gone:
                 lines.append(f"del {', '.join(gone)}")
         return lines
+
+
+def _post_order(entry: ModuleEntry) -> list[ModuleEntry]:
+    out: list[ModuleEntry] = []
+    for child in entry.children:
+        out += _post_order(child)
+    return out + [entry]
+
+
+def _rename(line: str, names: dict[str, str]) -> str:
+    """A line with the temporary class names replaced by the final ones."""
+    if "\x00" not in line:
+        return line
+    for temp, name in names.items():
+        line = line.replace(temp, name)
+    return line
 
 
 def _tensor_expr(t: TensorEntry, entry: ModuleEntry) -> str:

@@ -7,12 +7,14 @@ compute the same thing (a shared instance applied twice), and read only paramete
 
     leaf    an op instance with a torch module of the same parameter names   nn.Linear(768, 2304)
     block   a block instance: a generated class per distinct body             GPT2Block()
+    sequential  a stack whose layers feed each other in order                 nn.Sequential(Block(), ...)
     model   the root
 
 An instance that is not callable (a pass merged nodes across its boundary, a block reads
 another block's weights, its nodes interleave with others) is a `Scope` that only holds its
 tensors, and its nodes run in the nearest callable ancestor's `forward`: the outputs are the
-same either way. A stack is an `nn.ModuleList` of its layers.
+same either way. A stack is an `nn.Sequential` of its layers when each feeds the next (callable,
+as timm's stages), else an `nn.ModuleList` (or, with a connection policy, a block of its own).
 
 Which block instances can be called, and their calls (the values that cross each boundary),
 is part of the IR (`ScopeInfo.calls`, computed by archc/ir/blocks.py); this module adds what is
@@ -32,7 +34,7 @@ from archc.ops import registry
 @dataclass
 class Unit:
     entry: ModuleEntry
-    kind: str  # "model", "block" or "leaf"
+    kind: str  # "model", "block", "leaf" or "sequential" (a stack of chained layers)
     calls: list[BlockCall] = field(default_factory=list)
     module: str = ""  # a leaf's torch constructor: "nn.Linear(768, 2304, bias=True)"
 
@@ -75,6 +77,22 @@ def _leaf(graph: Graph, entry: ModuleEntry, nodes: list[int], home: list[str]) -
     return op.torch_module(op.make_attrs(first.attrs), frozenset(roles), [graph.values[first.inputs[0]]])
 
 
+def _chained(entry: ModuleEntry, call: BlockCall, units: dict[str, Unit]) -> bool:
+    """Do the layers of a list run in order, each taking the one value the previous one made?"""
+    if len(call.inputs) != 1 or len(call.outputs) != 1:
+        return False
+    value, at = call.inputs[0], call.start
+    for layer in entry.children:
+        unit = units.get(layer.path)
+        if unit is None or unit.kind not in ("block", "leaf") or len(unit.calls) != 1:
+            return False
+        c = unit.calls[0]
+        if c.start != at or c.inputs != (value,) or len(c.outputs) != 1:
+            return False
+        value, at = c.outputs[0], c.stop
+    return at == call.stop and value == call.outputs[0]
+
+
 def plan(graph: Graph, root: ModuleEntry) -> Plan:
     home = homes(graph)
     under: dict[str, list[int]] = {}
@@ -91,6 +109,10 @@ def plan(graph: Graph, root: ModuleEntry) -> Plan:
             units[entry.path] = Unit(entry, "leaf", calls, module)
         elif entry.path in graph.scopes and graph.scopes[entry.path].calls:  # see archc/ir/blocks.py
             units[entry.path] = Unit(entry, "block", list(graph.scopes[entry.path].calls))
+    for entry in root.walk():  # a stack whose layers feed each other, one after the other: nn.Sequential
+        info = graph.scopes.get(entry.path)
+        if entry.is_list and info is not None and len(info.calls) == 1 and _chained(entry, info.calls[0], units):
+            units[entry.path] = Unit(entry, "sequential", list(info.calls))
     model = BlockCall(start=0, stop=len(graph.nodes), inputs=tuple(p.value for p in graph.inputs),
                       outputs=tuple(p.value for p in graph.outputs))
     units[""] = Unit(root, "model", [model])

@@ -71,14 +71,14 @@ def capture(modules: dict[str, nn.Module]) -> tuple[dict[str, torch.Tensor], dic
 # --- 1. hooks ---------------------------------------------------------------------------------
 
 # (spec, overrides, example input, callable modules, holders): the counts are those of the spec
-# (ResNet-18: the model, 8 BasicBlocks, 20 conv2d, 20 batchnorm, fc; holders: 4 stages and 3
-# downsample pipelines as nn.ModuleList. GPT-2 at depth 4: the model, GPT2Model, 4 x (block,
-# attention, mlp), wte, 4 x (2 layernorms, 4 linears), ln_f; holders: `h`, `wpe` (positions, a
-# bare parameter) and the tied `lm_head`, whose weight is `transformer.wte.weight`.)
+# (ResNet-18: the model, 4 stages and 3 downsample pipelines as nn.Sequential, 8 BasicBlocks,
+# 20 conv2d, 20 batchnorm, fc; no holders. GPT-2 at depth 4: the model, GPT2Model, `h` as
+# nn.Sequential, 4 x (block, attention, mlp), wte, 4 x (2 layernorms, 4 linears), ln_f; holders:
+# `wpe` (positions, a bare parameter) and the tied `lm_head`, whose weight is `transformer.wte.weight`.)
 HOOK_CASES = {
-    "resnet18": (RESNET18, RESNET_ARGS, images, 50, 7),
-    "gpt2": (GPT2, GPT2_ARGS, tokens, 40, 3),
-    "gpt_tiny": (GPT_TINY, {"vocab": VOCAB, "D": 32, "depth": 2, "heads": 2}, tokens, 22, 2),
+    "resnet18": (RESNET18, RESNET_ARGS, images, 57, 0),
+    "gpt2": (GPT2, GPT2_ARGS, tokens, 41, 2),
+    "gpt_tiny": (GPT_TINY, {"vocab": VOCAB, "D": 32, "depth": 2, "heads": 2}, tokens, 23, 1),
 }
 
 
@@ -140,13 +140,14 @@ def test_resnet_blocks_called_alone_and_chained_by_hand_reproduce_the_model() ->
         assert torch.equal(model.fc(h.mean((2, 3))), expected)
 
 
-@pytest.mark.xfail(raises=NotImplementedError, strict=True,
-                   reason="a stack is an nn.ModuleList (no forward), so `model.layer4(x)` is not "
-                          "callable as torchvision's / timm's nn.Sequential stages are")
 def test_resnet_stage_is_callable() -> None:
+    """A stack whose layers feed each other is an nn.Sequential, as timm's and torchvision's stages."""
     model = resnet18().eval()
+    inputs, outputs, _ = capture({"layer4": model.layer4})
     with torch.no_grad():
-        model.layer4(torch.randn(1, 256, 2, 2))
+        model(images())
+        assert isinstance(model.layer4, nn.Sequential)
+        assert torch.equal(model.layer4(inputs["layer4"]), outputs["layer4"])
 
 
 def test_gpt2_blocks_called_alone_and_chained_by_hand_reproduce_the_hidden_state() -> None:

@@ -75,7 +75,7 @@ def test_module_tree_mirrors_the_scopes() -> None:
     module = build_module(graph)
     named = dict(module.named_modules())
     assert set(graph.scopes) <= set(named)
-    assert isinstance(module.h, nn.ModuleList) and len(module.h) == 2
+    assert isinstance(module.h, nn.Sequential) and len(module.h) == 2  # layers feed each other
     assert module.h[1].attn.qkv.weight.shape == (192, 64)
     assert type(module.h[0]) is type(module.h[1])  # one class per distinct block
     text = repr(module)

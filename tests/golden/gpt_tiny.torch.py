@@ -33,31 +33,6 @@ class Scope(nn.Module):
         return self._spec_args
 
 
-class Mlp(nn.Module):
-    """Mlp(hidden=256, act=gelu) (gpt_tiny.arch:4)"""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(64, 256, bias=True)  # gpt_tiny.arch:5
-        self.fc2 = nn.Linear(256, 64, bias=True)  # gpt_tiny.arch:6
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.uniform_(self.fc1.weight, -0.125, 0.125)
-        nn.init.uniform_(self.fc1.bias, -0.125, 0.125)
-        nn.init.uniform_(self.fc2.weight, -0.0625, 0.0625)
-        nn.init.uniform_(self.fc2.bias, -0.0625, 0.0625)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fc1 = self.fc1(x)  # gpt_tiny.arch:7
-        del x
-        gelu = F.gelu(fc1, approximate='none')  # gpt_tiny.arch:7
-        del fc1
-        fc2 = self.fc2(gelu)  # gpt_tiny.arch:7
-        del gelu
-        return fc2
-
-
 class Attention(nn.Module):
     """Attention(heads=4, causal=True) (gpt_tiny.arch:12)"""
 
@@ -87,6 +62,31 @@ class Attention(nn.Module):
         proj = self.proj(rearrange_1)  # gpt_tiny.arch:17
         del rearrange_1
         return proj
+
+
+class Mlp(nn.Module):
+    """Mlp(hidden=256, act=gelu) (gpt_tiny.arch:4)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, 256, bias=True)  # gpt_tiny.arch:5
+        self.fc2 = nn.Linear(256, 64, bias=True)  # gpt_tiny.arch:6
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.uniform_(self.fc1.weight, -0.125, 0.125)
+        nn.init.uniform_(self.fc1.bias, -0.125, 0.125)
+        nn.init.uniform_(self.fc2.weight, -0.0625, 0.0625)
+        nn.init.uniform_(self.fc2.bias, -0.0625, 0.0625)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fc1 = self.fc1(x)  # gpt_tiny.arch:7
+        del x
+        gelu = F.gelu(fc1, approximate='none')  # gpt_tiny.arch:7
+        del fc1
+        fc2 = self.fc2(gelu)  # gpt_tiny.arch:7
+        del gelu
+        return fc2
 
 
 class Block(nn.Module):
@@ -128,7 +128,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(1000, 64)  # gpt_tiny.arch:33
         self.wpe = Scope('positions', 'max_len=1024, dim=64')  # gpt_tiny.arch:33
         self.wpe.weight = nn.Parameter(torch.empty(1024, 64))
-        self.h = nn.ModuleList([Block() for _ in range(2)])  # gpt_tiny.arch:34
+        self.h = nn.Sequential(*[Block() for _ in range(2)])  # gpt_tiny.arch:34
         self.ln_f = nn.LayerNorm(64, eps=1e-05, elementwise_affine=True, bias=True)  # gpt_tiny.arch:35
         self.linear = nn.Linear(64, 1000, bias=False)  # gpt_tiny.arch:36
         self.reset_parameters()
@@ -146,10 +146,10 @@ class GPT(nn.Module):
         del tokens
         add = (wte + wpe)  # gpt_tiny.arch:33
         del wte, wpe
-        for layer in self.h:
-            add = layer(add)
-        ln_f = self.ln_f(add)  # gpt_tiny.arch:36
+        h = self.h(add)  # gpt_tiny.arch:34
         del add
+        ln_f = self.ln_f(h)  # gpt_tiny.arch:36
+        del h
         linear = self.linear(ln_f)  # gpt_tiny.arch:36
         del ln_f
         return linear
