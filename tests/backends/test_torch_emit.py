@@ -248,3 +248,12 @@ def test_single_use_fresh_values_are_overwritten_in_place(tmp_path: Path) -> Non
 def test_values_that_must_survive_are_not_overwritten(spec: str, why: str) -> None:
     forward = _forward_text(emit_python(spec_graph(spec)))
     assert "inplace=True" not in forward and ".add_(" not in forward, why
+
+
+def test_a_deeper_stack_is_not_a_longer_file() -> None:
+    """A class per distinct block: 48 GPT-2 layers are written as 12 are (one class, one loop)."""
+    path = specs_root() / "models" / "gpt2.arch"
+    texts = {d: emit_python(elaborate_file(path, overrides={"depth": d})) for d in (12, 48)}
+    assert texts[12].count("\n") == texts[48].count("\n")
+    assert texts[48].count("class GPT2Block(nn.Module)") == 1
+    assert "nn.Sequential(*[GPT2Block() for _ in range(48)])" in texts[48]
