@@ -19,6 +19,10 @@ Monomial = tuple[tuple[str, int], ...]  # sorted (atom, power); () is the consta
 Coef = Union[int, Fraction]  # int whenever the value is whole: most sizes never need a Fraction
 IntLike = Union[int, "Size"]
 MAX_INT = 2**62  # sizes beyond this are a spec error, not an arbitrary-precision hang
+# A size polynomial is small: a product of sums such as (A0+1)*(A1+1)*...*(A15+1) has 2**16 terms, and
+# squaring an axis 40 times makes S**(2**40). Both stop where they are built, in a few milliseconds.
+MAX_TERMS = 256
+MAX_DEGREE = 128
 
 
 class SizeError(ValueError):
@@ -42,9 +46,16 @@ class Size:
 
     def __init__(self, terms: Mapping[Monomial, Coef]) -> None:
         self.terms: dict[Monomial, Coef] = {m: _q(c) for m, c in terms.items() if c != 0}
-        self._key = tuple(sorted(self.terms.items()))
+        if len(self.terms) > MAX_TERMS:
+            raise SizeError(f"size has {len(self.terms)} terms, more than the limit of {MAX_TERMS}")
         if any(c > MAX_INT or c < -MAX_INT for c in self.terms.values()):
             raise SizeError("size is too large (over 2**62)")
+        for m in self.terms:
+            if len(m) > 1 or (m and m[0][1] > 1):
+                degree = sum(p for _, p in m)
+                if degree > MAX_DEGREE:
+                    raise SizeError(f"size has a term of degree {degree}, more than the limit of {MAX_DEGREE}")
+        self._key = tuple(sorted(self.terms.items()))
 
     # -- construction ------------------------------------------------------------------------
     @staticmethod

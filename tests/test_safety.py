@@ -259,3 +259,88 @@ def test_bombs_do_not_use_much_memory(tmp_path: Path) -> None:
     before_mb, after_mb = map(int, run.stdout.split()[-2:])
     assert "compiled:" not in run.stdout
     assert after_mb - before_mb < 300, f"peak memory grew by {after_mb - before_mb} MiB"
+
+
+def test_naming_in_a_recursion_that_doubles_is_linear() -> None:
+    """A block that calls itself twice per level: each application used to rescan every naming
+    counter (quadratic: the 6-line spec ran for over ten minutes); now it touches only the counters
+    below the scope it restarts, so the step limit is reached in a time proportional to it."""
+    spec = """
+    axis B, D
+    block R(n: int) (x: [B, D]) -> [B, D] {
+        if n > 0 { return R(n - 1)(R(n - 1)(x)) }
+        return relu(x)
+    }
+    model M (x: [B, 8]) -> [B, 8] { return R(40)(x) }
+    """
+    start = time.monotonic()
+    with pytest.raises(ArchError, match="steps|ops") as info:
+        elaborate_text(spec, "twice.arch", limits=Limits(max_steps=150_000))
+    assert info.value.span is not None and info.value.span.line == 4
+    assert time.monotonic() - start < 12
+
+
+def _fails_fast(spec: str, match: str, line: int, seconds: float = 5.0) -> ArchError:
+    start = time.monotonic()
+    with pytest.raises(ArchError, match=match) as info:
+        elaborate_text(spec, "bound.arch")
+    assert time.monotonic() - start < seconds
+    assert info.value.span is not None and info.value.span.line == line, info.value.render()
+    return info.value
+
+
+def test_a_product_of_sums_of_sizes_is_capped_where_it_is_built() -> None:
+    """(A0+1)*(A1+1)*...*(A15+1) has 2**16 terms: K=13 used to take 84 s, K=22 a MemoryError."""
+    axes = [f"A{i}" for i in range(16)]
+    product = "*".join(f"({a}+1)" for a in axes)
+    spec = (f"axis B, {', '.join(axes)}\n"
+            f"model M (x: [B, {', '.join(axes)}]) -> [B, *] {{\n"
+            f"    n = {product}\n"
+            "    return x\n}\n")
+    err = _fails_fast(spec, "terms, more than the limit", 3)
+    assert err.span is not None and err.span.col == 9
+
+
+def test_an_axis_squared_forty_times_is_capped() -> None:
+    spec = """axis B, S
+block Sq (x: [B, S]) -> [B, S*S] {
+    return rearrange(einsum(x, x, "b i, b j -> b i j"), "b i j -> b (i j)")
+}
+model M (x: [B, S]) -> [B, *] {
+    return x >> stack(40) { Sq() }
+}
+"""
+    _fails_fast(spec, "degree", 3)
+
+
+def test_a_huge_string_literal_is_refused_quickly_and_in_little_memory(tmp_path: Path) -> None:
+    """A 4 MiB string literal: the lexer's pattern used to take 1.3 GB to match it."""
+    spec = tmp_path / "big.arch"
+    spec.write_text("axis B\nmodel M (x: [B, 4]) -> [B, 4] {\n    s = \"" + "a" * (4_000_000) + "\"\n"
+                    "    return x\n}\n")
+    script = textwrap.dedent(f"""
+        import resource, sys, time
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        from archc.elaborate import elaborate_file
+        from archc.errors import ArchError
+        start = time.monotonic()
+        try:
+            elaborate_file({str(spec)!r})
+        except ArchError as err:
+            print(err.span.line, err.span.col, err.message[:30], round(time.monotonic() - start, 1))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line, col, *rest = out.stdout.split()
+    assert (line, col) == ("3", "9") and "string is too long" in " ".join(rest), out.stdout
+    assert float(rest[-1]) < 5, out.stdout
+
+
+def test_a_file_that_is_not_utf8_is_a_located_error(tmp_path: Path) -> None:
+    spec = tmp_path / "latin1.arch"
+    spec.write_bytes(b"axis B\nmodel M (x: [B, 4]) -> [B, 4] {\n    return x  # caf\xe9\n}\n")
+    with pytest.raises(ArchError, match="not UTF-8") as info:
+        elaborate_file(spec)
+    assert info.value.span is not None and (info.value.span.line, info.value.span.col) == (3, 20)
+    assert info.value.render().splitlines()[0].endswith("error: the file is not UTF-8 text: byte 0xe9 cannot "
+                                                        "start or continue a character")

@@ -24,6 +24,7 @@ from archc.elaborate.values import (CALLABLES, BlockFn, BlockTemplate, Builtin, 
 from archc.errors import ArchError, Span, did_you_mean
 from archc.frontend import ast as A
 from archc.frontend.fmt import expr_text, type_text
+from archc.frontend.parser import MAX_STRING
 from archc.ir.blocks import annotate
 from archc.ir.names import bad_scope_segment
 from archc.ir.graph import AnnotationIR, Graph, Node, ParamDecl, Port, ScopeInfo, SpanModel
@@ -57,7 +58,8 @@ class Elaborator:
         self.params: dict[str, ParamDecl] = {}
         self.param_owner: dict[str, Span | None] = {}
         self.scopes: dict[str, ScopeInfo] = {}
-        self.counters: dict[tuple[str, str], int] = {}
+        self.counters: dict[str, dict[str, int]] = {}  # prefix -> base -> instances named so far
+        self.under: dict[str, set[str]] = {}  # scope -> the counter prefixes at or below it
         self.steps = 0
         self.depth = 0
         self.param_elems = 0
@@ -530,8 +532,8 @@ class Elaborator:
 
     def arith(self, e: A.BinOp, a: Any, b: Any) -> Any:
         if e.op == "+" and isinstance(a, str) and isinstance(b, str):
-            if len(a) + len(b) > 10_000:
-                raise ArchError("string is too long", e.span)
+            if len(a) + len(b) > MAX_STRING:
+                raise ArchError(f"string is too long (more than {MAX_STRING} characters)", e.span)
             self.tick(e.span, (len(a) + len(b)) // 8)
             return a + b
         if e.op == "+" and isinstance(a, tuple) and isinstance(b, tuple):
@@ -951,15 +953,22 @@ class Elaborator:
 
     def restart(self, scope: str) -> None:
         """Applying the instance `scope` again: its anonymous parts get the same names as the
-        first time, so they are the same weights (a named instance applied twice is shared)."""
+        first time, so they are the same weights (a named instance applied twice is shared).
+        Costs the number of counters below `scope`, never a scan of all of them."""
         if scope:
-            for key in [k for k in self.counters if k[0] == scope or k[0].startswith(scope + ".")]:
-                del self.counters[key]
+            for prefix in self.under.pop(scope, ()):
+                self.counters.pop(prefix, None)
 
     def fresh(self, prefix: str, base: str) -> str:
-        key = (prefix, base)
-        n = self.counters.get(key, 0)
-        self.counters[key] = n + 1
+        table = self.counters.get(prefix)
+        if table is None:
+            table = self.counters[prefix] = {}
+            if prefix:  # index the new prefix under itself and each enclosing scope
+                parts = prefix.split(".")
+                for i in range(1, len(parts) + 1):
+                    self.under.setdefault(".".join(parts[:i]), set()).add(prefix)
+        n = table.get(base, 0)
+        table[base] = n + 1
         return join_scope(prefix, base if n == 0 else f"{base}_{n}")
 
     def apply_op(self, name: str, inputs: list[Tensor], attrs: dict[str, Any], frame: Frame,

@@ -14,7 +14,7 @@ from typing import Any
 
 from archc import resources
 from archc.elaborate.values import BlockTemplate, InterfaceRef, ModuleRef
-from archc.errors import ArchError, Span, did_you_mean
+from archc.errors import ArchError, Span, did_you_mean, register_source
 from archc.frontend import ast as A
 from archc.frontend.parser import MAX_SOURCE_BYTES, parse
 
@@ -86,9 +86,10 @@ class Loader:
             try:
                 if path.stat().st_size > MAX_SOURCE_BYTES:  # refuse before reading it all into memory
                     raise ArchError(f"{display_name(path)} is larger than {MAX_SOURCE_BYTES >> 20} MiB", span)
-                text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is dropped
-            except (OSError, UnicodeDecodeError) as e:
+                data = path.read_bytes()
+            except OSError as e:
                 raise ArchError(f"cannot read {display_name(path)}: {e}", span) from None
+            text = decode_source(data, display_name(path))
             file = display_name(path)
             env = self._build(parse(text, file), file, path.parent)
         finally:
@@ -174,3 +175,19 @@ class Loader:
 
 
 _ROOTS_HINT = "imports may only reach the spec's folder, the standard library and folders given with --include"
+
+
+def decode_source(data: bytes, file: str) -> str:
+    """A spec's text from its bytes (UTF-8; a byte-order mark, as Windows editors write, is dropped).
+    Bytes that are not UTF-8 are an error at the line and column where they stand."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        start = e.start
+        line_start = data.rfind(b"\n", 0, start) + 1
+        line = data.count(b"\n", 0, start) + 1
+        col = len(data[line_start:start].decode("utf-8-sig", "replace")) + 1
+        register_source(file, data.decode("utf-8-sig", "replace"))
+        raise ArchError(f"the file is not UTF-8 text: byte 0x{data[start]:02x} cannot start or continue a "
+                        "character", Span(file, line, col, line, col + 1),
+                        "save the spec as UTF-8") from None

@@ -25,6 +25,7 @@ from archc.frontend import ast as A
 
 MAX_SOURCE_BYTES = 4 << 20  # a spec larger than 4 MiB is refused before parsing
 MAX_INT_LITERAL = 2**62  # as archc.sizes.MAX_INT: no size or count is larger
+MAX_STRING = 10_000  # characters in a string, written or built by '+' (as the elaborator's limit)
 
 
 _comments: list[list[A.Comment]] = [[]]  # where the lexer puts the comments of the current parse
@@ -581,6 +582,9 @@ _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
 
 def _unquote(tok: Token, file: str) -> str:
     body = str(tok)[1:-1]
+    if len(body) > MAX_STRING:
+        raise ArchError(f"string is too long ({len(body)} characters; the limit is {MAX_STRING})",
+                        Span(file, tok.line or 1, tok.column or 1, tok.line, (tok.column or 1) + 1))
     out, i = [], 0
     while i < len(body):
         ch = body[i]
