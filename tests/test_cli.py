@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from archc.cli import main
+from archc.ir.graph import SCHEMA_VERSION
 
 GOOD = "axis B\nmodel M(width: int = 4) (x: [B, 8]) -> [B, width] { return linear(x, width) }\n"
 
@@ -52,7 +53,7 @@ def test_ir_json_loads_back(tmp_path: Path) -> None:
     out = tmp_path / "m.json"
     assert main(["ir", str(spec), "-o", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert data["schema_version"] == 1 and data["nodes"][0]["op"] == "linear"
+    assert data["schema_version"] == SCHEMA_VERSION and data["nodes"][0]["op"] == "linear"
     assert main(["ir", "--load", str(out), "--arch"]) == 0
 
 

@@ -6,8 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from archc.cli import add_spec_args, load_graph, write_atomic
+from archc.cli import add_spec_args, load_graph
 from archc.errors import ArchError
+from archc.files import read_regular, refuse_overwrite, write_atomic
+
+MAX_IR_BYTES = 256 << 20  # an IR file of 200,000 nodes (the default --max-nodes) is well under this
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,20 +25,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from archc.ir import Graph
     from archc.ir.printer import print_graph
+    from archc.ir.verify import InvalidIR, load_json
 
     if args.load:
+        data = read_regular(args.spec, "IR file", MAX_IR_BYTES)
         try:
-            graph = Graph.from_json(args.spec.read_text())
-        except (OSError, ValueError) as e:
-            errors = getattr(e, "errors", None)  # pydantic's ValidationError: say the first problem
-            why = errors()[0]["msg"].removeprefix("Value error, ") if callable(errors) else str(e).splitlines()[0]
-            raise ArchError(f"{args.spec}: not a valid archc IR file: {why}") from None
+            graph = load_json(data, max_nodes=args.max_nodes)
+        except InvalidIR as e:
+            raise ArchError(f"{args.spec}: not a valid archc IR file: {e}") from None
     else:
         graph = load_graph(args)
     text = print_graph(graph) if args.arch else graph.to_json() + "\n"
     if args.output:
+        refuse_overwrite(args.output, [args.spec])
         write_atomic(args.output, text)
     else:
         sys.stdout.write(text)

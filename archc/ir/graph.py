@@ -63,9 +63,15 @@ class Node(BaseModel):
     @model_validator(mode="after")
     def _attrs_valid(self) -> "Node":
         from archc.ops import registry  # the op registry validates attributes
+        from archc.ops.registry import OpError
 
-        op = registry.get(self.op)
-        object.__setattr__(self, "attrs", op.canonical_attrs(self.attrs))
+        if not registry.has(self.op):  # a ValueError, so that a loaded file says which op
+            raise ValueError(f"unknown op '{self.op}'")
+        try:
+            attrs = registry.get(self.op).canonical_attrs(self.attrs)
+        except OpError as e:
+            raise ValueError(e.message) from None
+        object.__setattr__(self, "attrs", attrs)
         return self
 
 
@@ -121,7 +127,7 @@ class ScopeInfo(BaseModel):
 
 class Graph(BaseModel):
     model_config = ConfigDict(frozen=True)
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = Field(default=SCHEMA_VERSION, strict=True)  # 2, never "2", 2.0 or true
     name: str
     axes: tuple[str, ...] = ()  # symbolic axes that stay unknown until run time (B, T)
     model_args: dict[str, Any] = Field(default_factory=dict)
@@ -146,6 +152,8 @@ class Graph(BaseModel):
 
     @staticmethod
     def from_json(text: str) -> "Graph":
+        """The graph a JSON text holds, validated field by field (pydantic). A file from outside
+        is loaded with `archc.ir.verify.load_json`, which also verifies it and bounds its work."""
         return Graph.model_validate_json(text)
 
     def structural_dict(self) -> dict[str, Any]:
