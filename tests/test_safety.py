@@ -344,3 +344,16 @@ def test_a_file_that_is_not_utf8_is_a_located_error(tmp_path: Path) -> None:
     assert info.value.span is not None and (info.value.span.line, info.value.span.col) == (3, 20)
     assert info.value.render().splitlines()[0].endswith("error: the file is not UTF-8 text: byte 0xe9 cannot "
                                                         "start or continue a character")
+
+
+def test_naming_a_long_chain_of_one_op_is_linear() -> None:
+    """`build` of a chain of 199k relus used to probe relu, relu_1, ... relu_n for every name."""
+    from archc.backends.torch.naming import Namer
+
+    namer = Namer()
+    start = time.monotonic()
+    names = [namer.take("relu") for _ in range(100_000)]
+    assert time.monotonic() - start < 5
+    assert names[:3] == ["relu", "relu_1", "relu_2"] and len(set(names)) == len(names)
+    namer.take("relu_100001")  # a name taken under another base is skipped, never given twice
+    assert namer.take("relu") == "relu_100000" and namer.take("relu") == "relu_100002"

@@ -31,14 +31,19 @@ class Namer:
 
     def __init__(self, taken: frozenset[str] | set[str] = RESERVED) -> None:
         self.used: set[str] = set(taken)
+        self.next: dict[str, int] = {}  # base -> the suffix to try first (all below it are taken)
 
     def take(self, base: str) -> str:
+        """`base`, else `base_1`, `base_2`, ...: the first one free. Probing resumes where the last
+        call for the same base stopped, so n names of one base cost O(n), not O(n**2)."""
         base = sanitize(base)
-        name, n = base, 0
+        n = self.next.get(base, 0)
+        name = base if n == 0 else f"{base}_{n}"
         while name in self.used:
             n += 1
             name = f"{base}_{n}"
         self.used.add(name)
+        self.next[base] = n + 1
         return name
 
 
