@@ -24,6 +24,7 @@ never a keyword.
 from __future__ import annotations
 
 import ast
+import functools
 import html
 import keyword
 import math
@@ -112,8 +113,9 @@ def _bound_names(tree: ast.AST) -> set[str]:
     return out
 
 
+@functools.lru_cache(maxsize=256)  # a pure check: the same text passes again (a model compiled twice)
 def verify_python(source: str, filename: str = "<generated>", allowed: frozenset[str] = PY_GLOBALS,
-                  strings: tuple[str, ...] = ()) -> ast.Module:
+                  strings: tuple[str, ...] = ()) -> None:
     """Check generated Python before anything runs it: it parses; every name it reads is one it
     binds itself or one of `allowed` (never eval, exec, __import__, open, ...); no dunder attribute
     beyond the few a class needs; imports name only torch, triton and the standard modules the
