@@ -252,17 +252,23 @@ class _Emitter:
             init.append((f"{base}.append({made})" if m.is_list else f"{expr} = {made}") + _where(child.span, self.labels))
             if child.is_list and made != "nn.ModuleList()":  # nn.ModuleList([Block() ...]), nn.Sequential(...)
                 for layer in child.children:  # its torch leaves take the spec's initializers
-                    if self.plan.units[layer.path].kind == "leaf":
-                        reset += [_init_call(t, expr + layer.step + t.step, self.graph) for t in layer.tensors]
+                    reset += self.leaf_resets(layer, expr + layer.step)
                 continue
             unit = self.plan.units.get(child.path)
             if unit is None:  # a holder or a list: filled here
                 i2, r2 = self.init_lines(child, expr)
                 init += i2
                 reset += r2
-            elif unit.kind == "leaf":  # the spec's initializers, not torch's
-                reset += [_init_call(t, expr + t.step, self.graph) for t in child.tensors]
+            else:
+                reset += self.leaf_resets(child, expr)
         return init, reset
+
+    def leaf_resets(self, m: ModuleEntry, expr: str) -> list[str]:
+        """A torch leaf's initialization where the spec's initializer is not the module's own."""
+        unit = self.plan.units.get(m.path)
+        if unit is None or unit.kind != "leaf":
+            return []
+        return [_init_call(t, expr + t.step, self.graph) for t in m.tensors if t.attr not in unit.torch_inits]
 
     def made(self, m: ModuleEntry) -> str:
         """The expression that makes a child module."""

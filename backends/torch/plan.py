@@ -37,6 +37,7 @@ class Unit:
     kind: str  # "model", "block", "leaf" or "sequential" (a stack of chained layers)
     calls: list[BlockCall] = field(default_factory=list)
     module: str = ""  # a leaf's torch constructor: "nn.Linear(768, 2304, bias=True)"
+    torch_inits: frozenset[str] = frozenset()  # a leaf's tensors whose spec init is the module's own
 
 
 @dataclass
@@ -77,6 +78,16 @@ def _leaf(graph: Graph, entry: ModuleEntry, nodes: list[int], home: list[str]) -
     return op.torch_module(op.make_attrs(first.attrs), frozenset(roles), [graph.values[first.inputs[0]]])
 
 
+def _torch_inits(graph: Graph, entry: ModuleEntry, node: int) -> frozenset[str]:
+    """The leaf's tensors whose initializer is the op's default, which is what the torch module's
+    own `reset_parameters` draws from (tests/backends/test_torch_emit.py checks each op): those
+    need no second initialization."""
+    first = graph.nodes[node]
+    op = registry.get(first.op)
+    defaults = op.params(op.make_attrs(first.attrs), [graph.values[v] for v in first.inputs])
+    return frozenset(t.attr for t in entry.tensors if t.attr in defaults and defaults[t.attr].init == t.decl.init)
+
+
 def _chained(entry: ModuleEntry, call: BlockCall, units: dict[str, Unit]) -> bool:
     """Do the layers of a list run in order, each taking the one value the previous one made?"""
     if len(call.inputs) != 1 or len(call.outputs) != 1:
@@ -106,7 +117,7 @@ def plan(graph: Graph, root: ModuleEntry) -> Plan:
         if module:
             calls = [BlockCall(start=i, stop=i + 1, inputs=graph.nodes[i].inputs, outputs=graph.nodes[i].outputs)
                      for i in under[entry.path]]
-            units[entry.path] = Unit(entry, "leaf", calls, module)
+            units[entry.path] = Unit(entry, "leaf", calls, module, _torch_inits(graph, entry, calls[0].start))
         elif entry.path in graph.scopes and graph.scopes[entry.path].calls:  # see archc/ir/blocks.py
             units[entry.path] = Unit(entry, "block", list(graph.scopes[entry.path].calls))
     for entry in root.walk():  # a stack whose layers feed each other, one after the other: nn.Sequential

@@ -257,3 +257,25 @@ def test_a_deeper_stack_is_not_a_longer_file() -> None:
     assert texts[12].count("\n") == texts[48].count("\n")
     assert texts[48].count("class GPT2Block(nn.Module)") == 1
     assert "nn.Sequential(*[GPT2Block() for _ in range(48)])" in texts[48]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny", "gpt2", "poolformer_s12"])
+def test_every_tensor_starts_from_its_initializer(name: str) -> None:
+    """Torch leaves (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.Embedding, ...) initialize themselves
+    where the spec's initializer is the op's default; the rest get the spec's own. Either way each
+    tensor is drawn as its IR initializer says: exact constants, uniform(b) within [-b, b] with
+    the uniform's spread, normal(s) with std s."""
+    graph = small_graph(specs_root() / "models" / f"{name}.arch")
+    torch.manual_seed(0)
+    state = build_module(graph).state_dict()
+    for key, decl in graph.params.items():
+        t, init = state[key].double(), decl.init
+        if init in ("zeros", "ones"):
+            assert torch.equal(t, torch.full_like(t, float(init == "ones"))), key
+        elif init.startswith("uniform("):
+            b = float(init[8:-1])
+            assert t.abs().max() <= b + 1e-7, key
+            if t.numel() >= 1000:
+                assert abs(t.std().item() - b / 3 ** 0.5) < 0.1 * b, key
+        elif init.startswith("normal(") and t.numel() >= 1000:
+            assert abs(t.std().item() - float(init[7:-1])) < 0.05 * float(init[7:-1]), key

@@ -40,13 +40,6 @@ class Attention(nn.Module):
         super().__init__()
         self.qkv = nn.Linear(64, 192, bias=True)  # gpt_tiny.arch:13
         self.proj = nn.Linear(64, 64, bias=True)  # gpt_tiny.arch:14
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.uniform_(self.qkv.weight, -0.125, 0.125)
-        nn.init.uniform_(self.qkv.bias, -0.125, 0.125)
-        nn.init.uniform_(self.proj.weight, -0.125, 0.125)
-        nn.init.uniform_(self.proj.bias, -0.125, 0.125)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)  # gpt_tiny.arch:15
@@ -71,13 +64,6 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(64, 256, bias=True)  # gpt_tiny.arch:5
         self.fc2 = nn.Linear(256, 64, bias=True)  # gpt_tiny.arch:6
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.uniform_(self.fc1.weight, -0.125, 0.125)
-        nn.init.uniform_(self.fc1.bias, -0.125, 0.125)
-        nn.init.uniform_(self.fc2.weight, -0.0625, 0.0625)
-        nn.init.uniform_(self.fc2.bias, -0.0625, 0.0625)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fc1 = self.fc1(x)  # gpt_tiny.arch:7
@@ -98,13 +84,6 @@ class Block(nn.Module):
         self.attn = Attention()  # gpt_tiny.arch:12
         self.ln_2 = nn.LayerNorm(64, eps=1e-05, elementwise_affine=True, bias=True)  # gpt_tiny.arch:26
         self.mlp = Mlp()  # gpt_tiny.arch:4
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.ones_(self.ln_1.weight)
-        nn.init.zeros_(self.ln_1.bias)
-        nn.init.ones_(self.ln_2.weight)
-        nn.init.zeros_(self.ln_2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ln_1 = self.ln_1(x)  # gpt_tiny.arch:25
@@ -134,11 +113,7 @@ class GPT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.wte.weight, std=1.0)
         nn.init.normal_(self.wpe.weight, std=1.0)
-        nn.init.ones_(self.ln_f.weight)
-        nn.init.zeros_(self.ln_f.bias)
-        nn.init.uniform_(self.linear.weight, -0.125, 0.125)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         wte = self.wte(tokens)  # gpt_tiny.arch:33
