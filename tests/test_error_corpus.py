@@ -122,20 +122,46 @@ def test_op_arguments_are_not_converted() -> None:
             elaborate_text(base.format(arg), "conv.arch")
 
 
-def test_nesting_past_pythons_recursion_limit_is_an_arch_error() -> None:
-    nest = "(" * 400 + "x" + " + x)" * 400
-    spec = f"""
+def _deep(expr: str, levels: int = 62) -> str:
+    return f"""
     axis B, T, D
     block Deep(n: int) (x: [B, T, D]) -> [B, T, D] {{
-        if n < 62 {{
-            return Deep(n + 1)({nest})
+        if n < {levels} {{
+            return {expr}
         }}
         return x
     }}
     model M (x: [B, T, 8]) -> [B, T, 8] {{ return Deep(0)(x) }}
     """
-    with pytest.raises(ArchError, match="nests too deeply"):
-        elaborate_text(spec, "deep.arch")
+
+
+@pytest.mark.parametrize("python_limit", [120, 1000, 100_000])
+def test_nesting_limits_are_archcs_own_whatever_pythons_recursion_limit(python_limit: int) -> None:
+    """archc's nesting limits (MAX_TREE_DEPTH, MAX_NESTING, 64 blocks) decide, never Python's
+    recursion limit nor what ran before: the same specs give the same result at any limit."""
+    import sys
+
+    from archc.elaborate.elaborator import MAX_NESTING
+
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(python_limit)
+    try:
+        # 12 blocks deep, each with a 400-deep expression evaluated before the next block: accepted
+        left = "(" * 400 + "x" + " + x)" * 400
+        assert len(elaborate_text(_deep(f"Deep(n + 1)({left})", 12), "deep.arch").nodes) == 12 * 400
+        # the next block applied inside a 400-deep expression at each level: past MAX_NESTING
+        right = "(x + " * 400 + "Deep(n + 1)(x)" + ")" * 400
+        with pytest.raises(ArchError, match="nests too deeply") as info:
+            elaborate_text(_deep(right), "deep.arch")
+        assert info.value.span is not None and info.value.span.line == 5
+        assert MAX_NESTING < 62 * 400
+        # a sum of 2,000 terms is 2,000 levels of syntax: refused by the parser, located
+        with pytest.raises(ArchError, match="nests too deeply") as info:
+            elaborate_text(_deep("x" + " + x" * 2000), "sum.arch")
+        assert info.value.span is not None and info.value.span.line == 5
+    finally:
+        sys.setrecursionlimit(old)
+    assert sys.getrecursionlimit() == old
 
 
 def test_deeply_nested_command_line_values_are_arch_errors() -> None:

@@ -31,11 +31,19 @@ from archc.ir.graph import AnnotationIR, Graph, Node, ParamDecl, Port, ScopeInfo
 from archc.ir.types import TensorType
 from archc.ops import registry
 from archc.ops.registry import Op, OpError
+from archc.recursion import headroom
 from archc.sizes import Size, SizeError
 
 PARAM_TYPES = ("int", "float", "bool", "str", "fn", "block", "axis", "list", "connection")
 BUILTINS = NAMES
 ANNOTATIONS = ("scope", "no_fuse", "sparse", "deploy", "name", "fused")  # fused: set by mark_epilogues
+
+
+# Levels of evaluation in progress at once: each nested expression and each block applied inside
+# another adds one or a few. The spec library needs under 100; the Python frames they use are
+# reserved by headroom() whatever Python's recursion limit is.
+MAX_NESTING = 1000
+_FRAMES_PER_NESTING = 16
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ class Elaborator:
         self.under: dict[str, set[str]] = {}  # scope -> the counter prefixes at or below it
         self.steps = 0
         self.depth = 0
+        self.nesting = 0  # expressions being evaluated, across all blocks being applied
         self.param_elems = 0
         self.span: Span | None = None  # the statement being elaborated, for limit errors
         self.connect: list[C.Context] = []  # stacks being wired by a connection policy
@@ -461,6 +470,17 @@ class Elaborator:
         return look
 
     def eval(self, e: A.Expr, frame: Frame) -> Any:
+        """Evaluate an expression; nesting (expressions within expressions, blocks within blocks)
+        is bounded by MAX_NESTING levels, archc's own limit (see archc.recursion)."""
+        self.nesting += 1
+        try:
+            if self.nesting > MAX_NESTING:
+                raise _too_deep(self, e.span)
+            return self._eval(e, frame)
+        finally:
+            self.nesting -= 1
+
+    def _eval(self, e: A.Expr, frame: Frame) -> Any:
         self.tick(e.span)
         if isinstance(e, A.Name):
             return self.lookup(e.id, frame, e.span)
@@ -1138,9 +1158,10 @@ def elaborate_file(path: str | Path, model: str | None = None, overrides: dict[s
                    includes: list[Path] | None = None, limits: Limits | None = None) -> Graph:
     elaborator = Elaborator(limits)
     try:
-        env = Loader(includes).load_path(Path(path))
-        return elaborator.model(env, model, overrides or {})
-    except RecursionError:
+        with headroom(_FRAMES_PER_NESTING * MAX_NESTING + 500):  # imports nest at most 256 deep
+            env = Loader(includes).load_path(Path(path))
+            return elaborator.model(env, model, overrides or {})
+    except RecursionError:  # a last resort: MAX_NESTING comes first
         raise _too_deep(elaborator) from None
 
 
@@ -1149,15 +1170,16 @@ def elaborate_text(text: str, file: str = "<string>", model: str | None = None,
                    limits: Limits | None = None, folder: Path | None = None) -> Graph:
     elaborator = Elaborator(limits)
     try:
-        env = Loader(includes).load_text(text, file, folder)
-        return elaborator.model(env, model, overrides or {})
+        with headroom(_FRAMES_PER_NESTING * MAX_NESTING + 500):  # imports nest at most 256 deep
+            env = Loader(includes).load_text(text, file, folder)
+            return elaborator.model(env, model, overrides or {})
     except RecursionError:
         raise _too_deep(elaborator) from None
 
 
-def _too_deep(elaborator: Elaborator) -> ArchError:
+def _too_deep(elaborator: Elaborator, span: Span | None = None) -> ArchError:
     return ArchError("the spec nests too deeply to elaborate (blocks, pipelines, expressions or imports)",
-                     elaborator.span, "split deep expressions into statements, or nest fewer blocks")
+                     span or elaborator.span, "split deep expressions into statements, or nest fewer blocks")
 
 
 __all__ = ["Elaborator", "Limits", "elaborate_file", "elaborate_text", "expr_text"]

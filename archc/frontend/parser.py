@@ -21,10 +21,12 @@ from lark.tree import Meta
 
 from archc import cachefs, resources
 from archc.errors import ArchError, Span, register_source
+from archc.recursion import headroom
 from archc.frontend import ast as A
 
 MAX_SOURCE_BYTES = 4 << 20  # a spec larger than 4 MiB is refused before parsing
 MAX_INT_LITERAL = 2**62  # as archc.sizes.MAX_INT: no size or count is larger
+MAX_TREE_DEPTH = 500  # levels of syntax (a sum of n terms is n deep); the spec library needs under 20
 MAX_STRING = 10_000  # characters in a string, written or built by '+' (as the elaborator's limit)
 
 
@@ -174,15 +176,37 @@ def _to_ast(parse_tree: Callable[[], lark.Tree], text: str, file: str) -> Any:
     """Parse and transform to the AST; every failure becomes an ArchError at its location."""
     try:
         tree = parse_tree()
-        return _ToAst(file).transform(tree)
+        _check_depth(tree, file)
+        with headroom(_FRAMES_PER_LEVEL * MAX_TREE_DEPTH + 200):
+            return _ToAst(file).transform(tree)
     except lark.exceptions.UnexpectedInput as err:
         raise _syntax_error(err, text, file) from None
     except lark.exceptions.VisitError as err:
         if isinstance(err.orig_exc, ArchError):
             raise err.orig_exc from None
+        if isinstance(err.orig_exc, RecursionError):  # a last resort: the depth check above comes first
+            raise ArchError("the spec nests too deeply", Span(file, 1, 1)) from None
         raise
     except RecursionError:
-        raise ArchError("expression is nested too deeply", Span(file, 1, 1)) from None
+        raise ArchError("the spec nests too deeply", Span(file, 1, 1)) from None
+
+
+_FRAMES_PER_LEVEL = 6  # Python frames the transformer (and the recursive passes over the AST) use per level
+
+
+def _check_depth(tree: lark.Tree, file: str) -> None:
+    """Refuse a tree deeper than MAX_TREE_DEPTH, at its deepest point (without recursing)."""
+    stack: list[tuple[Any, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, lark.Tree):
+            continue
+        if depth > MAX_TREE_DEPTH:
+            meta = node.meta
+            line, col = (meta.line, meta.column) if not meta.empty else (1, 1)
+            raise ArchError(f"the spec nests too deeply (more than {MAX_TREE_DEPTH} levels of expressions)",
+                            Span(file, line, col), "split deep expressions into statements")
+        stack.extend((child, depth + 1) for child in node.children)
 
 
 def _parse_tree(text: str, comments: list[A.Comment]) -> lark.Tree:
