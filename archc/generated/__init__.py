@@ -34,6 +34,20 @@ _NAME = re.compile(re.escape(__name__) + r"\.m([0-9a-f]{32})")
 _SOURCES: dict[str, str] = {}  # digest -> text, for sources made in this process (no cache folder needed)
 
 
+KEEP = 1000  # generated sources kept in the cache folder; the oldest go first
+
+
+def _prune(where: Path, keep: int) -> None:
+    """Remove the least recently written generated sources beyond `keep` (a pickled model whose
+    source went loads again after its spec is compiled once more)."""
+    try:
+        files = sorted(where.glob("m*.py"), key=lambda f: f.stat().st_mtime)
+        for old in files[:max(0, len(files) - keep)]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def digest(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:32]
 
@@ -95,6 +109,7 @@ def load(source: str) -> types.ModuleType:
             file = folder() / f"m{key}.py"
             if cachefs.read_private(file) != source.encode():
                 cachefs.write_private(file, source.encode())
+                _prune(folder(), keep=KEEP)
         except (cachefs.UnsafeCache, OSError):
             pass  # pickles of this model then load in this process only
     return importlib.import_module(name)

@@ -74,3 +74,13 @@ def test_without_the_cached_source_the_error_says_what_to_do(tmp_path: Path) -> 
     assert saved.returncode == 0, saved.stderr
     loaded = _run(LOAD.format(folder=str(tmp_path)), tmp_path / "elsewhere")
     assert loaded.returncode != 0 and "no generated source" in loaded.stderr
+
+
+def test_the_cache_keeps_a_bounded_number_of_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from archc import generated
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(generated, "KEEP", 3)
+    for i in range(5):
+        generated.load(f"VALUE = {i}  # test_the_cache_keeps_a_bounded_number_of_sources\n")
+    assert len(list((tmp_path / "archc" / "generated").glob("m*.py"))) == 3
