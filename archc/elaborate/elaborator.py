@@ -28,7 +28,7 @@ from archc.frontend.parser import MAX_STRING
 from archc.ir.blocks import annotate
 from archc.ir.names import bad_scope_segment
 from archc.ir.graph import AnnotationIR, Graph, Node, ParamDecl, Port, ScopeInfo, SpanModel
-from archc.ir.types import TensorType
+from archc.ir.types import FLOAT_DTYPES, TensorType
 from archc.ops import registry
 from archc.ops.registry import Op, OpError
 from archc.recursion import headroom
@@ -111,6 +111,10 @@ class Elaborator:
         inputs: list[Tensor] = []
         for port in ports:
             t = Pattern(port.type, self.size_lookup(frame), env.axes).fresh(bindings)  # type: ignore[arg-type]
+            try:
+                _check_tensor_type(t, f"input '{port.name}'")
+            except OpError as err:
+                raise ArchError(err.message, port.span, err.hint) from None
             tensor = self.new_value(t)
             inputs.append(tensor)
             frame.vars[port.name] = tensor
@@ -1014,6 +1018,9 @@ class Elaborator:
             types = [t.type for t in ins]
             outs = op.infer(attrs, types)
             specs = op.params(attrs, types)
+            _check_weight_dtypes(op, specs, types)
+            for t in outs:
+                _check_tensor_type(t, f"{op.name}: its result")
         except OpError as err:
             raise ArchError(err.message, span or fn.span, err.hint) from None
         except SizeError as err:
@@ -1175,6 +1182,31 @@ def elaborate_text(text: str, file: str = "<string>", model: str | None = None,
             return elaborator.model(env, model, overrides or {})
     except RecursionError:
         raise _too_deep(elaborator) from None
+
+
+MAX_RANK = 64  # torch's limit on a tensor's number of axes
+MAX_NUMEL = 2**48  # elements of one tensor (its known sizes; 1 PiB of f32): past it sizes near int64 overflow
+
+
+def _check_tensor_type(t: TensorType, what: str) -> None:
+    if t.rank > MAX_RANK:
+        raise OpError(f"{what} has {t.rank} axes; torch allows at most {MAX_RANK}")
+    known = 1
+    for size in t.sizes:
+        if size.is_const:
+            known *= abs(size.terms.get((), 0)) or 1
+    if known > MAX_NUMEL:
+        raise OpError(f"{what} {t} has more than 2**48 elements (its known sizes alone), far past any memory "
+                      "and near int64's limit")
+
+
+def _check_weight_dtypes(op: Op, specs: dict[str, Any], types: list[TensorType]) -> None:
+    """An op's float weights and its float inputs have one dtype: torch refuses F.linear(f16, f32)."""
+    weights = sorted({s.dtype for s in specs.values() if s.dtype in FLOAT_DTYPES})
+    for t in types:
+        if weights and t.is_float and t.dtype not in weights:
+            raise OpError(f"{op.name}: its input is {t.dtype} but its parameters are {weights[0]}; torch does not "
+                          "mix them", hint=f"declare the input {weights[0]}")
 
 
 def _too_deep(elaborator: Elaborator, span: Span | None = None) -> ArchError:

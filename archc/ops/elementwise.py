@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from archc.ir.types import TensorType
-from archc.ops.registry import Op, OpError, ParamSpec, broadcast, need_float, norm_dim, register
+from archc.ops.registry import Op, OpError, ParamSpec, broadcast, need_float, norm_dim, promote_scalar, register
 
 
 class _Attrs(BaseModel):
@@ -161,10 +161,17 @@ class _Binary(Op):
         if len(ins) == 2:
             if a.other is not None:
                 raise OpError(f"{self.name}() takes a second tensor or a scalar 'other', not both")
-            return [broadcast(ins[0], ins[1], self.name)]
-        if a.other is None:
+            out = broadcast(ins[0], ins[1], self.name)
+        elif a.other is None:
             raise OpError(f"{self.name}() needs a second operand")
-        return [ins[0]]
+        else:  # the scalar is written as a float (repr(a.other)) in every backend: torch promotes to it
+            out = ins[0].with_dtype(promote_scalar(ins[0].dtype, float(a.other)))
+        if self.name == "sub" and any(t.dtype == "bool" for t in ins):
+            raise OpError("sub: torch does not subtract bool tensors", hint="use logical ops on masks, or "
+                          "declare the operands as a number type")
+        if self.name == "div" and not out.is_float:
+            out = out.with_dtype("f32")  # true division of integers gives torch's default dtype
+        return [out]
 
     def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
         left, right = ins[0], ins[1] if len(ins) == 2 else repr(a.other)

@@ -18,6 +18,9 @@ from archc.sizes import Size
 Eps = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 
 
+MAX_GEOMETRY = 2**31 - 1  # a kernel, stride, padding or dilation past this overflows torch's int32 kernels
+
+
 class _Attrs(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -111,6 +114,8 @@ class _Conv(Op):
             p = _pair(a.padding, n, f"{self.name} padding")
         if min(k + s + d) <= 0 or min(p) < 0:
             raise OpError(f"{self.name}: kernel, stride and dilation must be positive, padding non-negative")
+        if max(k + s + d + p) > MAX_GEOMETRY:
+            raise OpError(f"{self.name}: kernel, stride, padding and dilation must be at most {MAX_GEOMETRY}")
         return k, s, p, d
 
     def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:

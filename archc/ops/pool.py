@@ -51,6 +51,8 @@ class _Pool(Op):
         p = _two(a.padding, f"{self.name} padding")
         if min(k) <= 0 or min(s) <= 0:
             raise OpError(f"{self.name}: kernel and stride must be positive")
+        if max(k + s) > 2**31 - 1:
+            raise OpError(f"{self.name}: kernel and stride must be at most {2**31 - 1}")
         if any(pp > kk // 2 for pp, kk in zip(p, k)):
             raise OpError(f"{self.name}: padding {p} must be at most half the kernel {k}")
         return k, s, p

@@ -244,8 +244,39 @@ def broadcast(a: TensorType, b: TensorType, op: str) -> TensorType:
         else:
             raise OpError(f"{op}: cannot broadcast {a} with {b} "
                           f"(axis {max(ra, rb) - i}: {da.size} vs {db.size})")
-    dtype = a.dtype if a.dtype == b.dtype or not b.is_float else b.dtype
-    return TensorType(dtype=dtype, shape=tuple(reversed(out_dims)))  # type: ignore[arg-type]
+    return TensorType(dtype=promote(a.dtype, b.dtype, op), shape=tuple(reversed(out_dims)))  # type: ignore[arg-type]
+
+
+# torch's type promotion (torch.promote_types) over archc's dtypes: bool < integers < floats; within
+# a kind, the wider type. Pairs whose result archc has no name for (u8 with i8 gives int16) are errors.
+_KIND = {"bool": 0, "u8": 1, "i8": 1, "i32": 1, "i64": 1, "f16": 2, "bf16": 2, "f32": 2, "f64": 2}
+_SAME_KIND = {frozenset(("u8", "i32")): "i32", frozenset(("u8", "i64")): "i64", frozenset(("i8", "i32")): "i32",
+              frozenset(("i8", "i64")): "i64", frozenset(("i32", "i64")): "i64", frozenset(("f16", "bf16")): "f32",
+              frozenset(("f16", "f32")): "f32", frozenset(("bf16", "f32")): "f32", frozenset(("f16", "f64")): "f64",
+              frozenset(("bf16", "f64")): "f64", frozenset(("f32", "f64")): "f64"}
+
+
+def promote(a: str, b: str, op: str) -> str:
+    """The dtype torch gives an elementwise op on tensors of dtypes `a` and `b`."""
+    if a == b:
+        return a
+    ka, kb = _KIND[a], _KIND[b]
+    if ka != kb:
+        return a if ka > kb else b
+    out = _SAME_KIND.get(frozenset((a, b)))
+    if out is None:
+        raise OpError(f"{op}: {a} with {b} gives torch's int16, which archc has no dtype for",
+                      hint="give both operands the same dtype")
+    return out
+
+
+def promote_scalar(dtype: str, scalar: float | int | bool) -> str:
+    """The dtype torch gives a tensor of `dtype` with a Python scalar: the tensor's, unless the
+    scalar is of a higher kind (an int tensor with a float gives torch's default dtype, f32)."""
+    kind = 2 if isinstance(scalar, float) else 0 if isinstance(scalar, bool) else 1
+    if kind <= _KIND[dtype]:
+        return dtype
+    return "f32" if kind == 2 else "i64"
 
 
 def numel(t: TensorType, what: str = "tensor") -> int:

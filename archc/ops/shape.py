@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import string
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
@@ -113,6 +114,9 @@ class Rearrange(Op):
         return out
 
 
+_LETTERS = string.ascii_lowercase + string.ascii_uppercase  # the axis letters torch.einsum accepts
+
+
 class EinsumAttrs(_Attrs):
     equation: str
 
@@ -139,6 +143,9 @@ class Einsum(Op):
                 if n in sizes and sizes[n] != s:
                     raise OpError(f"einsum: axis '{n}' has size {sizes[n]} in one operand and {s} in another")
                 sizes[n] = s
+        if len(sizes) > len(_LETTERS):
+            raise OpError(f"einsum: equation '{a.equation}' names {len(sizes)} axes; torch.einsum takes at most "
+                          f"{len(_LETTERS)} (one letter each)")
         out = parse_side(right, self.name)
         for g in out.groups:
             if len(g) != 1 or g[0] not in sizes:
@@ -168,7 +175,7 @@ class Einsum(Op):
 
     def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
         sides, out, sizes = self._parse(a, types)
-        letters = {n: chr(ord("a") + i) for i, n in enumerate(sizes)}
+        letters = {n: _LETTERS[i] for i, n in enumerate(sizes)}
         eq = ",".join("".join(letters[g[0]] for g in s.groups) for s in sides)
         eq += "->" + "".join(letters[g[0]] for g in out.groups)
         return f"torch.einsum({eq!r}, {', '.join(ins)})"
