@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import pkgutil
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Any, Sequence
@@ -67,18 +65,11 @@ def load_graph(args: argparse.Namespace) -> Any:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a file so that a reader sees the old content or the new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write a file so that a reader sees the old content or the new one, never a part
+    (archc.files.write_atomic: the mode of the file it replaces is kept)."""
+    from archc.files import write_atomic as write
+
+    write(path, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

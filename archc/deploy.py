@@ -2,8 +2,9 @@
 
 `deploy(graph, state_dict)` runs the weight-changing passes (eval mode: BatchNorm folding,
 re-parameterization, dropout removal, clean-up), builds the train-time and the deployed torch
-modules, compares them on random inputs, and returns the deployed graph and state_dict with the
-max abs error. `archc deploy` (archc/commands/deploy.py) is this plus files.
+modules, compares them on random inputs (|deployed - train| <= atol + rtol * |train| everywhere, no
+NaN: archc.numeric), and returns the deployed graph and state_dict with the max error. `archc deploy`
+(archc/commands/deploy.py) is this plus files.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from archc.errors import ArchError
 from archc.ir.graph import Graph
+from archc.numeric import ATOL, RTOL, Closeness, compare
 from archc.passes.manager import DEPLOY, run_pipeline
 
 if TYPE_CHECKING:
@@ -27,8 +29,9 @@ class DeployCheckError(ArchError):
 class Deployed:
     graph: Graph
     state_dict: dict[str, "Tensor"]
-    max_error: float
+    max_error: float  # the max abs error
     passes: tuple[str, ...]
+    max_rel_error: float = 0.0  # |deployed - train| / |train| at the element furthest past its tolerance
 
 
 def load_weights(module: Any, state_dict: Mapping[str, "Tensor"], what: str) -> None:
@@ -52,25 +55,36 @@ def _flat(out: Any) -> list["Tensor"]:
     return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
-def max_abs_error(a: Any, b: Any, graph: Graph, trials: int = 2, batch: int = 2, seed: int = 0) -> float:
-    """The largest |a(x) - b(x)| over `trials` random inputs of `graph` (both modules in eval mode)."""
+def closeness(a: Any, b: Any, graph: Graph, trials: int = 2, batch: int = 2, seed: int = 0,
+              atol: float = ATOL, rtol: float = RTOL) -> Closeness:
+    """How close b(x) is to a(x) over `trials` random inputs of `graph` (both modules in eval mode)."""
     import torch
 
     from archc.backends.torch.inputs import example_inputs
 
     a.eval()
     b.eval()
-    worst = 0.0
+    pairs = []
     with torch.no_grad():
         for t in range(trials):
             xs = example_inputs(graph, sizes={"B": batch}, seed=seed + t)
-            for u, v in zip(_flat(a(*xs)), _flat(b(*xs))):
-                worst = max(worst, (u.double() - v.double()).abs().max().item())
-    return worst
+            want, got = _flat(a(*xs)), _flat(b(*xs))
+            if len(want) != len(got):
+                raise DeployCheckError(f"deploy check failed: {len(got)} outputs instead of {len(want)}")
+            pairs += list(zip(got, want))
+    return compare(pairs, atol=atol, rtol=rtol)
 
 
-def deploy(graph: Graph, state_dict: Mapping[str, "Tensor"], tolerance: float = 1e-4,
-           passes: Sequence[str] = DEPLOY, trials: int = 2, batch: int = 2) -> Deployed:
+def max_abs_error(a: Any, b: Any, graph: Graph, trials: int = 2, batch: int = 2, seed: int = 0) -> float:
+    """The largest |a(x) - b(x)| over `trials` random inputs of `graph`: NaN when any difference is
+    NaN (or an output is not finite), never hidden by `max`."""
+    return closeness(a, b, graph, trials, batch, seed).max_abs
+
+
+def deploy(graph: Graph, state_dict: Mapping[str, "Tensor"], tolerance: float = ATOL,
+           passes: Sequence[str] = DEPLOY, trials: int = 2, batch: int = 2, rtol: float = RTOL) -> Deployed:
+    """`tolerance` is the absolute tolerance, `rtol` the relative one: the check passes when every
+    output element has |deployed - train| <= tolerance + rtol * |train|, and none is NaN."""
     from archc.backends.torch import build_module
 
     train = build_module(graph)
@@ -79,9 +93,9 @@ def deploy(graph: Graph, state_dict: Mapping[str, "Tensor"], tolerance: float = 
     new_sd = pipeline.weights(dict(train.state_dict()))
     deployed = build_module(pipeline.graph)
     load_weights(deployed, new_sd, "the deployed model (a bug in a pass)")
-    error = max_abs_error(train, deployed, graph, trials=trials, batch=batch)
-    if not error <= tolerance:  # also catches NaN
+    check = closeness(train, deployed, graph, trials=trials, batch=batch, atol=tolerance, rtol=rtol)
+    if not check.ok:
         raise DeployCheckError(f"deploy check failed: the deployed model differs from the train-time model "
-                               f"(eval mode) by up to {error:.3g}, above the tolerance {tolerance:g}; "
-                               f"nothing was written")
-    return Deployed(pipeline.graph, new_sd, error, tuple(passes))
+                               f"(eval mode), above the tolerance {tolerance:g} + {rtol:g} * |train|: "
+                               f"{check.describe()}; nothing was written")
+    return Deployed(pipeline.graph, new_sd, check.max_abs, tuple(passes), check.max_rel)

@@ -27,6 +27,7 @@ from typing import Iterable, Mapping
 from archc.errors import ArchError
 
 KEEP_IN_FOLDER = frozenset({"__pycache__"})  # what a folder being replaced may hold besides its own files
+MANIFEST = ".archc-files"  # in a folder write_folder_atomic wrote: the names it wrote, one a line
 
 
 def _why(err: OSError) -> str:
@@ -156,8 +157,8 @@ def write_folder_atomic(path: Path | str, files: Mapping[str, str | bytes]) -> l
     written into a temporary folder beside it, which is then renamed into place; an old folder is
     moved aside first and removed only after, so an interruption leaves the old folder or the new
     one (or both, side by side), never a mixture. An existing folder is replaced only when it holds
-    nothing but these files (and `__pycache__`), so a user's other files are never removed.
-    Returns the paths written."""
+    nothing but these files, those its manifest (`.archc-files`) lists and `__pycache__`, so a user's
+    other files are never removed. Returns the paths written."""
     path = _target(Path(path))
     if path.exists() and not path.is_dir():
         raise ArchError(f"cannot write the folder {path}: it is a file")
@@ -170,7 +171,8 @@ def write_folder_atomic(path: Path | str, files: Mapping[str, str | bytes]) -> l
         os.mkdir(tmp)
         if path.is_dir():
             os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
-        for name, data in files.items():
+        manifest = "".join(f"{name}\n" for name in sorted(files))
+        for name, data in {**files, MANIFEST: manifest}.items():
             dest = tmp / name
             dest.parent.mkdir(parents=True, exist_ok=True)
             _write_new(dest, data.encode("utf-8") if isinstance(data, str) else data, _mode_of(path / name))
@@ -196,7 +198,11 @@ def _check_replaceable(path: Path, files: Mapping[str, str | bytes]) -> None:
     if path.resolve() == cwd or path.resolve() in cwd.parents:
         raise ArchError(f"cannot replace the folder {path}: it is (or holds) the current folder",
                         hint="name a new folder for the output")
-    ours = {name.split("/")[0] for name in files} | KEEP_IN_FOLDER
+    ours = {name.split("/")[0] for name in files} | KEEP_IN_FOLDER | {MANIFEST}
+    try:
+        ours |= {line.split("/")[0] for line in (path / MANIFEST).read_text(encoding="utf-8").splitlines() if line}
+    except (OSError, UnicodeDecodeError):
+        pass  # not a folder archc wrote: it may hold only the new files' names
     try:
         others = sorted(entry.name for entry in os.scandir(path) if entry.name not in ours)
     except OSError as e:

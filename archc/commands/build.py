@@ -16,7 +16,8 @@ from pathlib import Path
 
 from archc.api import TARGETS
 from archc.backends.kernels.targets import KERNEL_TARGETS
-from archc.cli import add_spec_args, load_graph, write_atomic
+from archc.cli import add_spec_args, load_graph
+from archc.files import refuse_overwrite, write_atomic
 from archc.passes.manager import add_pass_args, run_passes
 
 
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if path is None:
         sys.stdout.write(text)
         return 0
+    refuse_overwrite(path, [args.spec])
     write_atomic(path, text)
     print(f"{path}: model {graph.name}, {len(graph.nodes)} ops, {graph.param_count():,} parameters "
           f"(target {args.target})")
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_onnx(args: argparse.Namespace, graph: object) -> int:
-    from archc.backends.onnx import export_onnx, max_diff
+    from archc.backends.onnx import check, export_onnx
     from archc.backends.torch import build_module
     from archc.errors import ArchError
 
@@ -83,14 +85,16 @@ def run_onnx(args: argparse.Namespace, graph: object) -> int:
         raise ArchError("--target onnx needs -o FILE.onnx (the file is binary)")
     out = Path(args.output)
     path = out / f"{Path(args.spec).stem}.onnx" if out.is_dir() or args.output.endswith(("/", "\\")) else out
+    refuse_overwrite(path, [args.spec])
     module = build_module(graph)  # type: ignore[arg-type]
     data = export_onnx(graph, module)  # type: ignore[arg-type]
-    diff = max_diff(graph, module, data)  # type: ignore[arg-type]
-    if diff > 1e-4:
-        raise ArchError(f"the ONNX file does not match the torch target: max abs diff {diff:.2e} > 1e-4")
+    close = check(graph, module, data)  # type: ignore[arg-type]
+    if not close.ok:
+        raise ArchError(f"the ONNX file does not match the torch target (allowed: {close.atol:g} + "
+                        f"{close.rtol:g} * |torch|): {close.describe()}")
     write_atomic(path, data)
     print(f"{path}: model {graph.name}, {len(data):,} bytes (target onnx; onnxruntime matches the torch "  # type: ignore[attr-defined]
-          f"target within {diff:.1e} at other input sizes)")
+          f"target within {close.max_abs:.1e} at other input sizes)")
     return 0
 
 
@@ -101,6 +105,8 @@ def run_kernels(args: argparse.Namespace, graph: object) -> int:
         print("\n".join(targets.explain(graph, args.target)))  # type: ignore[arg-type]
         if args.output is None:
             return 0
-    files = targets.write_package(graph, args.target, args.output, write_atomic)  # type: ignore[arg-type]
+    if args.output is not None:
+        refuse_overwrite(args.output, [args.spec])
+    files = targets.write_package(graph, args.target, args.output)  # type: ignore[arg-type]
     print(f"{args.output}: model {graph.name}, {len(files)} files (target {args.target})")  # type: ignore[attr-defined]
     return 0

@@ -3,21 +3,25 @@
 Builds the train-time graph, loads the weights (a state_dict saved with torch.save), runs the
 weight-changing passes in eval mode (BatchNorm folding, re-parameterization, dropout removal,
 clean-up), checks on random inputs that the deployed model computes what the train-time model
-computes (max abs error, --tolerance), and writes OUT/deployed.pt (the deployed state_dict) and
-OUT/<spec>.deploy.arch (the deployed IR as .arch, which archc compiles again). Nothing is
-written when the check fails (exit status 1).
+computes (|deployed - train| <= atol + rtol * |train| everywhere, no NaN), and writes the folder OUT
+holding OUT/deployed.pt (the deployed state_dict) and OUT/<spec>.deploy.arch (the deployed IR as
+.arch, which archc compiles again), both at once: an interrupted deploy leaves the old pair or the new
+one. OUT must be new or hold only what a deploy wrote there. Nothing is written when the weights do
+not load or the check fails (exit status 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import os
-import tempfile
+import math
 from pathlib import Path
 
 from archc.cli import add_spec_args, load_graph
 from archc.errors import ArchError
+from archc.files import read_regular, refuse_overwrite, write_folder_atomic
+
+MAX_WEIGHTS_BYTES = 64 << 30  # a checkpoint larger than this is not read
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -27,58 +31,45 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                    "deployed weights and the deployed spec.")
     add_spec_args(p)
     p.add_argument("--weights", type=Path, required=True, help="train-time state_dict (torch.save)")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="folder to write into")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs error allowed (default 1e-4)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
+                   help="the folder to write (new, or one a deploy wrote: it is replaced as a whole)")
+    p.add_argument("--tolerance", "--atol", type=float, default=1e-4, dest="tolerance",
+                   help="absolute tolerance (default 1e-4)")
+    p.add_argument("--rtol", type=float, default=1e-4,
+                   help="relative tolerance: |deployed - train| <= atol + rtol * |train| (default 1e-4)")
     p.add_argument("--key-map", choices=("archc", "timm"), default="archc",
                    help="the weights' key names: archc's (default) or timm's (zoo specs; see archc.zoo)")
     p.add_argument("--trials", type=int, default=2, help="random input batches to compare on (default 2)")
     p.set_defaults(func=run)
 
 
-def _read_weights(path: Path, key_map: str, spec: Path) -> dict:  # type: ignore[type-arg]
+def read_weights(path: Path, key_map: str = "archc", spec: Path | None = None) -> dict:  # type: ignore[type-arg]
+    """The state_dict in `path`: a regular file (a FIFO or a device is refused before it is opened
+    for reading), read with torch.load(weights_only=True) (it never runs code from the file), holding
+    a dict of string keys to tensors whose values are all finite. Any other file is an ArchError."""
     import torch
 
+    data = read_regular(path, "weights", MAX_WEIGHTS_BYTES)
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (torch.load raises many kinds; all mean "not a checkpoint")
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ArchError(f"{path}: cannot read the weights (expected a state_dict saved with torch.save): "
                         f"{first}") from None
-    if hasattr(sd, "state_dict") and not isinstance(sd, dict):
-        sd = sd.state_dict()
     if not isinstance(sd, dict):
         raise ArchError(f"{path}: expected a state_dict (a dict of tensors), got {type(sd).__name__}")
+    for key, value in sd.items():
+        if not isinstance(key, str):
+            raise ArchError(f"{path}: the state_dict has the key {key!r}, which is not a string")
+        if not isinstance(value, torch.Tensor):
+            raise ArchError(f"{path}: '{key}' is a {type(value).__name__}, not a tensor")
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            raise ArchError(f"{path}: '{key}' holds NaN or infinite values")
     if key_map == "timm":
         from archc.zoo import timm_to_archc
 
-        sd = timm_to_archc(spec.stem, sd)
+        sd = timm_to_archc(spec.stem if spec else "", sd)
     return sd
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_together(files: dict[Path, bytes]) -> None:
-    """Write several files so that none is ever seen half-written: all go to temporary files in
-    their folders first, and are renamed into place only when every one has been written."""
-    temps: list[tuple[str, Path]] = []
-    try:
-        for path, data in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            temps.append((tmp, path))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,9 +79,13 @@ def run(args: argparse.Namespace) -> int:
     from archc.elaborate import elaborate_text
     from archc.ir.printer import canonical, print_graph
 
+    for value, flag in ((args.tolerance, "--tolerance"), (args.rtol, "--rtol")):
+        if not (math.isfinite(value) and value >= 0):
+            raise ArchError(f"{flag} must be a finite number >= 0, got {value}")
+    refuse_overwrite(args.output, [args.spec, args.weights])
     graph = load_graph(args)
-    sd = _read_weights(args.weights, args.key_map, args.spec)
-    result = deploy(graph, sd, tolerance=args.tolerance, trials=args.trials)
+    sd = read_weights(args.weights, args.key_map, args.spec)
+    result = deploy(graph, sd, tolerance=args.tolerance, rtol=args.rtol, trials=args.trials)
     text = print_graph(result.graph)
     again = elaborate_text(text, f"{args.spec.stem}.deploy.arch")  # the deployed spec must compile again
     if canonical(again) != canonical(result.graph):
@@ -99,11 +94,11 @@ def run(args: argparse.Namespace) -> int:
     torch.save(result.state_dict, buffer)
     arch_path = args.output / f"{args.spec.stem}.deploy.arch"
     weights_path = args.output / "deployed.pt"
-    write_together({weights_path: buffer.getvalue(), arch_path: text.encode()})
+    write_folder_atomic(args.output, {weights_path.name: buffer.getvalue(), arch_path.name: text})
     before, after = graph.param_count(False), result.graph.param_count(False)
     print(f"{args.spec}: deployed model {graph.name}: {len(graph.nodes)} ops -> {len(result.graph.nodes)}, "
           f"{before:,} -> {after:,} parameters and buffers")
-    print(f"check: max abs error {result.max_error:.3g} (tolerance {args.tolerance:g}) "
-          f"on {args.trials} random batches, eval mode")
+    print(f"check: max abs error {result.max_error:.3g}, max relative error {result.max_rel_error:.3g} "
+          f"(atol {args.tolerance:g}, rtol {args.rtol:g}) on {args.trials} random batches, eval mode")
     print(f"wrote {weights_path} and {arch_path}")
     return 0

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from archc.cli import write_atomic
 from archc.errors import ArchError
+from archc.files import write_atomic
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

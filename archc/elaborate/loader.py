@@ -79,7 +79,7 @@ class Loader:
         if path in self.stack:
             chain = " -> ".join(display_name(p) for p in self.stack[self.stack.index(path):] + [path])
             raise ArchError(f"import cycle: {chain}", span)
-        if len(self.cache) >= MAX_MODULES:
+        if len(self.cache) + len(self.stack) >= MAX_MODULES:  # loaded, and being loaded (a chain of imports)
             raise ArchError(f"more than {MAX_MODULES} files are imported", span)
         self.stack.append(path)
         try:

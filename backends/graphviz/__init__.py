@@ -7,11 +7,9 @@ is missing, `render` writes the dot text next to the requested file and says so.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -103,18 +101,11 @@ def render(graph: Graph, path: str | Path, fmt: str | None = None, depth: int | 
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder, then rename: no half-written output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write through a temporary file in the same folder, then rename: no half-written output
+    (archc.files.write_atomic, which keeps the mode of the file it replaces)."""
+    from archc.files import write_atomic as write
+
+    write(path, data)
 
 
 __all__ = ["FORMATS", "INSTALL_HINT", "Rendered", "build_diagram", "output_format", "render", "to_dot",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import jinja2
 
@@ -203,10 +202,11 @@ def verify_package(files: dict[str, str], generated: tuple[str, ...], extra: fro
         verify_python(files[name], f"<archc package: {name}>", allowed=PY_GLOBALS | extra)
 
 
-def write_files(out: Path, files: dict[str, str], write: Callable[[Path, str], None]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        write(out / name, text)
+def write_files(out: Path, files: dict[str, str]) -> list[Path]:
+    """Write a package as the folder `out`, all at once (archc.files.write_folder_atomic)."""
+    from archc.files import write_folder_atomic
+
+    return write_folder_atomic(out, files)
 
 
 __all__ = ["Call", "Context", "context", "explain", "forward_lines", "header", "init_py", "model_py", "source_text",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 from archc.errors import ArchError
+from archc.files import write_folder_atomic
 from archc.ir.graph import Graph
 
 KERNEL_TARGETS = ("triton", "cuda")
@@ -24,18 +24,15 @@ def explain(graph: Graph, target: str) -> list[str]:
     return _backend(target).explain_lines(graph)
 
 
-def write_package(graph: Graph, target: str, out: str | None, write: Callable[[Path, str], None]) -> list[Path]:
-    """Write the target's package into the folder `out`; returns the files written."""
+def write_package(graph: Graph, target: str, out: str | None) -> list[Path]:
+    """Write the target's package as the folder `out`, all at once (archc.files.write_folder_atomic:
+    an interrupted build leaves the old package or the new one, never a mixture); returns the files."""
     if out is None:
         raise ArchError(f"--target {target} writes a Python package: give the folder with -o OUT/")
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise ArchError(f"-o {out}: --target {target} writes a folder, and this is a file")
-    written = []
-    for name, text in _backend(target).package(graph).items():
-        write(folder / name, text)
-        written.append(folder / name)
-    return written
+    return write_folder_atomic(folder, _backend(target).package(graph))
 
 
 __all__ = ["KERNEL_TARGETS", "explain", "write_package"]

@@ -10,6 +10,7 @@ from typing import Any
 
 from archc.errors import ArchError
 from archc.ir.graph import Graph
+from archc.numeric import ATOL, RTOL, Closeness, compare
 
 OPSET = 17
 
@@ -98,8 +99,16 @@ def export_onnx(graph: Graph, module: Any = None, opset: int = OPSET) -> bytes:
 
 
 def max_diff(graph: Graph, module: Any, data: bytes, sizes: dict[str, int] | None = None) -> float:
+    """The max abs difference between onnxruntime and `module` (see `check`); NaN when any
+    difference is NaN or an output is not finite."""
+    return check(graph, module, data, sizes).max_abs
+
+
+def check(graph: Graph, module: Any, data: bytes, sizes: dict[str, int] | None = None,
+          atol: float = ATOL, rtol: float = RTOL) -> Closeness:
     """Run the ONNX file with onnxruntime and `module` on the same random inputs (by default at
-    other sizes than the export's, which exercises the dynamic axes): the max abs difference."""
+    other sizes than the export's, which exercises the dynamic axes): how close the outputs are,
+    |onnx - torch| <= atol + rtol * |torch| (archc.numeric; a NaN is never close)."""
     try:
         import onnxruntime
     except ImportError:
@@ -113,8 +122,10 @@ def max_diff(graph: Graph, module: Any, data: bytes, sizes: dict[str, int] | Non
     got = session.run(None, {name: t.numpy() for name, t in zip(port_names(graph)[0], inputs)})
     with torch.no_grad():
         want = module.eval()(*inputs)
-    want = want if isinstance(want, tuple) else (want,)
-    return max(float((torch.from_numpy(g) - w).abs().max()) for g, w in zip(got, want))
+    want = want if isinstance(want, (tuple, list)) else (want,)
+    if len(got) != len(want):
+        return Closeness(atol, rtol, shape_mismatch=f"{len(got)} outputs vs {len(want)}")
+    return compare([(torch.from_numpy(g), w) for g, w in zip(got, want)], atol=atol, rtol=rtol)
 
 
-__all__ = ["export_onnx", "max_diff", "port_names"]
+__all__ = ["check", "export_onnx", "max_diff", "port_names"]

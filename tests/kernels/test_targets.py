@@ -15,13 +15,13 @@ def test_build_writes_packages(tmp_path: Path, capsys: pytest.CaptureFixture[str
     spec, _ = ZOO["gpt2"]
     sets = ["--set", "vocab=100", "--set", "dim=64", "--set", "depth=1", "--set", "heads=2", "--set", "max_len=32"]
     assert main(["build", str(spec), *sets, "--target", "triton", "-o", str(tmp_path / "tr")]) == 0
-    assert sorted(p.name for p in (tmp_path / "tr").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "tr").iterdir() if p.name != ".archc-files") == [
         "__init__.py", "kernels.py", "model.py", "runtime.py", "torch_model.py"]
     kernels = (tmp_path / "tr" / "kernels.py").read_text()
     assert "@triton.jit\ndef r8_gemm_kernel(" in kernels
     assert "# r8_gemm: linear -> dropout -> add" in kernels and "gpt2.arch:22" in kernels
     assert main(["build", str(spec), *sets, "--target", "cuda", "-o", str(tmp_path / "cu")]) == 0
-    assert sorted(p.name for p in (tmp_path / "cu").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "cu").iterdir() if p.name != ".archc-files") == [
         "__init__.py", "build.py", "kernels.cu", "kernels.py", "model.py", "torch_model.py"]
 
 
