@@ -182,14 +182,15 @@ def write_folder_atomic(path: Path | str, files: Mapping[str, str | bytes]) -> l
         os.rename(tmp, path)
         tmp = None
     except OSError as e:
-        if old is not None and not path.exists():  # put the old folder back
-            os.rename(old, path)
-            old = None
         raise ArchError(f"cannot write the folder {path}: {_why(e)}") from None
-    finally:
-        for leftover in (tmp, old):
-            if leftover is not None:
-                shutil.rmtree(leftover, ignore_errors=True)
+    finally:  # also on KeyboardInterrupt: the old folder is removed only when the new one is in place
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            if os.path.lexists(path):
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(old, path)  # put the old folder back
     return [path / name for name in files]
 
 

@@ -286,3 +286,21 @@ def test_the_import_limit_holds_for_a_chain(tmp_path: Path, capsys: pytest.Captu
     short = tmp_path / "short"
     short.mkdir()
     assert main(["check", str(_chain(short, 200))]) == 0
+
+
+def test_an_interrupted_swap_puts_the_old_folder_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "pkg"
+    files.write_folder_atomic(out, {"a.py": "old\n"})
+    real, calls = os.rename, []
+
+    def rename(src: str, dst: str) -> None:
+        calls.append(dst)
+        if len(calls) == 2:  # the old folder is aside; the new one is not in place yet
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(files.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        files.write_folder_atomic(out, {"a.py": "new\n"})
+    monkeypatch.setattr(files.os, "rename", real)
+    assert (out / "a.py").read_text() == "old\n" and leftovers(tmp_path) == []
