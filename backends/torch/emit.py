@@ -246,7 +246,22 @@ class _Emitter:
         children it holds, down to the callable ones, which make and initialize themselves."""
         init = _tensor_lines(m, base)
         reset = [_init_call(t, base + t.step, self.graph) for t in m.tensors]
-        for child in m.children:
+        run: list[ModuleEntry] = []  # numbered layers of one class in a block (a policy's stack)
+        for child in [*m.children, None]:
+            if child is not None and not m.is_list and child.attr.isdigit() and child.path in self.class_of and \
+                    (not run or (self.class_of[run[0].path] == self.class_of[child.path]
+                                 and int(child.attr) == int(run[-1].attr) + 1)):
+                run.append(child)
+                continue
+            if len(run) > 1:
+                init += [f"for i in range({run[0].attr}, {int(run[-1].attr) + 1}):",
+                         f"    {base}.add_module(str(i), {self.class_of[run[0].path]}())" + _where(run[0].span, self.labels)]
+            elif run:
+                init.append(f"{base + run[0].step} = {self.made(run[0])}" + _where(run[0].span, self.labels))
+            run = [child] if child is not None and not m.is_list and child.attr.isdigit() and \
+                child.path in self.class_of else []
+            if child is None or run:
+                continue
             expr = base + child.step
             made = self.made(child)
             init.append((f"{base}.append({made})" if m.is_list else f"{expr} = {made}") + _where(child.span, self.labels))
@@ -289,7 +304,7 @@ class _Emitter:
     def forward(self, unit: Unit, call: BlockCall) -> tuple[dict[str, str], list[_Stmt], str]:
         graph, entry = self.graph, unit.entry
         self.current = entry
-        namer = Namer(RESERVED | {"layer"})
+        namer = Namer(RESERVED | {"layer", "i"})
         names: dict[str, str] = {}
         if unit.kind == "model":
             ports = {p.value: p.name for p in graph.inputs}
@@ -364,17 +379,19 @@ class _Emitter:
         return _Stmt(list(node.inputs), list(node.outputs), render)
 
     def loops(self, stmts: list[_Stmt], names: dict[str, str]) -> list[_Stmt]:
-        """Consecutive layers of one list, of one class, each feeding the next: one `for` loop."""
+        """Consecutive layers of one stack (`0`, `1`, ...), of one class, each feeding the next: one
+        `for` loop, over the list or, in a stack with a connection policy, over its numbered children."""
         out: list[_Stmt] = []
         k = 0
         while k < len(stmts):
             run = [stmts[k]]
             first = getattr(stmts[k], "child", None)
-            while first is not None and first.is_layer and first.path in self.class_of and len(run[-1].reads) == 1 and len(run[-1].writes) == 1:
+            while first is not None and first.attr.isdigit() and first.path in self.class_of and \
+                    len(run[-1].reads) == 1 and len(run[-1].writes) == 1:
                 nxt = stmts[k + len(run)] if k + len(run) < len(stmts) else None
                 prev = getattr(run[-1], "child")
                 layer = getattr(nxt, "child", None) if nxt else None
-                if nxt is None or layer is None or layer.parent is not first.parent or \
+                if nxt is None or layer is None or layer.parent is not first.parent or not layer.attr.isdigit() or \
                         int(layer.attr) != int(prev.attr) + 1 or nxt.reads != run[-1].writes or len(nxt.writes) != 1 or \
                         self.class_of.get(layer.path) != self.class_of.get(first.path) or \
                         layer.path not in self.class_of or self.reads[run[-1].writes[0]] != self._reads_in(nxt, run[-1].writes[0]):
@@ -405,11 +422,15 @@ class _Emitter:
         a, b, n = int(first.attr), int(last.attr) + 1, len(lst.children)
         x_in, x_out = run[0].reads[0], run[-1].writes[0]
         rel = getattr(run[0], "child").relative(self.current)
-        seq = rel[: -len(first.step)] + ("" if (a, b) == (0, n) else f"[{a}:{b}]")
+        owner = rel[: -len(first.step)]
+        if first.is_layer:
+            loop = [f"for layer in {owner}{'' if (a, b) == (0, n) else f'[{a}:{b}]'}:"]
+        else:  # numbered children of a block: `self.get_submodule("3")`
+            loop = [f"for i in range({a}, {b}):", f"    layer = {owner}.get_submodule(str(i))"]
 
         def render(nm: dict[str, str]) -> list[str]:
             head = [] if nm[x_out] == nm[x_in] else [f"{nm[x_out]} = {nm[x_in]}"]
-            return head + [f"for layer in {seq}:", f"    {nm[x_out]} = layer({nm[x_out]})"]
+            return head + loop + [f"    {nm[x_out]} = layer({nm[x_out]})"]
 
         return _Stmt([x_in], [x_out], render)
 
