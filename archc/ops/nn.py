@@ -437,8 +437,16 @@ class Parameter(Op):
 
 class AttentionAttrs(_Attrs):
     causal: bool = False
-    scale: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    scale: float | None = None
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+
+    @field_validator("scale")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
 
 
 @register
