@@ -257,6 +257,11 @@ def test_a_deeper_stack_is_not_a_longer_file() -> None:
     assert texts[12].count("\n") == texts[48].count("\n")
     assert texts[48].count("class GPT2Block(nn.Module)") == 1
     assert "nn.Sequential(*[GPT2Block() for _ in range(48)])" in texts[48]
+    from archc.cli import parse_value
+
+    hyper = {d: emit_python(elaborate_file(path, overrides={"depth": d, "connect": parse_value("hyper(n=2)")}))
+             for d in (12, 48)}
+    assert hyper[12].count("\n") == hyper[48].count("\n")  # the policy's stack loops over its layers too
 
 
 @pytest.mark.parametrize("name", ["resnet18", "convnext_tiny", "gpt2", "poolformer_s12"])
