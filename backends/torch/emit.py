@@ -147,6 +147,7 @@ class _Stmt:
     reads: list[str]
     writes: list[str]
     render: Callable[[dict[str, str]], list[str]]  # value names -> the statement's lines
+    child: ModuleEntry | None = None  # the module a call statement calls
 
 
 @dataclass
@@ -178,6 +179,7 @@ class _Emitter:
         self.reads = Counter(v for node in graph.nodes for v in node.inputs)
         self.model_name = model_name
         self.node_scopes = {n.scope for n in graph.nodes}
+        self.tensors = {t.decl.name: t for m in self.root.walk() for t in m.tensors}
 
     # -- the tree: which class each callable instance gets ------------------------------------
     def emit(self) -> list[_Class]:
@@ -303,7 +305,6 @@ class _Emitter:
     # -- forward ------------------------------------------------------------------------------
     def forward(self, unit: Unit, call: BlockCall) -> tuple[dict[str, str], list[_Stmt], str]:
         graph, entry = self.graph, unit.entry
-        self.current = entry
         namer = Namer(RESERVED | {"layer", "i"})
         names: dict[str, str] = {}
         if unit.kind == "model":
@@ -316,7 +317,6 @@ class _Emitter:
                 names[v] = namer.take("x" if len(call.inputs) == 1 else f"x{k}")
             args = ", ".join(f"{names[v]}: torch.Tensor" for v in call.inputs)
         cut = len(entry.path) + 1 if entry.path else 0
-        made_here: set[str] = set(call.inputs)
         own: set[str] = set()  # values made by this forward's own op statements
         stmts: list[_Stmt] = []
         for i in range(call.start, call.stop):
@@ -326,10 +326,9 @@ class _Emitter:
                 sub = next((c for c in child.calls if c.start == i), None)
                 if sub is None:
                     continue
-                for v in sub.outputs:
-                    names[v] = namer.take(child.entry.path[cut:] + ("" if len(sub.outputs) == 1 else f"_{len(names)}"))
+                for k, v in enumerate(sub.outputs):
+                    names[v] = namer.take(child.entry.path[cut:] + ("" if len(sub.outputs) == 1 else f"_{k}"))
                 stmts.append(self.call_stmt(child.entry.relative(entry), sub.inputs, sub.outputs, child.entry))
-                made_here.update(sub.outputs)
                 continue
             base = node_base(node, graph)[cut:] if node.scope.startswith(entry.path) else node_base(node, graph)
             for k, v in enumerate(node.outputs):
@@ -341,9 +340,7 @@ class _Emitter:
                 continue
             stmts.append(self.op_stmt(i, entry, own, set(call.outputs)))
             own.update(node.outputs)
-            made_here.update(node.outputs)
-        self.keep = set(call.outputs)
-        return names, self.loops(stmts, names), args
+        return names, self.loops(stmts, names, entry, set(call.outputs)), args
 
     def call_stmt(self, expr: str, ins: list[str], outs: list[str], child: ModuleEntry,
                   span: SpanModel | None = None) -> _Stmt:
@@ -353,16 +350,11 @@ class _Emitter:
             lhs = ", ".join(names[v] for v in outs)
             return [f"{lhs} = {expr}({', '.join(names[v] for v in ins)}){where}"]
 
-        stmt = _Stmt(list(ins), list(outs), render)
-        stmt.child = child  # type: ignore[attr-defined]
-        return stmt
+        return _Stmt(list(ins), list(outs), render, child)
 
     def op_stmt(self, i: int, entry: ModuleEntry, own: set[str], outputs: set[str]) -> _Stmt:
         graph, node = self.graph, self.graph.nodes[i]
-        tensors = {t.decl.name: t for m in self.root.walk() for t in m.tensors} if not hasattr(self, "_tensors") \
-            else self._tensors
-        self._tensors = tensors
-        params = {role: _tensor_expr(tensors[p], entry) for role, p in node.params.items()}
+        params = {role: _tensor_expr(self.tensors[p], entry) for role, p in node.params.items()}
         op = registry.get(node.op)
         v0 = node.inputs[0] if node.inputs else None
         inplace = i in self.inplace and v0 in own and v0 not in outputs
@@ -378,50 +370,56 @@ class _Emitter:
 
         return _Stmt(list(node.inputs), list(node.outputs), render)
 
-    def loops(self, stmts: list[_Stmt], names: dict[str, str]) -> list[_Stmt]:
+    def loops(self, stmts: list[_Stmt], names: dict[str, str], entry: ModuleEntry, keep: set[str]) -> list[_Stmt]:
         """Consecutive layers of one stack (`0`, `1`, ...), of one class, each feeding the next: one
         `for` loop, over the list or, in a stack with a connection policy, over its numbered children."""
         out: list[_Stmt] = []
         k = 0
         while k < len(stmts):
             run = [stmts[k]]
-            first = getattr(stmts[k], "child", None)
-            while first is not None and first.attr.isdigit() and first.path in self.class_of and \
-                    len(run[-1].reads) == 1 and len(run[-1].writes) == 1:
-                nxt = stmts[k + len(run)] if k + len(run) < len(stmts) else None
-                prev = getattr(run[-1], "child")
-                layer = getattr(nxt, "child", None) if nxt else None
-                if nxt is None or layer is None or layer.parent is not first.parent or not layer.attr.isdigit() or \
-                        int(layer.attr) != int(prev.attr) + 1 or nxt.reads != run[-1].writes or len(nxt.writes) != 1 or \
-                        self.class_of.get(layer.path) != self.class_of.get(first.path) or \
-                        layer.path not in self.class_of or self.reads[run[-1].writes[0]] != self._reads_in(nxt, run[-1].writes[0]):
-                    break
-                run.append(nxt)
+            first = stmts[k].child
+            while first is not None and k + len(run) < len(stmts) and \
+                    self._next_layer(run[-1], stmts[k + len(run)], first):
+                run.append(stmts[k + len(run)])
             if len(run) < 2:
                 out.append(stmts[k])
                 k += 1
                 continue
             x_in, x_out = run[0].reads[0], run[-1].writes[0]
             later = {v for st in stmts[k + len(run):] for v in st.reads}
-            if x_in not in later and x_in not in self.keep:  # the loop variable takes the input's name
+            if x_in not in later and x_in not in keep:  # the loop variable takes the input's name
                 names[x_out] = names[x_in]
-            out.append(self.loop_stmt(run, first, names))
+            out.append(self.loop_stmt(run, first, entry))
             k += len(run)
         return out
 
+    def _next_layer(self, prev: _Stmt, nxt: _Stmt, first: ModuleEntry) -> bool:
+        """Does `nxt` call the layer after `prev`'s, of the same class as `first`, on `prev`'s one
+        result, which nothing else reads?"""
+        a, b = prev.child, nxt.child
+        if a is None or b is None or b.parent is not first.parent or not (a.attr.isdigit() and b.attr.isdigit()):
+            return False
+        if int(b.attr) != int(a.attr) + 1 or first.path not in self.class_of or \
+                self.class_of.get(b.path) != self.class_of[first.path]:
+            return False
+        if len(prev.reads) != 1 or len(prev.writes) != 1 or nxt.reads != prev.writes or len(nxt.writes) != 1:
+            return False
+        return self.reads[prev.writes[0]] == self._reads_in(nxt, prev.writes[0])
+
     def _reads_in(self, stmt: _Stmt, v: str) -> int:
         """How many graph nodes read `v` inside the call `stmt` makes."""
-        child = getattr(stmt, "child")
-        unit = self.plan.units[child.path]
+        assert stmt.child is not None
+        unit = self.plan.units[stmt.child.path]
         return sum(1 for c in unit.calls for i in range(c.start, c.stop) for u in self.graph.nodes[i].inputs if u == v)
 
-    def loop_stmt(self, run: list[_Stmt], first: ModuleEntry, names: dict[str, str]) -> _Stmt:
+    def loop_stmt(self, run: list[_Stmt], first: ModuleEntry, entry: ModuleEntry) -> _Stmt:
         lst = first.parent
         assert lst is not None
-        last = getattr(run[-1], "child")
+        last = run[-1].child
+        assert last is not None
         a, b, n = int(first.attr), int(last.attr) + 1, len(lst.children)
         x_in, x_out = run[0].reads[0], run[-1].writes[0]
-        rel = getattr(run[0], "child").relative(self.current)
+        rel = first.relative(entry)
         owner = rel[: -len(first.step)]
         if first.is_layer:
             loop = [f"for layer in {owner}{'' if (a, b) == (0, n) else f'[{a}:{b}]'}:"]
@@ -447,7 +445,7 @@ class _Emitter:
             if v not in keep:
                 dead[k].append(v)
         lines: list[str] = []
-        for st, gone in zip(stmts, dead):
+        for st, gone in zip(stmts, dead, strict=True):
             lines += st.render(names)
             live = {names[v] for v in st.writes if v not in gone}  # a loop may rebind its input's name
             gone = [n for n in dict.fromkeys(names[v] for v in gone) if n not in live]
