@@ -1,0 +1,92 @@
+"""How the torch backend spells the IR: an op node as an expression, a source line as a comment,
+the model's signature, and which values die or may be overwritten where. Shared by the `.py`
+emitter, the fx backend and the kernel packages.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+from archc.backends.quote import py_comment, py_str
+from archc.ir.graph import Graph, Node, SpanModel
+from archc.ops import registry
+
+# Ops whose torch spelling returns a tuple even when the IR node has a single output.
+TUPLE_OPS = frozenset({"split", "chunk", "unbind"})
+
+
+def expression(node: Node, graph: Graph, inputs: list[str], params: dict[str, str]) -> str:
+    """The node as one torch expression over the given input and parameter expressions."""
+    op = registry.get(node.op)
+    types = [graph.values[v] for v in node.inputs]
+    return op.torch_expr(op.make_attrs(node.attrs), inputs, params, types)
+
+
+def source_labels(graph: Graph) -> dict[str, str]:
+    """Short, location-independent labels for the spec files: paths relative to their common folder."""
+    files = sorted({n.span.file for n in graph.nodes if n.span} | {s.span.file for s in graph.scopes.values() if s.span})
+    if not files:
+        return {}
+    common = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+    return {f: os.path.relpath(os.path.abspath(f), common) for f in files}
+
+
+def where(span: SpanModel | None, labels: dict[str, str]) -> str:
+    return f"  # {py_comment(labels.get(span.file, span.file))}:{span.line}" if span else ""
+
+
+def _value_text(value: object) -> str:
+    if isinstance(value, str):
+        return py_str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value_text(v) for v in value) + "]"
+    return str(value)
+
+
+def signature(graph: Graph) -> str:
+    """The model's signature as the spec would write it; it goes into docstrings (py_docstring)."""
+    args = ", ".join(f"{k}={_value_text(v)}" for k, v in graph.model_args.items())
+    ins = ", ".join(f"{p.name}: {p.type}" for p in graph.inputs)
+    outs = ", ".join(str(p.type) for p in graph.outputs)
+    return f"model {graph.name}({args}) ({ins}) -> {outs if len(graph.outputs) == 1 else f'({outs})'}"
+
+
+def last_uses(graph: Graph) -> list[list[str]]:
+    """Per node, the values that are dead once it has run: read for the last time there, or made
+    there and never read. Graph outputs never die. Deleting them (as torch.fx's generated code
+    does) frees each activation as soon as it can go; a flat `forward` would otherwise hold every
+    intermediate until it returns (all of ResNet-50's activations at once)."""
+    last: dict[str, int] = {}
+    for i, node in enumerate(graph.nodes):
+        for v in (*node.outputs, *node.inputs):
+            last[v] = i
+    keep = {p.value for p in graph.outputs}
+    dead: list[list[str]] = [[] for _ in graph.nodes]
+    for v, i in last.items():
+        if v not in keep:
+            dead[i].append(v)
+    return dead
+
+
+def overwrites(graph: Graph) -> set[int]:
+    """The nodes that may overwrite their first input, as timm's ResNet does (`relu(inplace=True)`,
+    `x += shortcut`): that input is made by a `fresh` op (a new tensor its backward never reads),
+    read by this node alone (so nothing saved it for backward and nothing views it), not returned,
+    and of the output's dtype and shape (no broadcast, no promotion). Same values, one buffer less:
+    ResNet-50 at batch 8 ran 6-10% slower without it."""
+    made_by = {v: node for node in graph.nodes for v in node.outputs}
+    reads = Counter(v for node in graph.nodes for v in node.inputs)
+    returned = {p.value for p in graph.outputs}
+    out = set()
+    for i, node in enumerate(graph.nodes):
+        if not node.inputs or len(node.outputs) != 1:
+            continue
+        v = node.inputs[0]
+        src = made_by.get(v)
+        if src is None or not registry.get(src.op).fresh or reads[v] != 1 or v in returned:
+            continue
+        t, o = graph.values[v], graph.values[node.outputs[0]]
+        if t.dtype == o.dtype and t.sizes == o.sizes:
+            out.add(i)
+    return out
