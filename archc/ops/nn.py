@@ -387,6 +387,7 @@ class Positions(Op):
 
     name = "positions"
     Attrs = PositionsAttrs
+    returns_param = True
 
     def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
         t = ins[0]
@@ -419,6 +420,7 @@ class Parameter(Op):
     """A learned tensor owned by the enclosing instance (a class token, a LayerScale gamma)."""
 
     name = "parameter"
+    returns_param = True
     inputs = ()
     Attrs = ParameterAttrs
 

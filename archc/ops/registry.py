@@ -72,6 +72,7 @@ class Op:
     torch: ClassVar[str] = ""  # python expression; {x} {y} inputs, {weight} params, {attr} attrs
     torch_inplace: ClassVar[str] = ""  # the same, overwriting its first input {x} (see torch_inplace_expr)
     fresh: ClassVar[bool] = False  # returns a new tensor that its backward never reads (may be overwritten)
+    returns_param: ClassVar[bool] = False  # returns (a view of) its own parameter: no module of its own
     doc: ClassVar[str] = ""
 
     # -- the rules each op states ---------------------------------------------------------------

@@ -236,7 +236,8 @@ class Emitter:
                     names[v] = namer.take(child.entry.path[cut:] + ("" if len(sub.outputs) == 1 else f"_{k}"))
                 stmts.append(self.call_stmt(child.entry.relative(entry), sub.inputs, sub.outputs, child.entry))
                 continue
-            base = node_base(node, graph)[cut:] if node.scope.startswith(entry.path) else node_base(node, graph)
+            base = (node_base(node, graph)[cut:] if node.scope.startswith(entry.path) else node_base(node, graph)) \
+                or node.op  # the instance's own op: named after it
             for k, v in enumerate(node.outputs):
                 names[v] = namer.take(base if len(node.outputs) == 1 else f"{base}_{k}")
             if child is not None:  # a leaf module: the node is its call

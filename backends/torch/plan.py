@@ -6,7 +6,8 @@ calls, as in timm or Hugging Face) when its nodes are one contiguous run, or sev
 compute the same thing (a shared instance applied twice), and read only parameters inside it:
 
     leaf    an op instance with a torch module of the same parameter names   nn.Linear(768, 2304)
-    block   a block instance: a generated class per distinct body             GPT2Block()
+    block   a block instance, or an op instance torch has no module for: a generated class per
+            distinct body                                                     GPT2Block(), Layernorm()
     sequential  a stack whose layers feed each other in order                 nn.Sequential(Block(), ...)
     model   the root
 
@@ -58,18 +59,27 @@ class Plan:
         return found
 
 
+def _op_instance(graph: Graph, entry: ModuleEntry, nodes: list[int], home: list[str]) -> bool:
+    """Is every node of this instance its op, run here, with exactly the instance's tensors and the
+    same attributes (one op instance, applied once or shared)?"""
+    if entry.children or not entry.tensors or not nodes or not registry.has(entry.kind) or \
+            registry.get(entry.kind).returns_param:
+        return False
+    roles = {t.attr: t.decl.name for t in entry.tensors}
+    first = graph.nodes[nodes[0]]
+    return all(home[i] == entry.path and graph.nodes[i].op == entry.kind and graph.nodes[i].params == roles
+               and graph.nodes[i].attrs == first.attrs for i in nodes)
+
+
 def _leaf(graph: Graph, entry: ModuleEntry, nodes: list[int], home: list[str]) -> str | None:
     """The torch module for an op instance, when every node of it is that op on one input with
     exactly the instance's tensors, of the dtypes and kinds the module makes."""
-    if entry.children or not entry.tensors or not nodes or not registry.has(entry.kind):
+    if not _op_instance(graph, entry, nodes, home):
         return None
     roles = {t.attr: t.decl.name for t in entry.tensors}
     first = graph.nodes[nodes[0]]
-    for i in nodes:
-        node = graph.nodes[i]
-        if home[i] != entry.path or node.op != entry.kind or node.params != roles or node.attrs != first.attrs \
-                or len(node.inputs) != 1 or len(node.outputs) != 1:
-            return None
+    if any(len(graph.nodes[i].inputs) != 1 or len(graph.nodes[i].outputs) != 1 for i in nodes):
+        return None
     for t in entry.tensors:
         buffer = t.attr in ("running_mean", "running_var", "num_batches_tracked")
         if t.decl.dtype != ("i64" if t.attr == "num_batches_tracked" else "f32") or t.decl.trainable == buffer:
@@ -120,6 +130,10 @@ def plan(graph: Graph, root: ModuleEntry) -> Plan:
             units[entry.path] = Unit(entry, "leaf", calls, module, _torch_inits(graph, entry, calls[0].start))
         elif entry.path in graph.scopes and graph.scopes[entry.path].calls:  # see archc/ir/blocks.py
             units[entry.path] = Unit(entry, "block", list(graph.scopes[entry.path].calls))
+        elif _op_instance(graph, entry, under.get(entry.path, []), home):  # an op torch has no module for
+            units[entry.path] = Unit(entry, "block", [BlockCall(start=i, stop=i + 1, inputs=graph.nodes[i].inputs,
+                                                                outputs=graph.nodes[i].outputs)
+                                                      for i in under[entry.path]])
     for entry in root.walk():  # a stack whose layers feed each other, one after the other: nn.Sequential
         info = graph.scopes.get(entry.path)
         if entry.is_list and info is not None and len(info.calls) == 1 and _chained(entry, info.calls[0], units):
