@@ -5,6 +5,7 @@ torch is imported only when a backend is used, so `import archc` stays light.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,40 @@ def check_target(target: str) -> None:
                         did_you_mean(target, TARGETS) or f"the targets are {', '.join(TARGETS)}")
 
 
+def memory_bytes() -> int | None:
+    """This machine's physical memory, where the OS says (None elsewhere)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(graph: Graph) -> None:
+    """Refuse, before allocating, a model whose parameters and buffers do not fit in this
+    machine's memory (a spec may declare up to 10^11 elements; 10^10 f32 are 40 GB)."""
+    need = sum(p.numel * DTYPE_BYTES.get(p.dtype, 4) for p in graph.params.values())
+    have = memory_bytes()
+    if have is None or need <= have:
+        return
+    biggest = max(graph.params.values(), key=lambda p: p.numel)
+    owner = next((n for n in graph.nodes if biggest.name in n.params.values()), None)
+    raise ArchError(f"the parameters and buffers of {graph.name} need {_size(need)}, more than this "
+                    f"machine's {_size(have)} of memory (the largest, '{biggest.name}', holds "
+                    f"{biggest.numel:,} elements)", owner.span.to_span() if owner and owner.span else None,
+                    "build it on a larger machine, or on the meta device from the generated file")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+DTYPE_BYTES = {"f64": 8, "i64": 8, "f32": 4, "i32": 4, "f16": 2, "bf16": 2, "i8": 1, "u8": 1, "bool": 1}
+
+
 def build(graph: Graph, target: str = "torch") -> Any:
     """Lower an IR graph: "torch" gives an `nn.Module`, "fx" a `torch.fx.GraphModule`."""
     check_target(target)
+    check_memory(graph)
     if target == "torch":
         from archc.backends.torch import build_module
 

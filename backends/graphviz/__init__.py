@@ -7,6 +7,7 @@ is missing, `render` writes the dot text next to the requested file and says so.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -92,12 +93,30 @@ def render(graph: Graph, path: str | Path, fmt: str | None = None, depth: int | 
         write_atomic(fallback, dot_text.encode())
         return Rendered(fallback, True)
     args = [exe, f"-T{fmt}"] + ([f"-Gdpi={dpi}"] if fmt == "png" else [])
-    result = subprocess.run(args, input=dot_text.encode(), capture_output=True, check=False)
+    limit = dot_timeout()
+    try:
+        result = subprocess.run(args, input=dot_text.encode(), capture_output=True, check=False, timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise ArchError(f"graphviz 'dot' did not finish the diagram of {graph.name} in {limit:g} s",
+                        hint="draw fewer levels with --depth N, or write the dot text (-o net.dot); "
+                             "$ARCHC_DOT_TIMEOUT sets the limit in seconds") from None
     if result.returncode != 0:
-        raise RuntimeError(f"graphviz 'dot' failed on the diagram of {graph.name}: "
-                           f"{result.stderr.decode(errors='replace').strip()}")
+        raise ArchError(f"graphviz 'dot' failed on the diagram of {graph.name}: "
+                        f"{result.stderr.decode(errors='replace').strip()[:2000]}")
     write_atomic(path, result.stdout)
     return Rendered(path, False)
+
+
+DOT_TIMEOUT_S = 120.0  # a wide graph can keep `dot` busy for hours: bounded, as all of archc's work
+
+
+def dot_timeout() -> float:
+    """How long `dot` may run: $ARCHC_DOT_TIMEOUT seconds, else DOT_TIMEOUT_S."""
+    try:
+        value = float(os.environ.get("ARCHC_DOT_TIMEOUT", DOT_TIMEOUT_S))
+    except ValueError:
+        return DOT_TIMEOUT_S
+    return value if value > 0 else DOT_TIMEOUT_S
 
 
 def write_atomic(path: Path, data: bytes) -> None:
