@@ -357,3 +357,16 @@ def test_naming_a_long_chain_of_one_op_is_linear() -> None:
     assert names[:3] == ["relu", "relu_1", "relu_2"] and len(set(names)) == len(names)
     namer.take("relu_100001")  # a name taken under another base is skipped, never given twice
     assert namer.take("relu") == "relu_100000" and namer.take("relu") == "relu_100002"
+
+
+def test_symbolic_link_loops_are_located_errors(tmp_path: Path) -> None:
+    """A main spec or an import that is a link loop is an error with its location, never exit 70."""
+    (tmp_path / "loop.arch").symlink_to("loop.arch")
+    (tmp_path / "a.arch").symlink_to("b.arch")
+    (tmp_path / "b.arch").symlink_to("a.arch")
+    (tmp_path / "m.arch").write_text('import "a.arch"\naxis B\nmodel M (x: [B, 4]) -> [B, 4] { return x }\n')
+    with pytest.raises(ArchError, match="cannot open spec file"):
+        elaborate_file(tmp_path / "loop.arch")
+    with pytest.raises(ArchError) as err:
+        elaborate_file(tmp_path / "m.arch")
+    assert "m.arch:1:1: error: cannot import 'a.arch'" in err.value.render()

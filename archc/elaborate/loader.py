@@ -61,8 +61,12 @@ class Loader:
 
     # -- entry points ---------------------------------------------------------------------------
     def load_path(self, path: Path) -> ModuleEnv:
-        path = path.resolve()
-        if not path.is_file():
+        try:
+            path = path.resolve()
+            found = path.is_file()
+        except (OSError, RuntimeError) as e:  # a symbolic link loop (RuntimeError before Python 3.13)
+            raise ArchError(f"cannot open spec file {display_name(path)}: {e}") from None
+        if not found:
             raise ArchError(f"no such spec file: {path}")
         self.allowed.append(path.parent)
         return self._load(path, None)
@@ -153,7 +157,7 @@ class Loader:
                     continue
                 if real.is_file():
                     return real
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a link loop, before Python 3.13
                 raise ArchError(f"cannot import '{rel}': {e}", span) from None
         if escaped == len(candidates):
             raise ArchError(f"import '{rel}' reaches outside the allowed folders", span, _ROOTS_HINT)
