@@ -32,7 +32,7 @@ def memory_bytes() -> int | None:
 def check_memory(graph: Graph) -> None:
     """Refuse, before allocating, a model whose parameters and buffers do not fit in this
     machine's memory (a spec may declare up to 10^11 elements; 10^10 f32 are 40 GB)."""
-    need = sum(p.numel * DTYPE_BYTES.get(p.dtype, 4) for p in graph.params.values())
+    need = sum(p.nbytes for p in graph.params.values())
     have = memory_bytes()
     if have is None or need <= have:
         return
@@ -46,9 +46,6 @@ def check_memory(graph: Graph) -> None:
 
 def _size(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-DTYPE_BYTES = {"f64": 8, "i64": 8, "f32": 4, "i32": 4, "f16": 2, "bf16": 2, "i8": 1, "u8": 1, "bool": 1}
 
 
 def build(graph: Graph, target: str = "torch") -> Any:

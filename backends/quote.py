@@ -30,14 +30,15 @@ import keyword
 import math
 import re
 
+from archc.ir import names
+
 # --- Python ----------------------------------------------------------------------------------
 
-_ASCII_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def is_identifier(name: str) -> bool:
     """May `name` be written as a Python identifier? ASCII only (no NFKC folding), never a keyword."""
-    return bool(_ASCII_IDENT.match(name)) and not keyword.iskeyword(name) and not keyword.issoftkeyword(name)
+    return names.is_identifier(name) and not keyword.iskeyword(name) and not keyword.issoftkeyword(name)
 
 
 def _code_safe(text: str) -> bool:

@@ -28,11 +28,10 @@ from archc.analysis.structure import (ScopeTree, ancestors, depth, parent, run_l
                                       tied_uses, within)
 from archc.errors import ArchError
 from archc.ir.graph import Graph, Node
-from archc.ir.types import Dim, TensorType
+from archc.ir.types import DTYPE_BYTES, Dim, TensorType
 from archc.ops import registry
 from archc.sizes import Size, SizeError, parse_size
 
-DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "i64": 8, "i32": 4, "i8": 1, "u8": 1, "bool": 1}
 _FLOOR = re.compile(r"^floor\((.*), (\d+)\)$")
 
 
@@ -211,7 +210,7 @@ def summarize(graph: Graph, batch: int = 1, axes: Mapping[str, int] | None = Non
     total = Row("total", "", graph.name, 0, 1, ", ".join(_type_text(graph.values[p.value]) for p in graph.outputs),
                 s.params, s.buffers, s.flops, s.macs, s.act_bytes)
     input_bytes = sum(type_bytes(p.type, env) for p in graph.inputs)
-    param_bytes = sum(p.numel * DTYPE_BYTES.get(p.dtype, 4) for p in graph.params.values())
+    param_bytes = sum(p.nbytes for p in graph.params.values())
     return Summary(graph.name, env, tuple(rows), total, input_bytes, param_bytes)
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from archc.errors import Span
 from archc.ir.names import check_graph_names
-from archc.ir.types import TensorType
+from archc.ir.types import DTYPE_BYTES, TensorType
 
 SCHEMA_VERSION = 2  # 2: scopes carry their block structure (calls, key)
 
@@ -91,6 +91,10 @@ class ParamDecl(BaseModel):
         for s in self.shape:
             n *= s
         return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_BYTES[self.dtype]
 
 
 class Port(BaseModel):

@@ -15,6 +15,7 @@ from archc.sizes import _TOKEN, Size, SizeError, parse_size
 
 DTYPES = ("f32", "f16", "bf16", "f64", "i64", "i32", "i8", "u8", "bool")
 FLOAT_DTYPES = ("f32", "f16", "bf16", "f64")
+DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "i64": 8, "i32": 4, "i8": 1, "u8": 1, "bool": 1}
 
 # Bounds on a size written as text (an IR file): parsing one is then bounded work, whatever the file.
 # archc prints powers only of atoms (`D^2`) and sizes of a few terms; these are far above that.

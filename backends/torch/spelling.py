@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 
-from archc.backends.quote import py_comment, py_str
+from archc.backends.quote import is_identifier, py_comment, py_str
 from archc.ir.graph import Graph, Node, SpanModel
 from archc.ops import registry
 
@@ -36,17 +36,19 @@ def where(span: SpanModel | None, labels: dict[str, str]) -> str:
     return f"  # {py_comment(labels.get(span.file, span.file))}:{span.line}" if span else ""
 
 
-def _value_text(value: object) -> str:
+def value_text(value: object, bare_names: bool = False) -> str:
+    """An argument's value as the spec would show it, strings quoted by py_str (with `bare_names`,
+    a dotted name such as `gelu` stands unquoted); the text goes into docstrings and reprs."""
     if isinstance(value, str):
-        return py_str(value)
+        return value if bare_names and all(is_identifier(p) for p in value.split(".")) else py_str(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_value_text(v) for v in value) + "]"
-    return str(value)
+        return "[" + ", ".join(value_text(v, bare_names) for v in value) + "]"
+    return repr(value)
 
 
 def signature(graph: Graph) -> str:
     """The model's signature as the spec would write it; it goes into docstrings (py_docstring)."""
-    args = ", ".join(f"{k}={_value_text(v)}" for k, v in graph.model_args.items())
+    args = ", ".join(f"{k}={value_text(v)}" for k, v in graph.model_args.items())
     ins = ", ".join(f"{p.name}: {p.type}" for p in graph.inputs)
     outs = ", ".join(str(p.type) for p in graph.outputs)
     return f"model {graph.name}({args}) ({ins}) -> {outs if len(graph.outputs) == 1 else f'({outs})'}"

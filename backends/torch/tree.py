@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from archc.backends.quote import is_identifier, py_str
+from archc.backends.torch.spelling import value_text
 from archc.errors import ArchError
 from archc.ir.graph import Graph, ParamDecl, SpanModel
 
@@ -74,14 +75,6 @@ def _safe(name: str) -> bool:
     return is_identifier(name) and name not in _module_names()[1]
 
 
-def _arg_text(value: object) -> str:
-    if isinstance(value, str):
-        return value if all(is_identifier(p) for p in value.split(".")) else py_str(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_arg_text(v) for v in value) + "]"
-    return repr(value)
-
-
 def module_tree(graph: Graph) -> ModuleEntry:
     """The module tree of `graph`; raises ArchError where a spec name cannot be a torch attribute."""
     root = ModuleEntry(path="", attr="", kind=graph.name, args="", span=None)
@@ -94,7 +87,7 @@ def module_tree(graph: Graph) -> ModuleEntry:
         parent = ensure(parent_path)
         info = graph.scopes.get(path)
         entry = ModuleEntry(path=path, attr=attr, kind=info.kind if info else "",
-                            args=", ".join(f"{k}={_arg_text(v)}" for k, v in (info.args if info else {}).items()),
+                            args=", ".join(f"{k}={value_text(v, bare_names=True)}" for k, v in (info.args if info else {}).items()),
                             span=info.span if info else None)
         parent.children.append(entry)
         by_path[path] = entry
