@@ -16,7 +16,7 @@ from archc.backends.quote import py_str
 from archc.backends.torch.inits import InitError, empty_call, init_call
 from archc.backends.torch.naming import RESERVED, Namer, node_base, sanitize
 from archc.backends.torch.plan import Unit, plan
-from archc.backends.torch.spelling import TUPLE_OPS, expression, overwrites, signature, where
+from archc.backends.torch.spelling import TUPLE_OPS, expression, last_uses, overwrites, signature, where
 from archc.backends.torch.tree import ModuleEntry, TensorEntry, module_tree
 from archc.errors import ArchError
 from archc.ir.graph import BlockCall, Graph, SpanModel
@@ -343,14 +343,7 @@ class Emitter:
         """The statements with a `del` after each value's last use (graph outputs and this
         forward's results stay), as torch.fx's generated code does: a flat `forward` would
         otherwise hold every intermediate until it returns."""
-        last: dict[str, int] = {}
-        for k, st in enumerate(stmts):
-            for v in (*st.writes, *st.reads):
-                last[v] = k
-        dead: list[list[str]] = [[] for _ in stmts]
-        for v, k in last.items():
-            if v not in keep:
-                dead[k].append(v)
+        dead = last_uses([(st.reads, st.writes) for st in stmts], keep)
         lines: list[str] = []
         for st, gone in zip(stmts, dead, strict=True):
             lines += st.render(names)

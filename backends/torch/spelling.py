@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Sequence
 
 from archc.backends.quote import is_identifier, py_comment, py_str
 from archc.ir.graph import Graph, Node, SpanModel
@@ -54,20 +55,19 @@ def signature(graph: Graph) -> str:
     return f"model {graph.name}({args}) ({ins}) -> {outs if len(graph.outputs) == 1 else f'({outs})'}"
 
 
-def last_uses(graph: Graph) -> list[list[str]]:
-    """Per node, the values that are dead once it has run: read for the last time there, or made
-    there and never read. Graph outputs never die. Deleting them (as torch.fx's generated code
-    does) frees each activation as soon as it can go; a flat `forward` would otherwise hold every
-    intermediate until it returns (all of ResNet-50's activations at once)."""
+def last_uses(steps: Sequence[tuple[Sequence[str], Sequence[str]]], keep: set[str]) -> list[list[str]]:
+    """Per step (its reads, its writes), the values that are dead once it has run: read for the
+    last time there, or made there and never read; `keep` (what the forward returns) never dies.
+    Deleting them (as torch.fx's generated code does) frees each activation as soon as it can go;
+    a long `forward` would otherwise hold every intermediate until it returns."""
     last: dict[str, int] = {}
-    for i, node in enumerate(graph.nodes):
-        for v in (*node.outputs, *node.inputs):
-            last[v] = i
-    keep = {p.value for p in graph.outputs}
-    dead: list[list[str]] = [[] for _ in graph.nodes]
-    for v, i in last.items():
+    for k, (reads, writes) in enumerate(steps):
+        for v in (*writes, *reads):
+            last[v] = k
+    dead: list[list[str]] = [[] for _ in steps]
+    for v, k in last.items():
         if v not in keep:
-            dead[i].append(v)
+            dead[k].append(v)
     return dead
 
 
