@@ -7,14 +7,13 @@ from their defaults as keywords, and the node's source line in a comment.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from archc.ir.graph import AnnotationIR, Graph, Node
+from archc.ir.names import is_identifier
 from archc.ir.types import TensorType
 from archc.ops import registry
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
 _ARCH_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -104,7 +103,7 @@ def print_graph(graph: Graph) -> str:
     ins = ", ".join(f"{p.name}: {_type(p.type)}" for p in graph.inputs)
     outs = [_type(p.type) for p in graph.outputs]
     out_text = outs[0] if len(outs) == 1 else "(" + ", ".join(outs) + ")"
-    name = graph.name if _IDENT.fullmatch(graph.name) else "Model"
+    name = graph.name if is_identifier(graph.name) else "Model"
     lines.append(f"model {name} ({ins}) -> {out_text} {{")
     lines += [_node(n, names) for n in graph.nodes]
     lines.append("    return " + ", ".join(names[p.value] for p in graph.outputs))
