@@ -579,10 +579,10 @@ class Elaborator:
             raise ArchError(f"a number in '{e.op}' is too large", e.span) from None
 
     def tensor_binop(self, e: A.BinOp, a: Any, b: Any, frame: Frame) -> Tensor:
-        ops = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+        ops = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow"}
         if e.op not in ops:
             raise ArchError(f"'{e.op}' is not defined on tensors", e.span,
-                            "tensors support + - * /; comparisons are for compile-time values")
+                            "tensors support + - * / **; comparisons are for compile-time values")
         if isinstance(a, Tensor) and isinstance(b, Tensor):
             return self.apply_op(ops[e.op], [a, b], {}, frame, e.span)
         tensor, scalar, swap = (a, b, False) if isinstance(a, Tensor) else (b, a, True)
@@ -595,7 +595,7 @@ class Elaborator:
         if e.op == "/" and not swap:
             return self.apply_op("mul", [tensor], {"other": 1.0 / float(scalar)}, frame, e.span) if scalar \
                 else _raise(ArchError("division by zero", e.span))
-        swap = swap and e.op in ("-", "/")
+        swap = swap and e.op in ("-", "/", "**")
         return self.apply_op(ops[e.op], [tensor], {"other": float(scalar), "swap": swap}, frame, e.span)
 
     def index(self, e: A.Index, frame: Frame) -> Any:

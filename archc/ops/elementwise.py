@@ -76,6 +76,41 @@ class Tanh(_Unary):
     torch = "torch.tanh({x})"
 
 
+@register
+class Sin(_Unary):
+    name = "sin"
+    elementwise = "sin(x)"
+    torch = "torch.sin({x})"
+
+
+@register
+class Cos(_Unary):
+    name = "cos"
+    elementwise = "cos(x)"
+    torch = "torch.cos({x})"
+
+
+@register
+class Exp(_Unary):
+    name = "exp"
+    elementwise = "exp(x)"
+    torch = "torch.exp({x})"
+
+
+@register
+class Sqrt(_Unary):
+    name = "sqrt"
+    elementwise = "sqrt(x)"
+    torch = "torch.sqrt({x})"
+
+
+@register
+class Rsqrt(_Unary):
+    name = "rsqrt"
+    elementwise = "rsqrt(x)"
+    torch = "torch.rsqrt({x})"
+
+
 class StarReluAttrs(_Attrs):
     scale: float = 1.0
     bias: float = 0.0
@@ -217,3 +252,19 @@ class Div(_Binary):
     name = "div"
     symbol = "/"
     elementwise = "x / y"
+
+
+@register
+class Pow(_Binary):
+    """x ** y (a tensor or a scalar exponent; `other ** x` with `swap`, as RoPE's theta ** (-2i/d))."""
+
+    name = "pow"
+    symbol = "**"
+    elementwise = "x ** y"
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        out = super().infer(a, ins)
+        if len(ins) == 1 and not ins[0].is_float:
+            raise OpError(f"pow: {ins[0]} with a scalar needs a floating-point tensor",
+                          hint="declare the tensor as f32, or multiply it by 1.0 first")
+        return out

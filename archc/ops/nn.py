@@ -179,6 +179,88 @@ class Conv2d(_Conv):
     ndim = 2
 
 
+class ConvTransposeAttrs(_Attrs):
+    channels: PositiveInt
+    kernel: int | tuple[int, ...]
+    stride: int | tuple[int, ...] = 1
+    padding: int | tuple[int, ...] = 0
+    output_padding: int | tuple[int, ...] = 0
+    groups: PositiveInt = 1
+    bias: bool = True
+    dilation: int | tuple[int, ...] = 1
+
+
+@register
+class ConvTranspose2d(Op):
+    """Transposed convolution (the gradient of conv2d; "deconvolution", Zeiler et al. 2010) as
+    torch's conv_transpose2d: [B, C, H, W] -> [B, channels, (H-1)·s - 2p + d·(k-1) + op + 1, ...];
+    its weight is [C, channels / groups, kh, kw], as nn.ConvTranspose2d's."""
+
+    name = "conv_transpose2d"
+    Attrs = ConvTransposeAttrs
+    linear = True
+    fresh = True
+
+    def _geometry(self, a: Any) -> tuple[tuple[int, ...], ...]:
+        k, s, p, op, d = (_pair(v, 2, f"{self.name} {w}") for v, w in
+                          ((a.kernel, "kernel"), (a.stride, "stride"), (a.padding, "padding"),
+                           (a.output_padding, "output_padding"), (a.dilation, "dilation")))
+        if min(k + s + d) <= 0 or min(p + op) < 0:
+            raise OpError(f"{self.name}: kernel, stride and dilation must be positive, padding non-negative")
+        if max(k + s + d + p) > MAX_GEOMETRY:
+            raise OpError(f"{self.name}: kernel, stride, padding and dilation must be at most {MAX_GEOMETRY}")
+        if any(o >= max(ss, dd) for o, ss, dd in zip(op, s, d)):
+            raise OpError(f"{self.name}: output_padding {list(op)} must be smaller than the stride or the dilation")
+        return k, s, p, op, d
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        need_float(t, self.name)
+        need_rank(t, 4, self.name, "[B, C, H, W]")
+        cin = known(t.sizes[1], f"{self.name}'s input channels (axis 2)")
+        if cin % a.groups or a.channels % a.groups:
+            raise OpError(f"{self.name}: groups={a.groups} must divide input channels {cin} "
+                          f"and output channels {a.channels}")
+        k, s, p, op, d = self._geometry(a)
+        spatial = []
+        for size, kk, ss, pp, oo, dd in zip(t.sizes[2:], k, s, p, op, d):
+            out = (size - 1) * ss + (dd * (kk - 1) + oo + 1 - 2 * pp)
+            if out.is_const and out.value <= 0:
+                raise OpError(f"{self.name}: padding {pp} leaves no output for an axis of size {size}")
+            spatial.append(Dim(size=out))
+        return [TensorType(dtype=t.dtype, shape=(t.shape[0], Dim(size=Size.of(a.channels))) + tuple(spatial))]
+
+    def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        cin = known(ins[0].sizes[1], "input channels")
+        k = _pair(a.kernel, 2, "kernel")
+        fan_in = a.channels // a.groups * math.prod(k)  # torch reads the weight's axis 1 as fan-in
+        out = {"weight": ParamSpec((cin, a.channels // a.groups) + k, _fan_in_uniform(fan_in))}
+        if a.bias:
+            out["bias"] = ParamSpec((a.channels,), _fan_in_uniform(fan_in))
+        return out
+
+    def flops(self, a: Any, ins: list[TensorType], outs: list[TensorType]) -> Size:
+        # FlopCounterMode: 2 · B · (input positions) · kh · kw · C · channels / groups
+        k = _pair(a.kernel, 2, "kernel")
+        return ins[0].numel() * (2 * math.prod(k) * (a.channels // a.groups))
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        k, s, p, op, d = self._geometry(a)
+        one = lambda v: v[0] if len(set(v)) == 1 else v  # noqa: E731
+        return (f"F.conv_transpose2d({ins[0]}, {params['weight']}, {params.get('bias', 'None')}, "
+                f"stride={one(s)}, padding={one(p)}, output_padding={one(op)}, groups={a.groups}, "
+                f"dilation={one(d)})")
+
+    def torch_module(self, a: Any, roles: frozenset[str], types: list[TensorType]) -> str | None:
+        if roles - {"weight", "bias"} or "weight" not in roles:
+            return None
+        k, s, p, op, d = self._geometry(a)
+        one = lambda v: v[0] if len(set(v)) == 1 else v  # noqa: E731
+        cin = known(types[0].sizes[1], "input channels")
+        return (f"nn.ConvTranspose2d({cin}, {a.channels}, {one(k)}, stride={one(s)}, padding={one(p)}, "
+                f"output_padding={one(op)}, groups={a.groups}, bias={'bias' in roles}, dilation={one(d)})")
+
+
 class BatchNormAttrs(_Attrs):
     eps: Eps = 1e-5
     momentum: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.1
@@ -451,9 +533,25 @@ class AttentionAttrs(_Attrs):
         return v
 
 
+def kv_groups(q: TensorType, k: TensorType) -> int:
+    """How many query heads share one key/value head: 1, or H / Hkv for grouped-query attention
+    (Ainslie et al. 2023), where k and v have Hkv heads (axis -3) and q has H, a multiple."""
+    if q.sizes[:-2] == k.sizes[:-2]:
+        return 1
+    if q.rank >= 3 and k.rank == q.rank and q.sizes[:-3] == k.sizes[:-3]:
+        hq, hk = q.sizes[-3], k.sizes[-3]
+        if hq.is_const and hk.is_const and hk.value > 0 and hq.value % hk.value == 0:
+            return hq.value // hk.value
+        raise OpError(f"attention: q has {hq} heads and k, v have {hk}; grouped-query attention needs "
+                      "known head counts, the query heads a multiple of the key/value heads")
+    raise OpError(f"attention: q, k and v must share their leading axes, got {q} and {k}")
+
+
 @register
 class Attention(Op):
-    """Scaled dot-product attention (Vaswani et al. 2017): q [*, H, T, d], k/v [*, H, S, d|e]."""
+    """Scaled dot-product attention (Vaswani et al. 2017): q [*, H, T, d], k/v [*, H, S, d|e].
+    k and v may have fewer heads (grouped-query attention): each key/value head serves H / Hkv
+    consecutive query heads, as Hugging Face's `repeat_kv` and torch's `enable_gqa`."""
 
     name = "attention"
     inputs = ("q", "k", "v")
@@ -465,8 +563,9 @@ class Attention(Op):
             need_float(t, "attention")
             if t.rank < 2:
                 raise OpError(f"attention: {name} needs at least [T, d], got {t}")
-        if q.sizes[:-2] != k.sizes[:-2] or k.sizes[:-2] != v.sizes[:-2]:
+        if k.sizes[:-2] != v.sizes[:-2]:
             raise OpError(f"attention: q, k and v must share their leading axes, got {q}, {k}, {v}")
+        kv_groups(q, k)
         if q.sizes[-1] != k.sizes[-1]:
             raise OpError(f"attention: q and k need the same head size, got {q.sizes[-1]} and {k.sizes[-1]}")
         if k.sizes[-2] != v.sizes[-2]:
@@ -486,4 +585,8 @@ class Attention(Op):
         # `p * self.training`, not `p if self.training else 0.0`: no Python branch on the mode, so the
         # fx backend can read `self.training` when the GraphModule runs
         drop = f", dropout_p={a.dropout} * self.training" if a.dropout else ""
-        return f"F.scaled_dot_product_attention({', '.join(ins)}, is_causal={a.causal}{drop}{extra})"
+        q, k, v = ins
+        n = kv_groups(types[0], types[1])
+        if n > 1:  # repeated here rather than enable_gqa: ONNX export and FlopCounterMode know this form
+            k, v = f"{k}.repeat_interleave({n}, dim=-3)", f"{v}.repeat_interleave({n}, dim=-3)"
+        return f"F.scaled_dot_product_attention({q}, {k}, {v}, is_causal={a.causal}{drop}{extra})"

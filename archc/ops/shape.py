@@ -23,20 +23,37 @@ class RearrangeAttrs(_Attrs):
     sizes: dict[str, PositiveInt] = Field(default_factory=dict)
 
 
-def _solve_rearrange(a: RearrangeAttrs, t: TensorType, op: str) -> tuple[Side, Side, dict[str, Size]]:
+def _solve_rearrange(a: RearrangeAttrs, t: TensorType, op: str,
+                     repeat: bool = False) -> tuple[Side, Side, dict[str, Size]]:
+    """The two sides of the pattern with `...` expanded, and every axis's size. With `repeat`,
+    axes only on the right are new axes whose sizes the keywords give."""
     left_text, right_text = parse_arrow(a.pattern, op)
     left = expand_ellipsis(parse_side(left_text, op), t.rank, op, a.pattern)
     n_ell = t.rank - (len(parse_side(left_text, op).groups) - (1 if parse_side(left_text, op).has_ellipsis else 0))
     right = expand_right(parse_side(right_text, op), n_ell)
     sizes: dict[str, Size] = {k: Size.of(v) for k, v in a.sizes.items()}
-    unknown_kw = set(a.sizes) - set(left.names)
-    if unknown_kw:
-        raise OpError(f"{op}: size given for '{sorted(unknown_kw)[0]}', which the pattern '{a.pattern}' does not name")
+    unknown_kw = sorted(set(a.sizes) - set(left.names))
+    if unknown_kw and (not repeat or unknown_kw[0] not in right.names):
+        name = unknown_kw[0]
+        if name in right.names:  # rearrange cannot make an axis: that is repeat's work
+            raise OpError(f"{op}: axis '{name}' (given as {name}={a.sizes[name]}) is only on the right of "
+                          f"'{a.pattern}'; {op} moves axes and cannot create one",
+                          hint=f"to repeat along '{name}', use repeat(x, \"{a.pattern}\", {name}={a.sizes[name]})")
+        raise OpError(f"{op}: size given for '{name}', which the pattern '{a.pattern}' does not name")
     for group, dim in zip(left.groups, t.sizes):
         _solve_group(group, dim, sizes, op, a.pattern)
-    if set(left.names) != set(right.names):
-        missing = sorted(set(left.names) ^ set(right.names))[0]
+    if not set(left.names) <= set(right.names):
+        missing = sorted(set(left.names) - set(right.names))[0]
         raise OpError(f"{op}: axis '{missing}' must appear on both sides of '{a.pattern}'")
+    new = sorted(set(right.names) - set(left.names))
+    if new and not repeat:
+        raise OpError(f"{op}: axis '{new[0]}' must appear on both sides of '{a.pattern}'",
+                      hint=f"to repeat along a new axis, use repeat(x, \"{a.pattern}\", {new[0]}=...)")
+    for name in new:
+        if name not in a.sizes:
+            raise OpError(f"{op}: the new axis '{name}' of '{a.pattern}' needs its size",
+                          hint=f"give it as a keyword, e.g. {name}=2")
+        sizes[name] = Size.of(a.sizes[name])
     return left, right, sizes
 
 
@@ -112,6 +129,72 @@ class Rearrange(Op):
             shape = [" * ".join(runtime[n] for n in g) or "1" for g in right.groups]
             out = f"{out}.reshape({', '.join(shape)})"
         return out
+
+
+@register
+class Repeat(Op):
+    """einops.repeat: rearrange, plus new axes of given sizes (copies). `b h t d -> b (h r) t d`
+    with `r=2` repeats each head twice in a row, as Hugging Face's `repeat_kv` for grouped-query
+    attention (Ainslie et al. 2023)."""
+
+    name = "repeat"
+    Attrs = RearrangeAttrs
+    kwargs_field: ClassVar[str] = "sizes"
+    linear = True
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        left, right, sizes = _solve_rearrange(a, t, self.name, repeat=True)
+        carried = {g[0]: d.name for g, d in zip(left.groups, t.shape) if len(g) == 1}
+        dims = []
+        for g in right.groups:
+            label = None
+            if len(g) == 1:
+                label = carried.get(g[0]) or (None if g[0].startswith("_") else g[0])
+            dims.append(Dim(size=_group_size(g, sizes), name=label))
+        return [TensorType(dtype=t.dtype, shape=tuple(dims))]
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        x, t = ins[0], types[0]
+        left, right, sizes = _solve_rearrange(a, t, self.name, repeat=True)
+        kept = [n for n in right.names if n in left.names]
+        split = {k: v for k, v in a.sizes.items() if k in left.names}
+        moved = Rearrange().torch_expr(
+            RearrangeAttrs(pattern=f"{_side_text(left)} -> {' '.join(kept)}", sizes=split), [x], params, types)
+        # each new axis enters as a size-1 axis (None), then expand makes the copies without memory
+        index = ", ".join("None" if n not in left.names else ":" for n in right.names)
+        target = ", ".join(str(sizes[n].value) if n not in left.names else "-1" for n in right.names)
+        out = f"{_paren(moved)}[{index}].expand({target})"
+        if any(len(g) != 1 for g in right.groups):
+            shape, inferred = [], False  # one symbolic group is -1; others read their input axis
+            for g in right.groups:
+                if all(sizes[n].is_const for n in g):
+                    shape.append(str(_group_size(g, sizes).value))
+                elif not inferred:
+                    shape.append("-1")
+                    inferred = True
+                else:
+                    shape.append(" * ".join(str(sizes[n].value) if sizes[n].is_const else
+                                            f"{x}.shape[{_axis_of(n, left)}]" for n in g))
+            out = f"{out}.reshape({', '.join(shape)})"
+        return out
+
+
+def _side_text(side: Side) -> str:
+    return " ".join(g[0] if len(g) == 1 else "(" + " ".join(g) + ")" for g in side.groups)
+
+
+def _paren(expr: str) -> str:
+    return expr if expr.isidentifier() or expr.endswith(")") else f"({expr})"
+
+
+def _axis_of(name: str, left: Side) -> int:
+    """The input axis whose group is the one name `name`."""
+    for i, g in enumerate(left.groups):
+        if g == (name,):
+            return i
+    raise OpError(f"repeat: the symbolic axis '{name}' is part of a group on both sides; "
+                  "give the groups' other sizes, or merge one symbolic axis per output group")
 
 
 _LETTERS = string.ascii_lowercase + string.ascii_uppercase  # the axis letters torch.einsum accepts

@@ -121,6 +121,8 @@ def attention_reason(node: Node, graph: Graph) -> str | None:
         return f"dtype {q.dtype} has no kernel"
     if any(graph.values[v].rank not in (3, 4) for v in node.inputs):
         return "q, k, v of rank 3 or 4 only ([B, T, d] or [B, H, T, d])"
+    if graph.values[node.inputs[1]].sizes[:-2] != q.sizes[:-2]:
+        return "grouped-query attention (k, v with fewer heads than q)"
     return None
 
 

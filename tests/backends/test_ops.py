@@ -55,10 +55,20 @@ CASES = [
          lambda i, sd: nn.AdaptiveAvgPool2d(3)(i[0])),
     Case("add", "axis B\nmodel M (x: [B, 3, 8], y: [3, 8]) -> [B, 3, 8] { return x + y + 1.5 }",
          lambda i, sd: i[0] + i[1] + 1.5),
+    Case("arange", """axis B, T
+         model M (x: [B, T, 8]) -> ([T], [4], [T - 2], [3]) {
+             return arange(x, dim=1), arange(x, 0, 8, 2, dtype="f32"), arange(x, 2, dim=1), arange(x, 1, 9, 3)
+         }""", lambda i, sd: (torch.tensor(list(range(i[0].shape[1]))), torch.tensor([0.0, 2.0, 4.0, 6.0]),
+                              torch.tensor(list(range(2, i[0].shape[1]))), torch.tensor([1, 4, 7])), sizes={"T": 6}),
     Case("attention", """axis B, T
          model M (q: [B, 2, T, 8], k: [B, 2, T, 8], v: [B, 2, T, 4]) -> [B, 2, T, 4] {
              return attention(q, k, v, causal=true)
          }""", lambda i, sd: _attention(*i, causal=True, scale=None), atol=1e-5, sizes={"T": 7}),
+    Case("attention_gqa", """axis B, T
+         model M (q: [B, 6, T, 8], k: [B, 2, T, 8], v: [B, 2, T, 4]) -> [B, 6, T, 4] {
+             return attention(q, k, v, causal=true)
+         }""", lambda i, sd: _attention(i[0], *(t[:, [0, 0, 0, 1, 1, 1]] for t in i[1:]), causal=True, scale=None),
+         sizes={"T": 5}),
     Case("attention_scaled", """axis B
          model M (q: [B, 3, 5, 8], k: [B, 3, 6, 8], v: [B, 3, 6, 8]) -> [B, 3, 5, 8] {
              return attention(q, k, v, scale=0.25)
@@ -88,6 +98,13 @@ CASES = [
              return conv2d(y, 8, 3, padding="same", dilation=2, groups=4, bias=false)
          }""", lambda i, sd: _module(nn.Conv2d(8, 8, 3, padding="same", dilation=2, groups=4, bias=False),
                                      sd, "conv2d_1")(_module(nn.Conv2d(4, 8, 3, 2, 1), sd, "conv2d")(i[0]))),
+    Case("conv_transpose2d", """axis B
+         model M (x: [B, 4, 5, 6]) -> ([B, 6, 10, 12], [B, 3, 7, 8]) {
+             return conv_transpose2d(x, 6, 3, stride=2, padding=1, output_padding=1, groups=2), conv_transpose2d(x, 3, 3, bias=false)
+         }""", lambda i, sd: (_module(nn.ConvTranspose2d(4, 6, 3, 2, 1, 1, groups=2), sd, "conv_transpose2d")(i[0]),
+                              _module(nn.ConvTranspose2d(4, 3, 3, bias=False), sd, "conv_transpose2d_1")(i[0]))),
+    Case("cos", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return cos(x) }",
+         lambda i, sd: torch.sin(i[0] + math.pi / 2), atol=1e-5),
     Case("div", "axis B\nmodel M (x: [B, 8], y: [B, 8]) -> [B, 8] { return x / (y * y + 1.0) + 2.0 / (x * x + 1.0) }",
          lambda i, sd: i[0] / (i[1] ** 2 + 1) + 2 / (i[0] ** 2 + 1)),
     Case("drop_path", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return drop_path(x, 0.3) }", lambda i, sd: i[0]),
@@ -98,6 +115,8 @@ CASES = [
          }""", lambda i, sd: i[0] @ i[1].transpose(-1, -2)),
     Case("embedding", "axis B, T\nmodel M (t: i64[B, T]) -> [B, T, 8] { return embedding(t, 50, 8) }",
          lambda i, sd: _module(nn.Embedding(50, 8), sd, "embedding")(i[0])),
+    Case("exp", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return exp(x) }",
+         lambda i, sd: torch.tensor(math.e) ** i[0], atol=1e-5),
     Case("flatten", "axis B\nmodel M (x: [B, 2, 3, 4]) -> [B, 2, 12] { return flatten(x, 2) }",
          lambda i, sd: i[0].reshape(i[0].shape[0], 2, 12)),
     Case("gelu", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return gelu(x) + gelu(x, approximate=\"tanh\") }",
@@ -109,6 +128,11 @@ CASES = [
     Case("groupnorm", "axis B\nmodel M (x: [B, 8, 3, 3]) -> [B, 8, 3, 3] { return groupnorm(x, 2) }",
          lambda i, sd: _module(nn.GroupNorm(2, 8), sd, "groupnorm")(i[0])),
     Case("identity", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return identity(x) * 2.0 }", lambda i, sd: i[0] * 2),
+    Case("interpolate", """axis B, H, W
+         model M (x: [B, 3, H, W]) -> ([B, 3, 2 * H, 2 * W], [B, 3, 7, 9]) {
+             return interpolate(x, 2), interpolate(x, size=[7, 9], mode="bilinear")
+         }""", lambda i, sd: (i[0].repeat_interleave(2, 2).repeat_interleave(2, 3),
+                              nn.Upsample(size=(7, 9), mode="bilinear")(i[0])), sizes={"H": 4, "W": 5}),
     Case("layernorm", "axis B, T\nmodel M (x: [B, T, 8]) -> [B, T, 8] { return layernorm(x) }",
          lambda i, sd: _module(nn.LayerNorm(8), sd, "layernorm")(i[0])),
     Case("layernorm_channels_first", """axis B
@@ -124,20 +148,36 @@ CASES = [
          lambda i, sd: i[0].sum(1, keepdim=True) / 4),
     Case("mul", "axis B\nmodel M (x: [B, 8], y: [8]) -> [B, 8] { return x * y * 3.0 }",
          lambda i, sd: i[0] * i[1] * 3),
+    Case("pad", """axis B, H, W
+         model M (x: [B, 3, H, W], y: [B, 3, 4, 5]) -> ([B, 3, H + 3, W + 1], [B, 3, 6, 7]) {
+             return pad(x, [0, 1, 1, 2], value=0.5), pad(y, [1, 1, 1, 1], mode="reflect")
+         }""", lambda i, sd: (nn.ConstantPad2d((0, 1, 1, 2), 0.5)(i[0]), nn.ReflectionPad2d(1)(i[1])),
+         sizes={"H": 5, "W": 6}),
     Case("parameter", """axis B
          model M (x: [B, 8]) -> [B, 8] { g = parameter([8], init=0.5)\n return x * g }""",
          lambda i, sd: i[0] * sd["g"]),
     Case("positions", "axis B, T\nmodel M (t: i64[B, T]) -> [T, 8] { return positions(t, 32, 8) }",
          lambda i, sd: sd["positions.weight"][: i[0].shape[1]]),
+    Case("pow", "axis B\nmodel M (x: [B, 8], y: [B, 8]) -> [B, 8] { return x ** 2 + 2.0 ** x + (x * x + 1.0) ** y }",
+         lambda i, sd: i[0] * i[0] + torch.exp(i[0] * math.log(2.0)) + torch.exp(i[1] * torch.log(i[0] * i[0] + 1))),
     Case("rearrange", """axis B, T
          model M (x: [B, T, 12], y: [B, 4, 2, 3]) -> ([B, 3, T, 4], [B, 6, 4]) {
              return rearrange(x, "b t (h d) -> b h t d", h=3), rearrange(y, "b c h w -> b (h w) c")
          }""", lambda i, sd: (i[0].reshape(i[0].shape[0], i[0].shape[1], 3, 4).permute(0, 2, 1, 3),
                               i[1].reshape(i[1].shape[0], 4, 6).transpose(1, 2))),
     Case("relu", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return relu(x) }", lambda i, sd: i[0].clamp(min=0)),
+    Case("repeat", """axis B, T
+         model M (x: [B, 2, T, 4], y: [B, 3]) -> ([B, 6, T, 4], [2, B, 3], [B, T, 8]) {
+             return repeat(x, "b h t d -> b (h r) t d", r=3), repeat(y, "b c -> n b c", n=2), repeat(x, "b h t d -> b t (h d)")
+         }""", lambda i, sd: (i[0][:, [0, 0, 0, 1, 1, 1]], torch.stack([i[1], i[1]]),
+                              i[0].permute(0, 2, 1, 3).reshape(i[0].shape[0], -1, 8)), sizes={"T": 3}),
+    Case("rsqrt", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return rsqrt(x * x + 0.5) }",
+         lambda i, sd: 1 / torch.sqrt(i[0] ** 2 + 0.5)),
     Case("rmsnorm", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return rmsnorm(x) }",
          lambda i, sd: i[0] * torch.rsqrt(i[0].pow(2).mean(-1, keepdim=True) + 1e-6) * sd["rmsnorm.weight"]),
     Case("select", "axis B\nmodel M (x: [B, 5, 8]) -> [B, 8] { return x[:, 2] }", lambda i, sd: i[0][:, 2]),
+    Case("sin", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return sin(x) }",
+         lambda i, sd: torch.cos(i[0] - math.pi / 2), atol=1e-5),
     Case("sigmoid", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return sigmoid(x) }",
          lambda i, sd: 1 / (1 + torch.exp(-i[0]))),
     Case("silu", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return silu(x) }",
@@ -146,6 +186,8 @@ CASES = [
          lambda i, sd: i[0][:, 1:3, 3:]),
     Case("softmax", "axis B\nmodel M (x: [B, 3, 8]) -> [B, 3, 8] { return softmax(x, 1) }",
          lambda i, sd: torch.exp(i[0]) / torch.exp(i[0]).sum(1, keepdim=True)),
+    Case("sqrt", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return sqrt(x * x + 0.5) }",
+         lambda i, sd: (i[0] ** 2 + 0.5) ** 0.5),
     Case("split", "axis B\nmodel M (x: [B, 8]) -> ([B, 2], [B, 6]) { a, b = split(x, [2, 6])\n return a, b }",
          lambda i, sd: (i[0][:, :2], i[0][:, 2:])),
     Case("starrelu", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return starrelu(x) }",

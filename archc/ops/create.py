@@ -1,0 +1,76 @@
+"""Ops that make tensors from sizes rather than from values: arange."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from archc.ir.types import Dim, TensorType
+from archc.ops.registry import Op, OpError, norm_dim, register
+from archc.sizes import Size
+
+# the dtypes arange may make, as torch names them
+_TORCH_DTYPES = {"i64": "torch.int64", "i32": "torch.int32", "f32": "torch.float32", "f64": "torch.float64",
+                 "f16": "torch.float16", "bf16": "torch.bfloat16"}
+
+
+class ArangeAttrs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    start: int = 0
+    end: int | None = None  # None: the size of axis `dim` of the input
+    step: int = Field(default=1, gt=0)
+    dim: int = -1
+    dtype: Literal["i64", "i32", "f32", "f64", "f16", "bf16"] = "i64"
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "ArangeAttrs":
+        if max(abs(self.start), abs(self.end or 0)) > 2**48:
+            raise ValueError("start and end must be at most 2**48 in size")
+        return self
+
+
+@register
+class Arange(Op):
+    """`start, start + step, ...` below `end`, as torch.arange, on the device of the input `x`.
+
+    Without `end`, the range counts the positions of axis `dim` of `x` (`arange(x, dim=1)` on
+    `[B, T, D]` is `[T]`: 0 .. T-1), so a symbolic axis works; the output keeps that axis's name
+    when it starts at 0 with step 1. `x` gives only its device and, without `end`, that size."""
+
+    name = "arange"
+    Attrs = ArangeAttrs
+    fresh = True
+
+    def _length(self, a: Any, t: TensorType) -> tuple[Size, str | None]:
+        if a.end is not None:
+            n = math.ceil((a.end - a.start) / a.step) if a.end > a.start else 0
+            if n <= 0:
+                raise OpError(f"arange: the range {a.start} to {a.end} (step {a.step}) is empty")
+            return Size.of(n), None
+        if t.rank == 0:
+            raise OpError(f"arange without end counts the positions of an axis of its input, got {t}")
+        d = norm_dim(a.dim, t.rank, self.name)
+        size, label = t.sizes[d], t.shape[d].name
+        if a.start == 0 and a.step == 1:
+            return size, label
+        if size.is_const:
+            n = math.ceil((size.value - a.start) / a.step)
+            if n <= 0:
+                raise OpError(f"arange: the range {a.start} to {size.value} (step {a.step}) is empty")
+            return Size.of(n), None
+        if a.step != 1 or a.start < 0:
+            raise OpError(f"arange: {a.start} to the symbolic size {size} in steps of {a.step} has a length "
+                          "archc cannot state", hint="give `end` as a known size, or use step 1")
+        return size - a.start, None
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        size, label = self._length(a, ins[0])
+        return [TensorType(dtype=a.dtype, shape=(Dim(size=size, name=label),))]
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        t = types[0]
+        end = str(a.end) if a.end is not None else f"{ins[0]}.shape[{norm_dim(a.dim, t.rank, self.name)}]"
+        return (f"torch.arange({a.start}, {end}, {a.step}, dtype={_TORCH_DTYPES[a.dtype]}, "
+                f"device={ins[0]}.device)")
