@@ -1,7 +1,7 @@
 """Deployment: train-time graph + weights -> deployed graph + weights, checked numerically.
 
 `deploy(graph, state_dict)` runs the weight-changing passes (eval mode: BatchNorm folding,
-re-parameterization, dropout removal, clean-up), builds the train-time and the deployed torch
+re-parameterization, dropout removal, sparse weights times their masks, clean-up), builds the train-time and the deployed torch
 modules, compares them on random inputs (|deployed - train| <= atol + rtol * |train| everywhere, no
 NaN: archc.numeric), and returns the deployed graph and state_dict with the max error. `archc deploy`
 (archc/commands/deploy.py) is this plus files.
@@ -16,6 +16,7 @@ from archc.errors import ArchError
 from archc.ir.graph import Graph
 from archc.numeric import ATOL, RTOL, Closeness, compare
 from archc.passes.manager import DEPLOY, run_pipeline
+from archc.passes.prune import complete
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -88,6 +89,7 @@ def deploy(graph: Graph, state_dict: Mapping[str, "Tensor"], tolerance: float = 
     from archc.backends.torch import build_module
 
     train = build_module(graph)
+    state_dict = complete(graph, state_dict)  # a sparse weight without a valid mask gets one by magnitude
     load_weights(train, state_dict, f"model {graph.name}")
     pipeline = run_pipeline(graph, passes)
     new_sd = pipeline.weights(dict(train.state_dict()))

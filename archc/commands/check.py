@@ -26,4 +26,8 @@ def run(args: argparse.Namespace) -> int:
         outs = ", ".join(str(p.type) for p in graph.outputs)
         print(f"{args.spec}: ok: model {graph.name} ({ins}) -> {outs}; {len(graph.nodes)} ops, "
               f"{graph.param_count():,} parameters ({ms:.0f} ms)")
+        from archc.analysis.sparsity import check_lines
+
+        for line in check_lines(graph):
+            print(line)
     return 0

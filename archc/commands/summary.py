@@ -40,19 +40,25 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from archc.analysis.connections import connection_costs
+    from archc.analysis.sparsity import format_rows, sparse_rows
     from archc.analysis.summary import axis_values, format_table, human, summarize
 
     if args.batch <= 0:
         raise ArchError(f"--batch must be positive, got {args.batch}")
     graph = load_graph(args)
     summary = summarize(graph, batch=args.batch, axes=parse_axes(args.axis), max_depth=args.depth)
-    costs = connection_costs(graph, axis_values(graph, args.batch, parse_axes(args.axis)))
+    env = axis_values(graph, args.batch, parse_axes(args.axis))
+    costs = connection_costs(graph, env)
+    sparse = sparse_rows(graph, env)
     if args.json:
-        json.dump(summary.to_dict() | {"connections": [asdict(c) for c in costs]}, sys.stdout, indent=1)
+        json.dump(summary.to_dict() | {"connections": [asdict(c) for c in costs],
+                                       "sparsity": [r.to_dict() for r in sparse]}, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         print(format_table(summary))
         for c in costs:
             print(f"connection {c.stack}: {c.policy} adds {c.params:,} parameters and "
                   f"{human(c.act_bytes, 'B', 1024)} of activations (its own ops)")
+        for line in format_rows(sparse, graph):
+            print(line)
     return 0

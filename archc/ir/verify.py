@@ -15,11 +15,12 @@ import math
 import re
 from typing import Any
 
+from archc.ir import sparsity
 from archc.ir.blocks import block_calls
-from archc.ir.graph import Graph
+from archc.ir.graph import Graph, Node
 from archc.ir.types import DTYPES
 from archc.ops import registry
-from archc.ops.registry import OpError, check_init
+from archc.ops.registry import OpError, ParamSpec, check_init
 from archc.sizes import MAX_INT, SizeError
 
 
@@ -167,6 +168,20 @@ def _check_type(t: Any, what: str) -> None:
             raise InvalidIR(f"{what}: its sizes multiply out to more than {MAX_TYPE_TERMS} terms")
 
 
+def _with_mask(node: Node, specs: dict[str, ParamSpec], where: str) -> dict[str, ParamSpec]:
+    """The tensors a node owns: its op's, and a `weight_mask` when it is @sparse."""
+    try:
+        s = sparsity.of(node)
+        if s is None:
+            return specs
+        if node.op not in sparsity.SPARSE_OPS or "weight" not in specs:
+            raise ValueError(f"@sparse on {node.op}, which has no weight with a reduction axis")
+        sparsity.check_weight(s, node.op, specs["weight"].shape)
+    except ValueError as e:
+        raise VerifyError(f"{where}: {e}") from None
+    return {**specs, sparsity.MASK: ParamSpec(specs["weight"].shape, s.init, trainable=False, dtype="bool")}
+
+
 def verify(graph: Graph) -> Graph:
     defined: set[str] = set()
     for p in graph.inputs:
@@ -195,6 +210,7 @@ def verify(graph: Graph) -> Graph:
             specs = op.params(attrs, types)
         except (OpError, SizeError, KeyError) as e:
             raise VerifyError(f"{where}: {e}") from None
+        specs = _with_mask(node, specs, where)
         if len(outs) != len(node.outputs):
             raise VerifyError(f"{where}: {len(node.outputs)} outputs, the op makes {len(outs)}")
         for v, t in zip(node.outputs, outs):
@@ -210,6 +226,8 @@ def verify(graph: Graph) -> Graph:
             if decl is None or decl.shape != specs[role].shape:
                 raise VerifyError(f"{where}: parameter '{name}' is {decl and list(decl.shape)}, "
                                   f"the op needs {list(specs[role].shape)}")
+            if role == sparsity.MASK and (decl.dtype != "bool" or decl.trainable):
+                raise VerifyError(f"{where}: the mask '{name}' must be a bool buffer")
             used_params.add(name)
     for p in graph.outputs:
         if p.value not in defined:

@@ -28,6 +28,7 @@ from archc.passes.fold_bn import fold_bn
 from archc.passes.fold_constants import fold_constants
 from archc.passes.mark_epilogues import mark_epilogues
 from archc.passes.merge_parallel import merge_parallel
+from archc.passes.prune import prune
 from archc.passes.reparam import reparam
 from archc.passes.result import PassResult, WeightTransform, compose, restrict
 from archc.passes.strip_dropout import strip_dropout
@@ -43,6 +44,7 @@ PASSES: dict[str, Pass] = {
     "reparam": reparam,
     "merge_parallel": merge_parallel,
     "mark_epilogues": mark_epilogues,
+    "prune": prune,
 }
 
 EVAL_ONLY = ("strip_dropout", "fold_bn", "reparam")  # they assume eval mode
@@ -55,7 +57,8 @@ LEVELS: dict[int, tuple[str, ...]] = {
 }
 
 # the passes `archc deploy` runs: every pass that changes weights for inference, then clean-up
-DEPLOY: tuple[str, ...] = ("fold_constants", "cse", "dce", "strip_dropout", "fold_bn", "reparam", "dce")
+# (`prune` writes each sparse weight times its mask; the others leave sparse weights' patterns alone)
+DEPLOY: tuple[str, ...] = ("fold_constants", "cse", "dce", "strip_dropout", "fold_bn", "reparam", "prune", "dce")
 
 
 @dataclass(frozen=True)

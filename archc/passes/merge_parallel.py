@@ -29,7 +29,8 @@ MERGEABLE = ("linear", "conv1d", "conv2d")
 
 
 def _key(node: Node, ed: Editor) -> tuple[object, ...] | None:
-    if node.op not in MERGEABLE or has_annotation(node, "no_fuse") or len(node.inputs) != 1:
+    if node.op not in MERGEABLE or has_annotation(node, "no_fuse") or has_annotation(node, "sparse") or \
+            len(node.inputs) != 1:  # a sparse weight keeps its own mask
         return None
     if any(len(ed.param_users(p)) != 1 for p in node.params.values()):
         return None

@@ -21,7 +21,7 @@ probing it with the identity (`archc.passes.probe`) and becomes one fully-connec
 grouped where the matrix is block-diagonal.
 
 Assumes: eval mode (BatchNorm uses running statistics; dropout is the identity). A node marked
-@no_fuse is never part of a region.
+@no_fuse is never part of a region, nor is a sparse weight (@sparse: a sum of weights loses the pattern).
 Guarantees: identical outputs in eval mode up to float rounding (kernels are computed in
 float64, cast to float32); returns the weight transform. A region is merged only when the result
 is exact -- a zero-padded conv after a biased or spatial one is not, so the region is cut there
@@ -237,7 +237,7 @@ def find_plans(graph: Graph, ed: Editor) -> list[Plan]:
     nodes = graph.nodes
     consts = const_values(graph)
     candidate = [(n.op in AFFINE_OPS or n.outputs[0] in consts) and len(n.outputs) == 1
-                 and not has_annotation(n, "no_fuse") for n in nodes]
+                 and not has_annotation(n, "no_fuse") and not has_annotation(n, "sparse") for n in nodes]
     s = _Search(graph, candidate, consts=consts)
     users: dict[str, list[int]] = {v: [] for v in graph.values}
     producer: dict[str, int] = {}

@@ -15,10 +15,12 @@ import jinja2
 
 from archc.backends.quote import py_docstring, verify_python
 from archc.backends.torch.classes import Emitter
+from archc.backends.torch.inits import MASK_INITS
 from archc.backends.torch.naming import FILE_GLOBALS, RESERVED, sanitize
 from archc.backends.torch.spelling import (TUPLE_OPS, expression, last_uses, overwrites, signature,
                                            source_labels)
 from archc.ir.graph import Graph
+from archc.ops.registry import init_args
 
 @cache
 def _template() -> jinja2.Template:
@@ -46,6 +48,7 @@ def emit_python(graph: Graph) -> str:
                   f"    {signature(graph)}\n\n{counts}. Needs only torch.\n")
     text = _template().render(
         module_doc=py_docstring(module_doc),
+        masks=_masks_source() if any(init_args(p.init)[0] in MASK_INITS for p in graph.params.values()) else "",
         classes=[dict(name=c.name, doc=py_docstring(c.doc, indent="    "), init=c.init, reset=c.reset,
                       args=c.args, forward=c.forward, returns=c.returns,
                       return_type="torch.Tensor" if "," not in c.returns else "tuple[torch.Tensor, ...]")
@@ -53,6 +56,13 @@ def emit_python(graph: Graph) -> str:
     )
     verify_python(text, f"<archc: {name}>", strings=spec_strings(graph))
     return text
+
+
+@cache
+def _masks_source() -> str:
+    """The mask functions of masks.py (below its imports), for a file whose spec has `@sparse`."""
+    text = (Path(__file__).parent / "masks.py").read_text(encoding="utf-8")
+    return text.split("\nimport torch\n", 1)[1].strip("\n")
 
 
 def spec_strings(graph: Graph) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from archc.backends.quote import is_identifier, py_comment, py_str
 from archc.ir.graph import Graph, Node, SpanModel
+from archc.ir.sparsity import MASK
 from archc.ops import registry
 
 # Ops whose torch spelling returns a tuple even when the IR node has a single output.
@@ -21,6 +22,8 @@ def expression(node: Node, graph: Graph, inputs: list[str], params: dict[str, st
     """The node as one torch expression over the given input and parameter expressions."""
     op = registry.get(node.op)
     types = [graph.values[v] for v in node.inputs]
+    if MASK in params:  # a sparse weight (@sparse): the op computes with `weight * weight_mask`
+        params = {**params, "weight": f"({params['weight']} * {params[MASK]})"}
     return op.torch_expr(op.make_attrs(node.attrs), inputs, params, types)
 
 
