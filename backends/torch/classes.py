@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from archc.backends.quote import py_str
+from archc.analysis.parallel import local_axes
 from archc.backends.torch.inits import InitError, empty_call, init_call
+from archc.backends.torch.local import local_expression
 from archc.backends.torch.naming import RESERVED, Namer, node_base, sanitize
 from archc.backends.torch.plan import Unit, plan
 from archc.backends.torch.spelling import TUPLE_OPS, expression, last_uses, overwrites, signature, where
@@ -82,6 +84,7 @@ class Emitter:
         self.class_of: dict[str, str] = {}  # path -> class name
         self.class_names = Namer(RESERVED | {model_name})
         self.inplace = overwrites(graph)
+        self.local = local_axes(graph)  # axes a tensor-parallel rank holds part of: sizes read at run time
         self.reads = Counter(v for node in graph.nodes for v in node.inputs)
         self.model_name = model_name
         self.node_scopes = {n.scope for n in graph.nodes}
@@ -270,6 +273,8 @@ class Emitter:
             ins = [names[v] for v in node.inputs]
             types = [graph.values[v] for v in node.inputs]
             expr = op.torch_inplace_expr(op.make_attrs(node.attrs), ins, params, types) if inplace else None
+            if not expr and i in self.local:
+                expr = local_expression(node, graph, ins, params, self.local[i])
             expr = expr or expression(node, graph, ins, params)
             outs = [names[v] for v in node.outputs]
             lhs = ", ".join(outs) if len(outs) > 1 else f"({outs[0]},)" if node.op in TUPLE_OPS else outs[0]

@@ -44,13 +44,13 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)  # gpt_tiny.arch:15
         del x
-        rearrange = qkv.reshape(qkv.shape[0], qkv.shape[1], 3, 4, 16).permute(2, 0, 3, 1, 4)  # gpt_tiny.arch:15
+        rearrange = qkv.reshape(qkv.shape[0], qkv.shape[1], 3, qkv.shape[2] // 48, 16).permute(2, 0, 3, 1, 4)  # gpt_tiny.arch:15
         del qkv
         unbind_0, unbind_1, unbind_2 = torch.unbind(rearrange, dim=0)  # gpt_tiny.arch:15
         del rearrange
         attention = F.scaled_dot_product_attention(unbind_0, unbind_1, unbind_2, is_causal=True)  # gpt_tiny.arch:16
         del unbind_0, unbind_1, unbind_2
-        rearrange_1 = attention.permute(0, 2, 1, 3).reshape(attention.shape[0], attention.shape[2], 4 * 16)  # gpt_tiny.arch:17
+        rearrange_1 = attention.permute(0, 2, 1, 3).reshape(attention.shape[0], attention.shape[2], attention.shape[1] * 16)  # gpt_tiny.arch:17
         del attention
         proj = self.proj(rearrange_1)  # gpt_tiny.arch:17
         del rearrange_1

@@ -1,0 +1,438 @@
+"""Tensor-parallel and FSDP plans derived from the IR's axes (Megatron-LM, Shoeybi et al. 2019;
+torchtitan's `parallelize_llama`, Liang et al. 2024). No torch here: the plan is data, applied by
+archc/backends/torch/parallel.py or written out as a function by `archc build --parallel`.
+
+Tensor parallelism splits a linear's output features over the `tp` ranks and follows that split
+through the ops that read it, one rule per op:
+
+    linear on a whole input        column-parallel: its output features are split      Colwise
+    elementwise, dropout           the split passes through (other inputs broadcast over it)
+    rearrange (b t (three h d))    the split lands on one factor: the one the rest of the block
+                                   can read per rank (attention's heads, not `three`, not `d`);
+                                   factors before it make the column split strided (q, k, v:
+                                   each rank holds heads r of q, of k and of v)
+    unbind, select, slice          the split passes through when they index another axis
+    attention(q, k, v)             per head: q, k, v split on the same head axis
+    linear contracting the split   row-parallel: partial sums, all-reduced                 Rowwise
+
+Any other op that reads a split axis (a softmax, a norm or a sum over it, a concat along it) has
+no rule: the plan is a located error at that op (`replicate=` keeps such a linear whole). So is a
+split axis that leaves its block, and a head count, hidden size or vocabulary that `tp` does not
+divide. Embeddings are vocabulary-parallel (RowwiseParallel: rows of the table per rank, partial
+sums all-reduced), a vocabulary or class head is column-parallel with its output gathered
+(`loss_parallel`: left split on the last axis for `torch.distributed.tensor.parallel.loss_parallel`).
+A head tied to the embedding (GPT-2) reads the vocabulary-split table as a column split: the module
+that feeds it returns a replicated DTensor and the model's output is gathered.
+
+Repeated blocks (equal structural keys, archc/ir/blocks.py) are planned once. FSDP units are the
+stack layers, each with its own `fully_shard`, and the root; a layer that shares a tensor with
+something outside it (a tie) joins its parent's unit. Which rearrange axes a rank holds only part
+of (`local_axes`) does not depend on `tp`: the torch backend spells those axes from the tensor's
+own shape (`x.shape[2] // 48` heads), so one generated module runs whole or split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from archc.errors import ArchError
+from archc.ir.blocks import homes, tied_uses, within
+from archc.ir.graph import Graph, Node
+from archc.ops import registry
+
+# ops whose output is their input's values, one by one (besides those with an `elementwise` form)
+_PASS_THROUGH = frozenset({"dropout", "gelu", "drop_path", "identity", "cast"})
+_INDEXING = frozenset({"select", "slice"})
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One module's parallel style, in torch's terms.
+
+    style   colwise | rowwise | embedding (RowwiseParallel on nn.Embedding) | head (colwise, output
+            gathered or left split) | tied_output (the module feeding a tied head returns a
+            replicated DTensor) | gather_output (the module whose output is a tied head's: gathered)
+    chunks  colwise over a fused projection: its rows are `chunks` blocks, each split over the ranks
+    """
+
+    path: str
+    style: str
+    chunks: int = 1
+    shard_output: bool = False  # head / gather_output: leave the logits split (loss parallel)
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    tp: int
+    loss_parallel: bool
+    placements: tuple[Placement, ...]
+    fsdp_units: tuple[str, ...]  # module paths that get their own fully_shard, innermost first (root last)
+    norms: tuple[str, ...]  # norm leaves (kept in fp32 under a mixed-precision policy)
+    local_axes: dict[int, frozenset[str]] = field(default_factory=dict)  # rearrange node -> axes split per rank
+
+    def styles(self) -> dict[str, Placement]:
+        return {p.path: p for p in self.placements}
+
+
+@dataclass(frozen=True)
+class _Shard:
+    dim: int  # negative: counted from the last axis
+    outer: int | None  # blocks before the split part of the axis; None: a linear's features, not yet grouped
+    axis: str  # for messages
+
+
+@dataclass
+class _Region:
+    col: int
+    rows: list[int] = field(default_factory=list)
+    chunks: int = 1
+    local: dict[int, set[str]] = field(default_factory=dict)
+    divides: list[tuple[int, str, int]] = field(default_factory=list)  # (node, axis, size) per rank
+
+
+class _Fail(Exception):
+    def __init__(self, node: int, message: str) -> None:
+        super().__init__(message)
+        self.node, self.message = node, message
+
+
+def _span(graph: Graph, i: int) -> object:
+    node = graph.nodes[i]
+    return node.span.to_span() if node.span else None
+
+
+def _owned(graph: Graph, node: Node, kind: str) -> bool:
+    """A leaf instance of `kind` with its own parameters (a torch module: nn.Linear, nn.Embedding)."""
+    info = graph.scopes.get(node.scope)
+    return info is not None and info.kind == kind and node.op == kind and bool(node.params) \
+        and node.param_owners() == {node.scope}
+
+
+class _Tracer:
+    """Follows a column split through one unit's nodes (see the table in the module docstring)."""
+
+    def __init__(self, graph: Graph, unit: list[int], users: dict[str, list[int]], returned: set[str]) -> None:
+        self.graph, self.unit, self.users, self.returned = graph, unit, users, returned
+        self.inside = set(unit)
+
+    def region(self, pos: int) -> _Region:
+        i = self.unit[pos]
+        node = self.graph.nodes[i]
+        out = node.outputs[0]
+        features = self.graph.values[out].shape[-1]
+        axis = f"the {features.size} output features of '{node.scope}'"
+        return self._trace(pos + 1, {out: _Shard(-1, None, axis)}, _Region(col=i))
+
+    def _trace(self, pos: int, state: dict[str, _Shard], region: _Region) -> _Region:
+        for p in range(pos, len(self.unit)):
+            i = self.unit[p]
+            node = self.graph.nodes[i]
+            shards = [state.get(v) for v in node.inputs]
+            if not any(shards):
+                continue
+            for v in node.inputs:
+                if v in state and any(u not in self.inside for u in self.users.get(v, ())):
+                    raise _Fail(i, f"{state[v].axis} would leave the block split over the ranks")
+            if node.op == "rearrange" and any(s is not None and s.outer is None for s in shards) and \
+                    self._split_group(node, shards[0]):
+                return self._choose(p, i, state, region)
+            outs = self._rule(i, node, shards, region)
+            for v, s in zip(node.outputs, outs):
+                if s is not None:
+                    state[v] = s
+        for v, s in state.items():
+            if v in self.returned or any(u not in self.inside for u in self.users.get(v, ())):
+                raise _Fail(region.col, f"{s.axis} would leave the block split over the ranks")
+        return region
+
+    def _choose(self, p: int, i: int, state: dict[str, _Shard], region: _Region) -> _Region:
+        """A split of a linear's features into factors: try each factor as the one split per rank."""
+        node = self.graph.nodes[i]
+        left, right, sizes = _pattern(self.graph, node)
+        s = state[node.inputs[0]]
+        group = left.groups[len(left.groups) + s.dim]
+        best: _Fail | None = None
+        for j, name in enumerate(group):
+            trial = _Region(region.col, list(region.rows), math.prod(sizes[n] for n in group[:j]),
+                            {k: set(v) for k, v in region.local.items()}, list(region.divides))
+            try:
+                outs = self._rearrange(i, node, _Shard(s.dim, trial.chunks, s.axis), trial, forced=name)
+                new = dict(state)
+                new[node.outputs[0]] = outs[0]
+                return self._trace(p + 1, new, trial)
+            except _Fail as f:
+                if best is None or f.node > best.node:
+                    best = f
+        assert best is not None
+        raise best
+
+    def _split_group(self, node: Node, s: _Shard | None) -> bool:
+        if s is None:
+            return False
+        left, _, _ = _pattern(self.graph, node)
+        return len(left.groups[len(left.groups) + s.dim]) > 1
+
+    def _rule(self, i: int, node: Node, shards: list[_Shard | None], region: _Region) -> list[_Shard | None]:
+        graph = self.graph
+        op = registry.get(node.op)
+        s = next(x for x in shards if x is not None)
+        if node.op == "linear":
+            if s.dim != -1:  # a linear over a split batch axis: row by row, the split passes through
+                return [s]
+            if not _owned(graph, node, "linear"):
+                raise _Fail(i, f"{s.axis} reach '{node.scope}', a linear that is not a module of its own")
+            if s.outer not in (None, 1):
+                raise _Fail(i, f"{s.axis} reach '{node.scope}' strided ({s.outer} blocks); only a contiguous "
+                               "split can be contracted row-parallel")
+            region.rows.append(i)
+            return [None]
+        if op.elementwise is not None or node.op in _PASS_THROUGH:
+            return [self._broadcast(i, node, shards)]
+        if node.op == "rearrange":
+            return self._rearrange(i, node, s, region)
+        if node.op == "unbind" or node.op in _INDEXING:
+            rank = graph.values[node.inputs[0]].rank
+            dim = node.attrs["dim"] % rank
+            if dim == rank + s.dim:
+                raise _Fail(i, f"{node.op} indexes {s.axis}, which each rank holds only part of")
+            if node.op == "select" or node.op == "unbind":
+                new = s.dim + 1 if dim > rank + s.dim else s.dim
+                return [replace(s, dim=new)] * len(node.outputs)
+            return [s]
+        if node.op == "attention":
+            q = shards[0]
+            if any(x != q for x in shards[:3]) or q is None or q.dim in (-1, -2):
+                raise _Fail(i, f"attention reads {s.axis} on an axis it contracts (not per head)")
+            self._broadcast(i, node, shards)
+            return [q]
+        raise _Fail(i, f"{node.op} reads {s.axis} and has no placement rule for an axis split over the ranks")
+
+    def _broadcast(self, i: int, node: Node, shards: list[_Shard | None]) -> _Shard:
+        """Elementwise: every split input split alike; the others of size 1 along the split axis."""
+        split = [x for x in shards if x is not None]
+        s = split[0]
+        if any(x != s for x in split):
+            raise _Fail(i, f"{node.op} combines tensors split differently")
+        for v, x in zip(node.inputs, shards):
+            t = self.graph.values[v]
+            if x is None and t.rank >= -s.dim and t.sizes[s.dim] != 1:
+                raise _Fail(i, f"{node.op} combines {s.axis} with a whole tensor along that axis")
+        return s
+
+    def _rearrange(self, i: int, node: Node, s: _Shard, region: _Region, forced: str = "") -> list[_Shard | None]:
+        left, right, sizes = _pattern(self.graph, node)
+        group = left.groups[len(left.groups) + s.dim]
+        if len(group) == 1:
+            name = group[0]
+        else:
+            prefix = 1
+            name = ""
+            for n in group:
+                if prefix == s.outer and (not forced or n == forced):
+                    name = n
+                    break
+                prefix *= sizes[n]
+            if not name:
+                raise _Fail(i, f"rearrange '{node.attrs['pattern']}' splits {s.axis} across the ranks' parts")
+            region.local.setdefault(i, set()).add(name)
+            region.divides.append((i, name, sizes[name]))
+        out_group = next(k for k, g in enumerate(right.groups) if name in right.groups[k])
+        g = right.groups[out_group]
+        before = math.prod(sizes[n] for n in g[:g.index(name)])
+        if len(g) > 1:
+            region.local.setdefault(i, set()).add(name)
+        outer = s.outer if len(group) == 1 and len(g) == 1 else before
+        if s.outer is None and len(group) == 1 and len(g) > 1:
+            outer = before
+        axis = f"axis '{name}' ({sizes[name]}, of '{self.graph.nodes[region.col].scope}')"
+        return [_Shard(out_group - len(right.groups), outer, axis)]
+
+
+def _pattern(graph: Graph, node: Node) -> tuple[object, object, dict[str, int]]:
+    from archc.ops.shape import _solve_rearrange  # the op's own reading of its pattern
+
+    op = registry.get(node.op)
+    left, right, sizes = _solve_rearrange(op.make_attrs(node.attrs), graph.values[node.inputs[0]], node.op)
+    return left, right, {k: int(v.value) if v.is_const else -1 for k, v in sizes.items()}
+
+
+def _layers(graph: Graph) -> list[str]:
+    """Stack layers that can be called (`h.3`): the repeated blocks, each an FSDP unit."""
+    out = []
+    for path, info in graph.scopes.items():
+        parent = graph.scopes.get(path.rpartition(".")[0])
+        if info.calls and info.key and path.rpartition(".")[2].isdigit() and parent is not None \
+                and parent.kind == "stack":
+            out.append(path)
+    return out
+
+
+def _units(graph: Graph, layers: list[str]) -> list[tuple[str, int, list[int]]]:
+    """(layer or "", its call's first node, node indices) for each layer call, then the rest."""
+    taken: set[int] = set()
+    out: list[tuple[str, int, list[int]]] = []
+    for path in layers:
+        for call in graph.scopes[path].calls:
+            out.append((path, call.start, list(range(call.start, call.stop))))
+            taken.update(range(call.start, call.stop))
+    out.append(("", 0, [i for i in range(len(graph.nodes)) if i not in taken]))
+    return out
+
+
+def _regions(graph: Graph, nodes: list[int], skip: set[int], replicate: tuple[str, ...],
+             users: dict[str, list[int]], returned: set[str]) -> list[_Region]:
+    tracer = _Tracer(graph, nodes, users, returned)
+    rows: set[int] = set()
+    out = []
+    for pos, i in enumerate(nodes):
+        node = graph.nodes[i]
+        if node.op != "linear" or i in rows or i in skip or not _owned(graph, node, "linear"):
+            continue
+        if any(within(node.scope, r) for r in replicate) or node.outputs[0] in returned:
+            continue
+        try:
+            region = tracer.region(pos)
+        except _Fail as f:
+            raise ArchError(f"tensor parallelism: {f.message}", _span(graph, f.node),
+                            f"keep '{node.scope}' whole with parallelize(..., replicate=[{node.scope!r}])",
+                            notes=[(f"the split starts at '{node.scope}'", _span(graph, i))]) from None
+        rows.update(region.rows)
+        out.append(region)
+    return out
+
+
+def _shift(region: _Region, by: int) -> _Region:
+    return _Region(region.col + by, [r + by for r in region.rows], region.chunks,
+                   {k + by: v for k, v in region.local.items()}, [(k + by, n, s) for k, n, s in region.divides])
+
+
+def _all_regions(graph: Graph, replicate: tuple[str, ...], layers: list[str]) -> list[_Region]:
+    users: dict[str, list[int]] = {}
+    for i, node in enumerate(graph.nodes):
+        for v in node.inputs:
+            users.setdefault(v, []).append(i)
+    returned = {p.value for p in graph.outputs}
+    skip = tied_uses(graph)
+    planned: dict[str, tuple[int, list[_Region]]] = {}  # structural key -> (first node, regions)
+    out: list[_Region] = []
+    for path, start, nodes in _units(graph, layers):
+        key = graph.scopes[path].key if path else ""
+        if key and key in planned and not replicate:
+            first, regions = planned[key]
+            out += [_shift(r, start - first) for r in regions]
+            continue
+        regions = _regions(graph, nodes, skip, replicate, users, returned)
+        if key:
+            planned[key] = (start, regions)
+        out += regions
+    return out
+
+
+def local_axes(graph: Graph) -> dict[int, frozenset[str]]:
+    """Per rearrange node, the axes a rank holds only part of under tensor parallelism (for any
+    degree): the torch backend reads their sizes from the input instead of writing them down."""
+    try:
+        regions = _all_regions(graph, (), _layers(graph))
+    except ArchError:
+        return {}
+    out: dict[int, set[str]] = {}
+    for r in regions:
+        for k, v in r.local.items():
+            out.setdefault(k, set()).update(v)
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def _divides(graph: Graph, tp: int, i: int, size: int, what: str, pad: bool = False) -> None:
+    if size % tp:
+        padded = -(-size // (64 * tp)) * 64 * tp
+        raise ArchError(f"tensor parallelism over {tp} ranks splits {what} ({size}), which {tp} does not divide",
+                        _span(graph, i), f"pad it to a multiple of {tp} (e.g. {padded}, as nanoGPT pads GPT-2's "
+                        "vocabulary to 50304)" if pad else f"choose a tp degree that divides {size}")
+
+
+def plan_parallel(graph: Graph, tp: int = 1, loss_parallel: bool = False,
+                  replicate: tuple[str, ...] = ()) -> ParallelPlan:
+    """The tensor-parallel placements (over `tp` ranks) and FSDP units of `graph`'s module tree."""
+    if tp < 1:
+        raise ArchError(f"tensor parallelism needs at least one rank, got tp={tp}")
+    layers = _layers(graph)
+    regions = _all_regions(graph, tuple(replicate), layers)
+    placements: list[Placement] = []
+    for r in regions:
+        col = graph.nodes[r.col]
+        features = col.attrs["features"]
+        for k, name, size in r.divides:
+            _divides(graph, tp, k, size, f"axis '{name}' (the heads)")
+        _divides(graph, tp, r.col, features // r.chunks, f"the output features of '{col.scope}'"
+                 + (f" per block of {r.chunks}" if r.chunks > 1 else ""))
+        why = f"{features} features" + (f" as {r.chunks} blocks (fused)" if r.chunks > 1 else "")
+        placements.append(Placement(col.scope, "colwise", r.chunks, why=why))
+        placements += [Placement(graph.nodes[k].scope, "rowwise", why=f"contracts {col.scope}") for k in r.rows]
+    placements += _vocab(graph, tp, loss_parallel, tuple(replicate))
+    placements.sort(key=lambda p: _order(graph, p.path))
+    local: dict[int, set[str]] = {}
+    for r in regions:
+        for k, v in r.local.items():
+            local.setdefault(k, set()).update(v)
+    norms = tuple(p for p, info in graph.scopes.items() if info.kind in ("layernorm", "rmsnorm", "batchnorm"))
+    return ParallelPlan(tp, loss_parallel, tuple(placements), _fsdp_units(graph, layers), norms,
+                        {k: frozenset(v) for k, v in local.items()})
+
+
+def _order(graph: Graph, path: str) -> int:
+    return next((i for i, n in enumerate(graph.nodes) if within(n.scope, path)), len(graph.nodes)) if path else -1
+
+
+def _vocab(graph: Graph, tp: int, loss_parallel: bool, replicate: tuple[str, ...]) -> list[Placement]:
+    """Embeddings (vocabulary-parallel) and the heads that produce the model's outputs."""
+    out: list[Placement] = []
+    returned = {p.value for p in graph.outputs}
+    home = homes(graph)
+    tied = tied_uses(graph)
+    kept = set()
+    for i, node in enumerate(graph.nodes):
+        if node.op != "linear" or node.outputs[0] not in returned or any(within(node.scope, r) for r in replicate):
+            continue
+        if i in tied:
+            owner = next(iter(node.param_owners()))
+            feeder = _feeder(graph, node.inputs[0])
+            if not feeder or len(graph.outputs) != 1 or home[i] != "":
+                kept.add(owner)  # the table stays whole: its tied use runs where no hook reaches it
+                continue
+            _divides(graph, tp, i, node.attrs["features"], f"the vocabulary of '{owner}' (tied head)", pad=True)
+            out += [Placement(feeder, "tied_output", why=f"feeds the head tied to {owner}"),
+                    Placement("", "gather_output", shard_output=loss_parallel, why=f"logits of {owner}")]
+        elif _owned(graph, node, "linear"):
+            _divides(graph, tp, i, node.attrs["features"], f"the outputs of the head '{node.scope}'")
+            out.append(Placement(node.scope, "head", shard_output=loss_parallel,
+                                 why=f"{node.attrs['features']} outputs"))
+    for i, node in enumerate(graph.nodes):
+        if node.op == "embedding" and _owned(graph, node, "embedding") and node.scope not in kept \
+                and not any(within(node.scope, r) for r in replicate):
+            _divides(graph, tp, i, node.attrs["num"], f"the vocabulary of '{node.scope}'", pad=True)
+            out.append(Placement(node.scope, "embedding", why=f"{node.attrs['num']} rows"))
+    return out
+
+
+def _feeder(graph: Graph, value: str) -> str:
+    """The outermost block instance whose call returns `value` (the module a hook can convert)."""
+    found = [p for p, info in graph.scopes.items() if p and any(value in c.outputs for c in info.calls)]
+    return min(found, key=len) if found else ""
+
+
+def _fsdp_units(graph: Graph, layers: list[str]) -> tuple[str, ...]:
+    """The stack layers, less those that share a tensor with something outside them; then the root."""
+    home = homes(graph)
+    crossing: set[str] = set()
+    for i in tied_uses(graph):
+        for owner in graph.nodes[i].param_owners():
+            for layer in layers:
+                if within(owner, layer) != within(home[i], layer):
+                    crossing.add(layer)
+    kept = [p for p in layers if p not in crossing]
+    return tuple(sorted(kept, key=lambda p: -p.count("."))) + ("",)  # inner layers before outer ones
+
+
+__all__ = ["ParallelPlan", "Placement", "local_axes", "plan_parallel"]

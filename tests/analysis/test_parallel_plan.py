@@ -1,0 +1,106 @@
+"""The tensor-parallel plan and FSDP units derived from the IR (archc/analysis/parallel.py): what
+GPT-2, ViT and a hyper-connection GPT-2 get, and the located errors. Numerics under torch.distributed
+are in tests/distributed/test_parallelize.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from archc.analysis.parallel import local_axes, plan_parallel
+from archc.elaborate import elaborate_file
+from archc.errors import ArchError
+from archc.resources import specs_root
+
+GPT2 = specs_root() / "models" / "gpt2.arch"
+VIT = specs_root() / "models" / "vit_small_patch16_224.arch"
+GPT2_TINY = {"vocab": 64, "dim": 32, "depth": 2, "heads": 2, "max_len": 16, "pdrop": 0.0}
+VIT_TINY = {"img_size": 32, "patch": 16, "D": 32, "depth": 2, "heads": 2, "num_classes": 8}
+
+
+def _styles(plan) -> list[tuple[str, str, int]]:
+    return [(p.path, p.style, p.chunks) for p in plan.placements]
+
+
+def test_gpt2_plan_is_megatrons() -> None:
+    plan = plan_parallel(elaborate_file(GPT2, overrides=GPT2_TINY), tp=2)
+    layer = [("attn.c_attn", "colwise", 3), ("attn.c_proj", "rowwise", 1),
+             ("mlp.c_fc", "colwise", 1), ("mlp.c_proj", "rowwise", 1)]
+    assert _styles(plan) == [("", "gather_output", 1), ("transformer", "tied_output", 1),
+                             ("transformer.wte", "embedding", 1)] + \
+        [(f"transformer.h.{i}.{p}", s, c) for i in range(2) for p, s, c in layer]
+    assert plan.fsdp_units == ("transformer.h.0", "transformer.h.1", "")  # wte and its tied head: the root's
+    assert "transformer.ln_f" in plan.norms and "transformer.h.1.ln_2" in plan.norms
+
+
+def test_gpt2_local_axes_are_the_heads() -> None:
+    graph = elaborate_file(GPT2, overrides=GPT2_TINY)
+    axes = local_axes(graph)
+    assert sorted(graph.nodes[i].attrs["pattern"] for i in axes) == \
+        ["b h t d -> b t (h d)"] * 2 + ["b t (three h d) -> three b h t d"] * 2
+    assert set(axes.values()) == {frozenset({"h"})}
+
+
+def test_vit_plan() -> None:
+    plan = plan_parallel(elaborate_file(VIT, overrides=VIT_TINY), tp=2)
+    layer = [("attn.qkv", "colwise", 3), ("attn.proj", "rowwise", 1), ("mlp.fc1", "colwise", 1),
+             ("mlp.fc2", "rowwise", 1)]
+    assert _styles(plan) == [(f"blocks.{i}.{p}", s, c) for i in range(2) for p, s, c in layer] + \
+        [("head", "head", 1)]
+    assert plan.fsdp_units == ("blocks.0", "blocks.1", "")
+
+
+@pytest.mark.parametrize("connect", ["hyper(n=2)", "dwa(1)"])
+def test_connection_policy_state_stays_replicated(connect: str) -> None:
+    """The streams of hyper-connections and DenseFormer's history mix whole residual vectors with
+    learned weights: no linear, nothing split; the blocks' attention and MLP are split as before."""
+    base = plan_parallel(elaborate_file(GPT2, overrides=GPT2_TINY), tp=2)
+    plan = plan_parallel(elaborate_file(GPT2, overrides={**GPT2_TINY, "connect": connect}), tp=2)
+    assert _styles(plan) == _styles(base)
+    assert plan.fsdp_units == base.fsdp_units
+
+
+def test_repeated_blocks_are_planned_once_and_alike() -> None:
+    graph = elaborate_file(GPT2, overrides={**GPT2_TINY, "depth": 4})
+    reused = plan_parallel(graph, tp=2)
+    each = plan_parallel(graph, tp=2, replicate=("no.such.module",))  # no reuse: every layer traced
+    assert reused.placements == each.placements and reused.local_axes == each.local_axes
+
+
+def test_heads_that_tp_does_not_divide_are_a_located_error() -> None:
+    with pytest.raises(ArchError) as err:
+        plan_parallel(elaborate_file(GPT2, overrides=GPT2_TINY), tp=4)
+    assert "axis 'h' (the heads) (2), which 4 does not divide" in err.value.message
+    assert err.value.span is not None and err.value.span.file.endswith("gpt2.arch")
+    assert "rearrange(" in err.value.render()
+
+
+def test_vocabulary_that_tp_does_not_divide_is_a_located_error() -> None:
+    with pytest.raises(ArchError) as err:
+        plan_parallel(elaborate_file(GPT2, overrides={**GPT2_TINY, "vocab": 65, "heads": 4}), tp=4)
+    assert "vocabulary of 'transformer.wte'" in err.value.message and err.value.span is not None
+    assert "pad it" in (err.value.hint or "")
+
+
+def test_a_split_axis_that_an_op_reduces_is_a_located_error(tmp_path: Path) -> None:
+    spec = tmp_path / "gate.arch"
+    spec.write_text("axis B, T, D\n\nmodel Gate(D: int = 8) (x: [B, T, D]) -> [B, T, D] {\n"
+                    "    up = linear(16)\n    down = linear(D)\n"
+                    "    return x >> up >> softmax(dim=-1) >> down\n}\n")
+    graph = elaborate_file(spec)
+    with pytest.raises(ArchError) as err:
+        plan_parallel(graph, tp=2)
+    text = err.value.render()
+    assert "softmax reads the 16 output features of 'up'" in text
+    assert err.value.span is not None and (err.value.span.line, err.value.span.col) == (6, 23)
+    assert "replicate=['up']" in (err.value.hint or "")
+    kept = plan_parallel(graph, tp=2, replicate=("up",))  # the way out the hint names
+    assert all(p.path != "up" for p in kept.placements)
+
+
+def test_planner_does_not_import_torch() -> None:
+    code = "import sys, archc.analysis.parallel; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
