@@ -32,9 +32,9 @@ def main() -> None:
     for depth in (12, 32, 48):
         graph = elaborate_file(SPEC, overrides={"depth": depth, "vocab": 50304})
         plan = plan_parallel(graph, tp=4)
-        best, median = best_of(lambda: plan_parallel(graph, tp=4))
+        best, median = best_of(lambda g=graph: plan_parallel(g, tp=4))
         # a replicate= path that matches nothing: same plan, but no layer reuses another's
-        slow_best, slow_median = best_of(lambda: plan_parallel(graph, tp=4, replicate=("no.such.module",)), n=3)
+        slow_best, slow_median = best_of(lambda g=graph: plan_parallel(g, tp=4, replicate=("no.such.module",)), n=3)
         print(f"| {depth} | {len(graph.nodes)} | {best * 1e3:.1f} / {median * 1e3:.1f} ms "
               f"| {slow_best * 1e3:.1f} / {slow_median * 1e3:.1f} ms | {len(plan.placements)} |")
 
