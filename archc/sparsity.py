@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -145,7 +146,9 @@ def _time(fn: Callable[[], Any], reps: int) -> float:
 
 
 def lower(model: "nn.Module", graph: Graph, rows: int = 8, reps: int = 20,
-          timer: Callable[[Callable[[], Any], int], float] = _time) -> list[Lowered]:
+          timer: Callable[[Callable[[], Any], int], float] = _time,
+          packer: Callable[["Tensor"], "Tensor"] | None = None,
+          capability: tuple[int, int] | None = None) -> list[Lowered]:
     """Lower the sparse linears of `model` (eval, inference only) in place, and say what was done.
 
     On CUDA, a 2:4 weight is packed with `to_sparse_semi_structured` only after its mask is
@@ -153,7 +156,9 @@ def lower(model: "nn.Module", graph: Graph, rows: int = 8, reps: int = 20,
     weight fits the kernels (`gpu_outlook`). On the CPU, an unstructured (CSR) or block (BSR)
     weight is used sparse only where it measures faster than dense at `rows` rows of input,
     median of `reps` runs; else it stays dense. A weight whose op is not a module of its own (it
-    runs in its parent's forward) stays as it is."""
+    runs in its parent's forward) stays as it is. `packer` and `capability` stand in for
+    `torch.sparse.to_sparse_semi_structured` and the device's compute capability (tests); with a
+    packer given, weights are packed as if on a GPU."""
     import torch
 
     done: list[Lowered] = []
@@ -175,22 +180,25 @@ def lower(model: "nn.Module", graph: Graph, rows: int = 8, reps: int = 20,
             continue
         dense = (holder.weight * mask).detach()
         bias = holder.bias.detach() if getattr(holder, "bias", None) is not None else None
-        if dense.is_cuda:
+        if dense.is_cuda or packer is not None:
             names = {torch.float16: "f16", torch.bfloat16: "bf16", torch.int8: "i8", torch.float32: "f32"}
             why = gpu_outlook(w, graph, names.get(dense.dtype, str(dense.dtype)))
-            if why is None and torch.cuda.get_device_capability(dense.device) < SEMI_MIN_CC:
-                why = f"compute capability {torch.cuda.get_device_capability(dense.device)}: 2:4 needs 8.0"
+            cc = capability or torch.cuda.get_device_capability(dense.device)
+            if why is None and cc < SEMI_MIN_CC:
+                why = f"compute capability {cc[0]}.{cc[1]}: 2:4 needs {SEMI_MIN_CC[0]}.{SEMI_MIN_CC[1]}"
             if why is not None:
                 done.append(Lowered(w.weight, "dense", why))
                 continue
-            packed = torch.sparse.to_sparse_semi_structured(dense)
+            packed = (packer or torch.sparse.to_sparse_semi_structured)(dense)
             _replace(model, w.module, _linear_module(packed, bias))
             done.append(Lowered(w.weight, "2:4", "verified 2:4, packed for sparse tensor cores"))
             continue
         if w.pattern.kind == "n:m":
             done.append(Lowered(w.weight, "dense", "N:M has no CPU kernel"))
             continue
-        sparse = dense.to_sparse_bsr(w.pattern.block) if w.pattern.kind == "block" else dense.to_sparse_csr()
+        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+            warnings.simplefilter("ignore", UserWarning)
+            sparse = dense.to_sparse_bsr(w.pattern.block) if w.pattern.kind == "block" else dense.to_sparse_csr()
         x = torch.randn(rows, dense.shape[1], dtype=dense.dtype, device=dense.device)
         with torch.no_grad():
             t_dense = timer(lambda: torch.nn.functional.linear(x, dense, bias), reps)

@@ -22,6 +22,7 @@ from archc.analysis.structure import (ScopeTree, depth, parent, run_label, runs,
                                       tied_uses, value_map)
 from archc.analysis.summary import axes_text
 from archc.backends.quote import dot_html
+from archc.ir import sparsity
 from archc.ir.graph import Graph, Node
 from archc.ir.types import TensorType
 from archc.ops import registry
@@ -299,6 +300,10 @@ class _Builder:
             n = sum(self.g.params[p].numel for p in node.params.values() if self.g.params[p].trainable)
             title = node.scope.rpartition(".")[2]
             title = title if title == node.op else f"{title}: {node.op}"
+            pattern = sparsity.of(node)
+            if pattern is not None:  # a sparse weight: its pattern, and a dotted border
+                return Box(box_id, lines(title, args, f"{count(n)} params", f"sparse {pattern.text()}"),
+                           shape, fill, "rounded,filled,dotted", "penwidth=1.6")
             return Box(box_id, lines(title, args, f"{count(n)} params" if n else ""), shape, fill)
         if node.op in ("rearrange", "unbind", "split", "chunk", "flatten", "select", "slice", "concat"):
             return Box(box_id, lines(node.op, args, small=8), shape, "white", "rounded,dashed", "fontsize=10")

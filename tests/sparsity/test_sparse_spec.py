@@ -137,3 +137,39 @@ def test_the_printed_ir_keeps_the_annotation_and_reparses() -> None:
     again = elaborate_text(print_graph(g), file="printed.arch")
     assert S.of(again.nodes[0]) == S.of(g.nodes[0])
     assert again.params["linear.weight_mask"] == g.params["linear.weight_mask"]
+
+
+SPARSE_SPEC = HEAD + MLP + """model M (x: [B, 64]) -> [B, 64] {
+    @sparse("2:4") y = Mlp()(x)
+    @sparse(0.9) z = linear(y, 64)
+    return z
+}
+"""
+
+
+def test_check_and_summary_report_dense_and_nonzero_parameters_and_flops(tmp_path, capsys) -> None:
+    import json
+
+    from archc.cli import main
+
+    spec = tmp_path / "m.arch"
+    spec.write_text(SPARSE_SPEC)
+    assert main(["check", str(spec)]) == 0
+    out = capsys.readouterr().out
+    # 64*256+256 + 2*256 (layernorm) + 256*64+64 + 64*64+64 = 37,760 dense; 2:4 zeroes 16,384 of the
+    # 32,768 weights of the Mlp, 0.9 zeroes 3,686 of 4,096
+    assert "note: 3 sparse weights (2:4 (x2); unstructured, 0.1 kept (x1)): 17,690 of 37,760 parameters nonzero" in out
+    assert "no GPU speed-up expected for 2 of them: f32" in out
+    assert main(["summary", str(spec), "--json", "--axis", "B=8"]) == 0
+    rows = {r["weight"]: r for r in json.loads(capsys.readouterr().out)["sparsity"]}
+    fc1 = rows["mlp.linear.weight"]
+    assert (fc1["dense"], fc1["kept"], fc1["flops"], fc1["effective_flops"]) == (16384, 8192, 2 * 8 * 16384, 8 * 16384)
+    assert rows["linear.weight"]["kept"] == 410
+
+
+def test_the_diagram_marks_sparse_ops() -> None:
+    from archc.backends.graphviz import to_dot
+
+    dot = to_dot(elaborate_text(SPARSE_SPEC, file="m.arch"))
+    assert dot.count("sparse 2:4") == 2 and dot.count("sparse unstructured, 0.1 kept") == 1
+    assert dot.count("rounded,filled,dotted") == 3
