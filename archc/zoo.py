@@ -14,8 +14,17 @@ function from the reference state_dict to archc's and back:
   the way out. Checkpoints of a bare ``GPT2Model`` (keys without ``transformer.``) and old ones
   with the causal-mask buffers ``attn.bias`` / ``attn.masked_bias`` are accepted too.
 
+- ``llama`` (Hugging Face ``LlamaForCausalLM``): the keys are Hugging Face's, and the model
+  parameters are its config's names (:func:`hf_llama_params` picks them from a config). An
+  untied checkpoint loads as it is. With ``tie_word_embeddings`` the head uses
+  ``model.embed_tokens.weight`` and has no tensor of its own, so Hugging Face's
+  ``lm_head.weight`` (the same tensor) is dropped on the way in and restored on the way out.
+
     sd = archc.zoo.hf_gpt2_to_archc(GPT2LMHeadModel.from_pretrained("gpt2").state_dict())
     archc.compile(archc.zoo.spec_path("gpt2")).load_state_dict(sd, strict=True)
+
+    model = archc.compile(archc.zoo.spec_path("llama"), **archc.zoo.hf_llama_params(config.to_dict()))
+    model.load_state_dict(archc.zoo.hf_llama_to_archc(hf_model.state_dict()), strict=True)
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ from typing import Any, Mapping
 
 from archc import resources
 
-__all__ = ["MODELS", "spec_path", "timm_to_archc", "archc_to_timm", "hf_gpt2_to_archc", "archc_to_hf_gpt2"]
+__all__ = ["MODELS", "spec_path", "timm_to_archc", "archc_to_timm", "hf_gpt2_to_archc", "archc_to_hf_gpt2",
+           "LLAMA_CONFIG_KEYS", "hf_llama_params", "hf_llama_to_archc", "archc_to_hf_llama"]
 
 # zoo spec -> the reference model it reproduces
 MODELS: dict[str, str] = {
@@ -36,6 +46,7 @@ MODELS: dict[str, str] = {
     "poolformer_s12": "timm:poolformer_s12",
     "repvgg_a0": "timm:repvgg_a0",
     "gpt2": "transformers:GPT2LMHeadModel",
+    "llama": "transformers:LlamaForCausalLM",
 }
 
 # timm key fragment -> archc key fragment, per zoo spec (empty: the keys are the same)
@@ -118,4 +129,65 @@ def archc_to_hf_gpt2(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     ``lm_head.weight`` set to the token embedding)."""
     out = {key: _transpose(value) if key.endswith(_CONV1D) else value for key, value in state_dict.items()}
     out["lm_head.weight"] = out["transformer.wte.weight"]
+    return out
+
+
+# the LlamaConfig entries that llama.arch takes as its model parameters, under the same names
+LLAMA_CONFIG_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
+                     "tie_word_embeddings", "attention_bias", "mlp_bias")
+
+
+def hf_llama_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The model parameters of ``llama.arch`` from a Hugging Face ``LlamaConfig.to_dict()``: the
+    entries of :data:`LLAMA_CONFIG_KEYS` it has (``rope_theta`` also from ``rope_parameters``, where
+    transformers 5 keeps it; ``head_dim`` None means hidden_size / num_attention_heads).
+
+    Raises ValueError for a config that the spec does not build: another activation than SiLU,
+    or a RoPE scaling other than the default (the spec computes the plain rotary tables)."""
+    out = {k: config[k] for k in LLAMA_CONFIG_KEYS if config.get(k) is not None}
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"llama.arch computes the default rotary tables, not rope_type {rope['rope_type']!r}")
+    if "rope_theta" not in out and rope.get("rope_theta") is not None:
+        out["rope_theta"] = rope["rope_theta"]
+    if config.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"llama.arch's MLP is SwiGLU (silu), not {config['hidden_act']!r}")
+    for key in ("rope_theta", "rms_norm_eps"):
+        if key in out:
+            out[key] = float(out[key])
+    return out
+
+
+def hf_llama_to_archc(state_dict: Mapping[str, Any], tie_word_embeddings: bool | None = None) -> dict[str, Any]:
+    """A ``LlamaForCausalLM`` state_dict for ``llama.arch``: the same keys, less ``lm_head.weight``
+    where the head is tied to the token embedding (the config's ``tie_word_embeddings``; when not
+    given, a head that shares the embedding's memory is tied)."""
+    out = dict(state_dict)
+    head, embed = out.get("lm_head.weight"), out.get("model.embed_tokens.weight")
+    if head is None or embed is None:
+        return out
+    tied = _same_storage(head, embed) if tie_word_embeddings is None else tie_word_embeddings
+    if tied:
+        if not getattr(head, "is_meta", False) and not _same(head, embed):
+            raise ValueError("tie_word_embeddings is set but lm_head.weight is not the token embedding")
+        del out["lm_head.weight"]
+    return out
+
+
+def _same_storage(a: Any, b: Any) -> bool:
+    """One tensor under two names (a tied head): the same memory, shape and strides."""
+    try:
+        return bool(a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+                    and not getattr(a, "is_meta", False))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def archc_to_hf_llama(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`hf_llama_to_archc`: ``lm_head.weight`` set to the token embedding
+    when the state_dict has no head of its own (a tied head)."""
+    out = dict(state_dict)
+    if "lm_head.weight" not in out and "model.embed_tokens.weight" in out:
+        out["lm_head.weight"] = out["model.embed_tokens.weight"]
     return out
