@@ -6,6 +6,7 @@
     sequential(f, g, ...)          a callable whose parts are named 0, 1, ... (nn.Sequential)
     residual(x, f) / residual(f)   x + f(x), or what the stack's connection policy makes of it
     hyper(n=4), rezero, ...        connection policies (connect.py)
+    normal(0.02), zeros, ...       initializers (inits.py): `linear(D, init=normal(0.02))`
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from archc.elaborate import connect as C
 from archc.elaborate.consteval import is_num, plain
+from archc.elaborate.inits import ARGS as INIT_ARGS, make_init
 from archc.elaborate.values import Frame, PipeFn, ResidualFn, Tensor, describe
 from archc.errors import ArchError, Span
 from archc.frontend import ast as A
@@ -101,7 +103,7 @@ FUNCTIONS: dict[str, Builtin] = {
     "int": _convert(int, "int"), "float": _convert(float, "float"), "shape": _shape,
     "sequential": _sequential, "residual": _residual,
 }
-NAMES = tuple(FUNCTIONS) + tuple(n for n in C.SPECS if n not in FUNCTIONS)
+NAMES = tuple(FUNCTIONS) + tuple(n for n in C.SPECS if n not in FUNCTIONS) + tuple(INIT_ARGS)
 
 
 def call_builtin(el: "Elaborator", name: str, args: list[Any], kwargs: dict[str, Any], frame: Frame,
@@ -109,6 +111,8 @@ def call_builtin(el: "Elaborator", name: str, args: list[Any], kwargs: dict[str,
     # `residual` names both the combinator `residual(x, f)` and the policy `residual(post=true)`
     if name in C.SPECS and not (name == "residual" and args):
         return C.make_policy(name, args, kwargs, e.span)
+    if name in INIT_ARGS:
+        return make_init(name, [plain(a) for a in args], {k: plain(v) for k, v in kwargs.items()}, e.span)
     if kwargs:
         raise ArchError(f"{name}() takes no keyword arguments", e.span)
     return FUNCTIONS[name](el, args, [plain(a) for a in args], frame, e.span)

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from archc.elaborate import connect as C
+from archc.elaborate import sparse
 from archc.elaborate.builtins import NAMES, call_builtin
 from archc.elaborate.consteval import ConstError, is_num, numeric, plain
+from archc.elaborate.inits import (Rules, annotation_inits, annotation_rules, as_init, init_keyword, is_init_key,
+                                  with_inits)
 from archc.elaborate.loader import LazyLet, Loader, ModuleEnv
 from archc.elaborate.unify import Pattern
 from archc.elaborate.values import (CALLABLES, BlockFn, BlockTemplate, Builtin, Callable, Frame,
@@ -36,7 +39,7 @@ from archc.sizes import Size, SizeError
 
 PARAM_TYPES = ("int", "float", "bool", "str", "fn", "block", "axis", "list", "connection")
 BUILTINS = NAMES
-ANNOTATIONS = ("scope", "no_fuse", "sparse", "deploy", "name", "fused")  # fused: set by mark_epilogues
+ANNOTATIONS = ("scope", "init", "no_fuse", "sparse", "deploy", "name", "fused")  # fused: set by mark_epilogues
 
 
 # Levels of evaluation in progress at once: each nested expression and each block applied inside
@@ -67,6 +70,8 @@ class Elaborator:
         self.param_owner: dict[str, Span | None] = {}
         self.scopes: dict[str, ScopeInfo] = {}
         self.counters: dict[str, dict[str, int]] = {}  # prefix -> base -> instances named so far
+        self.init_rules: dict[int, Rules] = {}  # the `@init` annotations being elaborated (by id), evaluated
+        self.sparse_used: set[int] = set()  # the @sparse annotations (by id) that reached a weight
         self.under: dict[str, set[str]] = {}  # scope -> the counter prefixes at or below it
         self.steps = 0
         self.depth = 0
@@ -302,6 +307,7 @@ class Elaborator:
         self.depth += 1
         if self.depth > self.limits.max_depth:
             raise ArchError(f"blocks nest more than {self.limits.max_depth} deep (is '{b.name}' recursive?)", span)
+        saved_rules: dict[int, Rules] = {}
         try:
             for a in b.annotations:
                 if a.name not in ANNOTATIONS or a.name == "scope":
@@ -309,9 +315,12 @@ class Elaborator:
                                     "@scope names the instances of a statement; it cannot stand on a block",
                                     a.span, did_you_mean(a.name, [n for n in ANNOTATIONS if n != "scope"]))
             frame.annotations = frame.annotations + b.annotations
+            saved_rules = self.enter_inits(b.annotations, frame)
             result = self.exec_body(b.body, frame)
         finally:
             self.depth -= 1
+            self.init_rules.update(saved_rules)
+        sparse.check_used(b.annotations, self.sparse_used, "block")
         if result is None:
             raise ArchError(f"block '{b.name}' does not return a value", b.name_span or b.span)
         values, ret_span = result
@@ -362,10 +371,26 @@ class Elaborator:
                                     "and '_', as in \"h.0.attn\"")
                 frame.forced_scope = path
         frame.annotations = frame.annotations + tuple(a for a in s.annotations if a.name != "scope")
+        saved_rules: dict[int, Rules] = {}
         try:
-            return self._exec(s, frame)
+            saved_rules = self.enter_inits(s.annotations, frame)
+            result = self._exec(s, frame)
         finally:
             frame.annotations, frame.forced_scope = saved
+            self.init_rules.update(saved_rules)
+        sparse.check_used(s.annotations, self.sparse_used, "statement")
+        return result
+
+    def enter_inits(self, written: tuple[A.Annotation, ...], frame: Frame) -> dict[int, Rules]:
+        """Evaluate the `@init(...)` annotations of a statement or block where they are written (so
+        they may use its parameters); returns what to restore when it ends."""
+        saved: dict[int, Rules] = {}
+        for a in written:
+            if a.name == "init":
+                saved[id(a)] = self.init_rules.get(id(a), {})
+                values = {k.name: self.eval(k.value, frame) for k in a.kwargs}
+                self.init_rules[id(a)] = annotation_rules(a, values)
+        return saved
 
     def _exec(self, s: A.Stmt, frame: Frame) -> tuple[list[Any], Span] | None:
         if isinstance(s, A.Assign):
@@ -745,6 +770,13 @@ class Elaborator:
         tied = fn.tied
         if "tied" in kwargs:
             tied = self.tie_target(kwargs.pop("tied"), op, _kw_span(e, "tied"))
+        inits = fn.inits
+        for key in [k for k in kwargs if k == "init" or k.endswith("_init")]:
+            if is_init_key(op, key):
+                inits += init_keyword(key, as_init(kwargs.pop(key), _kw_span(e, key), f"{op.name}({key}=...)"),
+                                      _kw_span(e, key))
+            elif key in op.attr_names() and isinstance(kwargs[key], Builtin):  # parameter(init=zeros)
+                kwargs[key] = as_init(kwargs[key], _kw_span(e, key), f"{op.name}({key}=...)")
         for key, value in kwargs.items():
             if key in op.attr_names() and key != extra_field:
                 attrs[key] = value
@@ -755,7 +787,8 @@ class Elaborator:
                 raise ArchError(f"{op.name}() has no argument '{key}'", _kw_span(e, key),
                                 did_you_mean(key, op.attr_names()))
         bound = fn.bound + tuple(tensors)
-        new = replace(fn, kwargs=attrs, bound=bound, span=e.span, scope=None if not fn.scope else fn.scope, tied=tied)
+        new = replace(fn, kwargs=attrs, bound=bound, span=e.span, scope=None if not fn.scope else fn.scope, tied=tied,
+                      inits=inits)
         spans = {name: a.span for name, a in zip(names, e.args[len(tensors):])}
         spans.update({k.name: k.span for k in e.kwargs})
         self.check_attrs(op, attrs, e.span, spans)
@@ -883,8 +916,10 @@ class Elaborator:
 
     def op_at(self, name: str, inputs: list[Tensor], attrs: dict[str, Any], scope: str, frame: Frame,
               span: Span | None) -> Any:
-        """Apply an op as the instance named `scope` (for parameters a policy owns)."""
-        return self.apply_op_fn(OpFn(registry.get(name), attrs, (), scope, span), inputs, frame, span, scope)
+        """Apply an op as the instance named `scope` (for parameters a policy owns, whose
+        initializers are the policy's: `@init` annotations around it do not reach them)."""
+        own = replace(frame, annotations=tuple(a for a in frame.annotations if a.name != "init"))
+        return self.apply_op_fn(OpFn(registry.get(name), attrs, (), scope, span), inputs, own, span, scope)
 
     def residual_add(self, x: Tensor, fn: Callable, frame: Frame, span: Span | None, prefix: str) -> Tensor:
         """`residual(x, f)`: x + f(x), unless a connection policy wires this stack's layers."""
@@ -1017,7 +1052,8 @@ class Elaborator:
             attrs = op.make_attrs({k: plain(v) for k, v in fn.kwargs.items()}, strict=True)
             types = [t.type for t in ins]
             outs = op.infer(attrs, types)
-            specs = op.params(attrs, types)
+            inits = annotation_inits(op.name, frame.annotations, self.init_rules) + fn.inits
+            specs = with_inits(op, op.params(attrs, types), inits, span or fn.span)
             _check_weight_dtypes(op, specs, types)
             for t in outs:
                 _check_tensor_type(t, f"{op.name}: its result")
@@ -1025,6 +1061,9 @@ class Elaborator:
             raise ArchError(err.message, span or fn.span, err.hint) from None
         except SizeError as err:
             raise ArchError(f"{op.name}: {err}", span or fn.span) from None
+        written = tuple(a for a in frame.annotations if a.name != "init")  # @init is used up here
+        annotations, specs = sparse.attach(op.name, written, tuple(self.annotation(a, frame) for a in written),
+                                           specs, fn.tied, self.sparse_used, span or fn.span)
         if specs and op.min_inputs == 0 and not fn.scope and not frame.forced_scope and frame.target:
             # `cls_token = parameter([1, 1, D])`: the tensor is the parameter, named as assigned
             fn = replace(fn, scope=self.instance_path(frame.target, frame, span or fn.span or Span("", 1, 1)))
@@ -1042,19 +1081,22 @@ class Elaborator:
                     raise ArchError(f"{op.name}(tied=\"{fn.tied}\"): there is no parameter '{name}' to share",
                                     span or fn.span, did_you_mean(name, self.params))
         owner = fn.tied or scope
-        params = {role: self.declare(join_scope(owner, role) if role else owner, spec, span)
+        chosen = {role for role, *_ in fn.inits}
+        params = {role: self.declare(join_scope(owner, role) if role else owner, spec, span, role in chosen)
                   for role, spec in specs.items()}
         results = [self.new_value(t) for t in outs]
         node = Node(op=op.name, inputs=tuple(t.id for t in ins), outputs=tuple(r.id for r in results),
                     attrs=attrs.model_dump(mode="json"), params=params, scope=scope, span=SpanModel.of(span),
-                    annotations=tuple(self.annotation(a, frame) for a in frame.annotations))
+                    annotations=annotations)
         self.nodes.append(node)
         if len(self.nodes) > self.limits.max_nodes:
             raise ArchError(f"the model expands to more than {self.limits.max_nodes} ops", self.span or span,
                             "a stack or loop is too deep; the limit is set by --max-nodes")
         return results[0] if len(results) == 1 and op.name not in ("split", "chunk", "unbind") else tuple(results)
 
-    def declare(self, name: str, spec: Any, span: Span | None) -> str:
+    def declare(self, name: str, spec: Any, span: Span | None, chosen: bool = False) -> str:
+        """Declare a parameter, or use the one of that name (a shared instance, a tie). `chosen`:
+        the spec gave its initializer here, which must then be the one it already has."""
         decl = ParamDecl(name=name, shape=spec.shape, dtype=spec.dtype, init=spec.init, trainable=spec.trainable)
         old = self.params.get(name)
         if old is not None:
@@ -1062,6 +1104,10 @@ class Elaborator:
                 raise ArchError(f"the shared instance '{name.rsplit('.', 1)[0]}' is applied to inputs of "
                                 f"different sizes: '{name}' is {list(old.shape)} here and {list(decl.shape)} now",
                                 span, notes=[("first applied here", self.param_owner.get(name))])
+            if chosen and old.init != decl.init:
+                raise ArchError(f"'{name}' is shared and already initialized as {old.init}; this use asks for "
+                                f"{decl.init}", span, notes=[("first declared here", self.param_owner.get(name))],
+                                hint="give the initializer where the parameter is first made")
             return name
         self.param_elems += decl.numel
         if self.param_elems > self.limits.max_params:

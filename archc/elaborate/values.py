@@ -60,6 +60,7 @@ class OpFn:
     scope: str | None = None
     span: Span | None = None
     tied: str | None = None  # `tied=wte`: use the parameters of the instance at this path
+    inits: tuple[tuple[str, str, bool, Span | None], ...] = ()  # `init=`, `<role>_init=`: see archc/elaborate/inits.py
 
 
 @dataclass(frozen=True)

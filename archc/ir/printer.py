@@ -74,7 +74,7 @@ class _Names:
         return self.names[vid]
 
 
-def _node(node: Node, names: _Names) -> str:
+def _node(node: Node, names: _Names, graph: Graph | None = None) -> str:
     op = registry.get(node.op)
     defaults = op.make_attrs({k: v for k, v in node.attrs.items()
                               if op.Attrs.model_fields[k].is_required()}).model_dump(mode="json")
@@ -85,6 +85,7 @@ def _node(node: Node, names: _Names) -> str:
             args += [f"{k}={_literal(v)}" for k, v in value.items()]
         elif value is not None and (op.Attrs.model_fields[key].is_required() or value != defaults.get(key)):
             args.append(f"{key}={_literal(value)}")
+    args += _inits(node, graph) if graph is not None else []
     owners = node.param_owners()
     if len(owners) == 1 and owners != {node.scope}:
         args.append(f"tied={arch_str(owners.pop())}")  # the parameters belong to another instance
@@ -92,6 +93,20 @@ def _node(node: Node, names: _Names) -> str:
     prefix = f"@scope({arch_str(node.scope)}) " + "".join(_annotation(a) + " " for a in node.annotations)
     where = f"  # {arch_comment(node.span.file)}:{node.span.line}" if node.span else ""
     return f"    {prefix}{outs} = {node.op}({', '.join(args)}){where}"
+
+
+def _inits(node: Node, graph: Graph) -> list[str]:
+    """`weight_init="normal(0.02)"`, ... for the parameters whose initializer is not the op's own."""
+    op = registry.get(node.op)
+    if not node.params or node.op == "parameter":  # a parameter's init is its attribute
+        return []
+    defaults = op.params(op.make_attrs(node.attrs), [graph.values[v] for v in node.inputs])
+    out = []
+    for role, name in node.params.items():
+        decl = graph.params.get(name)
+        if decl is not None and role in defaults and decl.init != defaults[role].init:
+            out.append(f"{role}_init={arch_str(decl.init)}")
+    return out
 
 
 def print_graph(graph: Graph) -> str:
@@ -105,7 +120,7 @@ def print_graph(graph: Graph) -> str:
     out_text = outs[0] if len(outs) == 1 else "(" + ", ".join(outs) + ")"
     name = graph.name if is_identifier(graph.name) else "Model"
     lines.append(f"model {name} ({ins}) -> {out_text} {{")
-    lines += [_node(n, names) for n in graph.nodes]
+    lines += [_node(n, names, graph) for n in graph.nodes]
     lines.append("    return " + ", ".join(names[p.value] for p in graph.outputs))
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -29,24 +29,54 @@ class OpError(Exception):
         self.where = where  # the argument at fault, outermost first (`sizes`, `h`), when one is
 
 
-# The initializers a parameter may name, with their number of arguments. Backends spell each one.
-INITIALIZERS: dict[str, int] = {"zeros": 0, "ones": 0, "const": 1, "normal": 1, "trunc_normal": 1,
-                                "uniform": 1, "eye": 0, "onehot": 1, "hc_alpha": 1, "lastcol": 0}
+# The initializers a parameter may name, with their arguments in order: None where one must be
+# given, else its default. `normal(0.02)` is N(0, 0.02^2); `normal(0.1, 0.1)` is N(0.1, 0.1^2);
+# `trunc_normal(std, a, b)` is torch's and timm's trunc_normal_ (cut at a and b, -2 and 2 unless
+# given: absolute values, not multiples of std); `kaiming_normal` is He et al.'s N(0, 2 / fan_out)
+# with torch's fan_out (out channels x kernel elements), as timm's and torchvision's ResNet.
+# Backends spell each one (backends/torch/inits.py).
+INITIALIZERS: dict[str, tuple[float | None, ...]] = {
+    "zeros": (), "ones": (), "const": (None,), "normal": (None, 0.0), "trunc_normal": (None, -2.0, 2.0),
+    "uniform": (None,), "kaiming_normal": (), "eye": (), "onehot": (None,), "hc_alpha": (None,), "lastcol": (),
+    # a `weight_mask` (@sparse, archc/ir/sparsity.py), computed from the weight beside it
+    "nm_mask": (None, None), "magnitude_mask": (None,), "block_mask": (None, None, None)}
 
 
-def check_init(init: str) -> str:
-    """Raise ValueError unless `init` is `name` or `name(number, ...)` with a known name and arity."""
+def init_args(init: str) -> tuple[str, list[float]]:
+    """The name and the arguments (defaults filled in) of an initializer string; ValueError unless
+    it is `name` or `name(number, ...)` with a known name and a number of arguments it takes."""
     import re
 
     m = re.fullmatch(r"\s*([a-z_]+)\s*(?:\((.*)\))?\s*", init)
     if not m or m.group(1) not in INITIALIZERS:
         raise ValueError(f"unknown initializer '{init}'; the initializers are {', '.join(INITIALIZERS)}")
+    name, defaults = m.group(1), INITIALIZERS[m.group(1)]
     args = [a for a in (m.group(2) or "").split(",") if a.strip()]
-    if len(args) != INITIALIZERS[m.group(1)]:
-        raise ValueError(f"initializer '{m.group(1)}' takes {INITIALIZERS[m.group(1)]} argument(s), got '{init}'")
-    for a in args:
-        float(a)  # ValueError for a non-number
+    need = sum(1 for d in defaults if d is None)
+    if not need <= len(args) <= len(defaults):
+        count = f"{need}" if need == len(defaults) else f"{need} to {len(defaults)}"
+        raise ValueError(f"initializer '{name}' takes {count} argument(s), got '{init}'")
+    try:
+        values = [float(a) for a in args]
+    except ValueError:
+        raise ValueError(f"initializer '{name}' takes numbers, got '{init}'") from None
+    if any(v != v or v in (float("inf"), float("-inf")) for v in values):
+        raise ValueError(f"initializer '{name}' takes finite numbers, got '{init}'")
+    return name, values + [d for d in defaults[len(values):] if d is not None]
+
+
+def check_init(init: str) -> str:
+    """Raise ValueError unless `init` is a known initializer with arguments it takes."""
+    init_args(init)
     return init
+
+
+def init_text(name: str, args: list[float]) -> str:
+    """The canonical initializer string: `normal(0.02)`, `zeros`; trailing defaults left out."""
+    defaults = INITIALIZERS[name]
+    while args and len(args) > sum(1 for d in defaults if d is None) and args[-1] == defaults[len(args) - 1]:
+        args = args[:-1]
+    return f"{name}({', '.join(repr(float(a)) for a in args)})" if args else name
 
 
 class NoAttrs(BaseModel):
