@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from archc.backends.kernels import expr
 from archc.ir.graph import Graph, Node
+from archc.ir.sparsity import MASK
 from archc.ir.types import TensorType
 from archc.ops import registry
 
@@ -135,6 +136,8 @@ def rows_reason(node: Node, graph: Graph) -> str | None:
 
 def classify(node: Node, graph: Graph) -> tuple[str, str]:
     """(kind, note): the region kind a node starts or joins, and why it is `torch` when it is."""
+    if MASK in node.params:  # the kernels read a weight as it is; a sparse one is weight * weight_mask
+        return "torch", f"{node.op}: a sparse weight (@sparse) runs as torch"
     if node.op == "linear":
         bad = [t.dtype for v in node.inputs if (t := graph.values[v]).dtype not in KERNEL_DTYPES]
         return ("gemm", "") if not bad else ("torch", f"linear on {bad[0]}: no kernel")
