@@ -17,7 +17,8 @@ from archc.analysis.summary import axis_values, summarize
 from archc.elaborate import elaborate_file
 
 MODELS = Path(__file__).resolve().parents[2] / "specs" / "models"
-ZOO = ("resnet18", "resnet50", "vit_small_patch16_224", "convnext_tiny", "poolformer_s12", "repvgg_a0", "gpt2")
+ZOO = ("resnet18", "resnet50", "vit_small_patch16_224", "convnext_tiny", "poolformer_s12", "repvgg_a0", "gpt2",
+       "llama")
 SEQ = 128  # T for the language models: the count scales with it, the check does not need 1024
 
 

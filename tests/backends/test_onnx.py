@@ -22,6 +22,9 @@ CASES = {
                                               "connect": "hyper(n=2)"}),  # rmsnorm with a weight
     "gpt2_mudd": ("specs/models/gpt2.arch", {"vocab": 100, "dim": 32, "depth": 2, "heads": 2, "max_len": 16,
                                              "connect": "mudd"}),  # rmsnorm without one
+    "llama": ("specs/models/llama.arch", {"vocab_size": 100, "hidden_size": 32, "intermediate_size": 48,
+                                          "num_hidden_layers": 2, "num_attention_heads": 4,
+                                          "num_key_value_heads": 2}),  # rotary tables, grouped-query heads
 }
 
 

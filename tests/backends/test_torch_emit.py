@@ -26,7 +26,10 @@ GPT_TINY = specs_root() / "examples" / "gpt_tiny.arch"
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "gpt_tiny.torch.py"
 # small settings for the zoo, so every model builds in well under a second
 SMALL = {"img_size": 64, "num_classes": 10, "depth": 2, "vocab": 100, "dim": 64, "D": 64, "heads": 2, "max_len": 64,
-         "depths": (1, 2, 1, 1), "dims": (16, 32, 64, 128), "widths": (16, 32, 64, 128)}
+         "depths": (1, 2, 1, 1), "dims": (16, 32, 64, 128), "widths": (16, 32, 64, 128),
+         # llama.arch (Hugging Face's config names)
+         "vocab_size": 100, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2}
 
 
 def zoo() -> list[Path]:

@@ -17,7 +17,10 @@ from archc.resources import specs_root
 from passes_harness import TOL, max_error, random_weights
 
 SMALL = {"img_size": 64, "num_classes": 10, "depth": 2, "vocab": 100, "dim": 64, "D": 64, "heads": 2, "max_len": 64,
-         "depths": (1, 2, 1, 1), "dims": (16, 32, 64, 128), "widths": (16, 32, 64, 128)}
+         "depths": (1, 2, 1, 1), "dims": (16, 32, 64, 128), "widths": (16, 32, 64, 128),
+         # llama.arch (Hugging Face's config names)
+         "vocab_size": 100, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2}
 ZOO = sorted((specs_root() / "models").glob("*.arch"))
 PIPELINES = {"O1": LEVELS[1], "O2": LEVELS[2], "deploy": DEPLOY}
 
