@@ -53,7 +53,8 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
                    help="override a model parameter, e.g. --set depth=24 (repeatable)")
     p.add_argument("--include", action="append", type=Path, default=[], metavar="DIR",
                    help="also allow imports from DIR (repeatable)")
-    p.add_argument("--max-nodes", type=int, default=200_000, help="expansion limit (ops)")
+    p.add_argument("--max-nodes", type=int, default=50_000,  # archc.ir.verify.MAX_NODES
+                   help="expansion limit (ops)")
 
 
 def load_graph(args: argparse.Namespace) -> Any:

@@ -42,7 +42,7 @@ def _mul_mono(a: Monomial, b: Monomial) -> Monomial:
 
 
 class Size:
-    __slots__ = ("terms", "_key")
+    __slots__ = ("terms", "_key", "_text")
 
     def __init__(self, terms: Mapping[Monomial, Coef]) -> None:
         self.terms: dict[Monomial, Coef] = {m: _q(c) for m, c in terms.items() if c != 0}
@@ -56,6 +56,7 @@ class Size:
                 if degree > MAX_DEGREE:
                     raise SizeError(f"size has a term of degree {degree}, more than the limit of {MAX_DEGREE}")
         self._key = tuple(sorted(self.terms.items()))
+        self._text: str | None = None  # str(self), computed once: types print their sizes often
 
     # -- construction ------------------------------------------------------------------------
     @staticmethod
@@ -192,6 +193,11 @@ class Size:
         return f"Size({str(self)!r})"
 
     def __str__(self) -> str:
+        if self._text is None:
+            self._text = self._render()
+        return self._text
+
+    def _render(self) -> str:
         if not self.terms:
             return "0"
         parts: list[str] = []

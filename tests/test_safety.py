@@ -6,7 +6,8 @@
   that climb out, absolute paths and links that point out are refused before anything outside is
   read; FIFOs and device files are never opened.
 - Expansion is bounded: specs that would expand to millions of ops, build huge lists or numbers,
-  or recurse forever fail with an ArchError within a couple of seconds, without using much memory.
+  or recurse forever fail with a located ArchError, without using much memory (and quickly: see
+  tests/test_bounded_work.py; no test here measures time).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -137,10 +137,8 @@ def test_device_files_and_fifos_are_never_read(tree: Path) -> None:
         _compile_importing(tree, "zero.arch")
     if hasattr(os, "mkfifo"):
         os.mkfifo(proj / "pipe.arch")  # opening it for reading would block forever
-        start = time.monotonic()
         with pytest.raises(ArchError, match="cannot find"):
             _compile_importing(tree, "pipe.arch")
-        assert time.monotonic() - start < 5
 
 
 def test_includes_widen_the_allowed_folders(tree: Path) -> None:
@@ -205,18 +203,15 @@ BOMBS = {
 @pytest.mark.parametrize("name", list(BOMBS))
 def test_expansion_bombs_fail_fast_with_a_clear_error(name: str) -> None:
     body, message = BOMBS[name]
-    start = time.monotonic()
     with pytest.raises(ArchError, match=message) as info:
         elaborate_text(model(body), "bomb.arch")
-    elapsed = time.monotonic() - start
-    assert elapsed < 30.0, f"{name}: {elapsed:.1f} s"  # fast alone (< 1 s); this only rules out a hang
     assert info.value.span is not None, info.value.render()
 
 
 def test_exponential_recursion_is_bounded_by_the_step_limit() -> None:
-    """A block that calls itself twice per level would make 2**40 ops; the step limit stops it.
-    With the default limits (2,000,000 steps) that takes tens of seconds, since nothing predicts
-    a recursion's size the way a stack's is predicted; here the limits are lowered to keep it quick."""
+    """A block that calls itself twice per level would make 2**40 ops; under lowered limits too,
+    the forecast (archc/elaborate/forecast.py) refuses it where it recurses. The default limits
+    are in tests/test_bounded_work.py."""
     spec = HEADER + """
     block F(n: int) (x: [B, T, D]) -> [B, T, D] {
         if n < 40 {
@@ -226,10 +221,8 @@ def test_exponential_recursion_is_bounded_by_the_step_limit() -> None:
     }
     model M (x: [B, T, 8]) -> [B, T, 8] { return F(0)(x) }
     """
-    start = time.monotonic()
     with pytest.raises(ArchError, match="steps|ops"):
         elaborate_text(spec, "rec.arch", limits=Limits(max_steps=50_000, max_nodes=5_000))
-    assert time.monotonic() - start < 5
 
 
 def test_bombs_do_not_use_much_memory(tmp_path: Path) -> None:
@@ -273,18 +266,14 @@ def test_naming_in_a_recursion_that_doubles_is_linear() -> None:
     }
     model M (x: [B, 8]) -> [B, 8] { return R(40)(x) }
     """
-    start = time.monotonic()
     with pytest.raises(ArchError, match="steps|ops") as info:
         elaborate_text(spec, "twice.arch", limits=Limits(max_steps=150_000))
     assert info.value.span is not None and info.value.span.line == 4
-    assert time.monotonic() - start < 12
 
 
-def _fails_fast(spec: str, match: str, line: int, seconds: float = 5.0) -> ArchError:
-    start = time.monotonic()
+def _fails_fast(spec: str, match: str, line: int) -> ArchError:
     with pytest.raises(ArchError, match=match) as info:
         elaborate_text(spec, "bound.arch")
-    assert time.monotonic() - start < seconds
     assert info.value.span is not None and info.value.span.line == line, info.value.render()
     return info.value
 
@@ -319,21 +308,19 @@ def test_a_huge_string_literal_is_refused_quickly_and_in_little_memory(tmp_path:
     spec.write_text("axis B\nmodel M (x: [B, 4]) -> [B, 4] {\n    s = \"" + "a" * (4_000_000) + "\"\n"
                     "    return x\n}\n")
     script = textwrap.dedent(f"""
-        import resource, sys, time
+        import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
         from archc.elaborate import elaborate_file
         from archc.errors import ArchError
-        start = time.monotonic()
         try:
             elaborate_file({str(spec)!r})
         except ArchError as err:
-            print(err.span.line, err.span.col, err.message[:30], round(time.monotonic() - start, 1))
+            print(err.span.line, err.span.col, err.message[:30])
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)  # a hang guard
     assert out.returncode == 0, out.stderr[-2000:]
     line, col, *rest = out.stdout.split()
     assert (line, col) == ("3", "9") and "string is too long" in " ".join(rest), out.stdout
-    assert float(rest[-1]) < 5, out.stdout
 
 
 def test_a_file_that_is_not_utf8_is_a_located_error(tmp_path: Path) -> None:
@@ -351,9 +338,7 @@ def test_naming_a_long_chain_of_one_op_is_linear() -> None:
     from archc.backends.torch.naming import Namer
 
     namer = Namer()
-    start = time.monotonic()
     names = [namer.take("relu") for _ in range(100_000)]
-    assert time.monotonic() - start < 5
     assert names[:3] == ["relu", "relu_1", "relu_2"] and len(set(names)) == len(names)
     namer.take("relu_100001")  # a name taken under another base is skipped, never given twice
     assert namer.take("relu") == "relu_100000" and namer.take("relu") == "relu_100002"

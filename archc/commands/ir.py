@@ -10,7 +10,7 @@ from archc.cli import add_spec_args, load_graph
 from archc.errors import ArchError
 from archc.files import read_regular, refuse_overwrite, write_atomic
 
-MAX_IR_BYTES = 256 << 20  # an IR file of 200,000 nodes (the default --max-nodes) is well under this
+MAX_IR_BYTES = 256 << 20  # an IR file of 50,000 nodes (the default --max-nodes) is well under this
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

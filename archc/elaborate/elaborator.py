@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from archc.elaborate import connect as C
+from archc.elaborate import forecast
 from archc.elaborate import sparse
 from archc.elaborate.builtins import NAMES, call_builtin
 from archc.elaborate.consteval import ConstError, is_num, numeric, plain
@@ -32,6 +33,7 @@ from archc.ir.blocks import annotate
 from archc.ir.names import bad_scope_segment
 from archc.ir.graph import AnnotationIR, Graph, Node, ParamDecl, Port, ScopeInfo, SpanModel
 from archc.ir.types import FLOAT_DTYPES, TensorType
+from archc.ir.verify import MAX_NODES
 from archc.ops import registry
 from archc.ops.registry import Op, OpError
 from archc.recursion import headroom
@@ -51,7 +53,7 @@ _FRAMES_PER_NESTING = 16
 
 @dataclass(frozen=True)
 class Limits:
-    max_nodes: int = 200_000
+    max_nodes: int = MAX_NODES
     max_steps: int = 2_000_000
     max_depth: int = 64
     max_params: int = 10**11  # parameter elements
@@ -70,6 +72,10 @@ class Elaborator:
         self.param_owner: dict[str, Span | None] = {}
         self.scopes: dict[str, ScopeInfo] = {}
         self.counters: dict[str, dict[str, int]] = {}  # prefix -> base -> instances named so far
+        self.applying: dict[int, int] = {}  # block definition (by id) -> its applications in progress
+        self.forecasts: dict[Any, forecast.Cost] = {}  # see archc.elaborate.forecast
+        self.in_progress: list[forecast.Application] = []  # block applications, outermost first
+        self.foreseen = False
         self.init_rules: dict[int, Rules] = {}  # the `@init` annotations being elaborated (by id), evaluated
         self.sparse_used: set[int] = set()  # the @sparse annotations (by id) that reached a weight
         self.under: dict[str, set[str]] = {}  # scope -> the counter prefixes at or below it
@@ -299,7 +305,25 @@ class Elaborator:
             info = self.scopes[scope]
             self.scopes[scope] = info.model_copy(update={"applied": info.applied + 1})
         self.record_scope(scope, b.name, fn.params, b.span)
-        return self.run_block(fn, frame, matched, span, bindings, stars)
+        self.tick(span, forecast.BLOCK_STEPS)
+        app = forecast.Application(fn, tuple(t.type for t in inputs), span, scope, annotations, len(self.nodes),
+                                   self.steps, self.depth)
+        key = id(b)
+        if self.applying.get(key):  # the block applies itself: count what it will make first
+            self.foresee(app, recursive=True)
+        elif self.in_progress and self.steps > self.limits.max_steps // 8 and not self.foreseen:
+            self.foreseen = True  # a large expansion: count the outermost application, once
+            self.foresee(self.in_progress[0], recursive=False)
+        self.applying[key] = self.applying.get(key, 0) + 1
+        self.in_progress.append(app)
+        try:
+            return self.run_block(fn, frame, matched, span, bindings, stars)
+        finally:
+            self.applying[key] -= 1
+            self.in_progress.pop()
+
+    def foresee(self, app: forecast.Application, recursive: bool) -> None:
+        forecast.foresee(self, app, recursive)
 
     def run_block(self, fn: BlockFn, frame: Frame, inputs: list[Tensor], span: Span | None,
                   bindings: dict[str, Size], stars: dict[str, Any] | None = None) -> list[Tensor]:

@@ -121,13 +121,18 @@ def _applications(runs: list[range], applied: int) -> list[range] | None:
     return [range(i, i + size) for r in runs for i in range(r.start, r.stop, size)]
 
 
-def _type(graph: Graph, v: str) -> str:
-    """A value's dtype and sizes; axis names are display labels, not part of the type."""
-    t = graph.values[v]
-    return t.dtype + t.sizes_str()
+def _type(graph: Graph, v: str, texts: dict[str, str]) -> str:
+    """A value's dtype and sizes; axis names are display labels, not part of the type. `texts`
+    keeps each value's text: a value is seen once per block around it."""
+    text = texts.get(v)
+    if text is None:
+        t = graph.values[v]
+        text = texts[v] = t.dtype + t.sizes_str()
+    return text
 
 
-def _computation(graph: Graph, run: range, call: BlockCall, path: str, types: bool) -> list[Any]:
+def _computation(graph: Graph, run: range, call: BlockCall, path: str, types: bool,
+                 texts: dict[str, str]) -> list[Any]:
     """The run up to names: ops, attributes, relative scopes and wiring (and types, shapes)."""
     local = {v: f"in{k}" for k, v in enumerate(call.inputs)}
     items: list[Any] = []
@@ -138,12 +143,12 @@ def _computation(graph: Graph, run: range, call: BlockCall, path: str, types: bo
         item = [node.op, {k: v for k, v in node.attrs.items() if k != "init"}, node.scope[len(path):],
                 {r: p[len(path):] for r, p in node.params.items()}, [local.get(v) for v in node.inputs]]
         if types:
-            item += [[_type(graph, v) for v in node.outputs],
+            item += [[_type(graph, v, texts) for v in node.outputs],
                      {r: graph.params[p].shape for r, p in node.params.items()}]
         items.append(item)
     items.append([local[v] for v in call.outputs])
     if types:
-        items.append([_type(graph, v) for v in call.inputs])
+        items.append([_type(graph, v, texts) for v in call.inputs])
     return items
 
 
@@ -162,6 +167,7 @@ def block_calls(graph: Graph) -> dict[str, tuple[tuple[BlockCall, ...], str]]:
             under.setdefault(path, []).append(i)
             path = path.rpartition(".")[0]
     out: dict[str, tuple[tuple[BlockCall, ...], str]] = {}
+    texts: dict[str, str] = {}
     for path in graph.scopes:
         nodes = under.get(path)
         if not nodes or not is_block(graph, path):
@@ -179,7 +185,7 @@ def block_calls(graph: Graph) -> dict[str, tuple[tuple[BlockCall, ...], str]]:
                          if v in returned or any(j not in run for j in readers.get(v, ())))
             call = BlockCall(start=run.start, stop=run.stop, inputs=ins, outputs=outs)
             calls.append(call)
-            shapes.add(json.dumps(_computation(graph, run, call, path, types=True), sort_keys=True, default=str))
+            shapes.add(json.dumps(_computation(graph, run, call, path, True, texts), sort_keys=True, default=str))
         if len(shapes) != 1 or any(not c.outputs for c in calls):
             continue
         info = graph.scopes[path]

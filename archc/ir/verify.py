@@ -33,7 +33,7 @@ class InvalidIR(ValueError):
 
 
 # What an IR file may hold, beyond what `verify` checks (the elaborator's own limits are lower or equal).
-MAX_NODES = 200_000  # the default --max-nodes
+MAX_NODES = 50_000  # the default --max-nodes (the largest zoo model has 212 ops)
 MAX_PARAMS = 10**11  # parameter elements, as archc.elaborate.Limits.max_params
 MAX_RANK = 64
 MAX_TYPE_TERMS = 256  # the product over a type's axes of their sizes' terms: what flattening it multiplies out to

@@ -176,3 +176,24 @@ def test_packing_is_refused_where_the_gpu_cannot_or_should_not() -> None:
     assert "f32" in sparsity.lower(m, g, packer=lambda w: w, capability=(9, 0))[0].reason
     g, m = _big_2_4(torch.float16)
     assert "compute capability 7.5" in sparsity.lower(m, g, packer=lambda w: w, capability=(7, 5))[0].reason
+
+
+def test_archc_deploy_writes_masked_weights_and_keeps_the_annotations(tmp_path, capsys) -> None:
+    from archc.cli import main
+
+    spec = tmp_path / "m.arch"
+    spec.write_text(SPEC)
+    g = _graph()
+    torch.manual_seed(0)
+    weights = {k: v for k, v in build_module(g).state_dict().items() if not k.endswith("_mask")}
+    torch.save(weights, tmp_path / "w.pt")  # dense weights, no masks: deploy makes them by magnitude
+    assert main(["deploy", str(spec), "--weights", str(tmp_path / "w.pt"), "-o", str(tmp_path / "out")]) == 0
+    sd = torch.load(tmp_path / "out" / "deployed.pt", weights_only=True)
+    assert int(sd["linear.weight"].count_nonzero()) == round(0.2 * 1024)
+    assert (sd["linear_1.weight"].reshape(-1, 4).count_nonzero(dim=1) <= 2).all()
+    text = (tmp_path / "out" / "m.deploy.arch").read_text()
+    assert '@sparse("2:4")' in text and "@sparse(0.8" in text
+    again = elaborate_text(text, file="m.deploy.arch")  # the deployed spec compiles and loads its weights
+    model = build_module(again)
+    model.load_state_dict(sd)
+    sparsity.check(model, again)
