@@ -6,6 +6,7 @@ torch is imported only when a backend is used, so `import archc` stays light.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from archc.errors import ArchError, did_you_mean
 from archc.ir.graph import Graph
 
 TARGETS = ("torch", "fx")
+_GRAPHS: weakref.WeakKeyDictionary[Any, Graph] = weakref.WeakKeyDictionary()  # module -> the IR it was built from
 
 
 def check_target(target: str) -> None:
@@ -55,20 +57,25 @@ def build(graph: Graph, target: str = "torch") -> Any:
     if target == "torch":
         from archc.backends.torch import build_module
 
-        return build_module(graph)
+        module = build_module(graph)
+        _GRAPHS[module] = graph
+        return module
     from archc.backends.fx import build_graph_module
 
     return build_graph_module(graph)
 
 
-def compile(path: str | Path, target: str = "torch", model: str | None = None, **model_params: Any) -> Any:
+def compile(path: str | Path, target: str = "torch", model: str | None = None, dtype: str = "f32",
+            **model_params: Any) -> Any:
     """Compile the spec at `path` to a freshly initialized module. `model` picks a model or block
-    when the file has several; `model_params` override the model's parameters (`depth=4`)."""
+    when the file has several; `dtype` ("f32", "bf16", "f16", "f64") is the dtype of the model's
+    inputs that do not name one and of the parameters no input decides (archc/elaborate/dtypes.py);
+    `model_params` override the model's parameters (`depth=4`)."""
     from archc.elaborate import elaborate_file
 
     check_target(target)
     overrides = {k: _as_spec_value(v) for k, v in model_params.items()}
-    return build(elaborate_file(path, model=model, overrides=overrides), target)
+    return build(elaborate_file(path, model=model, overrides=overrides, dtype=dtype), target)
 
 
 def _as_spec_value(value: Any) -> Any:
@@ -78,6 +85,31 @@ def _as_spec_value(value: Any) -> Any:
     return value
 
 
+def parallelize(model: Any, mesh: Any, *, tp: bool | None = None, fsdp: bool | None = None,
+                loss_parallel: bool = False, mp_policy: Any = None, norms_fp32: bool = True,
+                replicate: tuple[str, ...] = (), graph: Graph | None = None, **fsdp_options: Any) -> Any:
+    """Split a model that archc built over a torch DeviceMesh, in place, and return the plan
+    (archc/analysis/parallel.py): tensor parallelism derived from the IR's axes over the mesh's
+    "tp" dimension, then FSDP2 (`fully_shard` per stack layer, then the root) over "dp". A model
+    made on the meta device gets its weights afterwards with `archc.init_weights(model)`. See
+    docs/parallel.md."""
+    from archc.backends.torch.parallel import parallelize as apply
+
+    graph = graph or _GRAPHS.get(model)
+    if graph is None:
+        raise ArchError("parallelize needs the IR of the model: pass graph= (a model from archc.compile "
+                        "or archc.build carries its own)")
+    return apply(model, mesh, graph, tp=tp, fsdp=fsdp, loss_parallel=loss_parallel, mp_policy=mp_policy,
+                 norms_fp32=norms_fp32, replicate=tuple(replicate), **fsdp_options)
+
+
+def init_weights(model: Any, device: Any = "cpu") -> Any:
+    """Storage and initial values for a model made on the meta device (after `parallelize`)."""
+    from archc.backends.torch.parallel import init_weights as init
+
+    return init(model, device)
+
+
 def emit_python(graph: Graph) -> str:
     """The text of a standalone `.py` file (needs only torch) that defines the model."""
     from archc.backends.torch import emit_python as emit
@@ -85,4 +117,4 @@ def emit_python(graph: Graph) -> str:
     return emit(graph)
 
 
-__all__ = ["TARGETS", "build", "check_target", "compile", "emit_python"]
+__all__ = ["TARGETS", "build", "check_target", "compile", "emit_python", "init_weights", "parallelize"]

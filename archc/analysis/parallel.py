@@ -150,7 +150,7 @@ class _Tracer:
     def _choose(self, p: int, i: int, state: dict[str, _Shard], region: _Region) -> _Region:
         """A split of a linear's features into factors: try each factor as the one split per rank."""
         node = self.graph.nodes[i]
-        left, right, sizes = _pattern(self.graph, node)
+        left, _right, sizes = _pattern(self.graph, node)
         s = state[node.inputs[0]]
         group = left.groups[len(left.groups) + s.dim]
         best: _Fail | None = None

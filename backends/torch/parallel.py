@@ -1,0 +1,218 @@
+"""Apply a parallel plan (archc/analysis/parallel.py) to the module the torch backend built:
+tensor parallelism with `parallelize_module`, then FSDP2's `fully_shard` per unit, as torchtitan's
+`parallelize_llama` does by hand. `archc.parallelize(model, mesh, ...)` is the entry point.
+
+    mesh            a 1-D DeviceMesh (named "tp" or "dp", or say which with tp=/fsdp=) or a 2-D
+                    one named ("dp", "tp"): FSDP over "dp", tensor parallelism over "tp"
+    mp_policy       FSDP2's MixedPrecisionPolicy for every unit; with `norms_fp32` the norms are
+                    units of their own that keep fp32 parameters and compute and hand the unit's
+                    dtype on (MixedPrecisionPolicy's output_dtype)
+    loss_parallel   the logits stay split on the vocabulary (a DTensor, Shard(-1)): compute the
+                    loss under `torch.distributed.tensor.parallel.loss_parallel()`
+
+`init_weights(model, device)` gives a model made on the meta device its storage and its initial
+values (each module's own `reset_parameters`, children before parents, so the spec's initializers
+win over torch's defaults), after parallelizing: each rank then only allocates its shards.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleOutput,
+    RowwiseParallel,
+    parallelize_module,
+)
+from torch.distributed.tensor.placement_types import _StridedShard
+
+from archc.analysis.parallel import ParallelPlan, Placement, plan_parallel
+from archc.errors import ArchError
+from archc.ir.graph import Graph
+
+
+class FusedColwiseParallel(ColwiseParallel):
+    """ColwiseParallel for a linear whose output features are `chunks` blocks (GPT-2's c_attn: q, k,
+    v): each rank holds its part of every block (`_StridedShard(0, split_factor=chunks)`), so it
+    computes whole heads of q, of k and of v. A plain column split would give rank 0 all of q."""
+
+    def __init__(self, chunks: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.chunks = chunks
+
+    def _partition_linear_fn(self, name: str, module: nn.Module, device_mesh: Any) -> None:
+        for key, param in module.named_parameters():
+            placement = [_StridedShard(0, split_factor=self.chunks)]
+            module.register_parameter(key, nn.Parameter(distribute_tensor(param, device_mesh, placement),
+                                                        requires_grad=param.requires_grad))
+
+    @staticmethod
+    def _prepare_output_fn(output_layouts: Any, use_local_output: bool, mod: nn.Module, outputs: Any,
+                           device_mesh: Any) -> Any:
+        return outputs.to_local()  # this rank's part of each block, in block order
+
+
+def _norm_types() -> tuple[type, ...]:
+    return (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+
+
+def tp_styles(plan: ParallelPlan) -> dict[str, Any]:
+    """Module path -> torch's ParallelStyle for each placement of the plan."""
+    return {p.path: _style(p) for p in plan.placements}
+
+
+def _style(p: Placement) -> Any:
+    split = p.shard_output
+    if p.style == "colwise":
+        return FusedColwiseParallel(p.chunks) if p.chunks > 1 else ColwiseParallel()
+    if p.style == "rowwise":
+        return RowwiseParallel()
+    if p.style == "embedding":
+        return RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
+    if p.style == "head":
+        return ColwiseParallel(output_layouts=Shard(-1) if split else Replicate(), use_local_output=not split)
+    if p.style == "tied_output":
+        return PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=Replicate(),
+                                   use_local_output=False)
+    if p.style == "gather_output":
+        return PrepareModuleOutput(output_layouts=Shard(-1), desired_output_layouts=Shard(-1) if split else Replicate(),
+                                   use_local_output=not split)
+    raise ValueError(f"unknown placement style {p.style!r}")
+
+
+def _meshes(mesh: Any, tp: bool | None, fsdp: bool | None) -> tuple[Any, Any]:
+    """(the data-parallel mesh or None, the tensor-parallel mesh or None)."""
+    names = tuple(mesh.mesh_dim_names or ())
+    if mesh.ndim == 2:
+        if names != ("dp", "tp"):
+            raise ArchError(f"a 2-D mesh must be named ('dp', 'tp'), got {names or 'no names'}")
+        return (mesh["dp"] if fsdp is not False else None), (mesh["tp"] if tp is not False else None)
+    if mesh.ndim != 1:
+        raise ArchError(f"parallelize takes a 1-D or 2-D device mesh, got {mesh.ndim} dimensions")
+    if tp is None and fsdp is None:
+        if names not in (("tp",), ("dp",)):
+            raise ArchError("a 1-D mesh named neither 'tp' nor 'dp': say which with tp=True or fsdp=True")
+        tp, fsdp = names == ("tp",), names == ("dp",)
+    if bool(tp) == bool(fsdp):
+        raise ArchError("a 1-D mesh carries one of tensor parallelism and FSDP; use a 2-D ('dp', 'tp') mesh for both")
+    return (mesh if fsdp else None), (mesh if tp else None)
+
+
+def parallelize(model: nn.Module, mesh: Any, graph: Graph, *, tp: bool | None = None, fsdp: bool | None = None,
+                loss_parallel: bool = False, mp_policy: Any = None, norms_fp32: bool = True,
+                replicate: tuple[str, ...] = (), reshard_after_forward: bool = True) -> ParallelPlan:
+    """Split `model` (built from `graph`) over `mesh`, in place; returns the plan it applied."""
+    dp_mesh, tp_mesh = _meshes(mesh, tp, fsdp)
+    plan = plan_parallel(graph, tp=tp_mesh.size() if tp_mesh is not None else 1, loss_parallel=loss_parallel,
+                         replicate=tuple(replicate))
+    if tp_mesh is not None:
+        styles = tp_styles(plan)
+        root = styles.pop("", None)
+        parallelize_module(model, tp_mesh, styles)
+        if root is not None:
+            parallelize_module(model, tp_mesh, root)
+    if dp_mesh is not None:
+        _fully_shard(model, dp_mesh, plan, mp_policy, norms_fp32, reshard_after_forward)
+    return plan
+
+
+def _fully_shard(model: nn.Module, mesh: Any, plan: ParallelPlan, mp_policy: Any, norms_fp32: bool,
+                 reshard_after_forward: bool) -> None:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    kept = _kept_whole(model, mesh)
+    options = {"mesh": mesh, "reshard_after_forward": reshard_after_forward, "ignored_params": kept,
+                   "shard_placement_fn": _fsdp_placement}
+    policy = mp_policy or MixedPrecisionPolicy()
+    if mp_policy is not None and norms_fp32 and policy.param_dtype not in (None, torch.float32):
+        fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32,
+                                    output_dtype=policy.param_dtype)
+        for path in plan.norms:
+            norm = model.get_submodule(path)
+            if isinstance(norm, _norm_types()) and any(True for _ in norm.parameters()):
+                fully_shard(norm, mp_policy=fp32, **options)
+    for path in plan.fsdp_units[:-1]:  # the layers, inner ones first; the root last
+        fully_shard(model.get_submodule(path), mp_policy=policy, **options)
+    fully_shard(model, mp_policy=policy, **options)
+
+
+def _fsdp_placement(param: nn.Parameter) -> Any:
+    """FSDP splits a tensor's rows; one whose rows are already split in strided blocks over the
+    tensor-parallel ranks (fused q/k/v) is split by columns instead: a rank's rows of every block,
+    halved by rows, would not be a part that a placement can describe."""
+    return Shard(1) if _blocks_split(param) else None
+
+
+def _kept_whole(model: nn.Module, mesh: Any) -> set[nn.Parameter]:
+    """Parameters FSDP2 cannot split: 0-d ones (hyper-connections' scales; FSDP2 refuses them) and
+    1-d ones split in strided blocks over the tensor-parallel ranks (a fused q/k/v bias). They stay
+    whole on every data-parallel rank, and a hook averages their gradients over those ranks, as DDP
+    would."""
+    group, size = mesh.get_group(), mesh.size()
+
+    def average(p: torch.Tensor) -> None:
+        assert p.grad is not None
+        grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+        torch.distributed.all_reduce(grad, group=group)
+        grad.div_(size)
+
+    kept = {p for p in model.parameters() if p.ndim == 0 or (p.ndim == 1 and _blocks_split(p))}
+    for p in kept:
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(average)
+    return kept
+
+
+def _blocks_split(tensor: Any) -> bool:
+    """A DTensor split over the tensor-parallel ranks in strided blocks (a fused q/k/v projection):
+    torch.distributed.checkpoint describes a rank's part by one offset, which such a part has not."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(tensor, DTensor):
+        return False
+    names = tensor.device_mesh.mesh_dim_names or ()
+    return any(isinstance(p, _StridedShard) and (names[i] if names else "") != "dp"
+               for i, p in enumerate(tensor.placements))
+
+
+def checkpoint_state_dict(model: nn.Module) -> dict[str, Any]:
+    """The model's sharded state dict for torch.distributed.checkpoint (`dcp.save`): as
+    `get_model_state_dict`, except that a tensor split in strided blocks is whole on every rank
+    (checkpoint writes it once). It loads back with `dcp.load` into this model's
+    `checkpoint_state_dict` (then `load_checkpoint_state_dict`) or into the one-process model's
+    plain `state_dict()`."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(model)
+    return {k: v.redistribute(placements=[Replicate()] * v.device_mesh.ndim) if _blocks_split(v) else v
+            for k, v in state.items()}
+
+
+def load_checkpoint_state_dict(model: nn.Module, state: dict[str, Any]) -> None:
+    """Put a `checkpoint_state_dict` filled by `dcp.load` back into the model's (split) tensors."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    own = model.state_dict()
+    fixed = {k: distribute_tensor(v.to_local(), own[k].device_mesh, own[k].placements) if _blocks_split(own[k]) else v
+             for k, v in state.items()}
+    set_model_state_dict(model, fixed)
+
+
+def init_weights(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """Storage on `device` for a model made on the meta device, then its initial values: every
+    module's `reset_parameters`, descendants before ancestors (a class's own initializers follow
+    its leaves' torch defaults, as when the model is made directly)."""
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for module in reversed(list(model.modules())):
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    return model
+
+
+__all__ = ["FusedColwiseParallel", "checkpoint_state_dict", "init_weights", "load_checkpoint_state_dict", "parallelize", "plan_parallel", "tp_styles"]

@@ -1,0 +1,288 @@
+"""`archc.parallelize` (#13) over gloo CPU processes: the plan derived from the IR trains like one
+process. For GPT-2 (tiny, its head tied to the token embedding), the ViT spec (tiny) and GPT-2 with
+hyper-connections (n=2, dynamic: the streams and their weights stay whole on every rank), under
+tensor parallelism (1-D mesh "tp" of 2), FSDP (1-D mesh "dp" of 2) and FSDP x TP (2-D mesh 2 x 2,
+4 processes): 3 SGD steps give the losses, the last step's gradients and the final weights of the
+same training in one process, within rtol = atol = 1e-5.
+
+Also: a model made on the meta device gets its initial values after sharding (`init_weights`);
+bf16 mixed precision keeps the norms in fp32; a sharded checkpoint written by
+torch.distributed.checkpoint from the 2 x 2 run loads into the one-process model.
+
+The parent makes the initial weights and the data, the workers train (all scenarios of one world
+size in one process group), and the parent compares with its own one-process runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+import archc
+from archc.resources import specs_root
+
+STEPS = 3
+TOL = 1e-5
+GPT2 = specs_root() / "models" / "gpt2.arch"
+VIT = specs_root() / "models" / "vit_small_patch16_224.arch"
+GPT2_TINY: dict[str, Any] = {"vocab": 64, "dim": 32, "depth": 2, "heads": 2, "max_len": 16, "pdrop": 0.0}
+MODELS: dict[str, tuple[Path, dict[str, Any]]] = {
+    "gpt2": (GPT2, GPT2_TINY),
+    "vit": (VIT, {"img_size": 32, "patch": 16, "D": 32, "depth": 2, "heads": 2, "num_classes": 8}),
+    "gpt2_hyper": (GPT2, {**GPT2_TINY, "connect": "hyper(n=2)"}),
+}
+PRELOAD = ["torch", "torch._dynamo", "torch.distributed.fsdp", "torch.distributed.tensor.parallel",
+           "torch.distributed.checkpoint", "archc.elaborate", "archc.backends.torch",
+           "archc.backends.torch.parallel"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _compile(name: str) -> Any:
+    spec, params = MODELS[name]
+    return archc.compile(spec, **params)
+
+
+def _loss(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return F.cross_entropy(out.flatten(0, 1) if name != "vit" else out, y.flatten() if name != "vit" else y)
+
+
+def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+
+def _data(name: str, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    if name == "vit":
+        return {"x": torch.randn(STEPS, 4, 3, 32, 32, generator=gen), "y": torch.randint(0, 8, (STEPS, 4), generator=gen)}
+    return {"x": torch.randint(0, 64, (STEPS, 4, 8), generator=gen), "y": torch.randint(0, 64, (STEPS, 4, 8), generator=gen)}
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor.detach().clone()
+
+
+def _train(name: str, model: torch.nn.Module, data: dict[str, torch.Tensor], part: int, parts: int) -> dict[str, Any]:
+    """3 steps on this rank's `part` of each batch (of `parts`): mean losses over the ranks, the
+    last step's gradients and the final weights, whole."""
+    opt = _optimizer(model)
+    losses = []
+    for step in range(STEPS):
+        x, y = data["x"][step].chunk(parts)[part], data["y"][step].chunk(parts)[part]
+        loss = _loss(name, model, x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    grads = {k: _full(p.grad) for k, p in model.named_parameters() if p.grad is not None}
+    weights = {k: _full(p) for k, p in model.named_parameters()}
+    return {"losses": torch.stack(losses), "grads": grads, "weights": weights}
+
+
+def _mean_losses(result: dict[str, Any], group: Any, size: int) -> None:
+    dist.all_reduce(result["losses"], group=group)
+    result["losses"] /= size
+
+
+# --- workers ---------------------------------------------------------------------------------
+
+def _join(rank: int, folder: str, world: int) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store{world}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
+
+
+def _worker2(rank: int, folder: str) -> None:
+    """Two ranks: TP over a 1-D "tp" mesh, FSDP over a 1-D "dp" mesh, for each model; meta-device
+    init and bf16 with fp32 norms on GPT-2."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    _join(rank, folder, 2)
+    try:
+        out: dict[str, Any] = {}
+        tp_mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("tp",))
+        dp_mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("dp",))
+        for name in MODELS:
+            init, data = (torch.load(Path(folder) / f"{name}_{k}.pt", weights_only=True) for k in ("init", "data"))
+            model = _compile(name)
+            model.load_state_dict(init)
+            archc.parallelize(model, tp_mesh)
+            out[f"{name}_tp"] = _train(name, model, data, 0, 1)  # every rank: the whole batch
+
+            model = _compile(name)
+            model.load_state_dict(init)
+            archc.parallelize(model, dp_mesh)
+            result = _train(name, model, data, rank, 2)
+            _mean_losses(result, None, 2)
+            out[f"{name}_fsdp"] = result
+
+        # made on the meta device, sharded (FSDP x nothing), then initialized: every rank allocates its shards
+        with torch.device("meta"):
+            model = _compile("gpt2")
+        archc.parallelize(model, dp_mesh)
+        archc.init_weights(model)
+        out["meta"] = {k: _full(p) for k, p in model.named_parameters()}
+        out["meta_local"] = {k: p.to_local().shape for k, p in model.named_parameters()}
+
+        # bf16 compute, fp32 norms (their own units, handing bf16 on)
+        init, data = (torch.load(Path(folder) / f"gpt2_{k}.pt", weights_only=True) for k in ("init", "data"))
+        model = _compile("gpt2")
+        model.load_state_dict(init)
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        archc.parallelize(model, dp_mesh, mp_policy=policy)
+        seen: dict[str, Any] = {}
+        norm = model.transformer.h[0].ln_1
+        norm.register_forward_hook(lambda m, i, o: seen.update(w=m.weight.dtype, x=i[0].dtype, y=o.dtype))
+        linear = model.transformer.h[0].attn.c_attn
+        linear.register_forward_hook(lambda m, i, o: seen.update(linear=m.weight.dtype))
+        logits = model(data["x"][0].chunk(2)[rank])
+        out["bf16"] = {"logits": logits.detach().float(), "dtypes": {k: str(v) for k, v in seen.items()}}
+        if rank == 0:
+            torch.save(out, Path(folder) / "result2.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker4(rank: int, folder: str) -> None:
+    """Four ranks, a 2 x 2 ("dp", "tp") mesh: FSDP x TP for each model; GPT-2's sharded checkpoint."""
+    import torch.distributed.checkpoint as dcp
+    from archc.backends.torch.parallel import (
+        checkpoint_state_dict,
+        load_checkpoint_state_dict,
+    )
+    from torch.distributed.device_mesh import init_device_mesh
+
+    _join(rank, folder, 4)
+    try:
+        out: dict[str, Any] = {}
+        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+        dp_rank = mesh["dp"].get_local_rank()
+        for name in MODELS:
+            init, data = (torch.load(Path(folder) / f"{name}_{k}.pt", weights_only=True) for k in ("init", "data"))
+            model = _compile(name)
+            model.load_state_dict(init)
+            archc.parallelize(model, mesh)
+            result = _train(name, model, data, dp_rank, 2)
+            _mean_losses(result, mesh["dp"].get_group(), 2)
+            out[f"{name}_fsdp_tp"] = result
+            if name == "gpt2":
+                dcp.save(checkpoint_state_dict(model), checkpoint_id=Path(folder) / "ckpt")
+                model = _compile(name)  # a fresh split model loads the checkpoint back
+                archc.parallelize(model, mesh)
+                state = checkpoint_state_dict(model)
+                dcp.load(state, checkpoint_id=Path(folder) / "ckpt")
+                load_checkpoint_state_dict(model, state)
+                out["reloaded"] = {k: _full(p) for k, p in model.named_parameters()}
+        if rank == 0:
+            torch.save(out, Path(folder) / "result4.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(worker: Any, world: int, folder: Path) -> None:
+    mp.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    mp.start_processes(worker, args=(str(folder),), nprocs=world, join=True, start_method="forkserver")
+
+
+# --- in the parent ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The initial weights, the data, the one-process references and both distributed runs."""
+    folder = tmp_path_factory.mktemp("parallelize")
+    refs: dict[str, Any] = {}
+    for seed, name in enumerate(MODELS):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = _compile(name)
+        init = copy.deepcopy(model.state_dict())
+        data = _data(name, 10 + seed)
+        torch.save(init, folder / f"{name}_init.pt")
+        torch.save(data, folder / f"{name}_data.pt")
+        refs[name] = _train(name, model, data, 0, 1)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        _spawn(_worker2, 2, folder)
+        _spawn(_worker4, 4, folder)
+    got = {**torch.load(folder / "result2.pt", weights_only=False),
+           **torch.load(folder / "result4.pt", weights_only=False)}
+    return {"folder": folder, "refs": refs, "got": got}
+
+
+def _same(got: dict[str, Any], want: dict[str, Any], what: str) -> None:
+    assert_close(got["losses"], want["losses"], rtol=TOL, atol=TOL, msg=lambda m: f"{what} losses: {m}")
+    for key in ("grads", "weights"):
+        assert got[key].keys() == want[key].keys(), what
+        for k, v in want[key].items():
+            assert_close(got[key][k], v, rtol=TOL, atol=TOL, msg=lambda m, k=k, key=key: f"{what} {key} {k}: {m}")
+
+
+@pytest.mark.parametrize("scheme", ["tp", "fsdp", "fsdp_tp"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_trains_like_one_process(runs: dict[str, Any], name: str, scheme: str) -> None:
+    _same(runs["got"][f"{name}_{scheme}"], runs["refs"][name], f"{name} under {scheme}")
+
+
+def test_meta_init_after_sharding(runs: dict[str, Any]) -> None:
+    """Each rank allocated only its half of every tensor, and the values are drawn as a model made
+    directly draws them: constants (LayerNorm's ones and zeros) equal, random tensors with the same
+    spread (GPT-2's N(0, 0.02) linears, wpe's N(0, 1))."""
+    meta, local = runs["got"]["meta"], runs["got"]["meta_local"]
+    assert local["transformer.wte.weight"] == torch.Size([32, 32])  # 64 rows over two ranks
+    fresh = dict(_compile("gpt2").named_parameters())
+    assert meta.keys() == fresh.keys()
+    for k, want in fresh.items():
+        got = meta[k]
+        assert got.shape == want.shape and torch.isfinite(got).all(), k
+        if want.numel() == 1 or want.std() == 0:
+            assert_close(got, want.detach(), rtol=0, atol=0, msg=lambda m, k=k: f"{k}: {m}")
+        else:
+            assert 0.8 < (got.std() / want.std()).item() < 1.25, k
+            assert abs(got.mean().item()) < 3 * want.std().item() / want.numel() ** 0.5 + 1e-3, k
+
+
+def test_bf16_keeps_norms_in_fp32(runs: dict[str, Any]) -> None:
+    got = runs["got"]["bf16"]
+    assert got["dtypes"] == {"w": "torch.float32", "x": "torch.float32", "y": "torch.bfloat16",
+                             "linear": "torch.bfloat16"}
+    model = _compile("gpt2")
+    model.load_state_dict(torch.load(runs["folder"] / "gpt2_init.pt", weights_only=True))
+    x = torch.load(runs["folder"] / "gpt2_data.pt", weights_only=True)["x"][0].chunk(2)[0]
+    # bf16 keeps 8 bits of mantissa: the logits agree with fp32's to a few bf16 steps
+    assert_close(got["logits"], model(x).detach(), rtol=5e-2, atol=5e-2)
+
+
+def test_sharded_checkpoint_loads_into_one_process_model(runs: dict[str, Any]) -> None:
+    """Written by the 2 x 2 run (c_attn's strided blocks whole, the rest as split); read back by
+    the one-process model and by a fresh 2 x 2 model."""
+    import torch.distributed.checkpoint as dcp
+
+    model = _compile("gpt2")
+    state = model.state_dict()
+    dcp.load(state, checkpoint_id=runs["folder"] / "ckpt")
+    model.load_state_dict(state)
+    for k, v in runs["refs"]["gpt2"]["weights"].items():
+        assert_close(model.get_parameter(k).detach(), v, rtol=TOL, atol=TOL, msg=lambda m, k=k: f"{k}: {m}")
+        assert_close(runs["got"]["reloaded"][k], v, rtol=TOL, atol=TOL, msg=lambda m, k=k: f"reloaded {k}: {m}")
