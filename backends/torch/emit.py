@@ -60,9 +60,9 @@ def emit_python(graph: Graph) -> str:
 
 @cache
 def _masks_source() -> str:
-    """The mask functions of masks.py (below its imports), for a file whose spec has `@sparse`."""
+    """masks.py below its imports (the file's own), for a file whose spec has `@sparse`."""
     text = (Path(__file__).parent / "masks.py").read_text(encoding="utf-8")
-    return text.split("\nimport torch\n", 1)[1].strip("\n")
+    return text.split("\nfrom torch import nn\n", 1)[1].strip("\n")
 
 
 def spec_strings(graph: Graph) -> tuple[str, ...]:

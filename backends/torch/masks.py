@@ -1,14 +1,17 @@
-"""Sparsity masks by magnitude, one function per pattern (archc/ir/sparsity.py says what each means).
+"""Sparse weights in plain PyTorch: masks by magnitude, one function per pattern (archc/ir/sparsity.py
+says what each means), and torch's layers computing with `weight * weight_mask`.
 
-This file needs only torch: the torch backend copies the functions below the imports verbatim
-into a generated module whose spec has `@sparse` (they initialize its `weight_mask` buffers),
-and `archc.sparsity` imports them to prune trained weights, so both compute the same masks.
-Each returns a bool tensor of the weight's shape, True where the weight is kept; `within`
-restricts the choice to the weights still kept (iterative pruning prunes the remaining ones).
-Ties between equal magnitudes go to the lower index (a stable sort), on every device.
+This file needs only torch: the torch backend copies what follows the imports verbatim into a
+generated module whose spec has `@sparse`, and `archc.sparsity` imports the functions to prune
+trained weights, so both compute the same masks. Each mask function returns a bool tensor of the
+weight's shape, True where the weight is kept; `within` restricts the choice to the weights still
+kept (iterative pruning prunes the remaining ones). Ties between equal magnitudes go to the lower
+index (a stable sort), on every device.
 """
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 def _rank_keep(score: torch.Tensor, k: int) -> torch.Tensor:
@@ -54,3 +57,37 @@ def block_mask(weight: torch.Tensor, rows: float, cols: float, density: float,
     tiles = _rank_keep(score, round(density * score.numel())).reshape(r, 1, c, 1)
     keep = tiles.expand(r, rows, c, cols).reshape(weight.shape)
     return keep if within is None else keep & within
+
+
+class MaskedLinear(nn.Linear):
+    """nn.Linear computing with `weight * weight_mask` (a bool buffer, True where a weight is kept):
+    a sparse weight. Its parent's reset_parameters makes the mask from the weight."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("weight_mask", torch.ones_like(self.weight, dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.weight_mask, self.bias)
+
+
+class MaskedConv1d(nn.Conv1d):
+    """nn.Conv1d computing with `weight * weight_mask`, as MaskedLinear."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("weight_mask", torch.ones_like(self.weight, dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.weight_mask, self.bias)
+
+
+class MaskedConv2d(nn.Conv2d):
+    """nn.Conv2d computing with `weight * weight_mask`, as MaskedLinear."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("weight_mask", torch.ones_like(self.weight, dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.weight_mask, self.bias)

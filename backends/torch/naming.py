@@ -16,7 +16,8 @@ from archc.ir.graph import Graph, Node
 
 # Names the generated module defines or imports at top level, plus `self`.
 FILE_GLOBALS = frozenset({"torch", "nn", "F", "drop_path", "Scope", "self",
-                          "nm_mask", "magnitude_mask", "block_mask", "_rank_keep"})  # masks.py
+                          "nm_mask", "magnitude_mask", "block_mask", "_rank_keep",  # masks.py
+                          "MaskedLinear", "MaskedConv1d", "MaskedConv2d"})
 RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins)) | FILE_GLOBALS
 
 

@@ -29,7 +29,12 @@ from dataclasses import dataclass, field
 from archc.backends.torch.tree import ModuleEntry
 from archc.ir.blocks import homes, within
 from archc.ir.graph import BlockCall, Graph
+from archc.ir.sparsity import MASK
 from archc.ops import registry
+
+
+# torch's layers and their twins that compute with `weight * weight_mask` (backends/torch/masks.py)
+MASKED = {"nn.Linear": "MaskedLinear", "nn.Conv1d": "MaskedConv1d", "nn.Conv2d": "MaskedConv2d"}
 
 
 @dataclass
@@ -81,11 +86,18 @@ def _leaf(graph: Graph, entry: ModuleEntry, nodes: list[int], home: list[str]) -
     if any(len(graph.nodes[i].inputs) != 1 or len(graph.nodes[i].outputs) != 1 for i in nodes):
         return None
     for t in entry.tensors:
+        if t.attr == MASK:  # a sparse weight's mask: a bool buffer that a Masked* twin holds
+            continue
         buffer = t.attr in ("running_mean", "running_var", "num_batches_tracked")
         if t.decl.dtype != ("i64" if t.attr == "num_batches_tracked" else "f32") or t.decl.trainable == buffer:
             return None
     op = registry.get(entry.kind)
-    return op.torch_module(op.make_attrs(first.attrs), frozenset(roles), [graph.values[first.inputs[0]]])
+    module = op.torch_module(op.make_attrs(first.attrs), frozenset(roles) - {MASK}, [graph.values[first.inputs[0]]])
+    if module is None or MASK not in roles:
+        return module
+    torch_name, _, args = module.partition("(")
+    masked = MASKED.get(torch_name)  # nn.Linear(...) -> MaskedLinear(...): the same, times the mask
+    return f"{masked}({args}" if masked else None
 
 
 def _torch_inits(graph: Graph, entry: ModuleEntry, node: int) -> frozenset[str]:

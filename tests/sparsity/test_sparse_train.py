@@ -127,8 +127,9 @@ def test_conv_masks_group_along_input_channels() -> None:
 
 def test_the_generated_file_carries_the_mask_functions(g) -> None:
     text = emit_python(g)
-    assert "def nm_mask(" in text and "self.weight_mask.copy_(nm_mask(self.weight, 2.0, 4.0))" in text
-    assert "(self.weight * self.weight_mask)" in text
+    assert "def nm_mask(" in text and "class MaskedLinear(nn.Linear):" in text
+    assert "self.linear = MaskedLinear(64, 256, bias=True)" in text
+    assert "self.linear.weight_mask.copy_(nm_mask(self.linear.weight, 2.0, 4.0))" in text
     plain = elaborate_text(SPEC.replace('@sparse("2:4") ', "").replace("@sparse(0.75) ", "").replace(
         "@sparse(block=[16, 16], density=0.25) ", ""), file="m.arch")
     assert "def nm_mask(" not in emit_python(plain)
@@ -139,3 +140,18 @@ def test_torch_compile_runs_the_sparse_model(g) -> None:
     x = torch.randn(4, 64)
     compiled = torch.compile(m, backend="aot_eager")
     assert_close(compiled(x), m(x), rtol=1e-6, atol=1e-6)
+
+
+def test_sparse_layers_are_torch_layers_that_peft_can_wrap(g) -> None:
+    import peft  # after conftest.py's torchvision workaround (peft imports transformers)
+
+    m = _model(g)
+    assert isinstance(m.mlp.linear, torch.nn.Linear) and type(m.mlp.linear).__name__ == "MaskedLinear"
+    x = torch.randn(4, 64)
+    want = m(x)
+    lora = peft.get_peft_model(m, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["linear", "linear_1"]))
+    assert_close(lora(x), want, rtol=1e-6, atol=1e-6)  # LoRA's B starts at zero: the sparse model's output
+    lora(x).pow(2).mean().backward()
+    base = m.mlp.linear
+    assert base.weight.grad is None  # frozen; the adapters train
+    assert any(p.grad is not None for n, p in lora.named_parameters() if "lora_" in n)
