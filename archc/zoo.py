@@ -135,7 +135,7 @@ def archc_to_hf_gpt2(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 # the LlamaConfig entries that llama.arch takes as its model parameters, under the same names
 LLAMA_CONFIG_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
-                     "tie_word_embeddings", "attention_bias", "mlp_bias")
+                     "tie_word_embeddings", "attention_bias", "mlp_bias", "initializer_range")
 
 
 def hf_llama_params(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -153,7 +153,7 @@ def hf_llama_params(config: Mapping[str, Any]) -> dict[str, Any]:
         out["rope_theta"] = rope["rope_theta"]
     if config.get("hidden_act", "silu") != "silu":
         raise ValueError(f"llama.arch's MLP is SwiGLU (silu), not {config['hidden_act']!r}")
-    for key in ("rope_theta", "rms_norm_eps"):
+    for key in ("rope_theta", "rms_norm_eps", "initializer_range"):
         if key in out:
             out[key] = float(out[key])
     return out

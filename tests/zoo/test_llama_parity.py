@@ -143,3 +143,30 @@ def test_llama_default_is_smollm_135m(transformers: ModuleType) -> None:
     assert graph.param_count() == sum(p.numel() for p in ref.parameters()) == 134_515_008
     theirs = {k: tuple(v.shape) for k, v in zoo.hf_llama_to_archc(ref.state_dict(), True).items()}
     assert {k: tuple(p.shape) for k, p in graph.params.items()} == theirs
+
+
+def test_llama_init_is_hugging_faces(transformers: ModuleType) -> None:
+    """A fresh model draws each tensor as Hugging Face's `_init_weights` does (mean and std per
+    parameter within statistical tolerance), so training from scratch starts at loss ln(vocab)."""
+    import math
+
+    from archc.api import compile as compile_spec
+
+    config = {**TINY, "vocab_size": 1000, "tie_word_embeddings": False, "initializer_range": 0.02}
+    torch.manual_seed(0)
+    ref = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)).eval()
+    ours = compile_spec(zoo.spec_path("llama"), **zoo.hf_llama_params(ref.config.to_dict())).eval()
+    theirs, mine = ref.state_dict(), ours.state_dict()
+    assert set(mine) == set(theirs)
+    for name, t in mine.items():
+        a, b = t.double().flatten(), theirs[name].double().flatten()
+        n = a.numel()
+        spread = max(a.std().item(), b.std().item()) if n > 1 else 0.0
+        assert abs(a.mean().item() - b.mean().item()) <= 6 * spread * math.sqrt(2 / n) + 1e-9, name
+        assert abs(a.std().item() - b.std().item()) <= 6 * spread * math.sqrt(1 / n) + 1e-9 if n > 1 else True, name
+    assert abs(mine["model.layers.0.mlp.down_proj.weight"].std().item() - 0.02) < 1e-3
+    tokens = torch.randint(0, 1000, (8, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = ours(tokens)
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 1000), tokens[:, 1:].reshape(-1))
+    assert abs(loss.item() - math.log(1000)) < 0.05, loss.item()
