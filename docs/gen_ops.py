@@ -39,7 +39,8 @@ RULES: dict[str, str] = {
     "arange": "`start, start + step, ...` below `end`, on `x`'s device; without `end`, the positions of axis "
               "`dim` of `x` (a symbolic size works): `arange(x, dim=1)` of `[B, T, D]` is `[T]`, 0 .. T-1",
     "attention": "softmax(q kᵀ · scale) v: `[*, H, T, d]` -> `[*, H, T, e]`, e the head size of v; "
-                 "`scale` defaults to 1/√d; `causal` masks the future",
+                 "`scale` defaults to 1/√d; `causal` masks the future; k and v may have H/g heads "
+                 "(grouped-query: each serves g consecutive query heads)",
     "avgpool2d": "`[B, C, H, W]` -> `[B, C, H', W']` as torch's avg_pool2d; `stride` defaults to `kernel`",
     "batchnorm": "same shape; normalizes each channel (axis 2) over the batch and the other axes",
     "chunk": "`chunks` equal parts of axis `dim`, which must divide exactly",
