@@ -70,6 +70,7 @@ class ParallelPlan:
     placements: tuple[Placement, ...]
     fsdp_units: tuple[str, ...]  # module paths that get their own fully_shard, innermost first (root last)
     norms: tuple[str, ...]  # norm leaves (kept in fp32 under a mixed-precision policy)
+    layers: tuple[str, ...] = ()  # the stack layers (repeated blocks), in order
     local_axes: dict[int, frozenset[str]] = field(default_factory=dict)  # rearrange node -> axes split per rank
 
     def styles(self) -> dict[str, Placement]:
@@ -367,9 +368,11 @@ def plan_parallel(graph: Graph, tp: int = 1, loss_parallel: bool = False,
             _divides(graph, tp, k, size, f"axis '{name}' (the heads)")
         _divides(graph, tp, r.col, features // r.chunks, f"the output features of '{col.scope}'"
                  + (f" per block of {r.chunks}" if r.chunks > 1 else ""))
-        why = f"{features} features" + (f" as {r.chunks} blocks (fused)" if r.chunks > 1 else "")
+        why = f"{features} features" + (f" in {r.chunks} blocks (fused)" if r.chunks > 1 else "")
+        why += "".join(f", split by axis '{name}'" for _, name, _ in r.divides[:1])
+        name = col.scope.rpartition(".")[2]
         placements.append(Placement(col.scope, "colwise", r.chunks, why=why))
-        placements += [Placement(graph.nodes[k].scope, "rowwise", why=f"contracts {col.scope}") for k in r.rows]
+        placements += [Placement(graph.nodes[k].scope, "rowwise", why=f"contracts the split of {name}") for k in r.rows]
     placements += _vocab(graph, tp, loss_parallel, tuple(replicate))
     placements.sort(key=lambda p: _order(graph, p.path))
     local: dict[int, set[str]] = {}
@@ -377,7 +380,7 @@ def plan_parallel(graph: Graph, tp: int = 1, loss_parallel: bool = False,
         for k, v in r.local.items():
             local.setdefault(k, set()).update(v)
     norms = tuple(p for p, info in graph.scopes.items() if info.kind in ("layernorm", "rmsnorm", "batchnorm"))
-    return ParallelPlan(tp, loss_parallel, tuple(placements), _fsdp_units(graph, layers), norms,
+    return ParallelPlan(tp, loss_parallel, tuple(placements), _fsdp_units(graph, layers), norms, tuple(layers),
                         {k: frozenset(v) for k, v in local.items()})
 
 

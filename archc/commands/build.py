@@ -17,6 +17,7 @@ from pathlib import Path
 from archc.api import TARGETS
 from archc.backends.kernels.targets import KERNEL_TARGETS
 from archc.cli import add_spec_args, load_graph
+from archc.errors import ArchError
 from archc.files import refuse_overwrite, write_atomic
 from archc.passes.manager import add_pass_args, run_passes
 
@@ -31,6 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="what to build (default: torch)")
     p.add_argument("--explain", action="store_true",
                    help="triton/cuda: print which kernel or library call runs each region, and why")
+    p.add_argument("--parallel", action="store_true",
+                   help="torch: also write `def parallelize(model, mesh, ...)`, the tensor-parallel and FSDP "
+                        "plan derived from the spec's axes (docs/parallel.md)")
+    p.add_argument("--tp", type=int, default=1, metavar="N",
+                   help="with --parallel: check that N tensor-parallel ranks divide the heads, hidden sizes "
+                        "and vocabulary (default 1)")
     p.add_argument("-o", "--output",
                    help="the .py file to write, or a folder (default: print the code to stdout)")
     add_pass_args(p)
@@ -54,6 +61,8 @@ def fx_source(graph: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.parallel and args.target != "torch":
+        raise ArchError(f"--parallel writes a torch plan; it does not apply to --target {args.target}")
     graph = run_passes(load_graph(args), args).graph
     if args.target in KERNEL_TARGETS:
         return run_kernels(args, graph)
@@ -63,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         from archc.backends.torch import emit_python
 
         text = emit_python(graph)
+        if args.parallel:
+            text = with_parallel(text, graph, args.tp)
     else:
         text = fx_source(graph)
     path = output_path(args)
@@ -74,6 +85,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"{path}: model {graph.name}, {len(graph.nodes)} ops, {graph.param_count():,} parameters "
           f"(target {args.target})")
     return 0
+
+
+def with_parallel(text: str, graph: object, tp: int) -> str:
+    """The model's file followed by its parallel plan as `def parallelize(model, mesh, ...)`."""
+    from archc.analysis.parallel import plan_parallel
+    from archc.backends.quote import verify_python
+    from archc.backends.torch.emit import class_name
+    from archc.backends.torch.parallel_emit import parallel_source
+
+    name = class_name(graph)  # type: ignore[arg-type]
+    text = text + "\n\n" + parallel_source(plan_parallel(graph, tp=tp), name)  # type: ignore[arg-type]
+    verify_python(text, f"<archc: {name}>")
+    return text
 
 
 def run_onnx(args: argparse.Namespace, graph: object) -> int:

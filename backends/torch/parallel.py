@@ -1,6 +1,8 @@
 """Apply a parallel plan (archc/analysis/parallel.py) to the module the torch backend built:
 tensor parallelism with `parallelize_module`, then FSDP2's `fully_shard` per unit, as torchtitan's
-`parallelize_llama` does by hand. `archc.parallelize(model, mesh, ...)` is the entry point.
+`parallelize_llama` does by hand. `archc.parallelize(model, mesh, ...)` is the entry point; it
+runs the function that backends/torch/parallel_emit.py writes for the plan, and the helpers below
+(the fused column split, FSDP's placements, the tensors kept whole) are copied into that text.
 
     mesh            a 1-D DeviceMesh (named "tp" or "dp", or say which with tp=/fsdp=) or a 2-D
                     one named ("dp", "tp"): FSDP over "dp", tensor parallelism over "tp"
@@ -22,15 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-from torch.distributed.tensor.parallel import (
-    ColwiseParallel,
-    PrepareModuleOutput,
-    RowwiseParallel,
-    parallelize_module,
-)
+from torch.distributed.tensor.parallel import ColwiseParallel
 from torch.distributed.tensor.placement_types import _StridedShard
 
-from archc.analysis.parallel import ParallelPlan, Placement, plan_parallel
+from archc.analysis.parallel import ParallelPlan, plan_parallel
 from archc.errors import ArchError
 from archc.ir.graph import Graph
 
@@ -56,88 +53,44 @@ class FusedColwiseParallel(ColwiseParallel):
         return outputs.to_local()  # this rank's part of each block, in block order
 
 
-def _norm_types() -> tuple[type, ...]:
-    return (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
-
-
-def tp_styles(plan: ParallelPlan) -> dict[str, Any]:
-    """Module path -> torch's ParallelStyle for each placement of the plan."""
-    return {p.path: _style(p) for p in plan.placements}
-
-
-def _style(p: Placement) -> Any:
-    split = p.shard_output
-    if p.style == "colwise":
-        return FusedColwiseParallel(p.chunks) if p.chunks > 1 else ColwiseParallel()
-    if p.style == "rowwise":
-        return RowwiseParallel()
-    if p.style == "embedding":
-        return RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
-    if p.style == "head":
-        return ColwiseParallel(output_layouts=Shard(-1) if split else Replicate(), use_local_output=not split)
-    if p.style == "tied_output":
-        return PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=Replicate(),
-                                   use_local_output=False)
-    if p.style == "gather_output":
-        return PrepareModuleOutput(output_layouts=Shard(-1), desired_output_layouts=Shard(-1) if split else Replicate(),
-                                   use_local_output=not split)
-    raise ValueError(f"unknown placement style {p.style!r}")
-
-
-def _meshes(mesh: Any, tp: bool | None, fsdp: bool | None) -> tuple[Any, Any]:
-    """(the data-parallel mesh or None, the tensor-parallel mesh or None)."""
+def meshes(mesh: Any, tp: bool | None = None, fsdp: bool | None = None) -> tuple[Any, Any]:
+    """(the data-parallel mesh or None, the tensor-parallel mesh or None) of a 1-D or 2-D mesh."""
     names = tuple(mesh.mesh_dim_names or ())
     if mesh.ndim == 2:
         if names != ("dp", "tp"):
-            raise ArchError(f"a 2-D mesh must be named ('dp', 'tp'), got {names or 'no names'}")
+            raise ValueError(f"a 2-D mesh must be named ('dp', 'tp'), got {names or 'no names'}")
         return (mesh["dp"] if fsdp is not False else None), (mesh["tp"] if tp is not False else None)
     if mesh.ndim != 1:
-        raise ArchError(f"parallelize takes a 1-D or 2-D device mesh, got {mesh.ndim} dimensions")
+        raise ValueError(f"parallelize takes a 1-D or 2-D device mesh, got {mesh.ndim} dimensions")
     if tp is None and fsdp is None:
         if names not in (("tp",), ("dp",)):
-            raise ArchError("a 1-D mesh named neither 'tp' nor 'dp': say which with tp=True or fsdp=True")
+            raise ValueError("a 1-D mesh named neither 'tp' nor 'dp': say which with tp=True or fsdp=True")
         tp, fsdp = names == ("tp",), names == ("dp",)
     if bool(tp) == bool(fsdp):
-        raise ArchError("a 1-D mesh carries one of tensor parallelism and FSDP; use a 2-D ('dp', 'tp') mesh for both")
+        raise ValueError("a 1-D mesh carries one of tensor parallelism and FSDP; use a 2-D ('dp', 'tp') mesh for both")
     return (mesh if fsdp else None), (mesh if tp else None)
 
 
 def parallelize(model: nn.Module, mesh: Any, graph: Graph, *, tp: bool | None = None, fsdp: bool | None = None,
                 loss_parallel: bool = False, mp_policy: Any = None, norms_fp32: bool = True,
                 replicate: tuple[str, ...] = (), reshard_after_forward: bool = True) -> ParallelPlan:
-    """Split `model` (built from `graph`) over `mesh`, in place; returns the plan it applied."""
-    dp_mesh, tp_mesh = _meshes(mesh, tp, fsdp)
+    """Split `model` (built from `graph`) over `mesh`, in place; returns the plan it applied. The
+    plan runs as the function `archc build --parallel` writes (one spelling: the code a user can
+    read is the code that runs)."""
+    from archc.backends.torch.parallel_emit import parallel_source
+
+    from archc import generated
+
+    try:
+        dp_mesh, tp_mesh = meshes(mesh, tp, fsdp)
+    except ValueError as err:
+        raise ArchError(str(err)) from None
     plan = plan_parallel(graph, tp=tp_mesh.size() if tp_mesh is not None else 1, loss_parallel=loss_parallel,
                          replicate=tuple(replicate))
-    if tp_mesh is not None:
-        styles = tp_styles(plan)
-        root = styles.pop("", None)
-        parallelize_module(model, tp_mesh, styles)
-        if root is not None:
-            parallelize_module(model, tp_mesh, root)
-    if dp_mesh is not None:
-        _fully_shard(model, dp_mesh, plan, mp_policy, norms_fp32, reshard_after_forward)
+    module = generated.load(parallel_source(plan, standalone=True))
+    module.parallelize(model, mesh, tp=tp_mesh is not None, fsdp=dp_mesh is not None, loss_parallel=loss_parallel,
+                       mp_policy=mp_policy, norms_fp32=norms_fp32, reshard_after_forward=reshard_after_forward)
     return plan
-
-
-def _fully_shard(model: nn.Module, mesh: Any, plan: ParallelPlan, mp_policy: Any, norms_fp32: bool,
-                 reshard_after_forward: bool) -> None:
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    kept = _kept_whole(model, mesh)
-    options = {"mesh": mesh, "reshard_after_forward": reshard_after_forward, "ignored_params": kept,
-                   "shard_placement_fn": _fsdp_placement}
-    policy = mp_policy or MixedPrecisionPolicy()
-    if mp_policy is not None and norms_fp32 and policy.param_dtype not in (None, torch.float32):
-        fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32,
-                                    output_dtype=policy.param_dtype)
-        for path in plan.norms:
-            norm = model.get_submodule(path)
-            if isinstance(norm, _norm_types()) and any(True for _ in norm.parameters()):
-                fully_shard(norm, mp_policy=fp32, **options)
-    for path in plan.fsdp_units[:-1]:  # the layers, inner ones first; the root last
-        fully_shard(model.get_submodule(path), mp_policy=policy, **options)
-    fully_shard(model, mp_policy=policy, **options)
 
 
 def _fsdp_placement(param: nn.Parameter) -> Any:
@@ -152,11 +105,13 @@ def _kept_whole(model: nn.Module, mesh: Any) -> set[nn.Parameter]:
     1-d ones split in strided blocks over the tensor-parallel ranks (a fused q/k/v bias). They stay
     whole on every data-parallel rank, and a hook averages their gradients over those ranks, as DDP
     would."""
+    from torch.distributed.tensor import DTensor
+
     group, size = mesh.get_group(), mesh.size()
 
     def average(p: torch.Tensor) -> None:
         assert p.grad is not None
-        grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+        grad = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
         torch.distributed.all_reduce(grad, group=group)
         grad.div_(size)
 
@@ -215,4 +170,5 @@ def init_weights(model: nn.Module, device: torch.device | str = "cpu") -> nn.Mod
     return model
 
 
-__all__ = ["FusedColwiseParallel", "checkpoint_state_dict", "init_weights", "load_checkpoint_state_dict", "parallelize", "plan_parallel", "tp_styles"]
+__all__ = ["FusedColwiseParallel", "checkpoint_state_dict", "init_weights", "load_checkpoint_state_dict", "meshes",
+           "parallelize", "plan_parallel"]

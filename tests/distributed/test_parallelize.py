@@ -188,6 +188,14 @@ def _worker4(rank: int, folder: str) -> None:
             _mean_losses(result, mesh["dp"].get_group(), 2)
             out[f"{name}_fsdp_tp"] = result
             if name == "gpt2":
+                # the file `archc build --parallel` writes: its own model class and parallelize()
+                built = _load_file(Path(folder) / "gpt2_parallel.py")
+                model = built.GPT2()
+                model.load_state_dict(init)
+                built.parallelize(model, mesh)
+                result = _train(name, model, data, dp_rank, 2)
+                _mean_losses(result, mesh["dp"].get_group(), 2)
+                out["gpt2_file_fsdp_tp"] = result
                 dcp.save(checkpoint_state_dict(model), checkpoint_id=Path(folder) / "ckpt")
                 model = _compile(name)  # a fresh split model loads the checkpoint back
                 archc.parallelize(model, mesh)
@@ -201,12 +209,30 @@ def _worker4(rank: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
+def _load_file(path: Path) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _spawn(worker: Any, world: int, folder: Path) -> None:
     mp.get_context("forkserver").set_forkserver_preload(PRELOAD)
     mp.start_processes(worker, args=(str(folder),), nprocs=world, join=True, start_method="forkserver")
 
 
 # --- in the parent ---------------------------------------------------------------------------
+
+def _build_parallel(path: Path) -> None:
+    """`archc build gpt2.arch --target torch --parallel --tp 2 -o path` for the tiny GPT-2."""
+    from archc.cli import main
+
+    sets = [a for k, v in GPT2_TINY.items() for a in ("--set", f"{k}={v}")]
+    assert main(["build", str(GPT2), *sets, "--target", "torch", "--parallel", "--tp", "2", "-o", str(path)]) == 0
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
@@ -222,6 +248,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         torch.save(init, folder / f"{name}_init.pt")
         torch.save(data, folder / f"{name}_data.pt")
         refs[name] = _train(name, model, data, 0, 1)
+    _build_parallel(folder / "gpt2_parallel.py")
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         _spawn(_worker2, 2, folder)
@@ -243,6 +270,14 @@ def _same(got: dict[str, Any], want: dict[str, Any], what: str) -> None:
 @pytest.mark.parametrize("name", list(MODELS))
 def test_trains_like_one_process(runs: dict[str, Any], name: str, scheme: str) -> None:
     _same(runs["got"][f"{name}_{scheme}"], runs["refs"][name], f"{name} under {scheme}")
+
+
+def test_the_written_parallelize_function_trains_like_one_process(runs: dict[str, Any]) -> None:
+    """The .py file of `archc build --parallel` (model and plan, nothing from archc) under FSDP x TP."""
+    _same(runs["got"]["gpt2_file_fsdp_tp"], runs["refs"]["gpt2"], "gpt2 from its built file")
+    text = (runs["folder"] / "gpt2_parallel.py").read_text()
+    assert "import archc" not in text and "from archc" not in text
+    assert "'attn.c_attn': FusedColwiseParallel(3)" in text and "'mlp.c_fc': ColwiseParallel()" in text
 
 
 def test_meta_init_after_sharding(runs: dict[str, Any]) -> None:

@@ -1,0 +1,58 @@
+"""`archc build --target torch --parallel`: the plan as `def parallelize(model, mesh, ...)` in the
+generated file (backends/torch/parallel_emit.py). That the function trains like one process is
+tested under torch.distributed in tests/distributed/test_parallelize.py."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from archc.cli import main
+from archc.resources import specs_root
+
+GPT2 = specs_root() / "models" / "gpt2.arch"
+RESNET18 = specs_root() / "models" / "resnet18.arch"
+TINY = ["--set", "vocab=64", "--set", "dim=32", "--set", "depth=3", "--set", "heads=2", "--set", "max_len=16"]
+
+
+def _build(tmp_path: Path, spec: Path, *args: str) -> str:
+    out = tmp_path / "model.py"
+    assert main(["build", str(spec), *args, "--parallel", "-o", str(out)]) == 0
+    return out.read_text()
+
+
+def _function(text: str) -> ast.FunctionDef:
+    tree = ast.parse(text)
+    return next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "parallelize")
+
+
+def test_gpt2_plan_is_one_loop_over_the_layers(tmp_path: Path) -> None:
+    text = _build(tmp_path, GPT2, *TINY, "--tp", "2")
+    body = ast.unparse(_function(text))
+    assert "for layer in ('transformer.h.0', 'transformer.h.1', 'transformer.h.2'):" in body
+    assert body.count("FusedColwiseParallel(3)") == 1 and body.count("parallelize_module(") == 3
+    assert "'transformer.wte': RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())" in body
+    # the model's file is still the model's file, and needs only torch
+    assert "class GPT2(nn.Module):" in text and "archc" not in text.split('"""', 2)[2].replace("archc planned", "")
+
+
+def test_resnet_plan_shards_the_blocks_and_splits_only_the_head(tmp_path: Path) -> None:
+    text = _build(tmp_path, RESNET18)
+    body = ast.unparse(_function(text))
+    assert "'fc': ColwiseParallel(output_layouts=logits, use_local_output=not loss_parallel)" in body
+    assert "for layer in ('layer1.0', 'layer1.1', 'layer2.0'," in body.replace("\n", " ")
+
+
+def test_tp_that_does_not_divide_the_heads_is_a_located_error(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", str(GPT2), *TINY, "--parallel", "--tp", "4", "-o", str(tmp_path / "m.py")]) == 1
+    err = capsys.readouterr().err
+    assert "gpt2.arch:" in err and "axis 'h' (the heads) (2), which 4 does not divide" in err and "^" in err
+    assert not (tmp_path / "m.py").exists()
+
+
+def test_parallel_needs_the_torch_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", str(GPT2), *TINY, "--target", "fx", "--parallel", "-o", str(tmp_path / "m.py")]) == 1
+    assert "--parallel writes a torch plan" in capsys.readouterr().err
