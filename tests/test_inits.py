@@ -193,3 +193,27 @@ def test_vit_init_is_timms(timm: ModuleType) -> None:
                         heads=2, num_classes=100)
     bad = _stats_match(dict(ours.state_dict()), dict(ref.state_dict()))
     assert not bad, "\n".join(bad)
+
+
+# reduced configurations (same blocks, fewer of them) where the spec and timm take the same knobs
+VISION = {
+    "resnet18": ({}, {}),
+    "resnet50": ({"depths": [1, 1, 1, 1]}, {"layers": [1, 1, 1, 1]}),
+    "convnext_tiny": ({"depths": [1, 1, 1, 1]}, {"depths": (1, 1, 1, 1)}),
+    "poolformer_s12": ({}, {}),
+    "repvgg_a0": ({}, {}),
+}
+
+
+@pytest.mark.parametrize("name", [
+    "resnet18", "repvgg_a0",  # a fixed small sample; the larger ones are marked slow
+    *(pytest.param(n, marks=pytest.mark.slow) for n in ("resnet50", "convnext_tiny", "poolformer_s12"))])
+def test_vision_init_is_timms(timm: ModuleType, name: str) -> None:
+    from archc.api import compile as compile_spec
+
+    ours_args, timm_args = VISION[name]
+    torch.manual_seed(0)
+    ref = timm.create_model(name, pretrained=False, **timm_args)
+    ours = compile_spec(zoo.spec_path(name), **ours_args)
+    bad = _stats_match(dict(ours.state_dict()), zoo.timm_to_archc(name, ref.state_dict()))
+    assert not bad, "\n".join(bad)
