@@ -1,7 +1,7 @@
 """The language's builtin functions, one function each, and the connection policies by name.
 
     range(n) / range(a, b, step)   a list of ints (each item costs an expansion step)
-    len(list)  min(...)  max(...)  int(x)  float(x)
+    len(list)  min(...)  max(...)  int(x)  float(x)  log(x)
     shape(x, axis)                 the size of an axis of a tensor (an int, or a symbolic size)
     sequential(f, g, ...)          a callable whose parts are named 0, 1, ... (nn.Sequential)
     residual(x, f) / residual(f)   x + f(x), or what the stack's connection policy makes of it
@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Callable
 
 from archc.elaborate import connect as C
@@ -68,6 +69,17 @@ def _convert(to: type, name: str) -> Builtin:
     return run
 
 
+def _log(el: "Elaborator", args: list[Any], nums: list[Any], frame: Frame, span: Span) -> Any:
+    """The natural logarithm of a positive compile-time number (a frequency table's ln(10000))."""
+    if len(nums) != 1 or not is_num(nums[0]) or isinstance(nums[0], bool) or not nums[0] > 0:
+        raise ArchError(f"log() takes one positive number, got {', '.join(describe(a) for a in args) or 'none'}",
+                        span)
+    try:
+        return math.log(nums[0])
+    except OverflowError:
+        raise ArchError(f"log() of {nums[0]} is out of range", span) from None
+
+
 def _sequential(el: "Elaborator", args: list[Any], nums: list[Any], frame: Frame, span: Span) -> Any:
     stages = [el.as_callable(a, span) for a in args]
     if not stages or any(st is None for st in stages):
@@ -100,7 +112,7 @@ def _residual(el: "Elaborator", args: list[Any], nums: list[Any], frame: Frame, 
 
 FUNCTIONS: dict[str, Builtin] = {
     "range": _range, "len": _len, "min": _extremum(min, "min"), "max": _extremum(max, "max"),
-    "int": _convert(int, "int"), "float": _convert(float, "float"), "shape": _shape,
+    "int": _convert(int, "int"), "float": _convert(float, "float"), "log": _log, "shape": _shape,
     "sequential": _sequential, "residual": _residual,
 }
 NAMES = tuple(FUNCTIONS) + tuple(n for n in C.SPECS if n not in FUNCTIONS) + tuple(INIT_ARGS)
