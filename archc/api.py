@@ -86,7 +86,7 @@ def _as_spec_value(value: Any) -> Any:
 
 
 def parallelize(model: Any, mesh: Any, *, tp: bool | None = None, fsdp: bool | None = None,
-                loss_parallel: bool = False, mp_policy: Any = None, norms_fp32: bool = True,
+                sp: bool = False, loss_parallel: bool = False, mp_policy: Any = None, norms_fp32: bool = True,
                 replicate: tuple[str, ...] = (), graph: Graph | None = None, **fsdp_options: Any) -> Any:
     """Split a model that archc built over a torch DeviceMesh, in place, and return the plan
     (archc/analysis/parallel.py): tensor parallelism derived from the IR's axes over the mesh's
@@ -99,7 +99,7 @@ def parallelize(model: Any, mesh: Any, *, tp: bool | None = None, fsdp: bool | N
     if graph is None:
         raise ArchError("parallelize needs the IR of the model: pass graph= (a model from archc.compile "
                         "or archc.build carries its own)")
-    return apply(model, mesh, graph, tp=tp, fsdp=fsdp, loss_parallel=loss_parallel, mp_policy=mp_policy,
+    return apply(model, mesh, graph, tp=tp, fsdp=fsdp, sp=sp, loss_parallel=loss_parallel, mp_policy=mp_policy,
                  norms_fp32=norms_fp32, replicate=tuple(replicate), **fsdp_options)
 
 

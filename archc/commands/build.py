@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--tp", type=int, default=1, metavar="N",
                    help="with --parallel: check that N tensor-parallel ranks divide the heads, hidden sizes "
                         "and vocabulary (default 1)")
+    p.add_argument("--sp", action="store_true",
+                   help="with --parallel: sequence parallelism inside the stacks (norms SequenceParallel)")
     p.add_argument("-o", "--output",
                    help="the .py file to write, or a folder (default: print the code to stdout)")
     add_pass_args(p)
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
         text = emit_python(graph)
         if args.parallel:
-            text = with_parallel(text, graph, args.tp)
+            text = with_parallel(text, graph, args.tp, args.sp)
     else:
         text = fx_source(graph)
     path = output_path(args)
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def with_parallel(text: str, graph: object, tp: int) -> str:
+def with_parallel(text: str, graph: object, tp: int, sp: bool = False) -> str:
     """The model's file followed by its parallel plan as `def parallelize(model, mesh, ...)`."""
     from archc.analysis.parallel import plan_parallel
     from archc.backends.quote import verify_python
@@ -95,7 +97,7 @@ def with_parallel(text: str, graph: object, tp: int) -> str:
     from archc.backends.torch.parallel_emit import parallel_source
 
     name = class_name(graph)  # type: ignore[arg-type]
-    text = text + "\n\n" + parallel_source(plan_parallel(graph, tp=tp), name)  # type: ignore[arg-type]
+    text = text + "\n\n" + parallel_source(plan_parallel(graph, tp=tp, sp=sp), name)  # type: ignore[arg-type]
     verify_python(text, f"<archc: {name}>")
     return text
 

@@ -9,6 +9,8 @@ runs the function that backends/torch/parallel_emit.py writes for the plan, and 
     mp_policy       FSDP2's MixedPrecisionPolicy for every unit; with `norms_fp32` the norms are
                     units of their own that keep fp32 parameters and compute and hand the unit's
                     dtype on (MixedPrecisionPolicy's output_dtype)
+    sp              sequence parallelism: inside each stack the stream is split along the sequence
+                    between the tensor-parallel blocks (norms SequenceParallel)
     loss_parallel   the logits stay split on the vocabulary (a DTensor, Shard(-1)): compute the
                     loss under `torch.distributed.tensor.parallel.loss_parallel()`
 
@@ -72,7 +74,7 @@ def meshes(mesh: Any, tp: bool | None = None, fsdp: bool | None = None) -> tuple
 
 
 def parallelize(model: nn.Module, mesh: Any, graph: Graph, *, tp: bool | None = None, fsdp: bool | None = None,
-                loss_parallel: bool = False, mp_policy: Any = None, norms_fp32: bool = True,
+                loss_parallel: bool = False, sp: bool = False, mp_policy: Any = None, norms_fp32: bool = True,
                 replicate: tuple[str, ...] = (), reshard_after_forward: bool = True) -> ParallelPlan:
     """Split `model` (built from `graph`) over `mesh`, in place; returns the plan it applied. The
     plan runs as the function `archc build --parallel` writes (one spelling: the code a user can
@@ -86,7 +88,7 @@ def parallelize(model: nn.Module, mesh: Any, graph: Graph, *, tp: bool | None = 
     except ValueError as err:
         raise ArchError(str(err)) from None
     plan = plan_parallel(graph, tp=tp_mesh.size() if tp_mesh is not None else 1, loss_parallel=loss_parallel,
-                         replicate=tuple(replicate))
+                         replicate=tuple(replicate), sp=sp and tp_mesh is not None)
     module = generated.load(parallel_source(plan, standalone=True))
     module.parallelize(model, mesh, tp=tp_mesh is not None, fsdp=dp_mesh is not None, loss_parallel=loss_parallel,
                        mp_policy=mp_policy, norms_fp32=norms_fp32, reshard_after_forward=reshard_after_forward)

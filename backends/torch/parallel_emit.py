@@ -25,25 +25,37 @@ _IMPORTS = """from typing import Any
 
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-from torch.distributed.tensor.parallel import ColwiseParallel, PrepareModuleOutput, RowwiseParallel, parallelize_module
+from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, PrepareModuleInputOutput,
+                                               PrepareModuleOutput, RowwiseParallel, SequenceParallel,
+                                               parallelize_module)
 from torch.distributed.tensor.placement_types import _StridedShard
 """
 
-# placement style -> its torch spelling; `logits` is Shard(-1) under loss parallelism, else Replicate()
+# placement style -> its torch spelling; `logits` is Shard(-1) under loss parallelism, else Replicate();
+# {seq} is the sequence axis of the stream under sequence parallelism
 STYLES = {
     "colwise": "ColwiseParallel()",
+    "fused": "FusedColwiseParallel({chunks})",
     "rowwise": "RowwiseParallel()",
+    "rowwise_seq": "RowwiseParallel(output_layouts=Shard({seq}))",
     "embedding": "RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())",
     "head": "ColwiseParallel(output_layouts=logits, use_local_output=not loss_parallel)",
     "tied_output": "PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=Replicate(), "
                    "use_local_output=False)",
     "gather_output": "PrepareModuleOutput(output_layouts=Shard(-1), desired_output_layouts=logits, "
                      "use_local_output=not loss_parallel)",
+    "split_stream": "PrepareModuleInputOutput(input_layouts=(Replicate(),), desired_input_layouts=(Shard({seq}),), "
+                    "use_local_input=True, output_layouts=(Shard({seq}),), desired_output_layouts=(Replicate(),))",
+    "sequence": "SequenceParallel(sequence_dim={seq}, use_local_output=True)",
+    "gather_input": "PrepareModuleInput(input_layouts=(Shard({seq}),), desired_input_layouts=(Replicate(),), "
+                    "use_local_output=True)",
 }
 
 
 def _spell(p: Placement) -> str:
-    return f"FusedColwiseParallel({p.chunks})" if p.style == "colwise" and p.chunks > 1 else STYLES[p.style]
+    style = "fused" if p.style == "colwise" and p.chunks > 1 else \
+        "rowwise_seq" if p.style == "rowwise" and p.seq is not None else p.style
+    return STYLES[style].format(chunks=p.chunks, seq=p.seq)
 
 
 def _helpers() -> str:

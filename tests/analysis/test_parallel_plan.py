@@ -104,3 +104,25 @@ def test_a_split_axis_that_an_op_reduces_is_a_located_error(tmp_path: Path) -> N
 def test_planner_does_not_import_torch() -> None:
     code = "import sys, archc.analysis.parallel; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sequence_parallel_gpt2_plan_is_torchtitans() -> None:
+    plan = plan_parallel(elaborate_file(GPT2, overrides=GPT2_TINY), tp=2, sp=True)
+    styles = {(p.path, p.style, p.seq) for p in plan.placements}
+    assert ("transformer.h", "split_stream", 1) in styles
+    for i in range(2):
+        assert {(f"transformer.h.{i}.{n}", "sequence", 1) for n in ("ln_1", "ln_2")} <= styles
+        assert {(f"transformer.h.{i}.{n}", "gather_input", 1) for n in ("attn", "mlp")} <= styles
+        assert {(f"transformer.h.{i}.{n}.c_proj", "rowwise", 1) for n in ("attn", "mlp")} <= styles
+    assert plan.sp
+
+
+def test_sequence_parallel_refusals_are_located() -> None:
+    """ViT's 5 tokens do not split over 2 ranks; hyper-connections' streams are rearranged and
+    weighted by parameters whose gradients no placement rule sums."""
+    with pytest.raises(ArchError) as err:
+        plan_parallel(elaborate_file(VIT, overrides=VIT_TINY), tp=2, sp=True)
+    assert "splits the 5 positions of the stream of 'blocks'" in err.value.message and err.value.span
+    with pytest.raises(ArchError) as err:
+        plan_parallel(elaborate_file(GPT2, overrides={**GPT2_TINY, "connect": "hyper(n=2)"}), tp=2, sp=True)
+    assert err.value.message.startswith("sequence parallelism: ") and err.value.span is not None

@@ -2,7 +2,7 @@
 process. For GPT-2 (tiny, its head tied to the token embedding), the ViT spec (tiny) and GPT-2 with
 hyper-connections (n=2, dynamic: the streams and their weights stay whole on every rank), under
 tensor parallelism (1-D mesh "tp" of 2), FSDP (1-D mesh "dp" of 2) and FSDP x TP (2-D mesh 2 x 2,
-4 processes): 3 SGD steps give the losses, the last step's gradients and the final weights of the
+4 processes), and GPT-2 with sequence parallelism as well: 3 SGD steps give the losses, the last step's gradients and the final weights of the
 same training in one process, within rtol = atol = 1e-5.
 
 Also: a model made on the meta device gets its initial values after sharding (`init_weights`);
@@ -137,6 +137,14 @@ def _worker2(rank: int, folder: str) -> None:
             result = _train(name, model, data, rank, 2)
             _mean_losses(result, None, 2)
             out[f"{name}_fsdp"] = result
+            if name == "gpt2":  # and with sequence parallelism
+                model = _compile(name)
+                model.load_state_dict(init)
+                archc.parallelize(model, tp_mesh, sp=True)
+                shapes: list[Any] = []
+                model.transformer.h[0].register_forward_pre_hook(lambda m, a: shapes.append(tuple(a[0].shape)))
+                out[f"{name}_tp_sp"] = _train(name, model, data, 0, 1)
+                out["sp_block_input"] = shapes[0]
 
         # made on the meta device, sharded (FSDP x nothing), then initialized: every rank allocates its shards
         with torch.device("meta"):
@@ -188,6 +196,12 @@ def _worker4(rank: int, folder: str) -> None:
             _mean_losses(result, mesh["dp"].get_group(), 2)
             out[f"{name}_fsdp_tp"] = result
             if name == "gpt2":
+                model = _compile(name)
+                model.load_state_dict(init)
+                archc.parallelize(model, mesh, sp=True)
+                result = _train(name, model, data, dp_rank, 2)
+                _mean_losses(result, mesh["dp"].get_group(), 2)
+                out["gpt2_fsdp_tp_sp"] = result
                 # the file `archc build --parallel` writes: its own model class and parallelize()
                 built = _load_file(Path(folder) / "gpt2_parallel.py")
                 model = built.GPT2()
@@ -270,6 +284,12 @@ def _same(got: dict[str, Any], want: dict[str, Any], what: str) -> None:
 @pytest.mark.parametrize("name", list(MODELS))
 def test_trains_like_one_process(runs: dict[str, Any], name: str, scheme: str) -> None:
     _same(runs["got"][f"{name}_{scheme}"], runs["refs"][name], f"{name} under {scheme}")
+
+
+@pytest.mark.parametrize("scheme", ["tp_sp", "fsdp_tp_sp"])
+def test_sequence_parallel_gpt2_trains_like_one_process(runs: dict[str, Any], scheme: str) -> None:
+    assert runs["got"]["sp_block_input"] == (4, 4, 32)  # each rank's blocks see half of the 8 positions
+    _same(runs["got"][f"gpt2_{scheme}"], runs["refs"]["gpt2"], f"gpt2 under {scheme}")
 
 
 def test_the_written_parallelize_function_trains_like_one_process(runs: dict[str, Any]) -> None:
