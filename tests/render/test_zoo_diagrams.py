@@ -25,6 +25,7 @@ EXPECTED = {
     "poolformer_s12": ["blocks.0-1 x2", "blocks.0-5 x6", "token_mixer", "mixer = Pooling(pool_size=3)"],
     "repvgg_a0": ["stem", "stages", "head"],
     "gpt2": ["h.0-11 x12", "transformer", "attn", "mlp", "shares weight = transformer.wte.weight"],
+    "llama": ["layers.0-29 x30", "rotary_emb", "self_attn", "mlp", "shares weight = model.embed_tokens.weight"],
 }
 
 
