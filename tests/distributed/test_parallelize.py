@@ -142,7 +142,7 @@ def _worker2(rank: int, folder: str) -> None:
                 model.load_state_dict(init)
                 archc.parallelize(model, tp_mesh, sp=True)
                 shapes: list[Any] = []
-                model.transformer.h[0].register_forward_pre_hook(lambda m, a: shapes.append(tuple(a[0].shape)))
+                model.transformer.h[0].register_forward_pre_hook(lambda m, a, s=shapes: s.append(tuple(a[0].shape)))
                 out[f"{name}_tp_sp"] = _train(name, model, data, 0, 1)
                 out["sp_block_input"] = shapes[0]
 
