@@ -51,6 +51,8 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="which model or block to compile (when the file has several)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", default=[],
                    help="override a model parameter, e.g. --set depth=24 (repeatable)")
+    p.add_argument("--dtype", choices=("f32", "bf16", "f16", "f64"), default="f32",
+                   help="the dtype of inputs that name none, and of the parameters no input decides")
     p.add_argument("--include", action="append", type=Path, default=[], metavar="DIR",
                    help="also allow imports from DIR (repeatable)")
     p.add_argument("--max-nodes", type=int, default=50_000,  # archc.ir.verify.MAX_NODES
@@ -62,7 +64,8 @@ def load_graph(args: argparse.Namespace) -> Any:
     from archc.elaborate import Limits, elaborate_file
 
     return elaborate_file(args.spec, model=args.model, overrides=parse_sets(args.set),
-                          includes=args.include, limits=Limits(max_nodes=args.max_nodes))
+                          includes=args.include, limits=Limits(max_nodes=args.max_nodes),
+                          dtype=getattr(args, "dtype", "f32"))
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:

@@ -43,6 +43,9 @@ RULES: dict[str, str] = {
                  "(grouped-query: each serves g consecutive query heads)",
     "avgpool2d": "`[B, C, H, W]` -> `[B, C, H', W']` as torch's avg_pool2d; `stride` defaults to `kernel`",
     "batchnorm": "same shape; normalizes each channel (axis 2) over the batch and the other axes",
+    "buffer": "a tensor of shape `shape` that the instance owns and training leaves alone (in the state_dict, "
+              "not a parameter); `dtype` defaults to the build's float dtype; an integer one starts as zeros, "
+              "ones or a constant",
     "chunk": "`chunks` equal parts of axis `dim`, which must divide exactly",
     "concat": "joins its inputs along `dim`; the other axes must agree (size-1 axes broadcast)",
     "conv1d": "`[B, C, L]` -> `[B, channels, L']` as torch's conv1d; `padding=\"same\"` keeps L",
@@ -69,8 +72,8 @@ RULES: dict[str, str] = {
     "mean": "removes the axes `dims` (keeps them as size 1 with `keepdim`)",
     "mul": "x * y, broadcast like numpy; with no `y`, x * `other`",
     "pad": "each axis grows by its (before, after) pair of `pads`, last axis first, as torch's pad",
-    "parameter": "a learned tensor of shape `shape`, owned by the instance; `init` is \"zeros\", \"ones\", "
-                 "\"normal(std)\", \"uniform(bound)\" or a number",
+    "parameter": "a learned tensor of shape `shape`, owned by the instance; `init` is an initializer "
+                 "(`normal(0.02)`, `zeros`, ..., see [initialization](#initialization)) or a number",
     "positions": "`[..., T]` -> `[T, dim]`: the first T rows of a learned `[max_len, dim]` table",
     "pow": "x ** y, broadcast like numpy; with no `y`, x ** `other` (`other` ** x with `swap`); what `**` compiles to",
     "rearrange": "einops pattern with word axis names; keywords give the sizes of split axes (`h=8`)",
@@ -126,6 +129,7 @@ SAMPLES: dict[str, Sample] = {
     "mean": Sample("x: [B, T, 32]", "mean(x, [1])"),
     "mul": Sample("x: [B, T, 32]", "mul(x, other=0.5)"),
     "pad": Sample("x: [B, 8, H, W]", "pad(x, [1, 1, 1, 1])"),
+    "buffer": Sample("x: [B, T, 32]", "buffer([1], dtype=\"i64\")"),
     "parameter": Sample("x: [B, T, 32]", "parameter([1, 1, 32], init=\"normal(0.02)\")"),
     "positions": Sample("tokens: i64[B, T]", "positions(tokens, 1024, 64)"),
     "pow": Sample("x: [B, T, 32]", "pow(x, other=2.0)"),

@@ -18,6 +18,7 @@ from archc.elaborate import forecast
 from archc.elaborate import sparse
 from archc.elaborate.builtins import NAMES, call_builtin
 from archc.elaborate.consteval import ConstError, is_num, numeric, plain
+from archc.elaborate.dtypes import build_dtype, check_build_dtype, dtype_rule, follow_dtype
 from archc.elaborate.inits import (Rules, annotation_inits, annotation_rules, as_init, init_keyword, is_init_key,
                                   with_inits)
 from archc.elaborate.loader import LazyLet, Loader, ModuleEnv
@@ -41,7 +42,7 @@ from archc.sizes import Size, SizeError
 
 PARAM_TYPES = ("int", "float", "bool", "str", "fn", "block", "axis", "list", "connection")
 BUILTINS = NAMES
-ANNOTATIONS = ("scope", "init", "no_fuse", "sparse", "deploy", "name", "fused")  # fused: set by mark_epilogues
+ANNOTATIONS = ("scope", "init", "dtype", "no_fuse", "sparse", "deploy", "name", "fused")  # fused: set by mark_epilogues
 
 
 # Levels of evaluation in progress at once: each nested expression and each block applied inside
@@ -64,8 +65,9 @@ def _snake(name: str) -> str:
 
 
 class Elaborator:
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, dtype: str = "f32") -> None:
         self.limits = limits or Limits()
+        self.dtype = dtype  # the build's floating-point dtype (archc/elaborate/dtypes.py)
         self.nodes: list[Node] = []
         self.values: dict[str, TensorType] = {}
         self.params: dict[str, ParamDecl] = {}
@@ -122,6 +124,8 @@ class Elaborator:
         inputs: list[Tensor] = []
         for port in ports:
             t = Pattern(port.type, self.size_lookup(frame), env.axes).fresh(bindings)  # type: ignore[arg-type]
+            if port.type.dtype is None:  # type: ignore[union-attr]
+                t = TensorType(dtype=self.dtype, shape=t.shape)  # an input without a dtype: the build's
             try:
                 _check_tensor_type(t, f"input '{port.name}'")
             except OpError as err:
@@ -414,6 +418,9 @@ class Elaborator:
                 saved[id(a)] = self.init_rules.get(id(a), {})
                 values = {k.name: self.eval(k.value, frame) for k in a.kwargs}
                 self.init_rules[id(a)] = annotation_rules(a, values)
+            elif a.name == "dtype":  # `@dtype("bf16")`: the build's dtype for the ops made inside
+                saved[id(a)] = self.init_rules.get(id(a), {})
+                self.init_rules[id(a)] = dtype_rule(a, [self.eval(x, frame) for x in a.args], bool(a.kwargs))
         return saved
 
     def _exec(self, s: A.Stmt, frame: Frame) -> tuple[list[Any], Span] | None:
@@ -942,7 +949,7 @@ class Elaborator:
               span: Span | None) -> Any:
         """Apply an op as the instance named `scope` (for parameters a policy owns, whose
         initializers are the policy's: `@init` annotations around it do not reach them)."""
-        own = replace(frame, annotations=tuple(a for a in frame.annotations if a.name != "init"))
+        own = replace(frame, annotations=tuple(a for a in frame.annotations if a.name not in ("init", "dtype")))
         return self.apply_op_fn(OpFn(registry.get(name), attrs, (), scope, span), inputs, own, span, scope)
 
     def residual_add(self, x: Tensor, fn: Callable, frame: Frame, span: Span | None, prefix: str) -> Tensor:
@@ -1078,6 +1085,8 @@ class Elaborator:
             outs = op.infer(attrs, types)
             inits = annotation_inits(op.name, frame.annotations, self.init_rules) + fn.inits
             specs = with_inits(op, op.params(attrs, types), inits, span or fn.span)
+            specs, outs = follow_dtype(specs, outs, types, attrs, build_dtype(frame.annotations, self.init_rules,
+                                                                              self.dtype))
             _check_weight_dtypes(op, specs, types)
             for t in outs:
                 _check_tensor_type(t, f"{op.name}: its result")
@@ -1085,7 +1094,7 @@ class Elaborator:
             raise ArchError(err.message, span or fn.span, err.hint) from None
         except SizeError as err:
             raise ArchError(f"{op.name}: {err}", span or fn.span) from None
-        written = tuple(a for a in frame.annotations if a.name != "init")  # @init is used up here
+        written = tuple(a for a in frame.annotations if a.name not in ("init", "dtype"))  # used up here
         annotations, specs = sparse.attach(op.name, written, tuple(self.annotation(a, frame) for a in written),
                                            specs, fn.tied, self.sparse_used, span or fn.span)
         if specs and op.min_inputs == 0 and not fn.scope and not frame.forced_scope and frame.target:
@@ -1128,6 +1137,10 @@ class Elaborator:
                 raise ArchError(f"the shared instance '{name.rsplit('.', 1)[0]}' is applied to inputs of "
                                 f"different sizes: '{name}' is {list(old.shape)} here and {list(decl.shape)} now",
                                 span, notes=[("first applied here", self.param_owner.get(name))])
+            if old.dtype != decl.dtype:
+                raise ArchError(f"'{name}' is shared and is {old.dtype}; this use makes it {decl.dtype} (the dtype of "
+                                f"its input here)", span, notes=[("first made here", self.param_owner.get(name))],
+                                hint="give the inputs that share a weight one dtype")
             if chosen and old.init != decl.init:
                 raise ArchError(f"'{name}' is shared and already initialized as {old.init}; this use asks for "
                                 f"{decl.init}", span, notes=[("first declared here", self.param_owner.get(name))],
@@ -1232,8 +1245,8 @@ def _kw_span(e: A.Call, key: str) -> Span:
 
 # ==== public entry points =========================================================================
 def elaborate_file(path: str | Path, model: str | None = None, overrides: dict[str, Any] | None = None,
-                   includes: list[Path] | None = None, limits: Limits | None = None) -> Graph:
-    elaborator = Elaborator(limits)
+                   includes: list[Path] | None = None, limits: Limits | None = None, dtype: str = "f32") -> Graph:
+    elaborator = Elaborator(limits, check_build_dtype(dtype))
     try:
         with headroom(_FRAMES_PER_NESTING * MAX_NESTING + 500):  # imports nest at most 256 deep
             env = Loader(includes).load_path(Path(path))
@@ -1244,8 +1257,8 @@ def elaborate_file(path: str | Path, model: str | None = None, overrides: dict[s
 
 def elaborate_text(text: str, file: str = "<string>", model: str | None = None,
                    overrides: dict[str, Any] | None = None, includes: list[Path] | None = None,
-                   limits: Limits | None = None, folder: Path | None = None) -> Graph:
-    elaborator = Elaborator(limits)
+                   limits: Limits | None = None, folder: Path | None = None, dtype: str = "f32") -> Graph:
+    elaborator = Elaborator(limits, check_build_dtype(dtype))
     try:
         with headroom(_FRAMES_PER_NESTING * MAX_NESTING + 500):  # imports nest at most 256 deep
             env = Loader(includes).load_text(text, file, folder)

@@ -11,7 +11,7 @@ from typing import Any
 
 from archc.ir.graph import AnnotationIR, Graph, Node
 from archc.ir.names import is_identifier
-from archc.ir.types import TensorType
+from archc.ir.types import FLOAT_DTYPES, TensorType
 from archc.ops import registry
 
 _ARCH_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -90,7 +90,8 @@ def _node(node: Node, names: _Names, graph: Graph | None = None) -> str:
     if len(owners) == 1 and owners != {node.scope}:
         args.append(f"tied={arch_str(owners.pop())}")  # the parameters belong to another instance
     outs = ", ".join(names[o] for o in node.outputs)
-    prefix = f"@scope({arch_str(node.scope)}) " + "".join(_annotation(a) + " " for a in node.annotations)
+    prefix = f"@scope({arch_str(node.scope)}) " + _dtype(node, graph) + \
+        "".join(_annotation(a) + " " for a in node.annotations)
     where = f"  # {arch_comment(node.span.file)}:{node.span.line}" if node.span else ""
     return f"    {prefix}{outs} = {node.op}({', '.join(args)}){where}"
 
@@ -107,6 +108,17 @@ def _inits(node: Node, graph: Graph) -> list[str]:
         if decl is not None and role in defaults and decl.init != defaults[role].init:
             out.append(f"{role}_init={arch_str(decl.init)}")
     return out
+
+
+def _dtype(node: Node, graph: Graph | None) -> str:
+    """`@dtype("bf16") ` where an op with no float input has float parameters of another dtype than
+    f32 (archc/elaborate/dtypes.py), so the printed statement makes them again."""
+    if graph is None or not node.params or node.attrs.get("dtype") is not None or \
+            any(graph.values[v].is_float for v in node.inputs):
+        return ""
+    floats = {graph.params[p].dtype for p in node.params.values()
+              if p in graph.params and graph.params[p].dtype in FLOAT_DTYPES}
+    return f"@dtype({arch_str(floats.pop())}) " if len(floats) == 1 and floats != {"f32"} else ""
 
 
 def print_graph(graph: Graph) -> str:

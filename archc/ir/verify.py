@@ -18,8 +18,9 @@ from typing import Any
 from archc.ir import sparsity
 from archc.ir.blocks import block_calls
 from archc.ir.graph import Graph, Node
-from archc.ir.types import DTYPES
+from archc.ir.types import DTYPES, FLOAT_DTYPES
 from archc.ops import registry
+from archc.ops.dtypes import follow_dtype
 from archc.ops.registry import OpError, ParamSpec, check_init
 from archc.sizes import MAX_INT, SizeError
 
@@ -211,6 +212,8 @@ def verify(graph: Graph) -> Graph:
         except (OpError, SizeError, KeyError) as e:
             raise VerifyError(f"{where}: {e}") from None
         specs = _with_mask(node, specs, where)
+        floats = {graph.params[p].dtype for p in node.params.values() if p in graph.params} & set(FLOAT_DTYPES)
+        specs, outs = follow_dtype(specs, outs, types, attrs, floats.pop() if len(floats) == 1 else "f32")
         if len(outs) != len(node.outputs):
             raise VerifyError(f"{where}: {len(node.outputs)} outputs, the op makes {len(outs)}")
         for v, t in zip(node.outputs, outs):
@@ -226,6 +229,8 @@ def verify(graph: Graph) -> Graph:
             if decl is None or decl.shape != specs[role].shape:
                 raise VerifyError(f"{where}: parameter '{name}' is {decl and list(decl.shape)}, "
                                   f"the op needs {list(specs[role].shape)}")
+            if decl.dtype != specs[role].dtype and role != sparsity.MASK:
+                raise VerifyError(f"{where}: parameter '{name}' is {decl.dtype}, the op makes it {specs[role].dtype}")
             if role == sparsity.MASK and (decl.dtype != "bool" or decl.trainable):
                 raise VerifyError(f"{where}: the mask '{name}' must be a bool buffer")
             used_params.add(name)

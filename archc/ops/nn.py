@@ -519,6 +519,48 @@ class Parameter(Op):
         return params[""]
 
 
+class BufferAttrs(_Attrs):
+    shape: tuple[int, ...]
+    init: str | float = "zeros"
+    dtype: Literal["f32", "f16", "bf16", "f64", "i64", "i32", "i8", "u8", "bool"] | None = None
+
+    @field_validator("init")
+    @classmethod
+    def _known(cls, v: str | float) -> str | float:
+        return check_init(v) if isinstance(v, str) else v
+
+
+_INT_INITS = ("zeros", "ones", "const")  # what an integer or bool tensor can start as
+
+
+@register
+class Buffer(Op):
+    """A tensor the instance owns that training does not change (a step counter, a fixed table):
+    in the state_dict, not among the parameters. `dtype` defaults to the build's float dtype."""
+
+    name = "buffer"
+    returns_param = True
+    inputs = ()
+    Attrs = BufferAttrs
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        if any(s <= 0 for s in a.shape):
+            raise OpError(f"buffer shape {list(a.shape)} must be positive")
+        init = a.init if isinstance(a.init, str) else "const"
+        if a.dtype is not None and a.dtype not in ("f32", "f16", "bf16", "f64") and \
+                init.split("(")[0].strip() not in _INT_INITS:
+            article = "an" if a.dtype.startswith("i") else "a"
+            raise OpError(f"{article} {a.dtype} buffer starts as zeros, ones or a constant, not {init}")
+        return [TensorType.of(a.dtype or "f32", list(a.shape))]
+
+    def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        init = f"const({a.init})" if isinstance(a.init, (int, float)) else a.init
+        return {"": ParamSpec(tuple(a.shape), init, trainable=False, dtype=a.dtype or "f32")}
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        return params[""]
+
+
 class AttentionAttrs(_Attrs):
     causal: bool = False
     scale: float | None = None
