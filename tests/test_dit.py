@@ -152,3 +152,16 @@ def test_log_is_a_compile_time_function() -> None:
     with pytest.raises(ArchError, match="log\\(\\) takes one positive number, got the int 0") as info:
         elaborate_text("model M (x: [2]) -> [2] { return x * log(0) }", "l.arch")
     assert info.value.span is not None and info.value.span.col == 38
+
+
+def test_onnx_runs_the_dit_at_another_batch_size() -> None:
+    from archc.backends.onnx import check, export_onnx
+
+    graph = elaborate_file(SPEC, overrides=SMALL)
+    model = build_module(graph).eval()
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():  # not the zero start, whose output is zero whatever the file computes
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (p[0].numel() ** -0.5 if p.dim() > 1 else 0.1))
+    result = check(graph, model, export_onnx(graph, model), {"B": 5})
+    assert result.ok, result
