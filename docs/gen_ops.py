@@ -68,6 +68,10 @@ RULES: dict[str, str] = {
                    "or \"bilinear\" (`[B, C, H, W]`), as torch's interpolate",
     "layernorm": "same shape; normalizes axis `dim` (the last, or 1 for channels-first maps)",
     "linear": "`[*, in]` -> `[*, features]`; `in` must be a known size",
+    "fff": "`[*, in]` -> `[*, out]` (with `entropy=true`, also `[2^depth - 1]`: each node's mean decision "
+           "entropy); soft in training, one leaf per input in eval (see [conditional.md](conditional.md))",
+    "fff_neurons": "`[*, in]` -> `[*, out]` (with `entropy=true`, also one entropy per node); in eval, "
+                   "depth + 1 neurons per input and tree (see [conditional.md](conditional.md))",
     "maxpool2d": "`[B, C, H, W]` -> `[B, C, H', W']` as torch's max_pool2d; `stride` defaults to `kernel`",
     "mean": "removes the axes `dims` (keeps them as size 1 with `keepdim`)",
     "mul": "x * y, broadcast like numpy; with no `y`, x * `other`",
@@ -125,6 +129,8 @@ SAMPLES: dict[str, Sample] = {
     "interpolate": Sample("x: [B, 8, H, W]", "interpolate(x, 2)"),
     "layernorm": Sample("x: [B, T, 32]", "layernorm(x)"),
     "linear": Sample("x: [B, T, 32]", "linear(x, 64)"),
+    "fff": Sample("x: [B, T, 32]", "fff(x, 32, depth=3, leaf=8)"),
+    "fff_neurons": Sample("x: [B, T, 32]", "fff_neurons(x, 32, depth=3, trees=2)"),
     "maxpool2d": Sample("x: [B, 8, 32, 32]", "maxpool2d(x, 3, 2, 1)"),
     "mean": Sample("x: [B, T, 32]", "mean(x, [1])"),
     "mul": Sample("x: [B, T, 32]", "mul(x, other=0.5)"),

@@ -17,7 +17,9 @@ from archc.ir.graph import Graph, Node
 # Names the generated module defines or imports at top level, plus `self`.
 FILE_GLOBALS = frozenset({"torch", "nn", "F", "drop_path", "Scope", "self",
                           "nm_mask", "magnitude_mask", "block_mask", "_rank_keep",  # masks.py
-                          "MaskedLinear", "MaskedConv1d", "MaskedConv2d"})
+                          "MaskedLinear", "MaskedConv1d", "MaskedConv2d",
+                          "fff", "fff_neurons", "node_entropy", "ACTIVATIONS", "_mixture", "_descend",  # conditional.py
+                          "_fff_descend", "_reach", "_grouped_mm", "FULL_LOGITS"})
 RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins)) | FILE_GLOBALS
 
 
