@@ -56,3 +56,11 @@ def test_tp_that_does_not_divide_the_heads_is_a_located_error(tmp_path: Path,
 def test_parallel_needs_the_torch_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["build", str(GPT2), *TINY, "--target", "fx", "--parallel", "-o", str(tmp_path / "m.py")]) == 1
     assert "--parallel writes a torch plan" in capsys.readouterr().err
+
+
+def test_the_plan_in_the_docs_is_the_one_built(tmp_path: Path) -> None:
+    """docs/parallel.md prints GPT-2's plan (tp=2, sp) next to torchtitan's: it is the build's."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "parallel.md").read_text(encoding="utf-8")
+    shown = doc.split("```python emitted=gpt2-tp2-sp\n", 1)[1].split("\n```", 1)[0]
+    text = _build(tmp_path, GPT2, *TINY[:5], "depth=2", *TINY[6:], "--set", "pdrop=0.0", "--tp", "2", "--sp")
+    assert shown == text[text.index("def parallelize("):].rstrip("\n")

@@ -83,18 +83,25 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor.detach().clone()
 
 
-def _train(name: str, model: torch.nn.Module, data: dict[str, torch.Tensor], part: int, parts: int) -> dict[str, Any]:
+def _train(name: str, model: torch.nn.Module, data: dict[str, torch.Tensor], part: int, parts: int,
+           split_logits: bool = False) -> dict[str, Any]:
     """3 steps on this rank's `part` of each batch (of `parts`): mean losses over the ranks, the
-    last step's gradients and the final weights, whole."""
+    last step's gradients and the final weights, whole. `split_logits`: the loss of logits split
+    on the vocabulary, under torch's `loss_parallel`."""
+    from contextlib import nullcontext
+
+    from torch.distributed.tensor.parallel import loss_parallel
+
     opt = _optimizer(model)
     losses = []
     for step in range(STEPS):
         x, y = data["x"][step].chunk(parts)[part], data["y"][step].chunk(parts)[part]
-        loss = _loss(name, model, x, y)
-        opt.zero_grad()
-        loss.backward()
+        with loss_parallel() if split_logits else nullcontext():
+            loss = _loss(name, model, x, y)
+            opt.zero_grad()
+            loss.backward()
         opt.step()
-        losses.append(loss.detach())
+        losses.append(_full(loss))
     grads = {k: _full(p.grad) for k, p in model.named_parameters() if p.grad is not None}
     weights = {k: _full(p) for k, p in model.named_parameters()}
     return {"losses": torch.stack(losses), "grads": grads, "weights": weights}
@@ -145,6 +152,13 @@ def _worker2(rank: int, folder: str) -> None:
                 model.transformer.h[0].register_forward_pre_hook(lambda m, a, s=shapes: s.append(tuple(a[0].shape)))
                 out[f"{name}_tp_sp"] = _train(name, model, data, 0, 1)
                 out["sp_block_input"] = shapes[0]
+            if name in ("gpt2", "vit"):  # the logits split on the vocabulary (classes): loss_parallel
+                model = _compile(name)
+                model.load_state_dict(init)
+                archc.parallelize(model, tp_mesh, loss_parallel=True)
+                logits = model(data["x"][0])
+                out[f"{name}_lp_local"] = (tuple(logits.shape), tuple(logits.to_local().shape))
+                out[f"{name}_tp_lp"] = _train(name, model, data, 0, 1, split_logits=True)
 
         # made on the meta device, sharded (FSDP x nothing), then initialized: every rank allocates its shards
         with torch.device("meta"):
@@ -284,6 +298,13 @@ def _same(got: dict[str, Any], want: dict[str, Any], what: str) -> None:
 @pytest.mark.parametrize("name", list(MODELS))
 def test_trains_like_one_process(runs: dict[str, Any], name: str, scheme: str) -> None:
     _same(runs["got"][f"{name}_{scheme}"], runs["refs"][name], f"{name} under {scheme}")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "vit"])
+def test_loss_parallel_trains_like_one_process(runs: dict[str, Any], name: str) -> None:
+    whole, local = runs["got"][f"{name}_lp_local"]  # each rank holds half of the logits (a DTensor)
+    assert local[:-1] == whole[:-1] and local[-1] * 2 == whole[-1]
+    _same(runs["got"][f"{name}_tp_lp"], runs["refs"][name], f"{name} under tp with loss_parallel")
 
 
 @pytest.mark.parametrize("scheme", ["tp_sp", "fsdp_tp_sp"])
