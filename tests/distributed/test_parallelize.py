@@ -1,6 +1,7 @@
 """`archc.parallelize` (#13) over gloo CPU processes: the plan derived from the IR trains like one
-process. For GPT-2 (tiny, its head tied to the token embedding), the ViT spec (tiny) and GPT-2 with
-hyper-connections (n=2, dynamic: the streams and their weights stay whole on every rank), under
+process. For GPT-2 (tiny, its head tied to the token embedding), the ViT spec (tiny), GPT-2 with
+hyper-connections (n=2, dynamic) and GPT-2 with DenseFormer's depth-weighted averages (dwa: the
+history of layer outputs): the connection's streams and weights stay whole on every rank, under
 tensor parallelism (1-D mesh "tp" of 2), FSDP (1-D mesh "dp" of 2) and FSDP x TP (2-D mesh 2 x 2,
 4 processes), and GPT-2 with sequence parallelism as well: 3 SGD steps give the losses, the last step's gradients and the final weights of the
 same training in one process, within rtol = atol = 1e-5.
@@ -40,6 +41,7 @@ MODELS: dict[str, tuple[Path, dict[str, Any]]] = {
     "gpt2": (GPT2, GPT2_TINY),
     "vit": (VIT, {"img_size": 32, "patch": 16, "D": 32, "depth": 2, "heads": 2, "num_classes": 8}),
     "gpt2_hyper": (GPT2, {**GPT2_TINY, "connect": "hyper(n=2)"}),
+    "gpt2_dwa": (GPT2, {**GPT2_TINY, "connect": "dwa(1)"}),
 }
 PRELOAD = ["torch", "torch._dynamo", "torch.distributed.fsdp", "torch.distributed.tensor.parallel",
            "torch.distributed.checkpoint", "archc.elaborate", "archc.backends.torch",
