@@ -126,3 +126,15 @@ def test_sequence_parallel_refusals_are_located() -> None:
     with pytest.raises(ArchError) as err:
         plan_parallel(elaborate_file(GPT2, overrides={**GPT2_TINY, "connect": "hyper(n=2)"}), tp=2, sp=True)
     assert err.value.message.startswith("sequence parallelism: ") and err.value.span is not None
+
+
+def test_a_split_that_leaves_the_model_is_a_located_error(tmp_path: Path) -> None:
+    """A linear whose split features reach the output through gelu is not a head (its output is
+    not the model's output as is): nothing gathers it, so the plan refuses it at the linear."""
+    spec = tmp_path / "up.arch"
+    spec.write_text("axis B, D\n\nmodel Up(D: int = 8) (x: [B, D]) -> [B, 16] {\n"
+                    "    up = linear(16)\n    return x >> up >> gelu\n}\n")
+    with pytest.raises(ArchError) as err:
+        plan_parallel(elaborate_file(spec), tp=2)
+    assert "the 16 output features of 'up' would leave the block split over the ranks" in err.value.message
+    assert err.value.span is not None and err.value.span.line == 5
