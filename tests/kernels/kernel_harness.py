@@ -26,6 +26,9 @@ ZOO: dict[str, tuple[Path, dict[str, Any]]] = {
             dict(img_size=32, patch=8, D=64, depth=2, heads=2, num_classes=10)),
     "gpt2": (ROOT / "specs/models/gpt2.arch", dict(vocab=100, dim=64, depth=2, heads=2, max_len=32)),
     "resnet18": (ROOT / "specs/models/resnet18.arch", dict(img_size=64)),
+    "llama": (ROOT / "specs/models/llama.arch", dict(vocab_size=100, hidden_size=64, intermediate_size=96,
+                                                     num_hidden_layers=2, num_attention_heads=4,
+                                                     num_key_value_heads=2)),
 }
 
 

@@ -1,4 +1,4 @@
-"""The zoo's ViT, GPT-2 and ResNet-18 as Triton packages, run by Triton's CPU interpreter, match
+"""The zoo's ViT, GPT-2, ResNet-18 and Llama as Triton packages, run by Triton's CPU interpreter, match
 the torch target (fp32, max abs diff <= 1e-4)."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ pytest.importorskip("triton")
 
 from kernel_harness import FULL, compare, graph  # noqa: E402
 
-CASES = [("vit", {}, {"B": 2}), ("gpt2", {}, {"B": 2, "T": 13}), ("resnet18", {}, {"B": 2})]
+CASES = [("vit", {}, {"B": 2}), ("gpt2", {}, {"B": 2, "T": 13}), ("resnet18", {}, {"B": 2}),
+         ("llama", {}, {"B": 2, "T": 13})]  # rotary tables (sin, cos, pow), grouped-query attention in torch
 if FULL:
     CASES += [("vit", {"img_size": 48, "patch": 16, "D": 96, "heads": 3}, {"B": 3}),
               ("gpt2", {"dim": 96, "heads": 3, "max_len": 80}, {"B": 1, "T": 77}),
