@@ -30,4 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
         for line in check_lines(graph):
             print(line)
+        for g in graph.guards:  # what only the run time can check: the model checks it on entry
+            where = f"{g.span.file}:{g.span.line}:{g.span.col}: " if g.span else ""
+            print(f"  run-time guard: {g.condition} ({where}{g.why})")
     return 0

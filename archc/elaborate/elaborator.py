@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from archc.elaborate import connect as C
+from archc import guards
 from archc.elaborate import forecast
 from archc.elaborate import sparse
 from archc.elaborate.builtins import NAMES, call_builtin
@@ -32,13 +33,13 @@ from archc.frontend.fmt import expr_text, type_text
 from archc.frontend.parser import MAX_STRING
 from archc.ir.blocks import annotate
 from archc.ir.names import bad_scope_segment
-from archc.ir.graph import AnnotationIR, Graph, Node, ParamDecl, Port, ScopeInfo, SpanModel
+from archc.ir.graph import AnnotationIR, Graph, Guard, Node, ParamDecl, Port, ScopeInfo, SpanModel
 from archc.ir.types import FLOAT_DTYPES, TensorType
 from archc.ir.verify import MAX_NODES
 from archc.ops import registry
 from archc.ops.registry import Op, OpError
 from archc.recursion import headroom
-from archc.sizes import Size, SizeError
+from archc.sizes import Size, SizeError, parse_size
 
 PARAM_TYPES = ("int", "float", "bool", "str", "fn", "block", "axis", "list", "connection")
 BUILTINS = NAMES
@@ -77,6 +78,7 @@ class Elaborator:
         self.applying: dict[int, int] = {}  # block definition (by id) -> its applications in progress
         self.forecasts: dict[Any, forecast.Cost] = {}  # see archc.elaborate.forecast
         self.in_progress: list[forecast.Application] = []  # block applications, outermost first
+        self.guards: dict[tuple[str, str, int], Guard] = {}  # what the run time must check (archc.guards)
         self.foreseen = False
         self.init_rules: dict[int, Rules] = {}  # the `@init` annotations being elaborated (by id), evaluated
         self.sparse_used: set[int] = set()  # the @sparse annotations (by id) that reached a weight
@@ -136,6 +138,7 @@ class Elaborator:
         for axis, size in bindings.items():
             frame.vars.setdefault(axis, size.value if size.is_const else size)
         results = self.run_block(fn, frame, inputs, chosen.span, bindings)
+        _check_guards(self.guards.values(), [t.type for t in inputs])
         return annotate(Graph(
             name=chosen.name,
             axes=tuple(sorted({a for t in (self.values[i.id] for i in inputs) for s in t.sizes for a in s.atoms()})),
@@ -143,7 +146,8 @@ class Elaborator:
             inputs=tuple(Port(name=p.name, value=t.id, type=t.type) for p, t in zip(ports, inputs)),
             outputs=tuple(Port(name=f"out{i}" if len(results) > 1 else "out", value=t.id, type=t.type)
                           for i, t in enumerate(results)),
-            values=self.values, nodes=tuple(self.nodes), params=self.params, scopes=self.scopes))
+            values=self.values, nodes=tuple(self.nodes), params=self.params, scopes=self.scopes,
+            guards=tuple(self.guards.values())))
 
     # ==== values ==================================================================================
     def new_value(self, t: TensorType) -> Tensor:
@@ -1082,7 +1086,9 @@ class Elaborator:
         try:
             attrs = op.make_attrs({k: plain(v) for k, v in fn.kwargs.items()}, strict=True)
             types = [t.type for t in ins]
-            outs = op.infer(attrs, types)
+            with guards.collecting() as needs:
+                outs = op.infer(attrs, types)
+            self.guard(needs, op, span or fn.span)
             inits = annotation_inits(op.name, frame.annotations, self.init_rules) + fn.inits
             specs = with_inits(op, op.params(attrs, types), inits, span or fn.span)
             specs, outs = follow_dtype(specs, outs, types, attrs, build_dtype(frame.annotations, self.init_rules,
@@ -1126,6 +1132,12 @@ class Elaborator:
             raise ArchError(f"the model expands to more than {self.limits.max_nodes} ops", self.span or span,
                             "a stack or loop is too deep; the limit is set by --max-nodes")
         return results[0] if len(results) == 1 and op.name not in ("split", "chunk", "unbind") else tuple(results)
+
+    def guard(self, needs: list[guards.Need], op: Op, span: Span | None) -> None:
+        """Record the run-time conditions an op needs of symbolic sizes, once each."""
+        for size, kind, bound, why in needs:
+            self.guards.setdefault((str(size), kind, bound), Guard(size=str(size), kind=kind, bound=bound,
+                                                                   why=why, span=SpanModel.of(span)))
 
     def declare(self, name: str, spec: Any, span: Span | None, chosen: bool = False) -> str:
         """Declare a parameter, or use the one of that name (a shared instance, a tie). `chosen`:
@@ -1269,6 +1281,18 @@ def elaborate_text(text: str, file: str = "<string>", model: str | None = None,
 
 MAX_RANK = 64  # torch's limit on a tensor's number of axes
 MAX_NUMEL = 2**48  # elements of one tensor (its known sizes; 1 PiB of f32): past it sizes near int64 overflow
+
+
+def _check_guards(found: Iterable[Guard], inputs: list[TensorType]) -> None:
+    """A guard reads its axes from the model's inputs: each must be a whole axis of one (or a
+    multiple of it, as in [B, 2*K])."""
+    given = guards.given_axes(inputs)
+    for g in found:
+        missing = sorted(parse_size(g.size).atoms() - given.keys())
+        if missing:
+            raise ArchError(f"{g.why}: {g.condition}, which only the run time can check, and no input of the model "
+                            f"gives the axis '{missing[0]}' as it is", g.span.to_span() if g.span else None,
+                            "give the model an input whose type names the axis")
 
 
 def _check_tensor_type(t: TensorType, what: str) -> None:

@@ -9,7 +9,7 @@ came from. The graph dumps to and loads from JSON with a schema version.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -129,6 +129,25 @@ class ScopeInfo(BaseModel):
     key: str = ""  # structural key: equal for instances that compute the same thing
 
 
+class Guard(BaseModel):
+    """A condition on a symbolic size that only the run time can check (see archc.guards): `size`
+    (a polynomial in the model's axes, as printed) must be divisible by, at most or at least `bound`.
+    `why` and `span` name the op that needs it."""
+
+    model_config = ConfigDict(frozen=True)
+    size: str
+    kind: Literal["divisible", "at_most", "at_least"]
+    bound: int = Field(strict=True, ge=1)
+    why: str = ""
+    span: SpanModel | None = None
+
+    @property
+    def condition(self) -> str:
+        from archc.guards import text
+
+        return text(self.kind, self.size, self.bound)
+
+
 class Graph(BaseModel):
     model_config = ConfigDict(frozen=True)
     schema_version: int = Field(default=SCHEMA_VERSION, strict=True)  # 2, never "2", 2.0 or true
@@ -141,6 +160,7 @@ class Graph(BaseModel):
     nodes: tuple[Node, ...]
     params: dict[str, ParamDecl] = Field(default_factory=dict)
     scopes: dict[str, ScopeInfo] = Field(default_factory=dict)
+    guards: tuple[Guard, ...] = ()  # what the run time must check of the symbolic sizes (archc.guards)
 
     @model_validator(mode="after")
     def _version(self) -> "Graph":
@@ -167,6 +187,8 @@ class Graph(BaseModel):
             node.pop("span", None)
         for scope in data["scopes"].values():
             scope.pop("span", None)
+        for guard in data["guards"]:
+            guard.pop("span", None)
         return data
 
     # -- queries --------------------------------------------------------------------------------

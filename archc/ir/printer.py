@@ -127,6 +127,10 @@ def print_graph(graph: Graph) -> str:
     lines = [f"# {graph.name}: archc IR (schema {graph.schema_version}) printed as .arch", ""]
     if axes:
         lines += [f"axis {', '.join(axes)}", ""]
+    for g in graph.guards:  # the elaborator finds them again in the printed text
+        where = f", {g.span.file}:{g.span.line}:{g.span.col}" if g.span else ""
+        lines.append("# " + arch_comment(f"run-time guard: {g.condition} ({g.why}{where})"))
+    lines += [""] if graph.guards else []
     ins = ", ".join(f"{p.name}: {_type(p.type)}" for p in graph.inputs)
     outs = [_type(p.type) for p in graph.outputs]
     out_text = outs[0] if len(outs) == 1 else "(" + ", ".join(outs) + ")"

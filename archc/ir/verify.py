@@ -15,6 +15,7 @@ import math
 import re
 from typing import Any
 
+from archc import guards
 from archc.ir import sparsity
 from archc.ir.blocks import block_calls
 from archc.ir.graph import Graph, Node
@@ -22,7 +23,7 @@ from archc.ir.types import DTYPES, FLOAT_DTYPES
 from archc.ops import registry
 from archc.ops.dtypes import follow_dtype
 from archc.ops.registry import OpError, ParamSpec, check_init
-from archc.sizes import MAX_INT, SizeError
+from archc.sizes import MAX_INT, SizeError, parse_size
 
 
 class VerifyError(Exception):
@@ -137,6 +138,16 @@ def check_loaded(graph: Graph, max_nodes: int = MAX_NODES, max_params: int = MAX
         for v in (*node.inputs, *node.outputs):
             if v not in graph.values:
                 raise InvalidIR(f"node {node.op} at scope '{node.scope}': value {v} has no type in 'values'")
+    given = guards.given_axes(p.type for p in graph.inputs)
+    for g in graph.guards:
+        try:
+            size = parse_size(g.size) if len(g.size) <= 1000 else None
+        except SizeError:
+            size = None
+        if size is None or not guards.guardable(size) or g.bound > MAX_INT:
+            raise InvalidIR(f"guard {g.size[:40]!r}: not a symbolic size of the model's axes with a bound up to 2**62")
+        if size.atoms() - given.keys():
+            raise InvalidIR(f"guard {g.size!r}: no input gives the axis '{sorted(size.atoms() - given.keys())[0]}'")
     total = 0
     for name, decl in graph.params.items():
         if decl.name != name:
@@ -192,6 +203,7 @@ def verify(graph: Graph) -> Graph:
         if graph.values.get(p.value) != p.type:
             raise VerifyError(f"input '{p.name}' has type {p.type} but its value says {graph.values.get(p.value)}")
     used_params: set[str] = set()
+    recorded = {(g.size, g.kind, g.bound) for g in graph.guards}
     for i, node in enumerate(graph.nodes):
         where = f"node {i} ({node.op} at scope '{node.scope}')"
         for v in node.inputs:
@@ -207,10 +219,15 @@ def verify(graph: Graph) -> Graph:
         try:
             attrs = op.make_attrs(node.attrs)
             types = [graph.values[v] for v in node.inputs]
-            outs = op.infer(attrs, types)
+            with guards.collecting() as needs:
+                outs = op.infer(attrs, types)
             specs = op.params(attrs, types)
         except (OpError, SizeError, KeyError) as e:
             raise VerifyError(f"{where}: {e}") from None
+        for size, kind, bound, _ in needs:
+            if (str(size), kind, bound) not in recorded:
+                raise VerifyError(f"{where}: needs the run-time guard '{guards.text(kind, str(size), bound)}', "
+                                  "which the graph does not record")
         specs = _with_mask(node, specs, where)
         floats = {graph.params[p].dtype for p in node.params.values() if p in graph.params} & set(FLOAT_DTYPES)
         specs, outs = follow_dtype(specs, outs, types, attrs, floats.pop() if len(floats) == 1 else "f32")

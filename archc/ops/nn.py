@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
+from archc import guards
 from archc.ir.types import Dim, TensorType
 from archc.ops.registry import (Op, OpError, ParamSpec, check_init, known, need_float, need_rank, norm_dim,
                                 register)
@@ -478,6 +479,9 @@ class Positions(Op):
         length = t.sizes[-1]
         if length.is_const and length.value > a.max_len:
             raise OpError(f"positions: sequence length {length} exceeds max_len={a.max_len}")
+        if not length.is_const and not guards.require(length, "at_most", a.max_len, f"positions(max_len={a.max_len})"):
+            raise OpError(f"positions: the sequence length {length} must be at most max_len={a.max_len}, "
+                          "which archc cannot check")
         return [TensorType(dtype="f32", shape=(t.shape[-1], Dim(size=Size.of(a.dim))))]
 
     def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:

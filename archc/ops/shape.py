@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from archc import guards
 from archc.ir.types import Dim, TensorType
 from archc.ops.einpattern import Side, expand_ellipsis, expand_right, parse_arrow, parse_side
 from archc.ops.registry import Op, OpError, known, norm_dim, register
@@ -382,7 +383,8 @@ class Chunk(Op):
             part = t.sizes[d] / a.chunks
         except SizeError:
             raise OpError(f"chunk: axis of size {t.sizes[d]} does not split into {a.chunks} equal parts") from None
-        if not part.is_const and not all(isinstance(c, int) for c in part.terms.values()):
+        if not part.is_const and not all(isinstance(c, int) for c in part.terms.values()) and \
+                not guards.require(t.sizes[d], "divisible", a.chunks, f"chunk into {a.chunks} equal parts"):
             raise OpError(f"chunk: the axis of symbolic size {t.sizes[d]} splits into {a.chunks} equal parts only "
                           f"when {t.sizes[d]} is divisible by {a.chunks}, which archc cannot prove",
                           hint=f"declare the axis as a multiple, e.g. {a.chunks}*K for a new axis K")
@@ -449,12 +451,19 @@ class Slice(Op):
         if not size.is_const:
             if a.start < 0 or (a.end is not None and a.end < 0):
                 raise OpError("slice: negative bounds need a known axis size")
-            if a.end is not None:
+            if a.end is not None and a.end > a.start and guards.require(size, "at_least", a.end,
+                                                                        f"slice {a.start}:{a.end}"):
+                new = Size.of(a.end - a.start)
+            elif a.end is not None:
                 raise OpError(f"slice: {a.start}:{a.end} of the axis of symbolic size {size} has {a.end - a.start} "
                               f"entries only when {size} >= {a.end}, which archc cannot prove",
                               hint="declare the axis with a known size, or slice it with an open end "
                                    f"({a.start}:)")
-            new = size - a.start
+            elif a.start and not guards.require(size, "at_least", a.start + 1, f"slice {a.start}:"):
+                raise OpError(f"slice: {a.start}: of the axis of symbolic size {size} is empty unless "
+                              f"{size} > {a.start}, which archc cannot check")
+            else:
+                new = size - a.start
         else:
             n = size.value
             start, stop, _ = slice(a.start, a.end).indices(n)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import jinja2
 
-from archc.backends.quote import py_docstring, verify_python
+from archc import guards
+from archc.backends.quote import py_docstring, py_str, verify_python
 from archc.backends.torch.classes import Emitter
 from archc.backends.torch.inits import MASK_INITS
 from archc.backends.torch.naming import FILE_GLOBALS, RESERVED, sanitize
@@ -21,6 +22,7 @@ from archc.backends.torch.spelling import (TUPLE_OPS, expression, last_uses, ove
                                            source_labels)
 from archc.ir.graph import Graph
 from archc.ops.registry import init_args
+from archc.sizes import Size, parse_size
 
 @cache
 def _template() -> jinja2.Template:
@@ -40,6 +42,8 @@ def emit_python(graph: Graph) -> str:
     name = class_name(graph)
     emitter = Emitter(graph, labels, name)
     classes = emitter.emit()
+    model = next(c for c in classes if c.name == name)
+    model.forward = guard_lines(graph, [a.split(":")[0].strip() for a in model.args.split(",")]) + model.forward
     n_params = sum(p.numel for p in graph.params.values() if p.trainable)
     n_buffers = sum(p.numel for p in graph.params.values() if not p.trainable)
     source = ", ".join(sorted(set(labels.values()))) or "an IR graph"
@@ -56,6 +60,32 @@ def emit_python(graph: Graph) -> str:
     )
     verify_python(text, f"<archc: {name}>", strings=spec_strings(graph))
     return text
+
+
+def guard_lines(graph: Graph, args: list[str]) -> list[str]:
+    """The model's run-time guards (archc.guards) as the first statements of its forward: a clear
+    error naming the axis, `T must be divisible by 2, got 5 (spec.arch:3:10: chunk ...)`."""
+    reads = {a: f"{args[i]}.shape[{d}]" + (f" // {c}" if c != 1 else "")
+             for a, (i, d, c) in guards.given_axes(p.type for p in graph.inputs).items()}
+    lines: list[str] = []
+    for g in graph.guards:
+        value = _size_py(parse_size(g.size), reads)
+        broken = {"divisible": f"{value} % {g.bound} != 0", "at_most": f"{value} > {g.bound}",
+                  "at_least": f"{value} < {g.bound}"}[g.kind]
+        where = f"{Path(g.span.file).name}:{g.span.line}:{g.span.col}: " if g.span else ""
+        lines += [f"if {broken}:",
+                  f"    raise ValueError({py_str(g.condition + ', got ')} + str({value}) + "
+                  f"{py_str(f' ({where}{g.why})')})"]
+    return lines
+
+
+def _size_py(size: Size, reads: dict[str, str]) -> str:
+    """A polynomial size as a Python expression of the input shapes."""
+    terms = []
+    for mono, coef in sorted(size.terms.items()):
+        factors = [f"({reads[a]})" if " " in reads[a] else reads[a] for a, p in mono for _ in range(p)]
+        terms.append(" * ".join(([str(coef)] if coef != 1 or not factors else []) + factors))
+    return "(" + " + ".join(terms) + ")" if len(terms) > 1 else terms[0]
 
 
 @cache

@@ -6,6 +6,7 @@ that feed an `embedding` draw indices below its table size; other integers draw 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -42,4 +43,39 @@ def example_inputs(graph: Graph, sizes: dict[str, int] | None = None, seed: int 
             out.append(torch.randint(0, 2, shape, generator=gen).bool())
         else:
             out.append(torch.randint(0, _index_bound(graph, port.value), shape, generator=gen, dtype=dtype))
+    return tuple(out)
+
+
+def dynamic_shapes(graph: Graph) -> tuple[dict[int, Any], ...]:
+    """torch.export's `dynamic_shapes` for the model's inputs: each symbolic axis an input gives is a
+    `Dim`, constrained by the model's run-time guards on it (archc.guards): `T` at most 1024 is
+    `Dim("T", max=1024)`, `T` divisible by 2 is `2 * Dim("T_over_2")`. Guards on a compound size
+    (`T + 1`) cannot be stated this way; export then reports them."""
+    from torch.export import Dim
+
+    low: dict[str, int] = {}
+    high: dict[str, int] = {}
+    step: dict[str, int] = {}
+    for g in graph.guards:
+        if not g.size.isidentifier():
+            continue
+        if g.kind == "divisible":
+            step[g.size] = math.lcm(step.get(g.size, 1), g.bound)
+        elif g.kind == "at_most":
+            high[g.size] = min(high.get(g.size, g.bound), g.bound)
+        else:
+            low[g.size] = max(low.get(g.size, g.bound), g.bound)
+    dims: dict[str, Any] = {}
+    for axis in sorted({a for p in graph.inputs for s in p.type.sizes for a in s.atoms()}):
+        k, lo, hi = step.get(axis, 1), low.get(axis), high.get(axis)
+        bounds = {"min": -(-lo // k)} if lo is not None else {}
+        bounds.update({"max": hi // k} if hi is not None else {})
+        dims[axis] = Dim(axis, **bounds) if k == 1 else k * Dim(f"{axis}_over_{k}", **bounds)
+    out = []
+    for port in graph.inputs:
+        spec: dict[int, Any] = {}
+        for d, s in enumerate(port.type.sizes):
+            if not s.is_const and len(s.terms) == 1 and s.atoms() and str(s) in dims:
+                spec[d] = dims[str(s)]
+        out.append(spec)
     return tuple(out)

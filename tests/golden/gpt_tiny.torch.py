@@ -116,6 +116,8 @@ class GPT(nn.Module):
         nn.init.normal_(self.wpe.weight, std=1.0)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[1] > 1024:
+            raise ValueError('T must be at most 1024, got ' + str(tokens.shape[1]) + ' (gpt_tiny.arch:33:23: positions(max_len=1024))')
         wte = self.wte(tokens)  # gpt_tiny.arch:33
         wpe = self.wpe.weight[:tokens.shape[-1]]  # gpt_tiny.arch:33
         del tokens
