@@ -92,3 +92,14 @@ def test_mistakes_are_located_errors(spec: str, words: str) -> None:
     err = _error(spec)
     assert words in err.message, err.message
     assert err.span is not None
+
+
+def test_conv_transpose2d_is_torchs_module_with_its_init() -> None:
+    graph = spec_graph("axis B\nmodel M (x: [B, 16, 5, 5]) -> [B, 32, 10, 10] { return conv_transpose2d(x, 32, 4, 2, 1) }")
+    torch.manual_seed(0)
+    layer = build_module(graph).conv_transpose2d
+    assert type(layer) is torch.nn.ConvTranspose2d
+    bound = (32 * 4 * 4) ** -0.5  # torch reads fan-in from the weight's axis 1: out channels x kernel
+    assert layer.weight.shape == (16, 32, 4, 4)
+    assert layer.weight.abs().max().item() <= bound and layer.weight.abs().max().item() > 0.95 * bound
+    assert abs(layer.weight.std().item() - bound / 3 ** 0.5) < 0.05 * bound
