@@ -4,8 +4,6 @@ Each zoo spec names its parameters as the reference implementation names its sta
 so most checkpoints load as they are. The exceptions are few and written down here, each as a
 function from the reference state_dict to archc's and back:
 
-- ``repvgg_a0`` (timm): timm calls the identity-branch BatchNorm ``identity``; ``identity`` is a
-  built-in op in the language and cannot name an instance, so the spec calls it ``identity_bn``.
 - ``gpt2`` (Hugging Face ``GPT2LMHeadModel``): the four projections of each block are
   ``Conv1D`` layers, whose weight is stored ``[in, out]``; archc's linear is ``[out, in]`` like
   ``nn.Linear``, so those weights are transposed. The output projection is tied to the token
@@ -50,9 +48,7 @@ MODELS: dict[str, str] = {
 }
 
 # timm key fragment -> archc key fragment, per zoo spec (empty: the keys are the same)
-_TIMM_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
-    "repvgg_a0": ((".identity.", ".identity_bn."),),
-}
+_TIMM_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {}
 
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")  # not `.attn.c_attn.bias`

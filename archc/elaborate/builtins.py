@@ -1,7 +1,7 @@
 """The language's builtin functions, one function each, and the connection policies by name.
 
     range(n) / range(a, b, step)   a list of ints (each item costs an expansion step)
-    len(list)  min(...)  max(...)  int(x)  float(x)  log(x)
+    len(list)  min(...)  max(...)  int(x)  float(x)  str(x)  log(x)
     shape(x, axis)                 the size of an axis of a tensor (an int, or a symbolic size)
     sequential(f, g, ...)          a callable whose parts are named 0, 1, ... (nn.Sequential)
     residual(x, f) / residual(f)   x + f(x), or what the stack's connection policy makes of it
@@ -80,6 +80,12 @@ def _log(el: "Elaborator", args: list[Any], nums: list[Any], frame: Frame, span:
         raise ArchError(f"log() of {nums[0]} is out of range", span) from None
 
 
+def _str(el: "Elaborator", args: list[Any], nums: list[Any], frame: Frame, span: Span) -> Any:
+    if len(nums) != 1 or isinstance(nums[0], bool) or not isinstance(nums[0], (int, str)):
+        raise ArchError("str() takes one int or string: \"denselayer\" + str(i + 1)", span)
+    return str(nums[0])
+
+
 def _sequential(el: "Elaborator", args: list[Any], nums: list[Any], frame: Frame, span: Span) -> Any:
     stages = [el.as_callable(a, span) for a in args]
     if not stages or any(st is None for st in stages):
@@ -112,7 +118,7 @@ def _residual(el: "Elaborator", args: list[Any], nums: list[Any], frame: Frame, 
 
 FUNCTIONS: dict[str, Builtin] = {
     "range": _range, "len": _len, "min": _extremum(min, "min"), "max": _extremum(max, "max"),
-    "int": _convert(int, "int"), "float": _convert(float, "float"), "log": _log, "shape": _shape,
+    "int": _convert(int, "int"), "float": _convert(float, "float"), "str": _str, "log": _log, "shape": _shape,
     "sequential": _sequential, "residual": _residual,
 }
 NAMES = tuple(FUNCTIONS) + tuple(n for n in C.SPECS if n not in FUNCTIONS) + tuple(INIT_ARGS)

@@ -31,8 +31,8 @@ from archc.errors import ArchError, Span, did_you_mean
 from archc.frontend import ast as A
 from archc.frontend.fmt import expr_text, type_text
 from archc.frontend.parser import MAX_STRING
-from archc.ir.blocks import annotate
-from archc.ir.names import bad_scope_segment
+from archc.ir.blocks import annotate, within
+from archc.ir.names import bad_scope_segment, is_identifier
 from archc.ir.graph import AnnotationIR, Graph, Guard, Node, ParamDecl, Port, ScopeInfo, SpanModel
 from archc.ir.types import FLOAT_DTYPES, TensorType
 from archc.ir.verify import MAX_NODES
@@ -401,15 +401,22 @@ class Elaborator:
                     raise ArchError(f"@scope path {json.dumps(path)}: segment {json.dumps(bad)} is not a name or an "
                                     "index", a.span, "each segment of a scope path is made of ASCII letters, digits "
                                     "and '_', as in \"h.0.attn\"")
-                frame.forced_scope = path
+                frame.forced_scope = join_scope(frame.scope, path)  # relative to the block's instance
         frame.annotations = frame.annotations + tuple(a for a in s.annotations if a.name != "scope")
         saved_rules: dict[int, Rules] = {}
+        made, frame.scope_used, forced = len(self.nodes), False, frame.forced_scope
         try:
             saved_rules = self.enter_inits(s.annotations, frame)
             result = self._exec(s, frame)
         finally:
             frame.annotations, frame.forced_scope = saved
             self.init_rules.update(saved_rules)
+        scoped = next((a for a in s.annotations if a.name == "scope"), None)
+        if scoped is not None and not frame.scope_used and \
+                not any(within(n.scope, forced or "") for n in self.nodes[made:]):
+            raise ArchError("@scope names nothing here: the statement makes no op and no instance under it (an "
+                            "instance named before keeps its name)", scoped.span,
+                            "put @scope on the statement that makes the instance, as in @scope('p') f = Block()")
         sparse.check_used(s.annotations, self.sparse_used, "statement")
         return result
 
@@ -429,20 +436,23 @@ class Elaborator:
 
     def _exec(self, s: A.Stmt, frame: Frame) -> tuple[list[Any], Span] | None:
         if isinstance(s, A.Assign):
-            frame.target = s.targets[0] if len(s.targets) == 1 else None
+            targets = [self.target_name(s, k, frame) for k in range(len(s.targets))]
+            exact = [bool(s.formats) and s.formats[k] is not None for k in range(len(s.targets))]
+            frame.target = targets[0] if len(targets) == 1 else None
+            frame.target_exact = exact[0]
             try:
                 value = self.eval(s.value, frame)
             finally:
-                frame.target = None
-            if len(s.targets) == 1:
-                self.bind(s.targets[0], value, frame, s.span)
+                frame.target, frame.target_exact = None, False
+            if len(targets) == 1:
+                self.bind(targets[0], value, frame, s.span, exact[0])
                 return None
             items = value if isinstance(value, tuple) else None
-            if items is None or len(items) != len(s.targets):
+            if items is None or len(items) != len(targets):
                 got = f"{len(items)} values" if items is not None else describe(value)
-                raise ArchError(f"cannot unpack {got} into {len(s.targets)} names", s.span)
-            for target, item in zip(s.targets, items):
-                self.bind(target, item, frame, s.span)
+                raise ArchError(f"cannot unpack {got} into {len(targets)} names", s.span)
+            for target, item, ex in zip(targets, items, exact):
+                self.bind(target, item, frame, s.span, ex)
             return None
         if isinstance(s, A.Return):
             values: list[Any] = []
@@ -478,20 +488,42 @@ class Elaborator:
             return None
         raise AssertionError(s)
 
-    def instance_path(self, name: str, frame: Frame, span: Span) -> str:
-        """Claim the instance name `name` in this block (suffixed by loop indices)."""
-        path = ".".join([name] + [str(i) for i in frame.loop])
+    def target_name(self, s: A.Assign, k: int, frame: Frame) -> str:
+        """The name target `k` of an assignment binds: as written, or built (`denselayer{i + 1}`)."""
+        f = s.formats[k] if s.formats else None
+        if f is None:
+            return s.targets[k]
+        text = ""
+        for part in f.parts:
+            value = part if isinstance(part, str) else self.eval(part, frame)
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise ArchError(f"a name is built from ints and strings; {{{expr_text(part)}}} is {describe(value)}",
+                                part.span if not isinstance(part, str) else f.span)  # type: ignore[union-attr]
+            text += str(value)
+        if not is_identifier(text) or bad_scope_segment(text) is not None:
+            raise ArchError(f"'{s.targets[k]}' builds the name {json.dumps(text)}, which is not a name", f.span,
+                            "a built name is letters, digits and '_', as denselayer1")
+        return text
+
+    def instance_path(self, name: str, frame: Frame, span: Span, exact: bool = False) -> str:
+        """Claim the instance name `name` in this block (suffixed by loop indices, unless `exact`:
+        a name built with `{...}` is complete)."""
+        path = ".".join([name] + ([] if exact else [str(i) for i in frame.loop]))
         if path in frame.instances:
             raise ArchError(f"the instance name '{name}' is already used in '{frame.block}'", span,
                             "each named instance is one set of weights; pick another name")
         frame.instances.add(path)
         return join_scope(frame.scope, path)
 
-    def bind(self, name: str, value: Any, frame: Frame, span: Span) -> None:
+    def bind(self, name: str, value: Any, frame: Frame, span: Span, exact: bool = False) -> None:
         if isinstance(value, BlockTemplate):
             value = self.construct(value, (), {}, span)
         if isinstance(value, CALLABLES) and value.scope is None:
-            value = named(value, self.instance_path(name, frame, span))
+            if frame.forced_scope is not None:  # `@scope("p") f = Block()`: the instance is named p
+                frame.scope_used = True
+                value = named(value, frame.forced_scope)
+            else:
+                value = named(value, self.instance_path(name, frame, span, exact))
         frame.vars[name] = value
 
     # ==== expressions =============================================================================
@@ -1105,7 +1137,8 @@ class Elaborator:
                                            specs, fn.tied, self.sparse_used, span or fn.span)
         if specs and op.min_inputs == 0 and not fn.scope and not frame.forced_scope and frame.target:
             # `cls_token = parameter([1, 1, D])`: the tensor is the parameter, named as assigned
-            fn = replace(fn, scope=self.instance_path(frame.target, frame, span or fn.span or Span("", 1, 1)))
+            fn = replace(fn, scope=self.instance_path(frame.target, frame, span or fn.span or Span("", 1, 1),
+                                                      frame.target_exact))
             frame.target = None
         if specs:
             scope = frame.forced_scope or fn.scope or self.fresh(prefix, op.name)

@@ -171,3 +171,5 @@ class Frame:
     forced_scope: str | None = None
     block: str = ""
     target: str | None = None  # the name being assigned, while its value is evaluated
+    target_exact: bool = False  # the target is a built name (`denselayer{i + 1}`): no loop indices appended
+    scope_used: bool = False  # the statement's @scope named an instance it bound

@@ -160,10 +160,19 @@ class Annotation:
 
 @dataclass(frozen=True)
 class Assign:
-    targets: tuple[str, ...]
+    targets: tuple[str, ...]  # as written: `fc`, or `denselayer{i + 1}` for a formatted name
     value: Expr
     span: Span
     annotations: tuple[Annotation, ...] = ()
+    formats: tuple["NameFormat | None", ...] = ()  # per target: its parts, where it is formatted
+
+
+@dataclass(frozen=True)
+class NameFormat:
+    """A name built from compile-time values, `denselayer{i + 1}`: text and expressions in order."""
+
+    parts: tuple[Union[str, Expr], ...]
+    span: Span
 
 
 @dataclass(frozen=True)

@@ -314,7 +314,7 @@ def _dangling_name(err: lark.exceptions.UnexpectedToken, text: str, file: str) -
     """`y = f(x) relu`: the name after a complete statement starts a new one, which needs '='."""
     history = getattr(err, "token_history", None) or []
     name = history[-1] if history else None  # lark puts None there at the start of the file
-    if name is None or name.type != "NAME" or not set(err.expected) <= {"EQUAL", "COMMA"}:
+    if name is None or name.type != "NAME" or not set(err.expected) <= {"EQUAL", "COMMA", "LBRACE"}:
         return None
     start = name.start_pos or 0
     line_start = text.rfind("\n", 0, start) + 1
@@ -471,7 +471,23 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
     @v_args(meta=True, inline=False)
     def assign(self, meta: Meta, children: list[Any]) -> A.Assign:
         *targets, value = children
-        return A.Assign(tuple(map(str, targets)), value, self._s(meta))
+        formats = tuple(t if isinstance(t, A.NameFormat) else None for t in targets)
+        return A.Assign(tuple(_format_text(t) if isinstance(t, A.NameFormat) else str(t) for t in targets),
+                        value, self._s(meta), formats=formats if any(formats) else ())
+
+    @v_args(meta=True, inline=False)
+    def formatted_name(self, meta: Meta, children: list[Any]) -> A.NameFormat:
+        head, *fills = children
+        parts: list[Any] = [str(head)]
+        for expr, tail in fills:
+            parts.append(expr)
+            if tail is not None:
+                parts.append(str(tail))
+        return A.NameFormat(tuple(parts), self._s(meta))
+
+    @v_args(inline=False)
+    def name_fill(self, children: list[Any]) -> tuple[Any, Any]:
+        return children[0], children[1]
 
     def return_stmt(self, meta: Meta, *values: A.Expr) -> A.Return:
         return A.Return(tuple(values), self._s(meta))
@@ -632,3 +648,10 @@ def _unquote(tok: Token, file: str) -> str:
             out.append(ch)
             i += 1
     return "".join(out)
+
+
+def _format_text(f: A.NameFormat) -> str:
+    """A formatted name as written, for the formatter: `denselayer{i + 1}`."""
+    from archc.frontend.fmt import expr_text
+
+    return "".join(p if isinstance(p, str) else "{" + expr_text(p) + "}" for p in f.parts)

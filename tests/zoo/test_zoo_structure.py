@@ -1,8 +1,8 @@
 """The zoo specs against the models they reproduce, without running anything.
 
 For each vision spec in specs/models/ and its timm model: the same parameter count, the same
-state_dict keys (parameters and buffers; through archc.zoo.timm_to_archc, which is the identity
-except for RepVGG's `identity` branch) with the same shapes, dtypes and trainable flags, and the
+state_dict keys (parameters and buffers; through archc.zoo.timm_to_archc, the identity for every
+vision spec) with the same shapes, dtypes and trainable flags, and the
 same output shape. For gpt2.arch the same against Hugging Face's GPT2LMHeadModel at full size,
 through archc.zoo.hf_gpt2_to_archc. The reference models are built on the meta device (shapes
 only, no memory, no initialization cost).
@@ -114,12 +114,12 @@ def test_vision_spec_other_image_size_and_classes(timm: ModuleType, name: str) -
     assert g.outputs[0].type.sizes[1] == 10
 
 
-def test_repvgg_key_map_round_trip(timm: ModuleType) -> None:
+def test_repvgg_keys_are_timms(timm: ModuleType, graphs: dict[str, Graph]) -> None:
+    """RepVGG's identity-branch BatchNorm is `identity`, as in timm: no key map."""
     sd = _meta_timm(timm, "repvgg_a0").state_dict()
-    mapped = zoo.timm_to_archc("repvgg_a0", sd)
-    assert "stages.0.1.identity_bn.running_var" in mapped and "stages.0.1.identity.weight" not in mapped
-    assert list(zoo.archc_to_timm("repvgg_a0", mapped)) == list(sd)
-    assert zoo.timm_to_archc("resnet50", {"layer1.0.conv1.weight": 1}) == {"layer1.0.conv1.weight": 1}
+    assert "stages.0.1.identity.running_var" in _graph(graphs, "repvgg_a0").params
+    assert set(_graph(graphs, "repvgg_a0").params) == set(sd)
+    assert zoo.timm_to_archc("repvgg_a0", sd) == dict(sd) and zoo.archc_to_timm("repvgg_a0", sd) == dict(sd)
 
 
 # ---- GPT-2 ---------------------------------------------------------------------------------------
