@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,3 +115,45 @@ def test_the_default_limits_agree() -> None:
     args = build_parser().parse_args(["check", "x.arch"])
     assert Limits().max_nodes == MAX_NODES == args.max_nodes == 50_000
     assert forecast.BLOCK_STEPS * 20_000 <= Limits().max_steps  # 20,000 block applications fit
+
+
+def test_a_recursion_error_inside_lark_is_a_located_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """lark wraps an error raised inside a transformer callback in a VisitError; a RecursionError
+    there (the stack running out in a callback: simulated in the one for unary minus, past the depth
+    check) is still a located ArchError naming the file, never a traceback."""
+    import lark
+
+    from archc.frontend import ast as A
+    from archc.frontend import parser
+
+    seen: list[BaseException] = []
+
+    class Deep(A.UnaryOp):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            raise RecursionError("maximum recursion depth exceeded")
+
+    real_transform = parser._ToAst.transform
+
+    def transform(self: Any, tree: Any) -> Any:
+        try:
+            return real_transform(self, tree)
+        except BaseException as err:
+            seen.append(err)
+            raise
+
+    monkeypatch.setattr(A, "UnaryOp", Deep)
+    monkeypatch.setattr(parser._ToAst, "transform", transform)
+    text = "axis B\nlet K = -(-x)\nmodel M (x: [B, 4]) -> [B, 4] { return x }\n"
+    with pytest.raises(ArchError, match="nests too deeply") as info:
+        parser.parse(text, "deep.arch")
+    assert info.value.span is not None and info.value.span.file == "deep.arch"
+    assert isinstance(seen[0], lark.exceptions.VisitError) and isinstance(seen[0].orig_exc, RecursionError)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_deep_nesting_is_a_located_error_at_its_deepest_point() -> None:
+    """The parser's own depth limit comes first, at the line of the deepest level."""
+    text = "axis B\nlet K = " + "-" * 600 + "1\nmodel M (x: [B, 4]) -> [B, 4] { return x }\n"
+    with pytest.raises(ArchError, match="nests too deeply") as info:
+        elaborate_text(text, "deep.arch")
+    assert info.value.span is not None and (info.value.span.line, info.value.span.col) == (2, 507)

@@ -9,16 +9,27 @@ one of its own blocks as the entry point) and must either give a graph that pass
 verifier or raise `ArchError` whose `render()` works. Any other exception, or a case that runs
 past `PER_CASE_SECONDS`, is a bug in archc.
 
+An accepted mutant must also run: it is built as a torch module and called on random inputs of
+its declared types, its symbolic axes set to small sizes its run-time guards allow
+(`guard_sizes`); its outputs must have the declared shapes and dtypes. A spec that checks and
+then fails when built and run is a bug too (an `ArchError` from the build, such as a model too
+large for memory, is an answer). Models whose parameters pass `FULL_RUN_PARAMS` (by default
+`DEFAULT_RUN_PARAMS`) or whose activations pass `RUN_ELEMENTS` are not run (counted as such). All accepted mutants run in the full mode; by default the first
+`DEFAULT_RUNS` of each file.
+
 How much runs:
 - default: a fixed-seed sample of `DEFAULT_CASES` = 2000 mutants, spread evenly over the spec
   files (about 25 s of CPU in all; on a loaded machine the wall time grows with the load);
 - `ARCHC_FUZZ_FULL=1`: 50000 mutants (`ARCHC_FUZZ_CASES=N` sets any number);
 - `ARCHC_FUZZ_SEED=S` changes the seed (the default is fixed so runs are reproducible).
-A failure prints the file, the case number, the mutations and where the mutant was written.
+A failure prints the file, the case number, the mutations and where the mutant was written; each
+file prints its counts (located errors, accepted, run, too large to run, failures).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import random
 import re
@@ -32,13 +43,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
+from archc import guards
+from archc.api import build
+from archc.backends.torch.inits import DTYPES
+from archc.backends.torch.inputs import example_inputs
 from archc.elaborate import elaborate_text
 from archc.elaborate.elaborator import BUILTINS, Limits
 from archc.errors import ArchError
 from archc.frontend import ast as A
 from archc.frontend.parser import parse
+from archc.ir.graph import Graph
+from archc.ir.types import TensorType
 from archc.ir.verify import verify
+from archc.sizes import Size, SizeError, parse_size
 from archc.ops import registry
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -50,6 +69,10 @@ PER_CASE_SECONDS = 30.0
 # smaller than the defaults, so that a mutant that turns depth 3 into depth 3454 (a legal, big
 # model) stays quick; the limits themselves are what the fuzzer checks, not their size
 LIMITS = Limits(max_nodes=3_000, max_steps=40_000)
+DEFAULT_RUNS = 2  # accepted mutants built and run per file in the default mode (all in the full mode)
+FULL_RUN_PARAMS = 150_000_000  # parameter elements past which a mutant is not run (GPT-2 small runs)
+DEFAULT_RUN_PARAMS = 2_000_000  # the same in the default mode: the small specs (examples, library blocks)
+RUN_ELEMENTS = 20_000_000  # elements of one activation, likewise
 SEED = os.environ.get("ARCHC_FUZZ_SEED", "archc-fuzz-1")
 
 
@@ -243,7 +266,7 @@ def _entry(b: A.BlockDef) -> tuple[str, dict[str, object]] | None:
     return b.name, values
 
 
-def _compile(target: Target, text: str, rng: random.Random, sandbox: Path) -> None:
+def _compile(target: Target, text: str, rng: random.Random, sandbox: Path) -> Graph:
     """Elaborate a mutant of target.path; raises what archc raises."""
     is_library = target.path.parent.name == "std"
     if is_library and target.hosts and rng.random() < 0.6:
@@ -262,7 +285,55 @@ def _compile(target: Target, text: str, rng: random.Random, sandbox: Path) -> No
                                limits=LIMITS)
     else:
         graph = elaborate_text(text, str(target.path), folder=target.path.parent, limits=LIMITS)
-    verify(graph)
+    return verify(graph)
+
+
+def guard_sizes(graph: Graph) -> dict[str, int] | None:
+    """Small sizes for the symbolic axes that every run-time guard allows and that make every value's
+    size a whole, non-negative number (None: none found among the small candidates)."""
+    axes = sorted({a for p in graph.inputs for s in p.type.sizes for a in s.atoms()})
+    conditions = [(parse_size(g.size), g.kind, g.bound) for g in graph.guards]
+    sizes = {s for t in graph.values.values() for s in t.sizes if not s.is_const}
+    for values in itertools.islice(itertools.product(*[(2, 4, 8, 6, 16, 3, 12, 24, 1, 5)] * len(axes)), 2000):
+        env = {a: Size.of(v) for a, v in zip(axes, values)}
+        try:
+            if all(guards.holds(kind, size.subs(env).value, bound) for size, kind, bound in conditions) and \
+                    all(s.subs(env).value >= 0 for s in sizes):
+                return dict(zip(axes, values))
+        except SizeError:  # a fractional size: T/2 with T odd
+            continue
+    return None
+
+
+def _numel(t: TensorType, env: dict[str, Size]) -> int:
+    return math.prod(s.subs(env).value for s in t.sizes)
+
+
+def run_accepted(graph: Graph, max_params: int) -> str:
+    """Build and run an accepted mutant: 'ran', 'too large', or 'refused' (a located error at build).
+    Raises on anything else, and when an output differs from its declared type."""
+    sizes = guard_sizes(graph)
+    if sizes is None:
+        raise AssertionError(f"no small sizes satisfy the guards {[g.condition for g in graph.guards]}")
+    env = {a: Size.of(v) for a, v in sizes.items()}
+    if graph.param_count(trainable_only=False) > max_params or \
+            any(_numel(t, env) > RUN_ELEMENTS for t in graph.values.values()):
+        return "too large"
+    try:
+        module = build(graph).eval()
+    except ArchError:
+        return "refused"
+    inputs = example_inputs(graph, sizes=sizes, seed=0)
+    with torch.no_grad():
+        out = module(*inputs)
+    outs = out if isinstance(out, tuple) else (out,)
+    assert len(outs) == len(graph.outputs), f"{len(outs)} outputs, declared {len(graph.outputs)}"
+    for port, got in zip(graph.outputs, outs):
+        want = tuple(s.subs(env).value for s in port.type.sizes)
+        dtype = getattr(torch, DTYPES[port.type.dtype].split(".")[1])
+        assert tuple(got.shape) == want and got.dtype == dtype, \
+            f"output {port.name}: {got.dtype}{list(got.shape)}, declared {port.type} = {dtype}{list(want)} at {sizes}"
+    return "ran"
 
 
 @pytest.fixture(scope="module")
@@ -278,8 +349,11 @@ def test_mutated_spec_fails_only_with_arch_errors(path: Path, sandbox: Path, tmp
     target = _target(path)
     original = path.read_text(encoding="utf-8")
     cases = max(1, _total_cases() // max(1, len(FILES)))
+    full = _total_cases() > DEFAULT_CASES
+    runs = cases if full else DEFAULT_RUNS
     failures: list[str] = []
     slowest = (0.0, -1)
+    counts = {"located errors": 0, "accepted": 0, "ran": 0, "too large": 0, "refused": 0, "failed": 0}
     for case in range(cases):
         rng = random.Random(f"{SEED}:{target.path.name}:{case}")
         text, done = mutate(original, rng)
@@ -287,8 +361,16 @@ def test_mutated_spec_fails_only_with_arch_errors(path: Path, sandbox: Path, tmp
         problem = None
         try:
             with _deadline(PER_CASE_SECONDS):
-                _compile(target, text, rng, sandbox)
+                graph = _compile(target, text, rng, sandbox)
+                counts["accepted"] += 1
+                if counts["ran"] + counts["refused"] < runs:
+                    try:
+                        counts[run_accepted(graph, FULL_RUN_PARAMS if full else DEFAULT_RUN_PARAMS)] += 1
+                    except Exception:  # noqa: BLE001 - it checked, so it must run
+                        counts["failed"] += 1
+                        problem = "checks, then fails when built and run:\n" + traceback.format_exc(limit=-8)
         except ArchError as err:
+            counts["located errors"] += 1
             try:
                 err.render()
             except Exception:  # noqa: BLE001 - rendering an error must never fail
@@ -305,5 +387,6 @@ def test_mutated_spec_fails_only_with_arch_errors(path: Path, sandbox: Path, tmp
             failures.append(f"case {case} ({'; '.join(done)}), mutant saved as {saved}:\n{problem}")
             if len(failures) >= 5:
                 break
-    print(f"{path.name}: {cases} cases, slowest {slowest[0]:.2f} s (case {slowest[1]})")
+    print(f"{path.name}: {cases} cases, slowest {slowest[0]:.2f} s (case {slowest[1]}); "
+          + ", ".join(f"{k} {v}" for k, v in counts.items()))
     assert not failures, "\n\n".join(failures)
