@@ -46,6 +46,7 @@ RULES: dict[str, str] = {
     "buffer": "a tensor of shape `shape` that the instance owns and training leaves alone (in the state_dict, "
               "not a parameter); `dtype` defaults to the build's float dtype; an integer one starts as zeros, "
               "ones or a constant",
+    "cast": "`x` in `dtype`, or in the dtype of `like` (`cast(cos, q)`: tables computed in f32 meet a bf16 model)",
     "chunk": "`chunks` equal parts of axis `dim`, which must divide exactly",
     "concat": "joins its inputs along `dim`; the other axes must agree (size-1 axes broadcast)",
     "conv1d": "`[B, C, L]` -> `[B, channels, L']` as torch's conv1d; `padding=\"same\"` keeps L",
@@ -109,6 +110,7 @@ SAMPLES: dict[str, Sample] = {
                         "attention(q, k, v, causal=true)"),
     "avgpool2d": Sample("x: [B, 8, 32, 32]", "avgpool2d(x, 2)"),
     "batchnorm": Sample("x: [B, 16, H, W]", "batchnorm(x)"),
+    "cast": Sample("x: [B, T, 32]", "cast(x, \"bf16\")"),
     "chunk": Sample("x: [B, T, 32]", "chunk(x, 2)", outs=2),
     "concat": Sample("x: [B, T, 32], y: [B, T, 16]", "concat(x, y)"),
     "conv1d": Sample("x: [B, 8, 100]", "conv1d(x, 16, 3, padding=1)"),

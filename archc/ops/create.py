@@ -1,9 +1,10 @@
-"""Ops that make tensors from sizes rather than from values: arange."""
+"""Ops that make a tensor of a given kind rather than compute new values: arange (positions from
+sizes), cast (a dtype) and full (a constant)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -74,3 +75,60 @@ class Arange(Op):
         end = str(a.end) if a.end is not None else f"{ins[0]}.shape[{norm_dim(a.dim, t.rank, self.name)}]"
         return (f"torch.arange({a.start}, {end}, {a.step}, dtype={_TORCH_DTYPES[a.dtype]}, "
                 f"device={ins[0]}.device)")
+
+
+class CastAttrs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    dtype: Literal["f32", "f16", "bf16", "f64", "i64", "i32", "i8", "u8", "bool"] | None = None
+
+
+@register
+class Cast(Op):
+    """`x` converted to `dtype`, or to the dtype of `like` (`cast(cos, q)`: Hugging Face's
+    `cos.to(q.dtype)`, so tables computed in f32 meet a bf16 model in its dtype). The identity when
+    the dtype is already x's."""
+
+    name = "cast"
+    inputs = ("x", "like?")
+    Attrs = CastAttrs
+
+    def _target(self, a: Any, ins: list[TensorType]) -> str:
+        if (len(ins) == 2) == (a.dtype is not None):
+            raise OpError("cast() takes a dtype or a tensor `like` whose dtype to take, one of them")
+        return ins[1].dtype if len(ins) == 2 else a.dtype
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        return [ins[0].with_dtype(self._target(a, ins))]
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        if len(ins) == 2:
+            return f"{ins[0]}.to({ins[1]}.dtype)"
+        return f"{ins[0]}.to({_CAST_DTYPES[a.dtype]})"
+
+
+_CAST_DTYPES = {**_TORCH_DTYPES, "i8": "torch.int8", "u8": "torch.uint8", "bool": "torch.bool"}
+
+
+class FullAttrs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    shape: tuple[Annotated[int, Field(ge=0, le=2**31 - 1)], ...]
+    value: Annotated[float, Field(allow_inf_nan=False)] = 0.0
+    dtype: Literal["f32", "f16", "bf16", "f64", "i64", "i32"] = "f32"
+
+
+@register
+class Full(Op):
+    """A tensor of `shape` filled with `value`, on the device of the input `x` (which gives only its
+    device): `full(tokens, [2, 8])` starts an accumulator that a stack of layers adds to."""
+
+    name = "full"
+    Attrs = FullAttrs
+    fresh = True
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        if len(a.shape) > 8:
+            raise OpError(f"full: rank {len(a.shape)} is more than 8")
+        return [TensorType(dtype=a.dtype, shape=tuple(Dim(size=Size.of(n)) for n in a.shape))]
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        return f"torch.full({tuple(a.shape)!r}, {a.value!r}, dtype={_CAST_DTYPES[a.dtype]}, device={ins[0]}.device)"

@@ -81,6 +81,10 @@ CASES = [
          lambda i, sd: _module(nn.BatchNorm2d(4, eps=1e-3), sd, "batchnorm")(i[0])),
     Case("batchnorm_1d", "axis B\nmodel M (x: [B, 6]) -> [B, 6] { return batchnorm(x, affine=false) }",
          lambda i, sd: _module(nn.BatchNorm1d(6, affine=False), sd, "batchnorm")(i[0])),
+    Case("cast", """axis B
+         model M (x: [B, 8], y: i64[B, 8]) -> (f16[B, 8], i64[B, 8], [B, 8]) {
+             return cast(x, "f16"), cast(x * 4.0, y), cast(y, x)
+         }""", lambda i, sd: (i[0].half(), (i[0] * 4).long(), i[1].float())),
     Case("chunk", "axis B\nmodel M (x: [B, 8]) -> ([B, 4], [B, 4]) { a, b = chunk(x, 2)\n return b, a }",
          lambda i, sd: (i[0][:, 4:], i[0][:, :4])),
     Case("concat", """axis B, N

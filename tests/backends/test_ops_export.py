@@ -19,7 +19,7 @@ from archc.errors import ArchError
 from backend_harness import spec_graph
 from test_ops import CASES
 
-NEW = ("arange", "attention_gqa", "conv_transpose2d", "cos", "exp", "interpolate", "pad", "pow", "repeat",
+NEW = ("arange", "attention_gqa", "cast", "conv_transpose2d", "cos", "exp", "interpolate", "pad", "pow", "repeat",
        "rsqrt", "sin", "sqrt")
 BY_NAME = {c.name: c for c in CASES}
 SIZES = {"B": 3, "T": 7, "H": 6, "W": 5}
@@ -87,6 +87,8 @@ def test_rearrange_cannot_repeat_and_says_so() -> None:
     ("model M (x: [1, 4, 3, 3]) -> [1, 2, 6, 6] { return conv_transpose2d(x, 2, 3, 2, output_padding=2) }",
      "output_padding"),
     ("model M (x: i64[4]) -> [4] { return x ** 2 }", "pow"),
+    ("model M (x: [4]) -> [4] { return cast(x) }", "a dtype or a tensor `like`"),
+    ("model M (x: [4]) -> [4] { return cast(x, x, \"f16\") }", "a dtype or a tensor `like`"),
 ])
 def test_mistakes_are_located_errors(spec: str, words: str) -> None:
     err = _error(spec)

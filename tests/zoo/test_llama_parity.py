@@ -170,3 +170,20 @@ def test_llama_init_is_hugging_faces(transformers: ModuleType) -> None:
         logits = ours(tokens)
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 1000), tokens[:, 1:].reshape(-1))
     assert abs(loss.item() - math.log(1000)) < 0.05, loss.item()
+
+
+def test_llama_in_bf16_matches_hf_in_bf16(transformers: ModuleType) -> None:
+    """`dtype="bf16"` builds bf16 weights; the rotary tables are computed in f32 and meet the
+    model in bf16, as Hugging Face's. bf16 rounds at 2^-8 relative, so the tolerance is bf16's."""
+    config = CONFIGS["gqa4_headdim"]
+    ref = _reference(transformers, config).to(torch.bfloat16)
+    from archc.api import compile as compile_spec
+
+    model = compile_spec(zoo.spec_path("llama"), dtype="bf16", **zoo.hf_llama_params(ref.config.to_dict())).eval()
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    model.load_state_dict(ref.state_dict(), strict=True)
+    tokens = torch.randint(0, config["vocab_size"], (2, 13), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = ref(tokens).logits, model(tokens)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected.float(), rtol=1.6e-2, atol=8e-3)
