@@ -87,15 +87,26 @@ class _Shard:
     dim: int  # negative: counted from the last axis
     outer: int | None  # blocks before the split part of the axis; None: a linear's features, not yet grouped
     axis: str  # for messages
+    src: tuple[int, ...] = ()  # while not yet grouped: the column linears whose features these are
+
+    def alike(self, other: _Shard | None) -> bool:
+        return other is not None and (self.dim, self.outer) == (other.dim, other.outer)
 
 
 @dataclass
 class _Region:
-    col: int
+    """Column linears that read one input, the row linears that contract their splits, and how
+    their features group (`chunks`: strided blocks of a fused projection)."""
+
+    cols: list[int]
     rows: list[int] = field(default_factory=list)
-    chunks: int = 1
+    chunks: dict[int, int] = field(default_factory=dict)
     local: dict[int, set[str]] = field(default_factory=dict)
     divides: list[tuple[int, str, int]] = field(default_factory=list)  # (node, axis, size) per rank
+
+    def copy(self) -> _Region:
+        return _Region(list(self.cols), list(self.rows), dict(self.chunks), {k: set(v) for k, v in self.local.items()},
+                       list(self.divides))
 
 
 class _Fail(Exception):
@@ -123,13 +134,15 @@ class _Tracer:
         self.graph, self.unit, self.users, self.returned = graph, unit, users, returned
         self.inside = set(unit)
 
-    def region(self, pos: int) -> _Region:
-        i = self.unit[pos]
-        node = self.graph.nodes[i]
-        out = node.outputs[0]
-        features = self.graph.values[out].shape[-1]
-        axis = f"the {features.size} output features of '{node.scope}'"
-        return self._trace(pos + 1, {out: _Shard(-1, None, axis)}, _Region(col=i))
+    def region(self, positions: list[int]) -> _Region:
+        """Split the output features of the linears at `positions` (which read one input) and follow them."""
+        state = {}
+        for pos in positions:
+            node = self.graph.nodes[self.unit[pos]]
+            features = self.graph.values[node.outputs[0]].shape[-1]
+            axis = f"the {features.size} output features of '{node.scope}'"
+            state[node.outputs[0]] = _Shard(-1, None, axis, (self.unit[pos],))
+        return self._trace(positions[0] + 1, state, _Region(cols=[self.unit[p] for p in positions]))
 
     def _trace(self, pos: int, state: dict[str, _Shard], region: _Region) -> _Region:
         for p in range(pos, len(self.unit)):
@@ -150,7 +163,7 @@ class _Tracer:
                     state[v] = s
         for v, s in state.items():
             if v in self.returned or any(u not in self.inside for u in self.users.get(v, ())):
-                raise _Fail(region.col, f"{s.axis} would leave the block split over the ranks")
+                raise _Fail(region.cols[0], f"{s.axis} would leave the block split over the ranks")
         return region
 
     def _choose(self, p: int, i: int, state: dict[str, _Shard], region: _Region) -> _Region:
@@ -161,10 +174,11 @@ class _Tracer:
         group = left.groups[len(left.groups) + s.dim]
         best: _Fail | None = None
         for j, name in enumerate(group):
-            trial = _Region(region.col, list(region.rows), math.prod(sizes[n] for n in group[:j]),
-                            {k: set(v) for k, v in region.local.items()}, list(region.divides))
+            trial = region.copy()
+            chunks = math.prod(sizes[n] for n in group[:j])
+            trial.chunks.update({src: chunks for src in s.src})
             try:
-                outs = self._rearrange(i, node, _Shard(s.dim, trial.chunks, s.axis), trial, forced=name)
+                outs = self._rearrange(i, node, _Shard(s.dim, chunks, s.axis), trial, forced=name)
                 new = dict(state)
                 new[node.outputs[0]] = outs[0]
                 return self._trace(p + 1, new, trial)
@@ -192,6 +206,7 @@ class _Tracer:
             if s.outer not in (None, 1):
                 raise _Fail(i, f"{s.axis} reach '{node.scope}' strided ({s.outer} blocks); only a contiguous "
                                "split can be contracted row-parallel")
+            region.chunks.update({src: 1 for src in s.src})
             region.rows.append(i)
             return [None]
         if op.elementwise is not None or node.op in _PASS_THROUGH:
@@ -207,9 +222,14 @@ class _Tracer:
                 new = s.dim + 1 if dim > rank + s.dim else s.dim
                 return [replace(s, dim=new)] * len(node.outputs)
             return [s]
+        if node.op == "concat":
+            rank = graph.values[node.inputs[0]].rank
+            if node.attrs["dim"] % rank == rank + s.dim or not all(s.alike(x) for x in shards):
+                raise _Fail(i, f"concat joins {s.axis} with tensors split otherwise, or along it")
+            return [s]
         if node.op == "attention":
             q = shards[0]
-            if any(x != q for x in shards[:3]) or q is None or q.dim in (-1, -2):
+            if q is None or not all(q.alike(x) for x in shards[:3]) or q.dim in (-1, -2):
                 raise _Fail(i, f"attention reads {s.axis} on an axis it contracts (not per head)")
             self._broadcast(i, node, shards)
             return [q]
@@ -219,8 +239,9 @@ class _Tracer:
         """Elementwise: every split input split alike; the others of size 1 along the split axis."""
         split = [x for x in shards if x is not None]
         s = split[0]
-        if any(x != s for x in split):
+        if not all(s.alike(x) for x in split):
             raise _Fail(i, f"{node.op} combines tensors split differently")
+        s = replace(s, src=tuple(dict.fromkeys(src for x in split for src in x.src)))  # SwiGLU: gate * up
         for v, x in zip(node.inputs, shards):
             t = self.graph.values[v]
             if x is None and t.rank >= -s.dim and t.sizes[s.dim] != 1:
@@ -251,9 +272,10 @@ class _Tracer:
             region.local.setdefault(i, set()).add(name)
         outer = s.outer if len(group) == 1 and len(g) == 1 else before
         if s.outer is None and len(group) == 1 and len(g) > 1:
-            outer = before
-        axis = f"axis '{name}' ({sizes[name]}, of '{self.graph.nodes[region.col].scope}')"
-        return [_Shard(out_group - len(right.groups), outer, axis)]
+            region.chunks.update({src: 1 for src in s.src})
+        src = s.src if outer is None else ()
+        axis = f"axis '{name}' ({sizes[name]}, of '{self.graph.nodes[region.cols[0]].scope}')"
+        return [_Shard(out_group - len(right.groups), outer, axis, src)]
 
 
 def _pattern(graph: Graph, node: Node) -> tuple[object, object, dict[str, int]]:
@@ -289,17 +311,27 @@ def _units(graph: Graph, layers: list[str]) -> list[tuple[str, int, list[int]]]:
 
 def _regions(graph: Graph, nodes: list[int], skip: set[int], replicate: tuple[str, ...],
              users: dict[str, list[int]], returned: set[str]) -> list[_Region]:
+    """The column splits of one unit: linears that read one input start a split together (q, k
+    and v; SwiGLU's gate and up), each group traced to the row linears that end it."""
     tracer = _Tracer(graph, nodes, users, returned)
-    rows: set[int] = set()
-    out = []
+    groups: dict[str, list[int]] = {}
     for pos, i in enumerate(nodes):
         node = graph.nodes[i]
-        if node.op != "linear" or i in rows or i in skip or not _owned(graph, node, "linear"):
+        if node.op != "linear" or i in skip or not _owned(graph, node, "linear"):
             continue
         if any(within(node.scope, r) for r in replicate) or node.outputs[0] in returned:
             continue
+        groups.setdefault(node.inputs[0], []).append(pos)
+    rows: set[int] = set()
+    out = []
+    for positions in groups.values():
+        positions = [p for p in positions if nodes[p] not in rows]
+        if not positions:
+            continue
+        node = graph.nodes[nodes[positions[0]]]
+        i = nodes[positions[0]]
         try:
-            region = tracer.region(pos)
+            region = tracer.region(positions)
         except _Fail as f:
             raise ArchError(f"tensor parallelism: {f.message}", _span(graph, f.node),
                             f"keep '{node.scope}' whole with parallelize(..., replicate=[{node.scope!r}])",
@@ -310,8 +342,9 @@ def _regions(graph: Graph, nodes: list[int], skip: set[int], replicate: tuple[st
 
 
 def _shift(region: _Region, by: int) -> _Region:
-    return _Region(region.col + by, [r + by for r in region.rows], region.chunks,
-                   {k + by: v for k, v in region.local.items()}, [(k + by, n, s) for k, n, s in region.divides])
+    return _Region([c + by for c in region.cols], [r + by for r in region.rows],
+                   {c + by: n for c, n in region.chunks.items()}, {k + by: v for k, v in region.local.items()},
+                   [(k + by, n, s) for k, n, s in region.divides])
 
 
 def _all_regions(graph: Graph, replicate: tuple[str, ...], layers: list[str]) -> list[_Region]:
@@ -369,17 +402,20 @@ def plan_parallel(graph: Graph, tp: int = 1, loss_parallel: bool = False,
     regions = _all_regions(graph, tuple(replicate), layers)
     placements: list[Placement] = []
     for r in regions:
-        col = graph.nodes[r.col]
-        features = col.attrs["features"]
         for k, name, size in r.divides:
             _divides(graph, tp, k, size, f"axis '{name}' (the heads)")
-        _divides(graph, tp, r.col, features // r.chunks, f"the output features of '{col.scope}'"
-                 + (f" per block of {r.chunks}" if r.chunks > 1 else ""))
-        why = f"{features} features" + (f" in {r.chunks} blocks (fused)" if r.chunks > 1 else "")
-        why += "".join(f", split by axis '{name}'" for _, name, _ in r.divides[:1])
-        name = col.scope.rpartition(".")[2]
-        placements.append(Placement(col.scope, "colwise", r.chunks, why=why))
-        placements += [Placement(graph.nodes[k].scope, "rowwise", why=f"contracts the split of {name}") for k in r.rows]
+        for c in r.cols:
+            col, chunks = graph.nodes[c], r.chunks.get(c, 1)
+            features = col.attrs["features"]
+            _divides(graph, tp, c, features // chunks, f"the output features of '{col.scope}'"
+                     + (f" per block of {chunks}" if chunks > 1 else ""))
+            why = f"{features} features" + (f" in {chunks} blocks (fused)" if chunks > 1 else "")
+            why += "".join(f", split by axis '{name}'" for _, name, _ in r.divides[:1])
+            placements.append(Placement(col.scope, "colwise", chunks, why=why))
+        cols = [graph.nodes[c].scope.rpartition(".")[2] for c in r.cols]
+        names = ", ".join(cols[:-1]) + " and " + cols[-1] if len(cols) > 1 else cols[0]
+        placements += [Placement(graph.nodes[k].scope, "rowwise", why=f"contracts the split of {names}")
+                       for k in r.rows]
     placements += _vocab(graph, tp, loss_parallel, tuple(replicate))
     if sp:
         from archc.analysis.sequence_parallel import sequence_placements

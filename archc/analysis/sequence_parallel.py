@@ -82,19 +82,19 @@ def _mixers(graph: Graph, regions: list[_Region], start: int, stop: int) -> dict
     innermost callable block that holds the split and whose one input is the column linear's."""
     out: dict[int, tuple[str, object]] = {}
     for r in regions:
-        if not start <= r.col < stop:
+        if not start <= r.cols[0] < stop:
             continue
-        col = graph.nodes[r.col]
+        col = graph.nodes[r.cols[0]]
         path = col.scope
         while path:
             path = path.rpartition(".")[0]
             info = graph.scopes.get(path)
-            if info is not None and len(info.calls) == 1 and info.calls[0].start <= r.col < info.calls[0].stop \
-                    and all(info.calls[0].start <= k < info.calls[0].stop for k in r.rows):
+            if info is not None and len(info.calls) == 1 and \
+                    all(info.calls[0].start <= k < info.calls[0].stop for k in r.cols + r.rows):
                 call = info.calls[0]
-                if call.inputs != (col.inputs[0],):
+                if call.inputs[0] != col.inputs[0]:
                     raise ArchError(f"sequence parallelism: the block '{path}' around the column split "
-                                    f"'{col.scope}' takes more than that linear's input", _span(graph, r.col))
+                                    f"'{col.scope}' does not take that linear's input first", _span(graph, r.cols[0]))
                 out[call.start] = (path, call)
                 break
     return out
