@@ -155,7 +155,7 @@ def verify_python(source: str, filename: str = "<generated>", allowed: frozenset
 
 _IMPORTABLE = frozenset({"torch", "triton", "__future__", "typing", "math", "ctypes", "os", "sys", "pathlib",
                          "functools", "hashlib", "json", "tempfile", "time", "subprocess", "shutil", "dataclasses",
-                         "itertools", "collections", "stat", "build", "archc_runtime", "importlib",
+                         "itertools", "collections", "stat", "build", "archc_runtime", "importlib", "weakref",
                          # the sibling modules of a Triton / CUDA package (relative imports)
                          "model", "kernels", "runtime", "torch_model"})
 

@@ -37,6 +37,7 @@ class Identity(Op):
 class Relu(_Unary):
     name = "relu"
     elementwise = "max(x, 0)"
+    onednn = "relu"
     torch = "F.relu({x})"
     torch_inplace = "F.relu({x}, inplace=True)"
 
@@ -54,11 +55,15 @@ class Gelu(_Unary):
                    "else 0.5 * x * (1 + erf(x / sqrt(2)))")
     torch = "F.gelu({x}, approximate={approximate})"
 
+    def onednn_postop(self, a: GeluAttrs) -> tuple[str, str] | None:
+        return ("gelu", a.approximate)
+
 
 @register
 class Silu(_Unary):
     name = "silu"
     elementwise = "x * sigmoid(x)"
+    onednn = "swish"
     torch = "F.silu({x})"
 
 
@@ -66,6 +71,7 @@ class Silu(_Unary):
 class Sigmoid(_Unary):
     name = "sigmoid"
     elementwise = "sigmoid(x)"
+    onednn = "sigmoid"
     torch = "torch.sigmoid({x})"
 
 
@@ -73,6 +79,7 @@ class Sigmoid(_Unary):
 class Tanh(_Unary):
     name = "tanh"
     elementwise = "tanh(x)"
+    onednn = "tanh"
     torch = "torch.tanh({x})"
 
 

@@ -103,6 +103,7 @@ class Op:
     torch_inplace: ClassVar[str] = ""  # the same, overwriting its first input {x} (see torch_inplace_expr)
     fresh: ClassVar[bool] = False  # returns a new tensor that its backward never reads (may be overwritten)
     returns_param: ClassVar[bool] = False  # returns (a view of) its own parameter: no module of its own
+    onednn: ClassVar[str] = ""  # its name as a oneDNN post-op of a convolution or linear (CPU -O2), "" if none
     doc: ClassVar[str] = ""
 
     # -- the rules each op states ---------------------------------------------------------------
@@ -131,6 +132,10 @@ class Op:
         has (a pass may have added a bias). The module's forward must equal `torch_expr` bit for
         bit: the torch backend calls it instead, so hooks, PEFT and tensor parallelism see it."""
         return None
+
+    def onednn_postop(self, a: Any) -> tuple[str, str] | None:
+        """(post-op, algorithm) of this op as a oneDNN eltwise post-op (`("gelu", "tanh")`), or None."""
+        return (self.onednn, "") if self.onednn else None
 
     def torch_inplace_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str | None:
         """The op overwriting its first input (`F.relu(x, inplace=True)`), or None if it has no

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from archc.backends.quote import py_str
 from archc.analysis.parallel import local_axes
+from archc.backends.torch.cpu import Group, call_text, cpu_groups
 from archc.backends.torch.inits import InitError, empty_call, init_call
 from archc.backends.torch.local import local_expression
 from archc.backends.torch.naming import RESERVED, Namer, node_base, sanitize
@@ -89,6 +90,12 @@ class Emitter:
         self.model_name = model_name
         self.node_scopes = {n.scope for n in graph.nodes}
         self.tensors = {t.decl.name: t for m in self.root.walk() for t in m.tensors}
+        self.cpu = cpu_groups(graph)  # node -> its CPU epilogue group (-O2: backends/torch/cpu.py)
+        for path, unit in list(self.plan.units.items()):  # a list of layers that hold a group: its parent
+            if unit.kind == "sequential" and any(i in self.cpu for c in unit.calls for i in range(c.start, c.stop)):
+                del self.plan.units[path]  # calls them, so the group is one call there
+        self.made_by = {v: i for i, node in enumerate(graph.nodes) for v in node.outputs}
+        self.uses_onednn = False  # did a forward spell a group (the file then holds onednn.py's functions)
 
     # -- the tree: which class each callable instance gets ------------------------------------
     def emit(self) -> list[ClassText]:
@@ -230,6 +237,15 @@ class Emitter:
         stmts: list[_Stmt] = []
         for i in range(call.start, call.stop):
             node = graph.nodes[i]
+            group = self.group_here(unit, call, i)
+            if group is not None:  # one call at the group's last node; its other nodes write nothing
+                if i == group.last:
+                    base = node_base(node, graph)
+                    names[node.outputs[0]] = namer.take((base[cut:] if node.scope.startswith(entry.path) else base)
+                                                        or node.op)
+                    stmts.append(self.group_stmt(unit, call, group))
+                    own.update(node.outputs)
+                continue
             child = self.plan.owner(unit, i)
             if child is not None and child.kind in ("block", "sequential"):
                 sub = next((c for c in child.calls if c.start == i), None)
@@ -251,6 +267,37 @@ class Emitter:
             stmts.append(self.op_stmt(i, entry, own, set(call.outputs)))
             own.update(node.outputs)
         return names, self.loops(stmts, names, entry, set(call.outputs)), args
+
+    def group_here(self, unit: Unit, call: BlockCall, i: int) -> Group | None:
+        """Node i's CPU epilogue group, when this forward runs all of it and the layer is a torch leaf."""
+        group = self.cpu.get(i)
+        if group is None or not all(call.start <= j < call.stop for j in group.nodes):
+            return None
+        leaf = self.plan.owner(unit, group.anchor)
+        if leaf is None or leaf.kind != "leaf" or not leaf.module.startswith(("nn.Conv2d(", "nn.Linear(")):
+            return None
+        return None if any(self.plan.owner(unit, j) is not None for j in group.members) else group
+
+    def group_stmt(self, unit: Unit, call: BlockCall, group: Group) -> _Stmt:
+        """The group as one call of onednn.py's functions; the add overwrites its other input where
+        nothing else reads it and a fresh op made it in this forward."""
+        graph, entry = self.graph, unit.entry
+        leaf = self.plan.owner(unit, group.anchor)
+        assert leaf is not None
+        self.uses_onednn = True
+        anchor, last = graph.nodes[group.anchor], graph.nodes[group.last]
+        reads = [anchor.inputs[0]] + ([group.other] if group.other is not None else [])
+        other, maker = group.other, self.made_by.get(group.other or "")
+        overwrite = other is not None and maker is not None and self.reads[other] == 1 and \
+            other not in call.inputs and other not in call.outputs and \
+            (registry.get(graph.nodes[maker].op).fresh or self.cpu.get(maker) is not None)
+        layer = leaf.entry.relative(entry)
+        comment = where(last.span, self.labels)
+
+        def render(names: dict[str, str]) -> list[str]:
+            return [f"{names[last.outputs[0]]} = {call_text(group, graph, layer, names, overwrite)}{comment}"]
+
+        return _Stmt(reads, list(last.outputs), render)
 
     def call_stmt(self, expr: str, ins: list[str], outs: list[str], child: ModuleEntry,
                   span: SpanModel | None = None) -> _Stmt:

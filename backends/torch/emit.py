@@ -53,6 +53,7 @@ def emit_python(graph: Graph) -> str:
     text = _template().render(
         module_doc=py_docstring(module_doc),
         masks=_masks_source() if any(init_args(p.init)[0] in MASK_INITS for p in graph.params.values()) else "",
+        onednn=_onednn_source() if emitter.uses_onednn else "",
         classes=[dict(name=c.name, doc=py_docstring(c.doc, indent="    "), init=c.init, reset=c.reset,
                       args=c.args, forward=c.forward, returns=c.returns,
                       return_type="torch.Tensor" if "," not in c.returns else "tuple[torch.Tensor, ...]")
@@ -92,6 +93,13 @@ def _size_py(size: Size, reads: dict[str, str]) -> str:
 def _masks_source() -> str:
     """masks.py below its imports (the file's own), for a file whose spec has `@sparse`."""
     text = (Path(__file__).parent / "masks.py").read_text(encoding="utf-8")
+    return text.split("\nfrom torch import nn\n", 1)[1].strip("\n")
+
+
+@cache
+def _onednn_source() -> str:
+    """The functions of onednn.py (below its imports), for a file that spells CPU epilogue groups."""
+    text = (Path(__file__).parent / "onednn.py").read_text(encoding="utf-8")
     return text.split("\nfrom torch import nn\n", 1)[1].strip("\n")
 
 
