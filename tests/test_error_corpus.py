@@ -4,6 +4,8 @@
     # hint: SUBSTRING OF THE HINT                          is reported in an imported file)
     # model: NAME                                         (optional, anywhere in the leading comments:
                                                            elaborate with --model NAME)
+    # note: LINE:COL: SUBSTRING OF THE NOTE               (optional, repeatable: a note the error
+                                                           must carry, at a place in this file)
 
 Each file must fail with an `ArchError` (never another exception) at exactly that line and column,
 and its rendering must read `file:line:col: error: message`, then the source line and a caret.
@@ -30,6 +32,7 @@ CASES = sorted(CORPUS.glob("*.arch"))
 _ERROR = re.compile(r"#\s*error:\s*(?:(?P<file>[^\s:]+\.arch):)?(?P<line>\d+):(?P<col>\d+):\s*(?P<message>.+?)\s*$")
 _HINT = re.compile(r"#\s*hint:\s*(?P<hint>.+?)\s*$")
 _MODEL = re.compile(r"#\s*model:\s*(?P<model>\w+)\s*$")
+_NOTE = re.compile(r"#\s*note:\s*(?P<line>\d+):(?P<col>\d+):\s*(?P<text>.+?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class Expected:
     message: str
     hint: str | None
     model: str | None
+    notes: tuple[tuple[int, int, str], ...] = ()
 
 
 def expected(path: Path) -> Expected:
@@ -49,8 +53,9 @@ def expected(path: Path) -> Expected:
     leading = [ln for ln in lines[1:] if ln.startswith("#")]
     hint = next((m["hint"] for ln in lines[1:2] if (m := _HINT.fullmatch(ln))), None)
     model = next((m["model"] for ln in leading if (m := _MODEL.fullmatch(ln))), None)
+    notes = tuple((int(m["line"]), int(m["col"]), m["text"]) for ln in leading if (m := _NOTE.fullmatch(ln)))
     where = (CORPUS / head["file"]) if head["file"] else path
-    return Expected(where.resolve(), int(head["line"]), int(head["col"]), head["message"], hint, model)
+    return Expected(where.resolve(), int(head["line"]), int(head["col"]), head["message"], hint, model, notes)
 
 
 def test_the_corpus_is_large_enough() -> None:
@@ -69,6 +74,9 @@ def test_wrong_spec_fails_with_a_located_error(path: Path) -> None:
     assert want.message in err.message, err.render()
     if want.hint is not None:
         assert err.hint is not None and want.hint in err.hint, err.render()
+    for line, col, note in want.notes:  # a note at a place in the spec itself
+        assert any(at is not None and Path(at.file).resolve() == path.resolve() and (at.line, at.col) == (line, col)
+                   and note in text for text, at in err.notes), err.render()
 
     text = err.render()
     first, *rest = text.splitlines()
@@ -182,3 +190,18 @@ def test_a_byte_order_mark_and_crlf_line_ends_are_accepted(tmp_path: Path) -> No
     spec = tmp_path / "windows.arch"
     spec.write_bytes(b"\xef\xbb\xbfaxis B\r\nmodel M() (x: [B, 4]) -> [B, 4] {\r\n    return relu(x)  # c\r\n}\r\n")
     assert [n.op for n in elaborate_file(spec).nodes] == ["relu"]
+
+
+def test_an_error_in_the_standard_library_points_at_each_file_on_the_way() -> None:
+    """docs/language.md, "Errors": the error is where it happens (std/nn.arch), with a note at the
+    application in each file that led there, the user's line last."""
+    spec = ("import \"std/transformer.arch\"\nmodel M (x: [B, T, 16]) -> [B, T, 16] {\n"
+            "    return TransformerBlock(mixer=identity, act=chunk(2))(x)\n}\n")
+    with pytest.raises(ArchError, match=r"linear\(\) takes 1 tensor input, got 2") as info:
+        elaborate_text(spec, "user.arch")
+    err = info.value
+    assert err.span is not None and err.span.file.endswith("std/nn.arch")
+    where = [(text, Path(at.file).name, at.line) for text, at in err.notes if at is not None]
+    assert where[-2][:2] == ("in 'Mlp', applied here", "transformer.arch")
+    assert where[-1] == ("in 'TransformerBlock', applied here", "user.arch", 3)
+    assert "user.arch:3:12: note: in 'TransformerBlock', applied here" in err.render()

@@ -897,7 +897,10 @@ class Elaborator:
                 frame.forced_scope if frame.forced_scope is not None
                 else self.fresh(prefix, _snake(fn.template.definition.name)))
             self.restart(scope)
-            outs = self.apply_block(fn, inputs, span, scope, frame.annotations)
+            try:
+                outs = self.apply_block(fn, inputs, span, scope, frame.annotations)
+            except ArchError as err:
+                raise _applied_here(err, fn.template.definition.name, span) from None
             return outs[0] if len(outs) == 1 else tuple(outs)
         if isinstance(fn, PipeFn):
             self.restart(fn.scope or "")
@@ -1205,6 +1208,15 @@ class Elaborator:
 
 
 # ==== helpers =====================================================================================
+def _applied_here(err: ArchError, block: str, span: Span | None) -> ArchError:
+    """An error from inside a block that another file defines (the standard library, an import),
+    with a note at the application that led there, so the user sees their own line too."""
+    last = next((at for text, at in reversed(err.notes) if text.endswith("applied here")), err.span)
+    if span is not None and last is not None and last.file != span.file:
+        err.notes.append((f"in '{block}', applied here", span))
+    return err
+
+
 def _raise(err: Exception) -> Any:
     raise err
 
