@@ -138,3 +138,22 @@ def test_a_split_that_leaves_the_model_is_a_located_error(tmp_path: Path) -> Non
         plan_parallel(elaborate_file(spec), tp=2)
     assert "the 16 output features of 'up' would leave the block split over the ranks" in err.value.message
     assert err.value.span is not None and err.value.span.line == 5
+
+
+def test_llama_plan_is_torchtitans() -> None:
+    """q, k, v (and gate, up) read one input and are split together; rotary's rotate_half concats
+    along the head dimension, not the split heads; grouped-query attention keeps 2 of 4 heads and
+    1 of 2 key/value heads per rank."""
+    graph = elaborate_file(specs_root() / "models" / "llama.arch",
+                           overrides={"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+                                      "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                      "max_position_embeddings": 16})
+    plan = plan_parallel(graph, tp=2)
+    layer = {(p.path.removeprefix("model.layers.0."), p.style, p.chunks) for p in plan.placements
+             if p.path.startswith("model.layers.0.")}
+    assert layer == {("self_attn.q_proj", "colwise", 1), ("self_attn.k_proj", "colwise", 1),
+                     ("self_attn.v_proj", "colwise", 1), ("self_attn.o_proj", "rowwise", 1),
+                     ("mlp.gate_proj", "colwise", 1), ("mlp.up_proj", "colwise", 1), ("mlp.down_proj", "rowwise", 1)}
+    assert ("model.embed_tokens", "embedding") in {(p.path, p.style) for p in plan.placements}
+    with pytest.raises(ArchError, match="axis 'h' \\(the heads\\) \\(2\\), which 4 does not divide"):
+        plan_parallel(graph, tp=4)  # 2 key/value heads
