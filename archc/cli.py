@@ -24,6 +24,7 @@ DESCRIPTION = """archc compiles neural-network architectures written in .arch fi
   archc build  spec.arch --target T   lower to PyTorch and other targets
   archc render spec.arch -o net.svg   draw the architecture
   archc summary spec.arch             parameters, FLOPs and activation memory per block
+  archc bench  spec.arch             time eager, -O2 and torch.compile side by side
 """
 
 

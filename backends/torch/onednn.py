@@ -48,7 +48,8 @@ def fusable(layer: nn.Module, x: torch.Tensor) -> bool:
 def _packed(layer: nn.Module, key: tuple, pack) -> torch.Tensor:
     """The layer's weight packed for `key` (made by `pack()` on first use, again after the weight changed)."""
     cache = _PACKED.setdefault(layer, {})
-    key = (layer.weight._version, layer.weight.data_ptr()) + key
+    w = layer.weight  # an inference tensor has no version counter (made under torch.inference_mode)
+    key = (-1 if w.is_inference() else w._version, w.data_ptr()) + key
     if key not in cache:
         if len(cache) >= _MAX_SHAPES:
             cache.clear()

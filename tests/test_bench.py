@@ -1,0 +1,44 @@
+"""`archc bench` (#17): the JSON report of a run with the cheap variants on a tiny model. No timing is
+asserted, only that every field is there and consistent and that -O2 computes what eager computes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from archc.cli import main
+from archc.resources import specs_root
+
+RESNET = specs_root() / "models" / "resnet18.arch"
+TINY = ["--set", "img_size=32", "--set", "num_classes=10", "--set", "depths=[1, 1, 1, 1]"]
+
+
+def test_bench_json_reports_every_variant_and_matches_eager(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", str(RESNET), *TINY, "--batch", "2", "--threads", "1", "--rounds", "3", "--warmup", "1",
+                 "--variants", "O2", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert err == ""  # the progress bar shows only on a terminal
+    report = json.loads(out)
+    assert report["model"] == "ResNet18" and report["batch"] == 2 and report["rounds"] == 3
+    assert report["machine"]["threads"] == 1 and report["machine"]["cores"] >= 1 and report["machine"]["torch"]
+    assert len(report["loadavg"]) == 3
+    assert list(report["variants"]) == ["eager", "O2"]  # eager always runs: the ratios are to it
+    for name, v in report["variants"].items():
+        assert len(v["times_ms"]) == len(v["ratios"]) == 3
+        assert v["median_ms"] > 0 and v["build_s"] > 0 and v["first_call_s"] > 0
+        assert v["speedup_p25"] <= v["speedup"] <= v["speedup_p75"]
+    assert report["variants"]["eager"]["ratios"] == [1.0, 1.0, 1.0]
+    assert report["variants"]["O2"]["max_rel_diff"] <= 1e-5
+    assert "O2_over_freeze" not in report
+
+
+def test_bench_table_and_its_mistakes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", str(RESNET), *TINY, "--batch", "1", "--rounds", "1", "--warmup", "0",
+                 "--variants", "eager"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ResNet18: batch 1,") and "\neager " in out
+    assert main(["bench", str(RESNET), *TINY, "--variants", "eager,jit"]) == 1
+    assert "unknown variant 'jit'" in capsys.readouterr().err
+    assert main(["bench", str(RESNET), *TINY, "--rounds", "0"]) == 1
