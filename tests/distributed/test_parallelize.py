@@ -131,6 +131,10 @@ def _join(rank: int, folder: str, world: int) -> None:
 def _worker2(rank: int, folder: str) -> None:
     """Two ranks: TP over a 1-D "tp" mesh, FSDP over a 1-D "dp" mesh, for each model; meta-device
     init and bf16 with fp32 norms on GPT-2."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+    )
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
@@ -177,6 +181,18 @@ def _worker2(rank: int, folder: str) -> None:
         archc.init_weights(model)
         out["meta"] = {k: _full(p) for k, p in model.named_parameters()}
         out["meta_local"] = {k: p.to_local().shape for k, p in model.named_parameters()}
+
+        # hyper-connections made on the meta device: the 0-d scales FSDP keeps whole still average
+        # their gradients after init_weights and a full state dict loaded into the shards
+        with torch.device("meta"):
+            model = _compile("gpt2_hyper")
+        archc.parallelize(model, dp_mesh)
+        archc.init_weights(model)
+        init, data = (torch.load(Path(folder) / f"gpt2_hyper_{k}.pt", weights_only=True) for k in ("init", "data"))
+        set_model_state_dict(model, init, options=StateDictOptions(full_state_dict=True))
+        result = _train("gpt2_hyper", model, data, rank, 2)
+        _mean_losses(result, None, 2)
+        out["gpt2_hyper_meta_fsdp"] = result
 
         # bf16 compute, fp32 norms (their own units, handing bf16 on)
         init, data = (torch.load(Path(folder) / f"gpt2_{k}.pt", weights_only=True) for k in ("init", "data"))
@@ -347,6 +363,10 @@ def test_meta_init_after_sharding(runs: dict[str, Any]) -> None:
         else:
             assert 0.8 < (got.std() / want.std()).item() < 1.25, k
             assert abs(got.mean().item()) < 3 * want.std().item() / want.numel() ** 0.5 + 1e-3, k
+
+
+def test_meta_init_then_loaded_weights_train_like_one_process(runs: dict[str, Any]) -> None:
+    _same(runs["got"]["gpt2_hyper_meta_fsdp"], runs["refs"]["gpt2_hyper"], "gpt2_hyper from meta under fsdp")
 
 
 def test_bf16_keeps_norms_in_fp32(runs: dict[str, Any]) -> None:
