@@ -64,3 +64,35 @@ def test_the_plan_in_the_docs_is_the_one_built(tmp_path: Path) -> None:
     shown = doc.split("```python emitted=gpt2-tp2-sp\n", 1)[1].split("\n```", 1)[0]
     text = _build(tmp_path, GPT2, *TINY[:5], "depth=2", *TINY[6:], "--set", "pdrop=0.0", "--tp", "2", "--sp")
     assert shown == text[text.index("def parallelize("):].rstrip("\n")
+
+
+class _Mesh:
+    """What parallelize reads of a DeviceMesh before it splits anything."""
+
+    def __init__(self, names: tuple[str, ...] | None, ndim: int) -> None:
+        self.mesh_dim_names, self.ndim = names, ndim
+
+
+@pytest.mark.parametrize(("mesh", "options", "message"), [
+    (_Mesh(("a", "b"), 2), {}, "a 2-D mesh must be named ('dp', 'tp')"),
+    (_Mesh(None, 1), {}, "a 1-D mesh named neither 'tp' nor 'dp'"),
+    (_Mesh(("tp",), 1), {"tp": True, "fsdp": True}, "use a 2-D ('dp', 'tp') mesh for both"),
+    (_Mesh(("x", "y", "z"), 3), {}, "a 1-D or 2-D device mesh, got 3 dimensions"),
+])
+def test_meshes_parallelize_cannot_use_are_errors(mesh: _Mesh, options: dict[str, bool], message: str) -> None:
+    import archc
+    from archc.errors import ArchError
+
+    model = archc.compile(GPT2, vocab=64, dim=32, depth=1, heads=2, max_len=16)
+    with pytest.raises(ArchError, match=message.replace("(", "\\(").replace(")", "\\)")):
+        archc.parallelize(model, mesh, **options)
+
+
+def test_parallelize_needs_the_ir_of_the_model() -> None:
+    import torch
+
+    import archc
+    from archc.errors import ArchError
+
+    with pytest.raises(ArchError, match="parallelize needs the IR of the model"):
+        archc.parallelize(torch.nn.Linear(2, 2), _Mesh(("tp",), 1))
