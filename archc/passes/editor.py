@@ -112,4 +112,5 @@ class Editor:
         return annotate(Graph(schema_version=self.graph.schema_version, name=self.graph.name, axes=self.graph.axes,
                      model_args=self.graph.model_args, inputs=self.graph.inputs, outputs=tuple(self.outputs),
                      values={k: t for k, t in self.values.items() if k in defined}, nodes=nodes,
-                     params={k: p for k, p in self.params.items() if k in used}, scopes=scopes))
+                     params={k: p for k, p in self.params.items() if k in used}, scopes=scopes,
+                     guards=self.graph.guards))
