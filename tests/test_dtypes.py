@@ -102,9 +102,14 @@ def test_mixed_dtypes_are_located_errors(text: str, message: str, at: str) -> No
 def test_a_bf16_spec_runs_as_eager_bf16() -> None:
     from archc.backends.torch import build_module
 
+    from archc.backends.torch import emit_python
+
     torch.manual_seed(0)
-    m = build_module(elaborate_text(MLP, "t.arch")).eval()
+    graph = elaborate_text(MLP, "t.arch")
+    m = build_module(graph).eval()
     assert {p.dtype for p in m.parameters()} == {torch.bfloat16}
+    assert isinstance(m.mlp.fc1, torch.nn.Linear) and isinstance(m.norm, torch.nn.LayerNorm)  # torch's own
+    assert "nn.Linear(32, 64, bias=True, dtype=torch.bfloat16)" in emit_python(graph)
     x = torch.randn(2, 5, 32, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(1))
     sd = m.state_dict()
     F = torch.nn.functional

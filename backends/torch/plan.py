@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from archc.backends.torch.inits import DTYPES
 from archc.backends.torch.tree import ModuleEntry
 from archc.ir.blocks import homes, within
 from archc.ir.graph import BlockCall, Graph
@@ -85,14 +86,20 @@ def _leaf(graph: Graph, entry: ModuleEntry, nodes: list[int], home: list[str]) -
     first = graph.nodes[nodes[0]]
     if any(len(graph.nodes[i].inputs) != 1 or len(graph.nodes[i].outputs) != 1 for i in nodes):
         return None
+    floats = {t.decl.dtype for t in entry.tensors if t.attr not in (MASK, "num_batches_tracked")}
+    dtype = floats.pop() if len(floats) == 1 else None  # the module's parameters have one dtype
+    if dtype not in ("f32", "bf16", "f16", "f64") or (dtype != "f32" and MASK in roles):
+        return None
     for t in entry.tensors:
         if t.attr == MASK:  # a sparse weight's mask: a bool buffer that a Masked* twin holds
             continue
         buffer = t.attr in ("running_mean", "running_var", "num_batches_tracked")
-        if t.decl.dtype != ("i64" if t.attr == "num_batches_tracked" else "f32") or t.decl.trainable == buffer:
+        if t.decl.dtype != ("i64" if t.attr == "num_batches_tracked" else dtype) or t.decl.trainable == buffer:
             return None
     op = registry.get(entry.kind)
     module = op.torch_module(op.make_attrs(first.attrs), frozenset(roles) - {MASK}, [graph.values[first.inputs[0]]])
+    if module is not None and dtype != "f32":  # nn.Linear(64, 64, bias=True, dtype=torch.bfloat16)
+        return f"{module[:-1]}, dtype={DTYPES[dtype]})"
     if module is None or MASK not in roles:
         return module
     torch_name, _, args = module.partition("(")
