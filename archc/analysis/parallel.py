@@ -347,13 +347,13 @@ def _shift(region: _Region, by: int) -> _Region:
                    [(k + by, n, s) for k, n, s in region.divides])
 
 
-def _all_regions(graph: Graph, replicate: tuple[str, ...], layers: list[str]) -> list[_Region]:
+def _all_regions(graph: Graph, replicate: tuple[str, ...], layers: list[str], tied: set[int]) -> list[_Region]:
     users: dict[str, list[int]] = {}
     for i, node in enumerate(graph.nodes):
         for v in node.inputs:
             users.setdefault(v, []).append(i)
     returned = {p.value for p in graph.outputs}
-    skip = tied_uses(graph)
+    skip = tied
     planned: dict[str, tuple[int, list[_Region]]] = {}  # structural key -> (first node, regions)
     out: list[_Region] = []
     for path, start, nodes in _units(graph, layers):
@@ -373,7 +373,7 @@ def local_axes(graph: Graph) -> dict[int, frozenset[str]]:
     """Per rearrange node, the axes a rank holds only part of under tensor parallelism (for any
     degree): the torch backend reads their sizes from the input instead of writing them down."""
     try:
-        regions = _all_regions(graph, (), _layers(graph))
+        regions = _all_regions(graph, (), _layers(graph), tied_uses(graph))
     except ArchError:
         return {}
     out: dict[int, set[str]] = {}
@@ -399,7 +399,9 @@ def plan_parallel(graph: Graph, tp: int = 1, loss_parallel: bool = False,
     if tp < 1:
         raise ArchError(f"tensor parallelism needs at least one rank, got tp={tp}")
     layers = _layers(graph)
-    regions = _all_regions(graph, tuple(replicate), layers)
+    tied = tied_uses(graph)
+    home = homes(graph)
+    regions = _all_regions(graph, tuple(replicate), layers, tied)
     placements: list[Placement] = []
     for r in regions:
         for k, name, size in r.divides:
@@ -416,31 +418,39 @@ def plan_parallel(graph: Graph, tp: int = 1, loss_parallel: bool = False,
         names = ", ".join(cols[:-1]) + " and " + cols[-1] if len(cols) > 1 else cols[0]
         placements += [Placement(graph.nodes[k].scope, "rowwise", why=f"contracts the split of {names}")
                        for k in r.rows]
-    placements += _vocab(graph, tp, loss_parallel, tuple(replicate))
+    placements += _vocab(graph, tp, loss_parallel, tuple(replicate), home, tied)
     if sp:
         from archc.analysis.sequence_parallel import sequence_placements
 
         placements = sequence_placements(graph, regions, layers, tp, placements)
-    placements.sort(key=lambda p: (_order(graph, p.path), p.path.count(".")))  # a block before its first op
+    first = _first_nodes(graph)
+    placements.sort(key=lambda p: (first.get(p.path, len(graph.nodes)) if p.path else -1,
+                                   p.path.count(".")))  # in the order they run; a block before its first op
     local: dict[int, set[str]] = {}
     for r in regions:
         for k, v in r.local.items():
             local.setdefault(k, set()).update(v)
     norms = tuple(p for p, info in graph.scopes.items() if info.kind in ("layernorm", "rmsnorm", "batchnorm"))
-    return ParallelPlan(tp, loss_parallel, tuple(placements), _fsdp_units(graph, layers), norms, tuple(layers),
+    return ParallelPlan(tp, loss_parallel, tuple(placements), _fsdp_units(layers, home, tied, graph), norms, tuple(layers),
                         {k: frozenset(v) for k, v in local.items()}, sp)
 
 
-def _order(graph: Graph, path: str) -> int:
-    return next((i for i, n in enumerate(graph.nodes) if within(n.scope, path)), len(graph.nodes)) if path else -1
+def _first_nodes(graph: Graph) -> dict[str, int]:
+    """Each scope's first node (nodes run in order, so a scope's ancestors start no later)."""
+    first: dict[str, int] = {}
+    for i, node in enumerate(graph.nodes):
+        path = node.scope
+        while path and path not in first:
+            first[path] = i
+            path = path.rpartition(".")[0]
+    return first
 
 
-def _vocab(graph: Graph, tp: int, loss_parallel: bool, replicate: tuple[str, ...]) -> list[Placement]:
+def _vocab(graph: Graph, tp: int, loss_parallel: bool, replicate: tuple[str, ...], home: list[str],
+           tied: set[int]) -> list[Placement]:
     """Embeddings (vocabulary-parallel) and the heads that produce the model's outputs."""
     out: list[Placement] = []
     returned = {p.value for p in graph.outputs}
-    home = homes(graph)
-    tied = tied_uses(graph)
     kept = set()
     for i, node in enumerate(graph.nodes):
         if node.op != "linear" or node.outputs[0] not in returned or any(within(node.scope, r) for r in replicate):
@@ -472,11 +482,10 @@ def _feeder(graph: Graph, value: str) -> str:
     return min(found, key=len) if found else ""
 
 
-def _fsdp_units(graph: Graph, layers: list[str]) -> tuple[str, ...]:
+def _fsdp_units(layers: list[str], home: list[str], tied: set[int], graph: Graph) -> tuple[str, ...]:
     """The stack layers, less those that share a tensor with something outside them; then the root."""
-    home = homes(graph)
     crossing: set[str] = set()
-    for i in tied_uses(graph):
+    for i in tied:
         for owner in graph.nodes[i].param_owners():
             for layer in layers:
                 if within(owner, layer) != within(home[i], layer):
