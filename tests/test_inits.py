@@ -217,3 +217,16 @@ def test_vision_init_is_timms(timm: ModuleType, name: str) -> None:
     ours = compile_spec(zoo.spec_path(name), **ours_args)
     bad = _stats_match(dict(ours.state_dict()), zoo.timm_to_archc(name, ref.state_dict()))
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_llama_init_is_hugging_faces(transformers: ModuleType, tied: bool) -> None:
+    from archc.api import compile as compile_spec
+
+    config = transformers.LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    torch.manual_seed(0)
+    ref = transformers.LlamaForCausalLM(config)
+    ours = compile_spec(zoo.spec_path("llama"), **zoo.hf_llama_params(config.to_dict()))
+    bad = _stats_match(dict(ours.state_dict()), zoo.hf_llama_to_archc(ref.state_dict(), tied))
+    assert not bad, "\n".join(bad)
