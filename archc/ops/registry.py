@@ -62,7 +62,13 @@ def init_args(init: str) -> tuple[str, list[float]]:
         raise ValueError(f"initializer '{name}' takes numbers, got '{init}'") from None
     if any(v != v or v in (float("inf"), float("-inf")) for v in values):
         raise ValueError(f"initializer '{name}' takes finite numbers, got '{init}'")
-    return name, values + [d for d in defaults[len(values):] if d is not None]
+    full = values + [d for d in defaults[len(values):] if d is not None]
+    if name in ("normal", "trunc_normal", "uniform") and full[0] < 0:  # torch refuses them when it runs
+        raise ValueError(f"initializer '{name}': its {'bound' if name == 'uniform' else 'std'} must be >= 0, "
+                         f"got '{init}'")
+    if name == "trunc_normal" and full[1] >= full[2]:
+        raise ValueError(f"initializer 'trunc_normal': its bounds must have a < b, got '{init}'")
+    return name, full
 
 
 def check_init(init: str) -> str:
