@@ -230,3 +230,16 @@ def test_llama_init_is_hugging_faces(transformers: ModuleType, tied: bool) -> No
     ours = compile_spec(zoo.spec_path("llama"), **zoo.hf_llama_params(config.to_dict()))
     bad = _stats_match(dict(ours.state_dict()), zoo.hf_llama_to_archc(ref.state_dict(), tied))
     assert not bad, "\n".join(bad)
+
+
+def test_the_formatter_wraps_a_long_init_annotation() -> None:
+    from archc.frontend.fmt import format_module
+    from archc.frontend.parser import parse
+
+    text = ("axis B\n@init(linear=normal(initializer_range), embedding=normal(initializer_range), "
+            "layernorm_weight=ones, layernorm_bias=zeros)\n"
+            "model M(initializer_range: float = 0.02) (x: [B, 8]) -> [B, 8] { return linear(x, 8) }\n")
+    out = format_module(parse(text, "t.arch"))
+    assert max(len(line) for line in out.splitlines()) <= 100 and "@init(linear=" in out
+    assert format_module(parse(out, "t.arch")) == out  # stable
+    assert canonical(elaborate_text(out, "t.arch")) == canonical(elaborate_text(text, "t.arch"))

@@ -133,6 +133,24 @@ def _annotation(a: A.Annotation) -> str:
     return f"@{a.name}({_args(a.args, a.kwargs)})"
 
 
+def _annotation_lines(a: A.Annotation, indent: str) -> list[str]:
+    """An annotation, wrapped after its commas (aligned under the first argument) past WIDTH."""
+    one = _annotation(a)
+    if len(indent + one) <= WIDTH or not (a.args or a.kwargs):
+        return [one]
+    pieces = [expr_text(x) for x in a.args] + [f"{k.name}={expr_text(k.value)}" for k in a.kwargs]
+    lines, current = [], f"@{a.name}("
+    pad = " " * len(current)
+    for i, piece in enumerate(pieces):
+        piece += "," if i + 1 < len(pieces) else ")"
+        if not current.endswith("(") and len(indent + current) + 1 + len(piece) > WIDTH:
+            lines.append(current)
+            current = pad + piece
+        else:
+            current += ("" if current.endswith("(") else " ") + piece
+    return lines + [current]
+
+
 class _Printer:
     def __init__(self, comments: list[A.Comment]) -> None:
         self.comments = sorted(comments, key=lambda c: (c.line, c.col))
@@ -173,7 +191,9 @@ class _Printer:
 
     def block(self, b: A.BlockDef) -> None:
         for a in b.annotations:
-            self.emit(a.span.line, _annotation(a), "")
+            first, *rest = _annotation_lines(a, "")
+            self.emit(a.span.line, first, "")
+            self.lines.extend(rest)
         head = f"{b.kind} {b.name}"
         params = [head + _formals(b.params)] if b.params or b.ports is None else [head]
         if len(params[0]) > WIDTH:
@@ -208,7 +228,9 @@ class _Printer:
 
     def stmt(self, s: Any, indent: str) -> None:
         for a in s.annotations:
-            self.emit(a.span.line, _annotation(a), indent)
+            first, *rest = _annotation_lines(a, indent)
+            self.emit(a.span.line, first, indent)
+            self.lines.extend(indent + line for line in rest)
         if isinstance(s, A.Assign):
             text = f"{', '.join(s.targets)} = {expr_text(s.value)}"
             if isinstance(s.value, A.Stack) and len(indent + text) > WIDTH:
