@@ -23,6 +23,10 @@ function from the reference state_dict to archc's and back:
 
     model = archc.compile(archc.zoo.spec_path("llama"), **archc.zoo.hf_llama_params(config.to_dict()))
     model.load_state_dict(archc.zoo.hf_llama_to_archc(hf_model.state_dict()), strict=True)
+
+- ``mixtral`` (Hugging Face ``MixtralForCausalLM``): as ``llama``, with the experts stacked as
+  Hugging Face stacks them (``experts.gate_up_proj``, ``experts.down_proj``); the model returns the
+  logits and the router's auxiliary loss (:func:`hf_mixtral_params` picks its parameters).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from typing import Any, Mapping
 from archc import resources
 
 __all__ = ["MODELS", "spec_path", "timm_to_archc", "archc_to_timm", "hf_gpt2_to_archc", "archc_to_hf_gpt2",
-           "LLAMA_CONFIG_KEYS", "hf_llama_params", "hf_llama_to_archc", "archc_to_hf_llama"]
+           "LLAMA_CONFIG_KEYS", "hf_llama_params", "hf_llama_to_archc", "archc_to_hf_llama",
+           "MIXTRAL_CONFIG_KEYS", "hf_mixtral_params"]
 
 # zoo spec -> the reference model it reproduces
 MODELS: dict[str, str] = {
@@ -45,6 +50,7 @@ MODELS: dict[str, str] = {
     "repvgg_a0": "timm:repvgg_a0",
     "gpt2": "transformers:GPT2LMHeadModel",
     "llama": "transformers:LlamaForCausalLM",
+    "mixtral": "transformers:MixtralForCausalLM",
 }
 
 # timm key fragment -> archc key fragment, per zoo spec (empty: the keys are the same)
@@ -152,6 +158,27 @@ def hf_llama_params(config: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("rope_theta", "rms_norm_eps", "initializer_range"):
         if key in out:
             out[key] = float(out[key])
+    return out
+
+
+# Mixtral's config names that mixtral.arch takes (Llama's, less the biases, plus the experts')
+MIXTRAL_CONFIG_KEYS = tuple(k for k in LLAMA_CONFIG_KEYS if not k.endswith("_bias")) + (
+    "num_local_experts", "num_experts_per_tok")
+
+
+def hf_mixtral_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The model parameters of ``mixtral.arch`` from a Hugging Face ``MixtralConfig.to_dict()``, as
+    :func:`hf_llama_params` (whose checks apply). Raises ValueError for what the spec does not
+    build: sliding-window attention, or router jitter (training noise the spec does not add).
+    Its state_dict loads as it is, and untied (Mixtral's default); a tied one as Llama's
+    (:func:`hf_llama_to_archc`)."""
+    if config.get("sliding_window") is not None:
+        raise ValueError("mixtral.arch has no sliding-window attention; the config has sliding_window="
+                         f"{config['sliding_window']}")
+    if config.get("router_jitter_noise"):
+        raise ValueError(f"mixtral.arch adds no router jitter; the config has {config['router_jitter_noise']}")
+    out = {k: v for k, v in hf_llama_params(config).items() if k in MIXTRAL_CONFIG_KEYS}
+    out.update({k: config[k] for k in ("num_local_experts", "num_experts_per_tok") if config.get(k) is not None})
     return out
 
 

@@ -69,6 +69,13 @@ RULES: dict[str, str] = {
                    "or \"bilinear\" (`[B, C, H, W]`), as torch's interpolate",
     "layernorm": "same shape; normalizes axis `dim` (the last, or 1 for channels-first maps)",
     "linear": "`[*, in]` -> `[*, features]`; `in` must be a known size",
+    "full": "`shape`, filled with `value`, on `x`'s device (`x` gives only its device)",
+    "moe_router": "logits `[*, E]` -> weights `f32[*, k]`, expert indices `i64[*, k]` (softmax over E, top k, "
+                  "renormalized: Mixtral's; or sigmoid scores)",
+    "moe_load": "logits `[*, E]`, indices `i64[*, k]` -> `f32[2, E]`: the fraction of choices per expert and its "
+                "mean probability (the load-balancing loss is E * sum(f * P))",
+    "moe_experts": "`x [*, D]`, weights `[*, k]`, indices `i64[*, k]` -> `[*, D]`: each input through its k experts, "
+                   "weighted (see [conditional.md](conditional.md))",
     "fff": "`[*, in]` -> `[*, out]` (with `entropy=true`, also `[2^depth - 1]`: each node's mean decision "
            "entropy); soft in training, one leaf per input in eval (see [conditional.md](conditional.md))",
     "fff_neurons": "`[*, in]` -> `[*, out]` (with `entropy=true`, also one entropy per node); in eval, "
@@ -132,6 +139,10 @@ SAMPLES: dict[str, Sample] = {
     "layernorm": Sample("x: [B, T, 32]", "layernorm(x)"),
     "linear": Sample("x: [B, T, 32]", "linear(x, 64)"),
     "fff": Sample("x: [B, T, 32]", "fff(x, 32, depth=3, leaf=8)"),
+    "full": Sample("x: [B, T, 32]", "full(x, [2, 8])"),
+    "moe_router": Sample("logits: [B, T, 8]", "moe_router(logits, 2)", outs=2),
+    "moe_load": Sample("logits: [B, T, 8], index: i64[B, T, 2]", "moe_load(logits, index)"),
+    "moe_experts": Sample("x: [B, T, 32], w: [B, T, 2], index: i64[B, T, 2]", "moe_experts(x, w, index, 8, 64)"),
     "fff_neurons": Sample("x: [B, T, 32]", "fff_neurons(x, 32, depth=3, trees=2)"),
     "maxpool2d": Sample("x: [B, 8, 32, 32]", "maxpool2d(x, 3, 2, 1)"),
     "mean": Sample("x: [B, T, 32]", "mean(x, [1])"),

@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from archc.analysis.connections import connection_costs
+    from archc.analysis.conditional import conditional_rows
+    from archc.analysis.conditional import format_rows as format_conditional
     from archc.analysis.sparsity import format_rows, sparse_rows
     from archc.analysis.summary import axis_values, format_table, human, summarize
 
@@ -50,15 +52,17 @@ def run(args: argparse.Namespace) -> int:
     env = axis_values(graph, args.batch, parse_axes(args.axis))
     costs = connection_costs(graph, env)
     sparse = sparse_rows(graph, env)
+    conditional = conditional_rows(graph, env)
     if args.json:
         json.dump(summary.to_dict() | {"connections": [asdict(c) for c in costs],
-                                       "sparsity": [r.to_dict() for r in sparse]}, sys.stdout, indent=1)
+                                       "sparsity": [r.to_dict() for r in sparse],
+                                       "conditional": [r.to_dict() for r in conditional]}, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         print(format_table(summary))
         for c in costs:
             print(f"connection {c.stack}: {c.policy} adds {c.params:,} parameters and "
                   f"{human(c.act_bytes, 'B', 1024)} of activations (its own ops)")
-        for line in format_rows(sparse, graph):
+        for line in format_rows(sparse, graph) + format_conditional(conditional, graph):
             print(line)
     return 0

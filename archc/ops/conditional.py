@@ -87,6 +87,11 @@ class Fff(Op):
             specs = {"node_weights": ParamSpec((nodes, d), inner), "node_biases": ParamSpec((nodes, 1), inner), **specs}
         return specs
 
+    def active_params(self, a: Any, ins: list[TensorType]) -> int | None:
+        """The hard form: the depth decisions on the path and one leaf."""
+        d = known(ins[0].sizes[-1], "features")
+        return a.depth * (d + 1) + d * a.leaf + a.leaf + a.leaf * a.out + a.out
+
     def flops(self, a: Any, ins: list[TensorType], outs: list[TensorType]) -> Size:
         """The inference (hard) form's matmuls: the decisions (all nodes in one matmul up to
         FULL_LOGITS nodes, else one dot product per level), then one leaf per input."""
@@ -140,6 +145,11 @@ class FffNeurons(Op):
         return {"w_in": ParamSpec((n, d), _uniform(d)), "b_in": ParamSpec((n,), _uniform(d)),
                 "w_out": ParamSpec((n, a.out), _uniform((a.depth + 1) * a.trees))}
 
+    def active_params(self, a: Any, ins: list[TensorType]) -> int | None:
+        """The hard form: the depth + 1 neurons on the path of each tree, in and out."""
+        d = known(ins[0].sizes[-1], "features")
+        return a.trees * (a.depth + 1) * (d + 1 + a.out)
+
     def flops(self, a: Any, ins: list[TensorType], outs: list[TensorType]) -> Size:
         """The inference (hard) form, as FlopCounterMode counts it: per tree, the depth + 1 neurons
         on the path (their dot products are the decisions), then their outputs."""
@@ -150,3 +160,144 @@ class FffNeurons(Op):
         return (f"fff_neurons({ins[0]}, {params['w_in']}, {params['b_in']}, {params['w_out']}, depth={a.depth}, "
                 f"trees={a.trees}, act={a.act!r}, form={a.form!r}, training=self.training"
                 + (", entropy=True)" if a.entropy else ")"))
+
+
+# ---- mixture of experts ------------------------------------------------------------------------
+class MoeRouterAttrs(_Attrs):
+    k: int = Field(gt=0)
+    scoring: Literal["softmax", "sigmoid"] = "softmax"
+    normalize: bool = True
+
+
+@register
+class MoeRouter(Op):
+    """Top-k routing of each input over E experts from its router logits [*, E]: the k best experts
+    and their weights. `softmax` (Mixtral): the softmax over all E in float32, then the top k,
+    renormalized to sum to 1 (equal to a softmax over the top-k logits, Mistral's form); `sigmoid`
+    (DeepSeek-V3): sigmoid scores, the top k, renormalized when `normalize`. Ties: the lower index."""
+
+    name = "moe_router"
+    Attrs = MoeRouterAttrs
+    doc = "top-k routing: logits `[*, E]` -> weights `f32[*, k]`, expert indices `i64[*, k]`"
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t = ins[0]
+        need_float(t, self.name)
+        if t.rank == 0:
+            raise OpError("moe_router takes router logits [*, experts]")
+        e = known(t.sizes[-1], "the number of experts (the last axis of the logits)")
+        if a.k > e:
+            raise OpError(f"moe_router: top-{a.k} of {e} experts")
+        shape = t.shape[:-1] + (Dim(size=Size.of(a.k)),)
+        return [TensorType(dtype="f32", shape=shape), TensorType(dtype="i64", shape=shape)]
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        return f"moe_route({ins[0]}, {a.k}, {a.scoring!r}, {a.normalize})"
+
+
+@register
+class MoeLoad(Op):
+    """How evenly a layer routes (Switch Transformer's load-balancing terms, Fedus et al. 2022):
+    from the router logits [*, E] and the chosen experts [*, k], a [2, E] tensor whose row 0 is the
+    fraction of the N inputs' k choices that went to each expert (each row of choices counts k
+    times: it sums to k) and row 1 the mean softmax probability of each expert. The auxiliary loss
+    is E * sum(f * P); Hugging Face's Mixtral pools f and P over the layers first (mean of rows)."""
+
+    name = "moe_load"
+    inputs = ("logits", "indices")
+    doc = "load-balancing statistics: logits `[*, E]`, indices `i64[*, k]` -> `f32[2, E]`"
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        logits, idx = ins
+        need_float(logits, self.name)
+        if idx.dtype != "i64" or idx.rank != logits.rank or idx.sizes[:-1] != logits.sizes[:-1]:
+            raise OpError(f"moe_load: indices must be i64[*, k] over the logits' inputs, got {idx} for {logits}")
+        e = known(logits.sizes[-1], "the number of experts")
+        return [TensorType(dtype="f32", shape=(Dim(size=Size.of(2)), Dim(size=Size.of(e))))]
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        return f"moe_load({ins[0]}, {ins[1]})"
+
+
+class MoeExpertsAttrs(_Attrs):
+    experts: int = Field(gt=0, le=4096)
+    hidden: int = Field(gt=0)
+    kind: Literal["swiglu", "mlp"] = "swiglu"
+    act: Act = "silu"
+    impl: Literal["loop", "grouped", "batched"] = "loop"
+    capacity: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+
+
+@register
+class MoeExperts(Op):
+    """E feedforward experts, each input summed over the k experts it was routed to, times their
+    weights: y = sum_j w_j * expert_{i_j}(x). `swiglu` (Mixtral): down(act(gate(x)) * up(x)) with
+    `gate_up_proj [E, 2 * hidden, D]` (gate rows first) and `down_proj [E, D, hidden]`, Hugging
+    Face's names and layout; `mlp`: fc2(act(fc1(x))) with `fc1 [E, hidden, D]`, `fc2 [E, D, hidden]`.
+
+    `impl` picks the lowering; all compute the same (tested to 1e-6): `loop` runs each expert on
+    its inputs (Hugging Face's loop), `grouped` one grouped matmul per layer over the inputs sorted
+    by expert (`torch._grouped_mm`; rows of 16-byte multiples), `batched` pads each expert's inputs
+    to the busiest expert's count (or the capacity) and runs batched matmuls (a buffer of
+    E x capacity x D). Dropless unless `capacity` (a factor: each expert takes at most
+    ceil(capacity * N * k / E) inputs, the first ones in input order; the others are dropped)."""
+
+    name = "moe_experts"
+    inputs = ("x", "weights", "indices")
+    Attrs = MoeExpertsAttrs
+    doc = "E experts: `x [*, D]`, routing weights `[*, k]`, indices `i64[*, k]` -> `[*, D]`"
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        x, w, idx = ins
+        need_float(x, self.name)
+        need_float(w, self.name)
+        if x.rank == 0 or idx.dtype != "i64" or idx.rank != x.rank or w.sizes != idx.sizes \
+                or idx.sizes[:-1] != x.sizes[:-1]:
+            raise OpError(f"moe_experts: weights and indices must be [*, k] over x's inputs (x {x}, "
+                          f"weights {w}, indices {idx})")
+        d = known(x.sizes[-1], "moe_experts' features")
+        if a.impl == "grouped" and any(n * _BYTES.get(x.dtype, 4) % 16 for n in (d, a.hidden)):
+            raise OpError(f"moe_experts(impl=\"grouped\"): torch._grouped_mm needs rows of a multiple of 16 "
+                          f"bytes; {d} and {a.hidden} {x.dtype} features are not",
+                          hint='pad the widths, or use impl="loop"')
+        return [x]
+
+    def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        d = known(ins[0].sizes[-1], "moe_experts' features")
+        e, h = a.experts, a.hidden
+        if a.kind == "swiglu":
+            return {"gate_up_proj": ParamSpec((e, 2 * h, d), _uniform(d)), "down_proj": ParamSpec((e, d, h), _uniform(h))}
+        return {"fc1": ParamSpec((e, h, d), _uniform(d)), "fc2": ParamSpec((e, d, h), _uniform(h))}
+
+    def active_params(self, a: Any, ins: list[TensorType]) -> int | None:
+        """The k experts an input is routed to."""
+        d = known(ins[0].sizes[-1], "features")
+        k = known(ins[2].sizes[-1], "top-k")
+        return k * d * a.hidden * (3 if a.kind == "swiglu" else 2)
+
+    def buffer_rows(self, a: Any, ins: list[TensorType]) -> Size | None:
+        """The batched lowering's rows per expert at most: the capacity, or every input (dropless)."""
+        if a.impl != "batched":
+            return None
+        n = _rows(ins[0])
+        if a.capacity is None:
+            return n
+        k = known(ins[2].sizes[-1], "top-k")
+        if not n.is_const:
+            return n  # a symbolic count of inputs: bounded by all of them
+        return Size.of(min(n.value, int(-(-a.capacity * n.value * k // a.experts))))  # ceil, as the lowering
+
+    def flops(self, a: Any, ins: list[TensorType], outs: list[TensorType]) -> Size:
+        """Active FLOPs: each input through its k experts (no capacity drops counted)."""
+        d = known(ins[0].sizes[-1], "features")
+        k = known(ins[2].sizes[-1], "top-k")
+        per = 2 * d * (2 * a.hidden if a.kind == "swiglu" else a.hidden) + 2 * a.hidden * d
+        return _rows(ins[0]) * (k * per)
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        first, second = (params["gate_up_proj"], params["down_proj"]) if a.kind == "swiglu" else (params["fc1"], params["fc2"])
+        return (f"moe_experts({ins[0]}, {ins[1]}, {ins[2]}, {first}, {second}, kind={a.kind!r}, act={a.act!r}, "
+                f"impl={a.impl!r}, capacity={a.capacity!r})")
+
+
+_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8}

@@ -119,6 +119,11 @@ class Op:
     def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
         return {}
 
+    def active_params(self, a: Any, ins: list[TensorType]) -> int | None:
+        """The parameter elements one input row uses, for an op that uses a part of its weights per
+        input (a mixture of experts, a fast feedforward tree); None: all of them."""
+        return None
+
     def flops(self, a: Any, ins: list[TensorType], outs: list[TensorType]) -> Size:
         """FLOPs as torch.utils.flop_counter counts them (matmuls and convs; 0 elsewhere)."""
         return Size.of(0)

@@ -300,6 +300,11 @@ class _Builder:
             n = sum(self.g.params[p].numel for p in node.params.values() if self.g.params[p].trainable)
             title = node.scope.rpartition(".")[2]
             title = title if title == node.op else f"{title}: {node.op}"
+            if node.op == "moe_experts":  # the experts as one box, xE, after the router's box
+                a = node.attrs
+                return Box(box_id, lines(f"{title} \u00d7{a['experts']}", f"{a['kind']} experts, hidden={a['hidden']}",
+                                         f"{count(n)} params, top-k routed ({a['impl']})"), shape, fill,
+                           "rounded,filled", "peripheries=2")
             pattern = sparsity.of(node)
             if pattern is not None:  # a sparse weight: its pattern, and a dotted border
                 return Box(box_id, lines(title, args, f"{count(n)} params", f"sparse {pattern.text()}"),

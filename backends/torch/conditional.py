@@ -1,5 +1,5 @@
-"""Conditional computation in plain PyTorch: fast feedforward trees (archc/ops/conditional.py says
-what each op means). This file needs only torch; the torch backend copies what follows the
+"""Conditional computation in plain PyTorch: fast feedforward trees and mixtures of experts
+(archc/ops/conditional.py says what each op means). This file needs only torch; the torch backend copies what follows the
 imports into a generated module that uses these ops, and the fx backend calls the same functions.
 
 A tree of depth D has 2^D - 1 decision nodes in breadth-first order (node k's children are
@@ -138,3 +138,116 @@ def _reach(logits: torch.Tensor, depth: int, hard: bool) -> torch.Tensor:
         p = right[:, 2 ** d - 1:2 ** (d + 1) - 1]
         levels.append(torch.stack((levels[-1] * (1 - p), levels[-1] * p), dim=-1).flatten(1))
     return torch.cat(levels, dim=1)
+
+
+# ---- mixture of experts --------------------------------------------------------------------------
+def moe_route(logits: torch.Tensor, k: int, scoring: str, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-k experts of each input and their weights (float32), from router logits [*, E]."""
+    scores = torch.softmax(logits.float(), dim=-1) if scoring == "softmax" else torch.sigmoid(logits.float())
+    weights, indices = torch.topk(scores, k, dim=-1)
+    if normalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, indices
+
+
+def moe_load(logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """[2, E]: the fraction of the inputs' choices per expert, and the mean router probability."""
+    e = logits.shape[-1]
+    flat = logits.reshape(-1, e)
+    counts = torch.zeros(e, dtype=torch.float32, device=logits.device)
+    counts = counts.index_add(0, indices.reshape(-1), torch.ones(indices.numel(), device=logits.device))
+    probs = torch.softmax(flat.float(), dim=-1).mean(dim=0)
+    return torch.stack((counts / flat.shape[0], probs))
+
+
+def _expert_ffn(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, kind: str, act: str) -> torch.Tensor:
+    """One expert on its inputs [n, D]: first [h or 2h, D], second [D, h]."""
+    h = x @ first.t()
+    if kind == "swiglu":
+        gate, up = h.chunk(2, dim=-1)
+        return (ACTIVATIONS[act](gate) * up) @ second.t()
+    return ACTIVATIONS[act](h) @ second.t()
+
+
+def _kept(indices: torch.Tensor, experts: int, capacity: float | None) -> torch.Tensor | None:
+    """[N, k] bool: the choices each expert takes under a capacity factor (the first ones in input
+    order, then slot order); None when dropless."""
+    if capacity is None:
+        return None
+    n, k = indices.shape
+    limit = int(-(-capacity * n * k // experts))  # ceil
+    flat = indices.reshape(-1)  # input-major: input 0's choices first
+    onehot = torch.nn.functional.one_hot(flat, experts)
+    position = (torch.cumsum(onehot, dim=0) - 1).gather(1, flat.unsqueeze(1)).squeeze(1)
+    return (position < limit).view(n, k)
+
+
+def moe_experts(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, first: torch.Tensor,
+                second: torch.Tensor, kind: str, act: str, impl: str, capacity: float | None) -> torch.Tensor:
+    """sum_j weights[:, j] * expert_{indices[:, j]}(x) for each input; see archc/ops/conditional.py."""
+    shape = x.shape
+    x = x.reshape(-1, shape[-1])
+    k = indices.shape[-1]
+    idx = indices.reshape(-1, k)
+    w = weights.reshape(-1, k).to(x.dtype)
+    kept = _kept(idx, first.shape[0], capacity)
+    if kept is not None:
+        w = w * kept
+    if impl == "loop":
+        y = _moe_loop(x, w, idx, first, second, kind, act)
+    elif impl == "grouped":
+        y = _moe_grouped(x, w, idx, first, second, kind, act)
+    else:
+        y = _moe_batched(x, w, idx, first, second, kind, act, kept)
+    return y.reshape(shape)
+
+
+def _moe_loop(x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
+              kind: str, act: str) -> torch.Tensor:
+    """Each expert that has inputs, on them (Hugging Face's loop, with index_add)."""
+    y = torch.zeros_like(x)
+    for e in torch.unique(idx).tolist():
+        token, slot = torch.where(idx == e)
+        out = _expert_ffn(x[token], first[e], second[e], kind, act) * w[token, slot].unsqueeze(1)
+        y = y.index_add(0, token, out)
+    return y
+
+
+def _moe_grouped(x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
+                 kind: str, act: str) -> torch.Tensor:
+    """The N * k choices sorted by expert; each layer one grouped matmul over the E groups."""
+    flat = idx.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    token = order // idx.shape[1]
+    ends = torch.cumsum(torch.bincount(flat, minlength=first.shape[0]), 0).to(torch.int32)
+    h = _grouped_mm(x[token], first.transpose(1, 2), ends)
+    if kind == "swiglu":
+        gate, up = h.chunk(2, dim=-1)
+        h = ACTIVATIONS[act](gate) * up
+    else:
+        h = ACTIVATIONS[act](h)
+    out = _grouped_mm(h.contiguous(), second.transpose(1, 2), ends) * w.reshape(-1)[order].unsqueeze(1)
+    return torch.zeros_like(x).index_add(0, token, out)
+
+
+def _moe_batched(x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
+                 kind: str, act: str, kept: torch.Tensor | None) -> torch.Tensor:
+    """Each expert's inputs in a row of an [E, C, D] buffer (C: the busiest expert's count, or the
+    capacity), batched matmuls over the experts, then back to the inputs."""
+    experts, k = first.shape[0], idx.shape[1]
+    flat = idx.reshape(-1)
+    take = torch.ones_like(flat, dtype=torch.bool) if kept is None else kept.reshape(-1)
+    onehot = torch.nn.functional.one_hot(flat, experts) * take.unsqueeze(1)
+    position = (torch.cumsum(onehot, dim=0) - 1).gather(1, flat.unsqueeze(1)).squeeze(1)
+    rows = int(onehot.sum(dim=0).max()) if flat.numel() else 0
+    choice = torch.nonzero(take).squeeze(1)
+    buffer = x.new_zeros(experts, max(rows, 1), x.shape[1])
+    buffer[flat[choice], position[choice]] = x[choice // k]
+    h = torch.bmm(buffer, first.transpose(1, 2))
+    if kind == "swiglu":
+        gate, up = h.chunk(2, dim=-1)
+        h = ACTIVATIONS[act](gate) * up
+    else:
+        h = ACTIVATIONS[act](h)
+    out = torch.bmm(h, second.transpose(1, 2))[flat[choice], position[choice]] * w.reshape(-1)[choice].unsqueeze(1)
+    return torch.zeros_like(x).index_add(0, choice // k, out)

@@ -50,6 +50,56 @@ def _ln_channels_first(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: f
     return (x - mu) / torch.sqrt(var + eps) * w[:, None, None] + b[:, None, None]
 
 
+def _fff_ref(x: torch.Tensor, sd: Sd, depth: int) -> torch.Tensor:
+    """The hard form, input by input: descend, then the leaf's MLP (relu)."""
+    out = []
+    for row in x.reshape(-1, x.shape[-1]):
+        k = 0
+        for _ in range(depth):
+            k = 2 * k + 1 + int(float(row @ sd["fff.node_weights"][k] + sd["fff.node_biases"][k, 0]) >= 0)
+        leaf = k - (2 ** depth - 1)
+        h = torch.relu(row @ sd["fff.w1s"][leaf] + sd["fff.b1s"][leaf])
+        out.append(h @ sd["fff.w2s"][leaf] + sd["fff.b2s"][leaf])
+    return torch.stack(out).reshape(*x.shape[:-1], -1)
+
+
+def _fff_neurons_ref(x: torch.Tensor, sd: Sd, depth: int) -> torch.Tensor:
+    w_in, b_in, w_out = sd["fff_neurons.w_in"], sd["fff_neurons.b_in"], sd["fff_neurons.w_out"]
+    out = []
+    for row in x:
+        k, y = 0, torch.zeros(w_out.shape[1])
+        for _ in range(depth + 1):
+            z = float(row @ w_in[k] + b_in[k])
+            y = y + F.gelu(torch.tensor(z)) * w_out[k]
+            k = 2 * k + 1 + int(z >= 0)
+        out.append(y)
+    return torch.stack(out)
+
+
+def _moe_ref(x: torch.Tensor, sd: Sd, k: int) -> torch.Tensor:
+    """Mixtral's layer, token by token: softmax over the router logits, the top k renormalized,
+    each chosen SwiGLU expert weighted."""
+    gate, up_down = sd["gate.weight"], (sd["experts.gate_up_proj"], sd["experts.down_proj"])
+    out = []
+    for row in x:
+        p = torch.softmax(row @ gate.t(), dim=-1)
+        w, i = torch.topk(p, k)
+        w = w / w.sum()
+        y = torch.zeros_like(row)
+        for weight, e in zip(w, i.tolist()):
+            g, u = (up_down[0][e] @ row).chunk(2)
+            y = y + weight * (up_down[1][e] @ (F.silu(g) * u))
+        out.append(y)
+    return torch.stack(out)
+
+
+def _moe_load_ref(x: torch.Tensor, sd: Sd) -> torch.Tensor:
+    logits = x @ sd["linear.weight"].t()
+    chosen = torch.topk(logits, 2, dim=-1).indices
+    counts = torch.stack([(chosen == e).sum() for e in range(logits.shape[1])]).float() / x.shape[0]
+    return torch.stack((counts, torch.softmax(logits, dim=-1).mean(0)))
+
+
 CASES = [
     Case("adaptive_avgpool2d", "axis B\nmodel M (x: [B, 4, 9, 9]) -> [B, 4, 3, 3] { return adaptive_avgpool2d(x, 3) }",
          lambda i, sd: nn.AdaptiveAvgPool2d(3)(i[0])),
@@ -202,6 +252,25 @@ CASES = [
          lambda i, sd: (i[0] - i[1]) - 2 + (1 - i[0])),
     Case("tanh", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return tanh(x) }",
          lambda i, sd: (torch.exp(2 * i[0]) - 1) / (torch.exp(2 * i[0]) + 1)),
+    Case("fff", "axis B\nmodel M (x: [B, 3, 8]) -> [B, 3, 6] { return fff(x, 6, 3, 4) }",
+         lambda i, sd: _fff_ref(i[0], sd, 3)),
+    Case("fff_neurons", "axis B\nmodel M (x: [B, 8]) -> [B, 6] { return fff_neurons(x, 6, 2) }",
+         lambda i, sd: _fff_neurons_ref(i[0], sd, 2)),
+    Case("full", "axis B\nmodel M (x: [B, 8]) -> [2, 3] { return full(x, [2, 3], -1.5) }",
+         lambda i, sd: torch.full((2, 3), -1.5)),
+    Case("moe", """axis B
+         model M (x: [B, 8]) -> [B, 8] {
+             gate = linear(4, bias=false)
+             experts = moe_experts(4, 6)
+             weights, index = moe_router(gate(x), 2)
+             return experts(x, weights, index)
+         }""", lambda i, sd: _moe_ref(i[0], sd, 2), sizes={"B": 9}),
+    Case("moe_load", """axis B
+         model M (x: [B, 8]) -> f32[2, 5] {
+             logits = linear(x, 5, bias=false)
+             _, index = moe_router(logits, 2, scoring="sigmoid")
+             return moe_load(logits, index)
+         }""", lambda i, sd: _moe_load_ref(i[0], sd), sizes={"B": 7}),
     Case("unbind", "axis B\nmodel M (x: [3, B, 4]) -> ([B, 4], [B, 4], [B, 4]) { a, b, c = unbind(x)\n return c, a, b }",
          lambda i, sd: (i[0][2], i[0][0], i[0][1])),
 ]

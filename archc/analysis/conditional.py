@@ -1,0 +1,67 @@
+"""Conditional computation before anything runs: the parameters one input uses (active) against the
+total, the active FLOPs per input row, and the batched lowering's dispatch buffer, for each op that
+uses a part of its weights per input (`Op.active_params`: mixtures of experts, fast feedforward)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from archc.analysis.summary import evaluate, human, node_flops
+from archc.ir.graph import Graph
+from archc.ir.types import DTYPE_BYTES
+from archc.ops import registry
+
+
+@dataclass(frozen=True)
+class ConditionalRow:
+    scope: str
+    op: str
+    params: int  # all of its parameters
+    active: int  # those one input row uses
+    flops_per_row: int  # active FLOPs per input row
+    buffer_bytes: int | None  # the batched lowering's [E, C, D] dispatch buffer, at these sizes
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def conditional_rows(graph: Graph, env: Mapping[str, int]) -> list[ConditionalRow]:
+    rows = []
+    for node in graph.nodes:
+        op = registry.get(node.op)
+        attrs = op.make_attrs(node.attrs)
+        ins = [graph.values[v] for v in node.inputs]
+        active = op.active_params(attrs, ins)
+        if active is None:
+            continue
+        total = sum(graph.params[p].numel for p in node.params.values())
+        x = ins[0]
+        n = 1
+        for s in x.sizes[:-1]:
+            n *= evaluate(s, env)
+        buffer = None
+        rows_fn = getattr(op, "buffer_rows", None)
+        if rows_fn is not None and rows_fn(attrs, ins) is not None:
+            c = evaluate(rows_fn(attrs, ins), env)
+            buffer = attrs.experts * c * evaluate(x.sizes[-1], env) * DTYPE_BYTES[x.dtype]
+        rows.append(ConditionalRow(node.scope, node.op, total, active, node_flops(graph, node, env) // max(n, 1), buffer))
+    return rows
+
+
+def format_rows(rows: list[ConditionalRow], graph: Graph) -> list[str]:
+    """The `archc summary` lines: the model's active parameters per input, then one line per op kind."""
+    if not rows:
+        return []
+    total = graph.param_count()
+    active = total - sum(r.params - r.active for r in rows)
+    lines = [f"conditional compute: {active:,} of {total:,} parameters active per input ({active / total:.1%})"]
+    kinds: dict[tuple[str, int, int, int, int | None], int] = {}
+    for r in rows:
+        key = (r.op, r.params, r.active, r.flops_per_row, r.buffer_bytes)
+        kinds[key] = kinds.get(key, 0) + 1
+    for (op, params, act, flops, buffer), count in kinds.items():
+        times = f" (x{count})" if count > 1 else ""
+        extra = f"; dispatch buffer {human(buffer, 'B', 1024)} (batched)" if buffer is not None else ""
+        lines.append(f"  {op}{times}: {act:,} of {params:,} parameters and {human(flops)} FLOPs per input row{extra}")
+    return lines

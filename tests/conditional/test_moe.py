@@ -1,0 +1,132 @@
+"""Mixture-of-experts ops (#15): the router as Mixtral's, the three lowerings of moe_experts agree
+(outputs and gradients, fp32, random routings with idle experts and uneven counts), capacity drops
+the same choices in each, and the layer equals Hugging Face's MixtralSparseMoeBlock."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from archc.backends.torch import build_module
+from archc.backends.torch.conditional import moe_experts, moe_load, moe_route
+from archc.elaborate import elaborate_text
+from archc.errors import ArchError
+
+E, D, H = 6, 16, 24
+
+
+def _weights(seed: int, kind: str = "swiglu") -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    rows = 2 * H if kind == "swiglu" else H
+    return torch.randn(E, rows, D, generator=gen) / D ** 0.5, torch.randn(E, D, H, generator=gen) / H ** 0.5
+
+
+def _routing(n: int, k: int, seed: int, idle: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, E, generator=gen)
+    if idle:  # experts that receive no input at all
+        logits[:, list(idle)] = -1e4
+    w, i = moe_route(logits, k, "softmax", True)
+    return logits, w, i
+
+
+@pytest.mark.parametrize("kind", ["swiglu", "mlp"])
+@pytest.mark.parametrize("n, k, idle", [(13, 2, (1, 4)), (37, 3, ()), (5, 1, (0, 2, 3))])
+def test_the_three_lowerings_agree(kind: str, n: int, k: int, idle: tuple[int, ...]) -> None:
+    first, second = _weights(0, kind)
+    _, w, idx = _routing(n, k, seed=n, idle=idle)
+    assert not set(idle) & set(idx.flatten().tolist())
+    x = torch.randn(n, D, generator=torch.Generator().manual_seed(7))
+    outs, grads = {}, {}
+    for impl in ("loop", "grouped", "batched"):
+        xs, f, s = (t.clone().requires_grad_() for t in (x, first, second))
+        y = moe_experts(xs, w, idx, f, s, kind=kind, act="silu", impl=impl, capacity=None)
+        y.backward(torch.ones_like(y))
+        outs[impl], grads[impl] = y, (xs.grad, f.grad, s.grad)
+    for impl in ("grouped", "batched"):
+        assert_close(outs[impl], outs["loop"], rtol=1e-6, atol=1e-6)
+        for a, b in zip(grads[impl], grads["loop"]):
+            assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # the loop, by its definition: sum over the k choices of weight * expert(x)
+    want = torch.zeros(n, D)
+    for t in range(n):
+        for j in range(k):
+            e = int(idx[t, j])
+            h = first[e] @ x[t]
+            h = torch.nn.functional.silu(h[:H]) * h[H:] if kind == "swiglu" else torch.nn.functional.silu(h)
+            want[t] += w[t, j] * (second[e] @ h)
+    assert_close(outs["loop"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_capacity_drops_the_same_choices_in_every_lowering() -> None:
+    first, second = _weights(1)
+    _, w, idx = _routing(40, 2, seed=3)
+    x = torch.randn(40, D, generator=torch.Generator().manual_seed(2))
+    outs = {impl: moe_experts(x, w, idx, first, second, kind="swiglu", act="silu", impl=impl, capacity=0.5)
+            for impl in ("loop", "grouped", "batched")}
+    assert_close(outs["grouped"], outs["loop"], rtol=1e-6, atol=1e-6)
+    assert_close(outs["batched"], outs["loop"], rtol=1e-6, atol=1e-6)
+    dropless = moe_experts(x, w, idx, first, second, kind="swiglu", act="silu", impl="loop", capacity=None)
+    assert not torch.allclose(outs["loop"], dropless)
+    # each expert took at most ceil(0.5 * 40 * 2 / 6) = 7 choices, the first ones in input order
+    limit = 7
+    seen = {e: 0 for e in range(E)}
+    kept_want = torch.zeros(40, 2, dtype=torch.bool)
+    for t in range(40):
+        for j in range(2):
+            e = int(idx[t, j])
+            kept_want[t, j] = seen[e] < limit
+            seen[e] += 1
+    from archc.backends.torch.conditional import _kept
+
+    assert torch.equal(_kept(idx, E, 0.5), kept_want)
+
+
+def test_router_and_load_statistics_are_mixtrals(transformers) -> None:
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    gen = torch.Generator().manual_seed(0)
+    layers = [torch.randn(30, E, generator=gen) for _ in range(3)]
+    stats = [moe_load(lg, moe_route(lg, 2, "softmax", True)[1]) for lg in layers]
+    pooled = torch.stack(stats).mean(dim=0)  # f and P pooled over the layers
+    ours = E * (pooled[0] * pooled[1]).sum()
+    theirs = load_balancing_loss_func(tuple(layers), E, 2)
+    assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+    assert_close(stats[0][0].sum(), torch.tensor(2.0))  # each input's 2 choices
+
+
+@pytest.mark.parametrize("impl", ["loop", "grouped", "batched"])
+def test_a_layer_equals_hugging_faces_sparse_moe_block(transformers, impl: str) -> None:
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    spec = f"""axis B, T
+model M (x: [B, T, {D}]) -> [B, T, {D}] {{
+    gate = linear({E}, bias=false)
+    weights, index = moe_router(gate(x), 2)
+    experts = moe_experts({E}, {H}, impl="{impl}")
+    return experts(x, weights, index)
+}}
+"""
+    g = elaborate_text(spec, file="m.arch")
+    torch.manual_seed(0)
+    m = build_module(g)
+    config = MixtralConfig(hidden_size=D, intermediate_size=H, num_local_experts=E, num_experts_per_tok=2)
+    ref = MixtralSparseMoeBlock(config)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.3)
+    m.load_state_dict(ref.state_dict())  # the same names: gate.weight, experts.gate_up_proj, experts.down_proj
+    x = torch.randn(3, 9, D, generator=torch.Generator().manual_seed(1))
+    assert_close(m(x), ref(x), rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_lowering_refuses_unaligned_widths() -> None:
+    with pytest.raises(ArchError, match="16 bytes"):
+        elaborate_text("""axis B
+model M (x: [B, 10]) -> [B, 10] {
+    weights, index = moe_router(linear(x, 4, bias=false), 2)
+    return moe_experts(x, weights, index, 4, 6, impl="grouped")
+}
+""", file="m.arch")
