@@ -52,7 +52,7 @@ def emit_python(graph: Graph) -> str:
                   f"    {signature(graph)}\n\n{counts}. Needs only torch.\n")
     text = _template().render(
         module_doc=py_docstring(module_doc),
-        masks=_masks_source() if any(init_args(p.init)[0] in MASK_INITS for p in graph.params.values()) else "",
+        helpers=[_helper_source(name) for name in helpers(graph)],
         onednn=_onednn_source() if emitter.uses_onednn else "",
         classes=[dict(name=c.name, doc=py_docstring(c.doc, indent="    "), init=c.init, reset=c.reset,
                       args=c.args, forward=c.forward, returns=c.returns,
@@ -89,11 +89,30 @@ def _size_py(size: Size, reads: dict[str, str]) -> str:
     return "(" + " + ".join(terms) + ")" if len(terms) > 1 else terms[0]
 
 
+# ops whose spelling calls a helper of backends/torch/conditional.py
+CONDITIONAL_OPS = frozenset({"fff", "fff_neurons", "moe_router", "moe_load", "moe_experts"})
+HELPERS = {"masks.py": "Sparse weights (@sparse): masks by magnitude, and torch's layers times a mask",
+           "conditional.py": "Conditional computation: fast feedforward trees, mixtures of experts"}
+
+
+def helpers(graph: Graph) -> list[str]:
+    """The helper files (next to this one) that the model's file carries: masks.py for sparse
+    weights (@sparse), conditional.py for fast feedforward."""
+    out = []
+    if any(init_args(p.init)[0] in MASK_INITS for p in graph.params.values()):
+        out.append("masks.py")
+    if any(n.op in CONDITIONAL_OPS for n in graph.nodes):
+        out.append("conditional.py")
+    return out
+
+
 @cache
-def _masks_source() -> str:
-    """masks.py below its imports (the file's own), for a file whose spec has `@sparse`."""
-    text = (Path(__file__).parent / "masks.py").read_text(encoding="utf-8")
-    return text.split("\nfrom torch import nn\n", 1)[1].strip("\n")
+def _helper_source(name: str) -> str:
+    """A helper file below its imports (which are the generated file's own), with a heading."""
+    text = (Path(__file__).parent / name).read_text(encoding="utf-8")
+    body = text.split("\nfrom torch import nn\n" if "\nfrom torch import nn\n" in text else
+                      "\nimport torch.nn.functional as F\n", 1)[1].strip("\n")
+    return f"# {HELPERS[name]} (archc's backends/torch/{name}).\n{body}"
 
 
 @cache
