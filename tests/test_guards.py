@@ -155,3 +155,13 @@ def test_without_the_constraints_export_refuses_a_dynamic_t(model: torch.nn.Modu
     t = torch.export.Dim("T")
     with pytest.raises(Exception, match="T"):
         torch.export.export(model, _inputs(8), dynamic_shapes=({1: t}, {1: t}))
+
+
+def test_a_hostile_file_name_reaches_the_guard_only_as_a_string() -> None:
+    """The span's file name is spec text: it reaches the generated check only through quote.py_str
+    (verify_python passes), and the message shows it as it is."""
+    name = "x');import os;os.system('id')#\"\n.arch"
+    model = build(elaborate_text(SPEC, name))
+    with pytest.raises(ValueError) as err:
+        model(*_inputs(5))
+    assert str(err.value) == f"T must be divisible by 2, got 5 ({name}:3:12: chunk into 2 equal parts)"
