@@ -310,16 +310,17 @@ def _units(graph: Graph, layers: list[str]) -> list[tuple[str, int, list[int]]]:
 
 
 def _regions(graph: Graph, nodes: list[int], skip: set[int], replicate: tuple[str, ...],
-             users: dict[str, list[int]], returned: set[str]) -> list[_Region]:
+             users: dict[str, list[int]], returned: set[str], layers: list[str], strict: bool = True) -> list[_Region]:
     """The column splits of one unit: linears that read one input start a split together (q, k
-    and v; SwiGLU's gate and up), each group traced to the row linears that end it."""
+    and v; SwiGLU's gate and up), each group traced to the row linears that end it. A group that
+    cannot be split is an error, or with `strict` off left whole."""
     tracer = _Tracer(graph, nodes, users, returned)
     groups: dict[str, list[int]] = {}
     for pos, i in enumerate(nodes):
         node = graph.nodes[i]
         if node.op != "linear" or i in skip or not _owned(graph, node, "linear"):
             continue
-        if any(within(node.scope, r) for r in replicate) or node.outputs[0] in returned:
+        if _kept(node.scope, replicate) or node.outputs[0] in returned:
             continue
         groups.setdefault(node.inputs[0], []).append(pos)
     rows: set[int] = set()
@@ -333,12 +334,34 @@ def _regions(graph: Graph, nodes: list[int], skip: set[int], replicate: tuple[st
         try:
             region = tracer.region(positions)
         except _Fail as f:
+            if not strict:
+                continue
             raise ArchError(f"tensor parallelism: {f.message}", _span(graph, f.node),
-                            f"keep '{node.scope}' whole with parallelize(..., replicate=[{node.scope!r}])",
+                            f"keep it whole with parallelize(..., replicate=[{_layer_pattern(node.scope, layers)!r}])",
                             notes=[(f"the split starts at '{node.scope}'", _span(graph, i))]) from None
         rows.update(region.rows)
         out.append(region)
     return out
+
+
+def _kept(path: str, replicate: tuple[str, ...]) -> bool:
+    """Is `path` (or a scope around it) one of `replicate`, where `*` stands for one part
+    (`blocks.*.adaLN_modulation`: that module in every layer)?"""
+    parts = path.split(".")
+    for pattern in replicate:
+        want = pattern.split(".")
+        if len(want) <= len(parts) and all(w in ("*", p) for w, p in zip(want, parts)):
+            return True
+    return False
+
+
+def _layer_pattern(path: str, layers: list[str]) -> str:
+    """`path` with its layer's number as `*` (`blocks.*.attn.qkv`), for a hint that covers every layer."""
+    layer = next((lay for lay in layers if within(path, lay)), "")
+    if not layer:
+        return path
+    stack, _, _ = layer.rpartition(".")
+    return f"{stack}.*{path[len(layer):]}"
 
 
 def _shift(region: _Region, by: int) -> _Region:
@@ -347,7 +370,8 @@ def _shift(region: _Region, by: int) -> _Region:
                    [(k + by, n, s) for k, n, s in region.divides])
 
 
-def _all_regions(graph: Graph, replicate: tuple[str, ...], layers: list[str], tied: set[int]) -> list[_Region]:
+def _all_regions(graph: Graph, replicate: tuple[str, ...], layers: list[str], tied: set[int],
+                 strict: bool = True) -> list[_Region]:
     users: dict[str, list[int]] = {}
     for i, node in enumerate(graph.nodes):
         for v in node.inputs:
@@ -362,7 +386,7 @@ def _all_regions(graph: Graph, replicate: tuple[str, ...], layers: list[str], ti
             first, regions = planned[key]
             out += [_shift(r, start - first) for r in regions]
             continue
-        regions = _regions(graph, nodes, skip, replicate, users, returned)
+        regions = _regions(graph, nodes, skip, replicate, users, returned, layers, strict)
         if key:
             planned[key] = (start, regions)
         out += regions
@@ -371,11 +395,10 @@ def _all_regions(graph: Graph, replicate: tuple[str, ...], layers: list[str], ti
 
 def local_axes(graph: Graph) -> dict[int, frozenset[str]]:
     """Per rearrange node, the axes a rank holds only part of under tensor parallelism (for any
-    degree): the torch backend reads their sizes from the input instead of writing them down."""
-    try:
-        regions = _all_regions(graph, (), _layers(graph), tied_uses(graph))
-    except ArchError:
-        return {}
+    degree): the torch backend reads their sizes from the input instead of writing them down.
+    Splits that a plan would refuse are left out, not the others (DiT's attention, next to its
+    adaLN modulation that `chunk` splits, is planned with `replicate=`)."""
+    regions = _all_regions(graph, (), _layers(graph), tied_uses(graph), strict=False)
     out: dict[int, set[str]] = {}
     for r in regions:
         for k, v in r.local.items():
@@ -453,7 +476,7 @@ def _vocab(graph: Graph, tp: int, loss_parallel: bool, replicate: tuple[str, ...
     returned = {p.value for p in graph.outputs}
     kept = set()
     for i, node in enumerate(graph.nodes):
-        if node.op != "linear" or node.outputs[0] not in returned or any(within(node.scope, r) for r in replicate):
+        if node.op != "linear" or node.outputs[0] not in returned or _kept(node.scope, replicate):
             continue
         if i in tied:
             owner = next(iter(node.param_owners()))
@@ -470,7 +493,7 @@ def _vocab(graph: Graph, tp: int, loss_parallel: bool, replicate: tuple[str, ...
                                  why=f"{node.attrs['features']} outputs"))
     for i, node in enumerate(graph.nodes):
         if node.op == "embedding" and _owned(graph, node, "embedding") and node.scope not in kept \
-                and not any(within(node.scope, r) for r in replicate):
+                and not _kept(node.scope, replicate):
             _divides(graph, tp, i, node.attrs["num"], f"the vocabulary of '{node.scope}'", pad=True)
             out.append(Placement(node.scope, "embedding", why=f"{node.attrs['num']} rows"))
     return out

@@ -157,3 +157,18 @@ def test_llama_plan_is_torchtitans() -> None:
     assert ("model.embed_tokens", "embedding") in {(p.path, p.style) for p in plan.placements}
     with pytest.raises(ArchError, match="axis 'h' \\(the heads\\) \\(2\\), which 4 does not divide"):
         plan_parallel(graph, tp=4)  # 2 key/value heads
+
+
+def test_replicate_patterns_cover_every_layer() -> None:
+    """DiT's adaLN modulation is chunked along its split features (no rule): the error's hint names
+    the module in every layer with `*`, and with it (and the final layer) kept whole the attention
+    and MLPs are split. The heads are read from the tensor even when the strict plan fails."""
+    graph = elaborate_file(specs_root() / "examples" / "dit_tiny.arch")
+    with pytest.raises(ArchError) as err:
+        plan_parallel(graph, tp=2)
+    assert "replicate=['blocks.*.adaLN_modulation.1']" in (err.value.hint or "")
+    plan = plan_parallel(graph, tp=2, replicate=("blocks.*.adaLN_modulation", "final_layer"))
+    styles = {(p.path, p.style, p.chunks) for p in plan.placements}
+    assert ("blocks.1.attn.qkv", "colwise", 3) in styles and ("blocks.1.mlp.fc2", "rowwise", 1) in styles
+    assert not any("adaLN" in p.path or p.path.startswith("final_layer") for p in plan.placements)
+    assert set(local_axes(graph).values()) == {frozenset({"h"})}
