@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--tp", type=int, default=1, metavar="N",
                    help="with --parallel: check that N tensor-parallel ranks divide the heads, hidden sizes "
                         "and vocabulary (default 1)")
+    p.add_argument("--replicate", action="append", default=[], metavar="PATH",
+                   help="with --parallel: keep the linears in this module whole; * stands for one part "
+                        "(blocks.*.adaLN_modulation) (repeatable)")
     p.add_argument("--sp", action="store_true",
                    help="with --parallel: sequence parallelism inside the stacks (norms SequenceParallel)")
     p.add_argument("-o", "--output",
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
         text = emit_python(graph)
         if args.parallel:
-            text = with_parallel(text, graph, args.tp, args.sp)
+            text = with_parallel(text, graph, args.tp, args.sp, tuple(args.replicate))
     else:
         text = fx_source(graph)
     path = output_path(args)
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def with_parallel(text: str, graph: object, tp: int, sp: bool = False) -> str:
+def with_parallel(text: str, graph: object, tp: int, sp: bool = False, replicate: tuple[str, ...] = ()) -> str:
     """The model's file followed by its parallel plan as `def parallelize(model, mesh, ...)`."""
     from archc.analysis.parallel import plan_parallel
     from archc.backends.quote import verify_python
@@ -97,7 +100,7 @@ def with_parallel(text: str, graph: object, tp: int, sp: bool = False) -> str:
     from archc.backends.torch.parallel_emit import parallel_source
 
     name = class_name(graph)  # type: ignore[arg-type]
-    text = text + "\n\n" + parallel_source(plan_parallel(graph, tp=tp, sp=sp), name)  # type: ignore[arg-type]
+    text = text + "\n\n" + parallel_source(plan_parallel(graph, tp=tp, sp=sp, replicate=replicate), name)  # type: ignore[arg-type]
     verify_python(text, f"<archc: {name}>")
     return text
 

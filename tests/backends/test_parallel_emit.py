@@ -96,3 +96,11 @@ def test_parallelize_needs_the_ir_of_the_model() -> None:
 
     with pytest.raises(ArchError, match="parallelize needs the IR of the model"):
         archc.parallelize(torch.nn.Linear(2, 2), _Mesh(("tp",), 1))
+
+
+def test_replicate_option_of_build(tmp_path: Path) -> None:
+    dit = specs_root() / "examples" / "dit_tiny.arch"
+    assert main(["build", str(dit), "--parallel", "-o", str(tmp_path / "refused.py")]) == 1
+    text = _build(tmp_path, dit, "--replicate", "blocks.*.adaLN_modulation", "--replicate", "final_layer")
+    body = ast.unparse(_function(text))
+    assert "'attn.qkv': FusedColwiseParallel(3)" in body and "adaLN" not in body
