@@ -37,6 +37,7 @@ from typing import Any, Mapping
 from archc import resources
 
 __all__ = ["MODELS", "spec_path", "timm_to_archc", "archc_to_timm", "hf_gpt2_to_archc", "archc_to_hf_gpt2",
+           "hf_gpt2_params", "hf_to_archc", "archc_to_hf",
            "LLAMA_CONFIG_KEYS", "hf_llama_params", "hf_llama_to_archc", "archc_to_hf_llama",
            "MIXTRAL_CONFIG_KEYS", "hf_mixtral_params"]
 
@@ -134,6 +135,41 @@ def archc_to_hf_gpt2(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# GPT2Config name -> gpt2.arch model parameter
+GPT2_CONFIG_KEYS = {"vocab_size": "vocab", "n_embd": "dim", "n_layer": "depth", "n_head": "heads",
+                    "n_positions": "max_len", "initializer_range": "initializer_range"}
+
+
+def hf_gpt2_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The model parameters of ``gpt2.arch`` from a Hugging Face ``GPT2Config.to_dict()`` (its
+    names mapped by :data:`GPT2_CONFIG_KEYS`; the three dropouts are the spec's one ``pdrop``).
+
+    Raises ValueError for a config that the spec does not build: an MLP width other than
+    4 * n_embd, another activation than ``gelu_new``, a LayerNorm epsilon other than 1e-5,
+    unequal dropouts, an untied head, or the attention variants (layer-scaled, upcast)."""
+    out = {ours: config[theirs] for theirs, ours in GPT2_CONFIG_KEYS.items() if config.get(theirs) is not None}
+    n_inner, dim = config.get("n_inner"), config.get("n_embd", 768)
+    if n_inner is not None and n_inner != 4 * dim:
+        raise ValueError(f"gpt2.arch's MLP is 4 * n_embd = {4 * dim} wide, not n_inner={n_inner}")
+    if config.get("activation_function", "gelu_new") != "gelu_new":
+        raise ValueError(f"gpt2.arch's MLP uses gelu_new, not {config['activation_function']!r}")
+    if float(config.get("layer_norm_epsilon", 1e-5)) != 1e-5:
+        raise ValueError(f"gpt2.arch's LayerNorms use eps 1e-5, not {config['layer_norm_epsilon']}")
+    if not config.get("tie_word_embeddings", True):
+        raise ValueError("gpt2.arch ties its head to the token embedding; the config unties it")
+    for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+        if config.get(key):
+            raise ValueError(f"gpt2.arch does not build {key}")
+    drops = {float(config[k]) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop") if config.get(k) is not None}
+    if len(drops) > 1:
+        raise ValueError(f"gpt2.arch has one dropout rate for all three; the config has {sorted(drops)}")
+    if drops:
+        out["pdrop"] = drops.pop()
+    if "initializer_range" in out:
+        out["initializer_range"] = float(out["initializer_range"])
+    return out
+
+
 # the LlamaConfig entries that llama.arch takes as its model parameters, under the same names
 LLAMA_CONFIG_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
@@ -214,3 +250,22 @@ def archc_to_hf_llama(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     if "lm_head.weight" not in out and "model.embed_tokens.weight" in out:
         out["lm_head.weight"] = out["model.embed_tokens.weight"]
     return out
+
+
+def hf_to_archc(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A Hugging Face state_dict for the zoo spec ``name`` (``gpt2``, ``llama``, ``mixtral``):
+    :func:`hf_gpt2_to_archc` or :func:`hf_llama_to_archc`. Raises KeyError for another spec."""
+    if name == "gpt2":
+        return hf_gpt2_to_archc(state_dict)
+    if name in ("llama", "mixtral"):
+        return hf_llama_to_archc(state_dict)
+    raise KeyError(f"no Hugging Face key map for '{name}'; there is one for gpt2, llama and mixtral")
+
+
+def archc_to_hf(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`hf_to_archc`."""
+    if name == "gpt2":
+        return archc_to_hf_gpt2(state_dict)
+    if name in ("llama", "mixtral"):
+        return archc_to_hf_llama(state_dict)
+    raise KeyError(f"no Hugging Face key map for '{name}'; there is one for gpt2, llama and mixtral")

@@ -1,0 +1,118 @@
+"""The model registry (archc/registry.py): `archc.create_model(name, **params)` and
+`archc.list_models()`, zoo names on the command line, `archc list`, and `deploy` with Hugging Face
+key maps and safetensors.
+
+Models are built at tiny sizes and compared with the reference they reproduce (timm, Hugging
+Face), built from the same config with random weights: the reference's state_dict loads with
+strict=True and the outputs agree (torch.testing.assert_close).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+import archc
+from archc import zoo
+from archc.errors import ArchError
+
+torch = pytest.importorskip("torch")
+
+GPT2_TINY = {"vocab_size": 96, "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 4}
+LLAMA_TINY = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+              "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+
+
+def _randomize_vectors(model: Any, seed: int) -> None:
+    """Norm gains near 1 and biases near 0 at random (the references' inits leave them at 1 and 0,
+    which would hide a swapped or missing one)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_(torch.rand(p.shape, generator=g) * 0.5 + 0.75 if name.endswith("weight")
+                        else torch.randn(p.shape, generator=g) * 0.1)
+
+
+def _tiny_gpt2(transformers: ModuleType, seed: int = 0) -> Any:
+    torch.manual_seed(seed)
+    ref = transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2_TINY)).eval()
+    _randomize_vectors(ref, seed)
+    return ref
+
+
+def _tokens(vocab: int, seed: int = 1) -> Any:
+    return torch.randint(0, vocab, (2, 12), generator=torch.Generator().manual_seed(seed))
+
+
+# ---- archc.create_model / archc.list_models -------------------------------------------------
+
+
+def test_list_models_is_the_zoo() -> None:
+    assert archc.list_models() == sorted(zoo.MODELS)
+    assert archc.list_models("resnet*") == ["resnet18", "resnet50"]
+    assert archc.list_models("nothing*") == []
+
+
+def test_create_model_resnet18_matches_timm(timm: ModuleType) -> None:
+    torch.manual_seed(0)
+    ref = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    _randomize_vectors(ref, 0)
+    ref.eval()
+    model = archc.create_model("resnet18", num_classes=10, img_size=64).eval()
+    model.load_state_dict(zoo.timm_to_archc("resnet18", ref.state_dict()), strict=True)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_create_model_gpt2_from_a_hf_config(transformers: ModuleType) -> None:
+    ref = _tiny_gpt2(transformers)
+    model = archc.create_model("gpt2", config=ref.config.to_dict()).eval()
+    model.load_state_dict(zoo.hf_gpt2_to_archc(ref.state_dict()), strict=True)
+    tokens = _tokens(GPT2_TINY["vocab_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), ref(tokens).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_create_model_llama_takes_the_hf_config_names(transformers: ModuleType) -> None:
+    torch.manual_seed(0)
+    ref = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA_TINY)).eval()
+    _randomize_vectors(ref, 0)
+    model = archc.create_model("llama", **LLAMA_TINY).eval()  # the config's own names
+    model.load_state_dict(zoo.hf_llama_to_archc(ref.state_dict()), strict=True)
+    tokens = _tokens(LLAMA_TINY["vocab_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), ref(tokens).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_create_model_keywords_win_over_the_config() -> None:
+    model = archc.create_model("gpt2", config={**GPT2_TINY, "n_layer": 3}, depth=1)
+    assert len(model.transformer.h) == 1
+
+
+def test_unknown_model_is_a_clear_error_with_a_suggestion() -> None:
+    with pytest.raises(ArchError) as err:
+        archc.create_model("resnet5")
+    assert "no model 'resnet5' in the zoo" in err.value.message
+    assert err.value.hint == "did you mean 'resnet50'?"
+    with pytest.raises(ArchError) as err:
+        archc.create_model("zzzz")
+    assert "resnet18" in (err.value.hint or "")  # no close name: the zoo is listed
+
+
+def test_unknown_model_parameter_is_a_spec_error() -> None:
+    with pytest.raises(ArchError, match="num_clases"):
+        archc.create_model("resnet18", num_clases=10)
+
+
+def test_config_is_refused_where_it_does_not_fit() -> None:
+    with pytest.raises(ArchError, match="config= is for the Hugging Face models"):
+        archc.create_model("resnet18", config={"num_classes": 10})
+    with pytest.raises(ArchError, match="gelu_new"):
+        archc.create_model("gpt2", config={**GPT2_TINY, "activation_function": "relu"})
+    with pytest.raises(ArchError, match="one dropout rate"):
+        archc.create_model("gpt2", config={**GPT2_TINY, "resid_pdrop": 0.1, "attn_pdrop": 0.0})
