@@ -11,8 +11,9 @@ from typing import Any, Iterable
 
 from archc.ir.blocks import annotate
 from archc.ir.graph import Graph, Node, ParamDecl, Port, ScopeInfo
-from archc.ir.types import TensorType
+from archc.ir.types import FLOAT_DTYPES, TensorType
 from archc.ops import registry
+from archc.ops.dtypes import follow_dtype
 
 
 def remake(node: Node, **changes: Any) -> Node:
@@ -94,7 +95,10 @@ class Editor:
     def declare(self, name: str, node: Node, role: str) -> None:
         """Declare parameter `name` as the op of `node` specifies its `role`."""
         op = registry.get(node.op)
-        spec = op.params(op.make_attrs(node.attrs), [self.values[v] for v in node.inputs])[role]
+        attrs, ins = op.make_attrs(node.attrs), [self.values[v] for v in node.inputs]
+        floats = {self.params[p].dtype for p in node.params.values() if p in self.params} & set(FLOAT_DTYPES)
+        specs, _ = follow_dtype(op.params(attrs, ins), [], ins, attrs, floats.pop() if len(floats) == 1 else "f32")
+        spec = specs[role]  # a bias added to a bf16 convolution is bf16
         self.params[name] = ParamDecl(name=name, shape=spec.shape, dtype=spec.dtype, init=spec.init,
                                       trainable=spec.trainable)
 

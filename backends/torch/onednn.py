@@ -40,6 +40,8 @@ def fusable(layer: nn.Module, x: torch.Tensor) -> bool:
     """May this call run on oneDNN? Inference on a CPU float32/bfloat16 tensor, outside a tracer."""
     if layer.training or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
         return False
+    if x.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False  # no bf16 instructions here: oneDNN would emulate them slowly
     if layer.weight.dtype != x.dtype or torch.compiler.is_compiling() or not torch.backends.mkldnn.is_available():
         return False
     return not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
