@@ -19,6 +19,8 @@ from archc.errors import ArchError
 DESCRIPTION = """archc compiles neural-network architectures written in .arch files.
 
   archc check  spec.arch              parse and type-check; errors point at file:line:col
+  archc check  resnet50               a zoo model's name works wherever a spec path does
+  archc list                          the zoo: references, parameters, ops
   archc ir     spec.arch [-o F.json]  the typed IR as JSON (or --arch: printed back as .arch)
   archc fmt    spec.arch [--check]    canonical formatting, in place
   archc build  spec.arch --target T   lower to PyTorch and other targets
@@ -48,7 +50,9 @@ def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
 
 def add_spec_args(p: argparse.ArgumentParser) -> None:
     """The arguments every command that compiles a spec takes."""
-    p.add_argument("spec", type=Path, help="the .arch file")
+    from archc.registry import spec_argument
+
+    p.add_argument("spec", type=spec_argument, help="the .arch file, or a zoo model's name (archc list)")
     p.add_argument("--model", help="which model or block to compile (when the file has several)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", default=[],
                    help="override a model parameter, e.g. --set depth=24 (repeatable)")
@@ -63,7 +67,9 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
 def load_graph(args: argparse.Namespace) -> Any:
     """Elaborate the spec named by add_spec_args' arguments into the IR."""
     from archc.elaborate import Limits, elaborate_file
+    from archc.registry import check_spec_exists
 
+    check_spec_exists(args.spec)
     return elaborate_file(args.spec, model=args.model, overrides=parse_sets(args.set),
                           includes=args.include, limits=Limits(max_nodes=args.max_nodes),
                           dtype=getattr(args, "dtype", "f32"))

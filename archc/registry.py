@@ -51,6 +51,25 @@ def resolve_spec(text: str) -> Path:
     return zoo_spec(text)
 
 
+def spec_argument(text: str) -> Path:
+    """The ``type`` of a command line's spec argument (:func:`resolve_spec`)."""
+    return resolve_spec(text)
+
+
+def check_spec_exists(path: Path) -> None:
+    """An ArchError for a spec argument that names no file: for a bare name, with the zoo's nearest
+    name as a hint (``archc check resnet5``: did you mean 'resnet50'?)."""
+    if path.exists():
+        return
+    text = str(path)
+    bare = "/" not in text and "\\" not in text and not text.endswith(".arch")
+    if bare:
+        from archc.zoo import MODELS
+
+        raise ArchError(f"no such spec file: {path.resolve()}, and no model '{text}' in the zoo", None,
+                        did_you_mean(text, MODELS) or "`archc list` shows the zoo")
+
+
 def _hf_converters() -> dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]]:
     from archc import zoo
 

@@ -116,3 +116,64 @@ def test_config_is_refused_where_it_does_not_fit() -> None:
         archc.create_model("gpt2", config={**GPT2_TINY, "activation_function": "relu"})
     with pytest.raises(ArchError, match="one dropout rate"):
         archc.create_model("gpt2", config={**GPT2_TINY, "resid_pdrop": 0.1, "attn_pdrop": 0.0})
+
+
+# ---- zoo names on the command line ----------------------------------------------------------
+
+
+def test_cli_check_takes_a_zoo_name(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from archc.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no file named resnet18 here
+    assert main(["check", "resnet18"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{zoo.spec_path('resnet18')}: ok: model ResNet18")  # the real file
+    assert "11,689,512 parameters" in out
+
+
+def test_cli_build_takes_a_zoo_name_and_names_the_output_after_it(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from archc.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    small = {"vocab": 96, "dim": 32, "depth": 1, "heads": 4, "max_len": 32}
+    sets = [arg for k, v in small.items() for arg in ("--set", f"{k}={v}")]
+    assert main(["build", "gpt2", *sets, "-o", "out/"]) == 0
+    namespace: dict[str, Any] = {}
+    exec(compile((tmp_path / "out" / "gpt2.py").read_text(), "gpt2.py", "exec"), namespace)
+    generated = namespace["GPT2"]().eval()  # the generated file's model, at these sizes
+    ours = archc.create_model("gpt2", **small).eval()
+    generated.load_state_dict(ours.state_dict(), strict=True)
+    tokens = _tokens(small["vocab"])
+    with torch.no_grad():
+        torch.testing.assert_close(generated(tokens), ours(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_a_path_that_exists_wins_over_the_zoo_name(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from archc.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "resnet18").write_text("axis B\nmodel Tiny(x: [B, 4]) -> [B, 2] {\n    return x >> linear(2)\n}\n")
+    assert main(["check", "resnet18"]) == 0
+    assert capsys.readouterr().out.startswith("resnet18: ok: model Tiny")
+
+
+def test_cli_errors_in_a_zoo_spec_point_at_the_real_file(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from archc.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "resnet50", "--set", "depths=[3, 4]"]) == 1
+    err = capsys.readouterr().err
+    assert f"{zoo.spec_path('resnet50')}:15:" in err and "error:" in err and "^" in err
+
+
+def test_cli_unknown_bare_name_suggests_a_zoo_name(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from archc.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "resnet5"]) == 1
+    err = capsys.readouterr().err
+    assert "no such spec file" in err and "did you mean 'resnet50'?" in err
+    assert main(["check", "missing.arch"]) == 1  # a path: the usual error, no zoo hint
+    err = capsys.readouterr().err
+    assert "no such spec file" in err and "zoo" not in err
