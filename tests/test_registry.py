@@ -9,6 +9,7 @@ strict=True and the outputs agree (torch.testing.assert_close).
 
 from __future__ import annotations
 
+import json
 from types import ModuleType
 from typing import Any
 
@@ -177,3 +178,46 @@ def test_cli_unknown_bare_name_suggests_a_zoo_name(tmp_path, monkeypatch, capsys
     assert main(["check", "missing.arch"]) == 1  # a path: the usual error, no zoo hint
     err = capsys.readouterr().err
     assert "no such spec file" in err and "zoo" not in err
+
+
+# ---- archc list -----------------------------------------------------------------------------
+
+
+def _reference_param_count(timm: ModuleType, transformers: ModuleType, reference: str) -> int:
+    """The parameter count of the reference model at its defaults, built on the meta device."""
+    library, name = reference.split(":")
+    with torch.device("meta"):
+        if library == "timm":
+            model = timm.create_model(name, pretrained=False)
+        else:
+            cls = getattr(transformers, name)
+            model = cls(cls.config_class())
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_archc_list_json_counts_match_the_references(timm: ModuleType, transformers: ModuleType,
+                                                     capsys) -> None:  # type: ignore[no-untyped-def]
+    from archc.cli import main
+
+    assert main(["list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert sorted(rows) == sorted(zoo.MODELS)
+    for name, row in rows.items():
+        assert row["reference"] == zoo.MODELS[name]
+        if name == "llama":  # its defaults are SmolLM-135M's, not LlamaConfig's (Llama-2 7B)
+            continue
+        assert row["params"] == _reference_param_count(timm, transformers, row["reference"]), name
+    assert main(["check", "resnet18"]) == 0  # the op count is the one `archc check` reports
+    assert f"{rows['resnet18']['ops']} ops" in capsys.readouterr().out
+
+
+def test_archc_list_table_and_pattern(capsys) -> None:  # type: ignore[no-untyped-def]
+    from archc.cli import main
+
+    assert main(["list", "resnet*"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["model", "reference", "parameters", "ops"]
+    assert [line.split()[:3] for line in lines[1:]] == [["resnet18", "timm:resnet18", "11,689,512"],
+                                                         ["resnet50", "timm:resnet50", "25,557,032"]]
+    assert main(["list", "nothing*"]) == 1
+    assert "no model matches 'nothing*'" in capsys.readouterr().err
