@@ -31,6 +31,7 @@ def test_bench_json_reports_every_variant_and_matches_eager(capsys: pytest.Captu
         assert v["speedup_p25"] <= v["speedup"] <= v["speedup_p75"]
     assert report["variants"]["eager"]["ratios"] == [1.0, 1.0, 1.0]
     assert report["variants"]["O2"]["max_rel_diff"] <= 1e-5
+    assert set(report["variants"]["O2"]["steps"]) == {"passes_s", "code_s", "module_s"}
     assert "O2_over_freeze" not in report
 
 

@@ -67,6 +67,7 @@ class Variant:
     times_ms: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)  # eager's time / this one's, per round
     max_rel_diff: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)  # -O2's build: passes, code, construction
     call: Callable[[], Any] | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -118,17 +119,25 @@ def _fresh_entry(module: Any) -> Any:
     return Entry(module).eval()
 
 
-def _build(name: str, graph: Any, eager: Any) -> Any:
-    """The module of variant `name` (eager's weights; -O2's through the passes' weight transform)."""
+def _build(v: Variant, graph: Any, eager: Any) -> Any:
+    """The module of variant `v` (eager's weights; -O2's through the passes' weight transform)."""
     import torch
 
     from archc.api import build
+    from archc.backends.torch import emit_python
     from archc.passes.manager import LEVELS, run_pipeline
 
-    if name == "O2":
+    if v.name == "O2":
+        start = time.perf_counter()
         pipeline = run_pipeline(graph, LEVELS[2])
-        model = build(pipeline.graph).eval()
+        v.steps["passes_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        emit_python(pipeline.graph)
+        v.steps["code_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        model = build(pipeline.graph).eval()  # the code again, its import, the module and its random init
         model.load_state_dict(pipeline.weights(eager.state_dict()))
+        v.steps["module_s"] = time.perf_counter() - start
         return model
     return torch.compile(_fresh_entry(copy.deepcopy(eager)))
 
@@ -189,7 +198,7 @@ def bench(graph: Any, names: list[str], batch: int, axes: dict[str, int], rounds
     inputs = example_inputs(graph, {"B": batch, **axes}, seed=seed)
     for name, v in variants.items():
         start = time.perf_counter()
-        model = eager if name == "eager" else _build(name, graph, eager)
+        model = eager if name == "eager" else _build(v, graph, eager)
         v.build_s = v.build_s if name == "eager" else time.perf_counter() - start
         with torch.inference_mode():
             start = time.perf_counter()
