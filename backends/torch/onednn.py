@@ -72,6 +72,13 @@ def _conv_ok(conv: nn.Module, x: torch.Tensor) -> bool:
         not isinstance(conv.padding, str) and fusable(conv, x)
 
 
+def _conv_shape(conv: nn.Conv2d, x: torch.Tensor) -> torch.Size:
+    """The shape of conv(x) (an `other` of another shape would broadcast: the plain path)."""
+    hw = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
+          zip(x.shape[2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride)]
+    return torch.Size([x.shape[0], conv.out_channels, *hw])
+
+
 def _conv_weight(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     padding, stride, dilation, groups = _conv_args(conv)
     return _packed(conv, (tuple(x.shape), x.dtype), lambda: torch.ops.mkldnn._reorder_convolution_weight(
@@ -94,7 +101,7 @@ def conv_add_act(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor, act: str
     """act(conv(x) + other) as one oneDNN convolution with the add and the activation as post-ops;
     with `overwrite` (other is read by nothing else) the result is written into `other` (oneDNN's
     sum post-op), as timm's ResNet does with `x += shortcut`."""
-    if not _conv_ok(conv, x) or other.shape[1:] != (conv.out_channels, *other.shape[2:]) or other.dtype != x.dtype:
+    if not _conv_ok(conv, x) or other.shape != _conv_shape(conv, x) or other.dtype != x.dtype:
         return _activation(conv(x) + other, act, algorithm)
     x = x.contiguous(memory_format=torch.channels_last)
     padding, stride, dilation, groups = _conv_args(conv)

@@ -172,3 +172,26 @@ def test_the_later_convolution_takes_the_add_and_its_activation() -> None:
     assert sorted(groups.values()) == [["conv2d"], ["conv2d", "add", "relu"], ["conv2d", "gelu"]]
     text = emit_python(graph)
     assert "conv_add_act(" in text and "'gelu', 'none')" in text
+
+
+@pytest.mark.parametrize("conv_args", [{"padding": 1}, {"padding": 2, "stride": 2, "dilation": 2}, {"groups": 8}])
+def test_the_fused_calls_equal_the_layers_they_replace(conv_args: dict[str, int]) -> None:
+    from archc.backends.torch import onednn
+
+    g = torch.Generator().manual_seed(3)
+    conv = torch.nn.Conv2d(8, 16, 3, **conv_args).eval()
+    linear = torch.nn.Linear(8, 24).eval()
+    x = torch.randn(2, 8, 11, 11, generator=g)
+    with torch.inference_mode():
+        y = conv(x)
+        for other in (torch.randn(y.shape, generator=g), torch.randn(2, 16, 1, 1, generator=g),  # a broadcast
+                      torch.randn(y.shape, generator=g).contiguous(memory_format=torch.channels_last)):
+            expected = torch.relu(y + other)
+            torch.testing.assert_close(onednn.conv_add_act(conv, x, other.clone(), "relu"), expected, **TOL)
+            torch.testing.assert_close(onednn.conv_add_act(conv, x, other.clone(), "relu", overwrite=True), expected,
+                                       **TOL)
+        torch.testing.assert_close(onednn.conv_act(conv, x, "swish"), torch.nn.functional.silu(y), **TOL)
+        t = torch.randn(3, 5, 8, generator=g)
+        for act, algorithm, f in (("gelu", "tanh", lambda v: torch.nn.functional.gelu(v, approximate="tanh")),
+                                  ("relu", "", torch.relu), ("", "", lambda v: v)):
+            torch.testing.assert_close(onednn.linear_act(linear, t, act, algorithm), f(linear(t)), **TOL)
