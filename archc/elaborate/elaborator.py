@@ -1343,6 +1343,9 @@ def _check_guards(found: Iterable[Guard], inputs: list[TensorType]) -> None:
 def _check_tensor_type(t: TensorType, what: str) -> None:
     if t.rank > MAX_RANK:
         raise OpError(f"{what} has {t.rank} axes; torch allows at most {MAX_RANK}")
+    if any(size.is_const and size.terms.get((), 0) == 0 for size in t.sizes):
+        raise OpError(f"{what} {t} has an axis of size 0: torch's layers refuse empty inputs (a conv2d of 0 "
+                      "channels, a layernorm over nothing)")
     known = 1
     for size in t.sizes:
         if size.is_const:

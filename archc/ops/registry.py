@@ -66,6 +66,8 @@ def init_args(init: str) -> tuple[str, list[float]]:
     if name in ("normal", "trunc_normal", "uniform") and full[0] < 0:  # torch refuses them when it runs
         raise ValueError(f"initializer '{name}': its {'bound' if name == 'uniform' else 'std'} must be >= 0, "
                          f"got '{init}'")
+    if name == "trunc_normal" and full[0] == 0:  # torch divides by it
+        raise ValueError(f"initializer 'trunc_normal': its std must be > 0 (zeros is 'zeros'), got '{init}'")
     if name == "trunc_normal" and full[1] >= full[2]:
         raise ValueError(f"initializer 'trunc_normal': its bounds must have a < b, got '{init}'")
     return name, full
