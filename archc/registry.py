@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 from archc.errors import ArchError, did_you_mean
 
-__all__ = ["create_model", "list_models", "model_info", "resolve_spec", "zoo_spec"]
+__all__ = ["create_model", "list_models", "load_weights", "model_info", "resolve_spec", "zoo_spec"]
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -77,11 +77,13 @@ def _hf_converters() -> dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]]
 
 
 def create_model(name: str, *, target: str = "torch", dtype: str = "f32", config: Mapping[str, Any] | None = None,
-                 **params: Any) -> Any:
-    """A freshly initialized module of the zoo model `name` (``archc.list_models()``): `params`
-    override the spec's model parameters; `config`, for the Hugging Face models, is their config as a
-    dict (``config.to_dict()``), whose entries the spec takes are used (`params` win over it).
-    `target` and `dtype` are :func:`archc.compile`'s."""
+                 weights: str | Path | None = None, key_map: str = "archc", **params: Any) -> Any:
+    """A module of the zoo model `name` (``archc.list_models()``): `params` override the spec's
+    model parameters; `config`, for the Hugging Face models, is their config as a dict
+    (``config.to_dict()``), whose entries the spec takes are used (`params` win over it). `target`
+    and `dtype` are :func:`archc.compile`'s. The module is freshly initialized, or holds `weights`
+    (a ``torch.save`` state_dict or a ``.safetensors`` file, read safely), whose keys `key_map` names
+    (``archc``, ``timm`` or ``hf``: see :mod:`archc.weights`), loaded with ``strict=True``."""
     from archc.api import compile
 
     path = zoo_spec(name)
@@ -94,7 +96,26 @@ def create_model(name: str, *, target: str = "torch", dtype: str = "f32", config
             params = {**converters[name](config), **params}
         except ValueError as err:
             raise ArchError(f"{name}: {err}") from None
-    return compile(path, target=target, dtype=dtype, **params)
+    model = compile(path, target=target, dtype=dtype, **params)
+    if weights is not None:
+        load_weights(model, weights, key_map, path)
+    return model
+
+
+def load_weights(model: Any, weights: str | Path, key_map: str = "archc", spec: Path | None = None) -> Any:
+    """Load the file `weights` into `model` with ``strict=True``, its keys mapped by `key_map` for the
+    zoo spec `spec` (:func:`archc.weights.map_keys`). A mismatch is an ArchError naming the keys."""
+    from archc.deploy import load_weights as load_checked
+    from archc.weights import map_keys, read_weights
+
+    sd = map_keys(read_weights(Path(weights)), key_map, spec, set(model.state_dict()))
+    try:
+        load_checked(model, sd, f"the model ({weights})")
+    except ArchError as err:
+        if key_map == "archc":
+            err.hint = err.hint or "a timm or Hugging Face checkpoint needs key_map='timm' or 'hf'"
+        raise
+    return model
 
 
 def model_info(name: str) -> dict[str, Any]:

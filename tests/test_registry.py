@@ -221,3 +221,142 @@ def test_archc_list_table_and_pattern(capsys) -> None:  # type: ignore[no-untype
                                                          ["resnet50", "timm:resnet50", "25,557,032"]]
     assert main(["list", "nothing*"]) == 1
     assert "no model matches 'nothing*'" in capsys.readouterr().err
+
+
+# ---- weights: Hugging Face key maps, safetensors ---------------------------------------------
+
+
+def _deployed_module(out: Any, name: str, weights: str) -> Any:
+    """The deployed spec in the folder `out`, built, holding the deployed weights file `weights`."""
+    from archc.backends.torch import build_module
+    from archc.elaborate import elaborate_file
+
+    module = build_module(elaborate_file(out / f"{name}.deploy.arch"))
+    if weights.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        sd = load_file(str(out / weights))
+    else:
+        sd = torch.load(out / weights, weights_only=True)
+    module.load_state_dict(sd, strict=True)
+    return module.eval()
+
+
+GPT2_SETS = ["--set", "vocab=96", "--set", "dim=32", "--set", "depth=2", "--set", "heads=4", "--set", "max_len=32"]
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_deploy_reads_a_hf_gpt2_checkpoint_with_key_map_hf(transformers: ModuleType, tmp_path, fmt: str,
+                                                            capsys) -> None:  # type: ignore[no-untyped-def]
+    from archc.cli import main
+
+    ref = _tiny_gpt2(transformers)
+    sd = ref.state_dict()  # Conv1D weights [in, out], lm_head.weight tied to wte
+    if fmt == "pt":
+        weights = tmp_path / "gpt2.pt"
+        torch.save(sd, weights)
+    else:  # as Hugging Face writes it: the tied head left out
+        from safetensors.torch import save_file
+
+        weights = tmp_path / "model.safetensors"
+        save_file({k: v.contiguous() for k, v in sd.items() if k != "lm_head.weight"}, str(weights))
+    out = tmp_path / "out"
+    assert main(["deploy", "gpt2", *GPT2_SETS, "--weights", str(weights), "-o", str(out)]) == 1  # archc's keys
+    assert "the weights do not fit" in capsys.readouterr().err
+    assert main(["deploy", "gpt2", *GPT2_SETS, "--weights", str(weights), "--key-map", "hf", "-o", str(out),
+                 "--format", fmt]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name != ".archc-files") == [f"deployed.{fmt}", "gpt2.deploy.arch"]
+    module = _deployed_module(out, "gpt2", f"deployed.{fmt}")
+    tokens = _tokens(GPT2_TINY["vocab_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(module(tokens), ref(tokens).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_deploy_safetensors_round_trip_folds_batchnorm(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A resnet18 checkpoint in .safetensors, deployed (BatchNorms folded) to deployed.safetensors:
+    the deployed model computes what the train-time model computes, and the .pt path gives the
+    same tensors."""
+    from safetensors.torch import save_file
+
+    from archc.cli import main
+
+    torch.manual_seed(0)
+    model = archc.create_model("resnet18", num_classes=10, img_size=32, depths=[1, 1, 1, 1])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+    _randomize_vectors(model, 0)
+    model.eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    sets = ["--set", "num_classes=10", "--set", "img_size=32", "--set", "depths=[1, 1, 1, 1]"]
+    assert main(["deploy", "resnet18", *sets, "--weights", str(tmp_path / "w.safetensors"), "-o",
+                 str(tmp_path / "a"), "--format", "safetensors"]) == 0
+    assert main(["deploy", "resnet18", *sets, "--weights", str(tmp_path / "w.pt"), "-o", str(tmp_path / "b")]) == 0
+    deployed = _deployed_module(tmp_path / "a", "resnet18", "deployed.safetensors")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), model(x), rtol=1e-4, atol=1e-4)
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "a" / "deployed.safetensors")), torch.load(tmp_path / "b" / "deployed.pt",
+                                                                                 weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_create_model_loads_weights_with_a_key_map(transformers: ModuleType, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import save_file
+
+    ref = _tiny_gpt2(transformers)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items() if k != "lm_head.weight"}, str(path))
+    model = archc.create_model("gpt2", config=ref.config.to_dict(), weights=path, key_map="hf").eval()
+    tokens = _tokens(GPT2_TINY["vocab_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), ref(tokens).logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ArchError, match="the weights do not fit") as err:
+        archc.create_model("gpt2", config=ref.config.to_dict(), weights=path)  # Conv1D shapes, archc's keys
+    assert "key_map" in (err.value.hint or "")
+
+
+def test_create_model_llama_tied_head_from_safetensors(transformers: ModuleType, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A tied Llama checkpoint with lm_head.weight stored as its own copy (no shared memory after
+    loading): the key map drops it because the model has no head of its own."""
+    from safetensors.torch import save_file
+
+    config = {**LLAMA_TINY, "tie_word_embeddings": True}
+    torch.manual_seed(0)
+    ref = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)).eval()
+    _randomize_vectors(ref, 0)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.clone().contiguous() for k, v in ref.state_dict().items()}, str(path))
+    model = archc.create_model("llama", config=ref.config.to_dict(), weights=path, key_map="hf").eval()
+    tokens = _tokens(LLAMA_TINY["vocab_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), ref(tokens).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_weights_files_are_clear_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import save_file
+
+    from archc.weights import read_weights
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(ArchError, match="cannot read the weights \\(expected a .safetensors file\\)"):
+        read_weights(bad)
+    nan = tmp_path / "nan.safetensors"
+    save_file({"w": torch.tensor([1.0, float("nan")])}, str(nan))
+    with pytest.raises(ArchError, match="'w' holds NaN"):
+        read_weights(nan)
+    good = tmp_path / "good.safetensors"
+    save_file({"w": torch.ones(2)}, str(good))
+    with pytest.raises(ArchError, match="--key-map hf is for the zoo's gpt2, llama and mixtral"):
+        archc.create_model("resnet18", weights=good, key_map="hf")

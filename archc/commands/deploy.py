@@ -1,27 +1,29 @@
 """`archc deploy spec.arch --weights W.pt -o OUT/`: fold the train-time model for inference.
 
-Builds the train-time graph, loads the weights (a state_dict saved with torch.save), runs the
+Builds the train-time graph, loads the weights (a state_dict saved with torch.save, or a
+.safetensors file; keys as archc, timm or Hugging Face name them: --key-map), runs the
 weight-changing passes in eval mode (BatchNorm folding, re-parameterization, dropout removal,
 clean-up), checks on random inputs that the deployed model computes what the train-time model
 computes (|deployed - train| <= atol + rtol * |train| everywhere, no NaN), and writes the folder OUT
-holding OUT/deployed.pt (the deployed state_dict) and OUT/<spec>.deploy.arch (the deployed IR as
-.arch, which archc compiles again), both at once: an interrupted deploy leaves the old pair or the new
-one. OUT must be new or hold only what a deploy wrote there. Nothing is written when the weights do
-not load or the check fails (exit status 1).
+holding OUT/deployed.pt (the deployed state_dict; OUT/deployed.safetensors with --format
+safetensors) and OUT/<spec>.deploy.arch (the deployed IR as .arch, which archc compiles again),
+both at once: an interrupted deploy leaves the old pair or the new one. OUT must be new or hold
+only what a deploy wrote there. Nothing is written when the weights do not load or the check fails
+(exit status 1).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import math
 from pathlib import Path
 
 from archc.cli import add_spec_args, load_graph
 from archc.errors import ArchError
-from archc.files import read_regular, refuse_overwrite, write_folder_atomic
+from archc.files import refuse_overwrite, write_folder_atomic
+from archc.weights import FORMATS, KEY_MAPS, MAX_WEIGHTS_BYTES, weights_bytes
 
-MAX_WEIGHTS_BYTES = 64 << 30  # a checkpoint larger than this is not read
+__all__ = ["MAX_WEIGHTS_BYTES", "read_weights", "register", "run"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -30,51 +32,34 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                    "result against the train-time model on random inputs, and write the "
                                    "deployed weights and the deployed spec.")
     add_spec_args(p)
-    p.add_argument("--weights", type=Path, required=True, help="train-time state_dict (torch.save)")
+    p.add_argument("--weights", type=Path, required=True,
+                   help="train-time state_dict: torch.save (read with weights_only=True) or .safetensors")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
                    help="the folder to write (new, or one a deploy wrote: it is replaced as a whole)")
     p.add_argument("--tolerance", "--atol", type=float, default=1e-4, dest="tolerance",
                    help="absolute tolerance (default 1e-4)")
     p.add_argument("--rtol", type=float, default=1e-4,
                    help="relative tolerance: |deployed - train| <= atol + rtol * |train| (default 1e-4)")
-    p.add_argument("--key-map", choices=("archc", "timm"), default="archc",
-                   help="the weights' key names: archc's (default) or timm's (zoo specs; see archc.zoo)")
+    p.add_argument("--key-map", choices=KEY_MAPS, default="archc",
+                   help="the weights' key names: archc's (default), timm's or Hugging Face's (hf: the zoo's "
+                        "gpt2, llama, mixtral); see archc.zoo")
+    p.add_argument("--format", choices=FORMATS, default="pt",
+                   help="the deployed weights' file: deployed.pt (torch.save, default) or deployed.safetensors")
     p.add_argument("--trials", type=int, default=2, help="random input batches to compare on (default 2)")
     p.set_defaults(func=run)
 
 
-def read_weights(path: Path, key_map: str = "archc", spec: Path | None = None) -> dict:  # type: ignore[type-arg]
-    """The state_dict in `path`: a regular file (a FIFO or a device is refused before it is opened
-    for reading), read with torch.load(weights_only=True) (it never runs code from the file), holding
-    a dict of string keys to tensors whose values are all finite. Any other file is an ArchError."""
-    import torch
+def read_weights(path: Path, key_map: str = "archc", spec: Path | None = None,
+                 param_names: set[str] | None = None) -> dict:  # type: ignore[type-arg]
+    """The state_dict in `path` (archc.weights.read_weights: torch.save or .safetensors, read safely),
+    its keys mapped to the spec's (archc.weights.map_keys)."""
+    from archc.weights import map_keys
+    from archc.weights import read_weights as read
 
-    data = read_regular(path, "weights", MAX_WEIGHTS_BYTES)
-    try:
-        sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001  (torch.load raises many kinds; all mean "not a checkpoint")
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ArchError(f"{path}: cannot read the weights (expected a state_dict saved with torch.save): "
-                        f"{first}") from None
-    if not isinstance(sd, dict):
-        raise ArchError(f"{path}: expected a state_dict (a dict of tensors), got {type(sd).__name__}")
-    for key, value in sd.items():
-        if not isinstance(key, str):
-            raise ArchError(f"{path}: the state_dict has the key {key!r}, which is not a string")
-        if not isinstance(value, torch.Tensor):
-            raise ArchError(f"{path}: '{key}' is a {type(value).__name__}, not a tensor")
-        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
-            raise ArchError(f"{path}: '{key}' holds NaN or infinite values")
-    if key_map == "timm":
-        from archc.zoo import timm_to_archc
-
-        sd = timm_to_archc(spec.stem if spec else "", sd)
-    return sd
+    return map_keys(read(path), key_map, spec, param_names)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from archc.deploy import deploy
     from archc.elaborate import elaborate_text
     from archc.ir.printer import canonical, print_graph
@@ -84,17 +69,16 @@ def run(args: argparse.Namespace) -> int:
             raise ArchError(f"{flag} must be a finite number >= 0, got {value}")
     refuse_overwrite(args.output, [args.spec, args.weights])
     graph = load_graph(args)
-    sd = read_weights(args.weights, args.key_map, args.spec)
+    sd = read_weights(args.weights, args.key_map, args.spec, {p.name for p in graph.params.values()})
     result = deploy(graph, sd, tolerance=args.tolerance, rtol=args.rtol, trials=args.trials)
     text = print_graph(result.graph)
     again = elaborate_text(text, f"{args.spec.stem}.deploy.arch")  # the deployed spec must compile again
     if canonical(again) != canonical(result.graph):
         raise RuntimeError("the deployed IR does not print back to the same IR")
-    buffer = io.BytesIO()
-    torch.save(result.state_dict, buffer)
     arch_path = args.output / f"{args.spec.stem}.deploy.arch"
-    weights_path = args.output / "deployed.pt"
-    write_folder_atomic(args.output, {weights_path.name: buffer.getvalue(), arch_path.name: text})
+    weights_path = args.output / f"deployed.{args.format}"
+    write_folder_atomic(args.output, {weights_path.name: weights_bytes(result.state_dict, args.format),
+                                      arch_path.name: text})
     before, after = graph.param_count(False), result.graph.param_count(False)
     print(f"{args.spec}: deployed model {graph.name}: {len(graph.nodes)} ops -> {len(result.graph.nodes)}, "
           f"{before:,} -> {after:,} parameters and buffers")
