@@ -165,3 +165,18 @@ def test_a_hostile_file_name_reaches_the_guard_only_as_a_string() -> None:
     with pytest.raises(ValueError) as err:
         model(*_inputs(5))
     assert str(err.value) == f"T must be divisible by 2, got 5 ({name}:3:12: chunk into 2 equal parts)"
+
+
+def test_a_rearrange_that_splits_a_symbolic_axis_is_guarded() -> None:
+    """`b (t k) d -> b t k d` with k=2 on [B, T, 8] types t as T/2: T must be even, checked on entry
+    (einops' own error used to be the first word on an odd T)."""
+    spec = 'axis B, T\nmodel M (x: [B, T, 8]) -> [B, *, 2, 8] {\n    return rearrange(x, "b (t k) d -> b t k d", k=2)\n}\n'
+    graph = elaborate_text(spec, "split.arch")
+    assert [(g.size, g.kind, g.bound, g.why) for g in graph.guards] == [("T", "divisible", 2, "split into (t k)")]
+    model = build(graph)
+    x = torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model(x), x.reshape(2, 3, 2, 8), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"^T must be divisible by 2, got 5 \(split.arch:3:12: split into \(t k\)\)$"):
+        model(torch.randn(2, 5, 8))
+    program = torch.export.export(model, (x,), dynamic_shapes=dynamic_shapes(graph))
+    assert program.module()(torch.randn(3, 10, 8)).shape == (3, 5, 2, 8)

@@ -73,6 +73,12 @@ def _solve_group(group: tuple[str, ...], dim: Size, sizes: dict[str, Size], op: 
         except SizeError:
             raise OpError(f"{op}: axis of size {dim} cannot be split into ({' '.join(group)}) "
                           f"with {' * '.join(f'{n}={sizes[n]}' for n in group if n in sizes)}") from None
+        part = sizes[unknown[0]]
+        if not part.is_const and any(not isinstance(c, int) for c in part.terms.values()) and product.is_const \
+                and not guards.require(dim, "divisible", product.value, f"split into ({' '.join(group)})"):
+            raise OpError(f"{op}: the axis of symbolic size {dim} splits into ({' '.join(group)}) only when it is "
+                          f"divisible by {product}, which archc cannot check",
+                          hint=f"declare the axis as a multiple, e.g. {product}*K for a new axis K")
     elif product != dim:
         raise OpError(f"{op}: axis ({' '.join(group) or '1'}) has size {product} in '{pattern}', "
                       f"but the input axis has size {dim}")
