@@ -44,11 +44,16 @@ def is_zoo_name(text: str) -> bool:
 
 def resolve_spec(text: str) -> Path:
     """What the command line means by a spec argument: a path that exists wins; otherwise a zoo
-    name is that model's spec file; otherwise the path as given (reading it gives the usual error)."""
+    name is that model's spec file (the real file, so messages point at it); otherwise the path as
+    given (reading it gives the usual error)."""
     path = Path(text)
     if path.exists() or not is_zoo_name(text):
         return path
-    return zoo_spec(text)
+    found = zoo_spec(text)
+    try:  # shown relative where it is below the working folder (specs/models/resnet50.arch)
+        return found.relative_to(Path.cwd())
+    except ValueError:
+        return found
 
 
 def spec_argument(text: str) -> Path:

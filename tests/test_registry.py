@@ -130,6 +130,10 @@ def test_cli_check_takes_a_zoo_name(tmp_path, monkeypatch, capsys) -> None:  # t
     out = capsys.readouterr().out
     assert out.startswith(f"{zoo.spec_path('resnet18')}: ok: model ResNet18")  # the real file
     assert "11,689,512 parameters" in out
+    monkeypatch.chdir(zoo.spec_path("resnet18").parents[2])  # the folder holding specs/: shown relative
+    assert main(["check", "-q", "resnet18"]) == 0
+    assert main(["check", "resnet18"]) == 0
+    assert capsys.readouterr().out.startswith("specs/models/resnet18.arch: ok: model ResNet18")
 
 
 def test_cli_build_takes_a_zoo_name_and_names_the_output_after_it(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
