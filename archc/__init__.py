@@ -5,7 +5,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {"compile": "archc.api", "emit_python": "archc.api", "parallelize": "archc.api", "init_weights": "archc.api",
-         "create_model": "archc.registry", "list_models": "archc.registry"}  # imported on first use (they pull in torch)
+         "create_model": "archc.registry", "list_models": "archc.registry", "import_module": "archc.importer"}  # imported on first use (they pull in torch)
 
 
 def __getattr__(name: str) -> Any:

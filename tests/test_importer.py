@@ -1,0 +1,175 @@
+"""`archc.import_module(module, example_inputs)` (archc/importer.py, issue #19's first step): a
+PyTorch module becomes spec text whose parameter names are its state_dict keys.
+
+Each test compiles the returned text itself (independently of the importer's own check), loads
+the module's state_dict with strict=True and compares outputs with torch.testing.assert_close;
+what cannot be imported yet is a clear ArchError naming the module and why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import archc
+from archc.errors import ArchError
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x: Any) -> Any:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class PreNormNet(nn.Module):
+    """Two pre-norm residual MLP blocks (the same class twice, once with another width) and a head."""
+
+    def __init__(self, hidden2: int = 32) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(16)
+        self.mlp1 = Mlp(16, 32)
+        self.norm2 = nn.LayerNorm(16, eps=1e-6)
+        self.mlp2 = Mlp(16, hidden2)
+        self.head = nn.Linear(16, 4, bias=False)
+
+    def forward(self, x: Any) -> Any:
+        x = x + self.mlp1(self.norm1(x))
+        x = x + self.mlp2(self.norm2(x))
+        return self.head(F.relu(x))
+
+
+class ConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.act = nn.ReLU()
+        self.down = nn.Conv2d(8, 8, (3, 1), stride=2, groups=2)
+        self.fc = nn.Linear(8 * 3 * 4, 10)
+
+    def forward(self, x: Any) -> Any:
+        y = self.act(self.bn(self.conv(x)))
+        return self.fc(torch.flatten(self.down(y * y), 1))
+
+
+def _randomized(module: Any, seed: int = 0) -> Any:
+    """Random values in every parameter and BatchNorm statistic (not the inits' ones and zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in module.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+    return module.eval()
+
+
+def _check_round_trip(module: Any, text: str, x: Any) -> None:
+    from archc.api import build
+    from archc.elaborate import elaborate_text
+
+    built = build(elaborate_text(text, "imported.arch")).eval()
+    built.load_state_dict(module.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(built(x), module(x), rtol=1e-5, atol=1e-5)
+        other = torch.randn(5, *x.shape[1:], generator=torch.Generator().manual_seed(7))  # another batch size
+        torch.testing.assert_close(built(other), module(other), rtol=1e-5, atol=1e-5)
+
+
+def test_import_residual_mlp_blocks() -> None:
+    module = _randomized(PreNormNet())
+    x = torch.randn(2, 16, generator=torch.Generator().manual_seed(1))
+    text = archc.import_module(module, x)
+    _check_round_trip(module, text, x)
+    assert text.count("block Mlp ") == 1  # two identical children: one block
+    assert "    return x >> fc1 >> act >> fc2 >> drop\n" in text
+    assert "    norm2 = layernorm(eps=1e-06)\n" in text and "    head = linear(4, bias=false)\n" in text
+    assert module.training is False
+
+
+def test_import_distinct_bodies_get_distinct_blocks() -> None:
+    module = _randomized(PreNormNet(hidden2=24))
+    x = torch.randn(2, 16, generator=torch.Generator().manual_seed(1))
+    text = archc.import_module(module, x)
+    _check_round_trip(module, text, x)
+    assert "block Mlp " in text and "block Mlp2 " in text and "mlp2 = Mlp2()" in text
+
+
+def test_import_conv_batchnorm_flatten() -> None:
+    module = _randomized(ConvNet())
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    text = archc.import_module(module, x)
+    _check_round_trip(module, text, x)
+    assert "model ConvNet (x: [B, 3, 8, 8]) -> [B, 10]" in text
+    assert "conv = conv2d(8, 3, padding=1, bias=false)" in text
+    assert "down = conv2d(8, [3, 1], stride=2, groups=2)" in text
+    assert "    act_ = x >> conv >> bn >> act\n" in text  # used twice: named (fx's name, less the instance's)
+    assert "    return act_ * act_ >> down >> flatten() >> fc\n" in text
+
+
+def test_imported_text_is_canonically_formatted() -> None:
+    from archc.frontend.fmt import format_module
+    from archc.frontend.parser import parse
+
+    text = archc.import_module(_randomized(PreNormNet()), torch.randn(2, 16))
+    assert format_module(parse(text, "imported.arch")) == text
+
+
+class _Cat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: Any) -> Any:
+        return torch.cat([self.fc(x), x], dim=-1)
+
+
+class _Branchy(nn.Module):
+    def forward(self, x: Any) -> Any:
+        return x if x.sum() > 0 else -x
+
+
+class _Lstm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 4)
+
+    def forward(self, x: Any) -> Any:
+        return self.rnn(x)[0]
+
+
+@pytest.mark.parametrize(("module", "message"), [
+    (nn.Sequential(nn.Linear(4, 4)), "the child '0'"),
+    (_Cat(), "the call cat(...) in the forward of the model has no archc op"),
+    (_Branchy(), "torch.fx cannot trace its forward"),
+    (_Lstm(), "'rnn' is an nn.LSTM, which has no archc op (yet)"),
+    (ConvNet(), "its forward fails on the example inputs"),  # a 2-D input to a conv
+])
+def test_what_cannot_be_imported_is_a_clear_error(module: Any, message: str) -> None:
+    with pytest.raises(ArchError) as err:
+        archc.import_module(module, torch.randn(2, 4))
+    assert err.value.message.startswith(f"cannot import {type(module).__name__}: ")
+    assert message in err.value.message
+
+
+def test_a_wrong_translation_is_caught_before_text_is_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The importer checks its own output: with nn.ReLU mistranslated as silu, nothing is returned."""
+    from archc import importer
+
+    table = importer._leaf_ops()
+    monkeypatch.setattr(importer, "_leaf_ops", lambda: {**table, nn.ReLU: lambda m: "silu()"})
+    with pytest.raises(ArchError, match="the imported spec does not compute what ConvNet computes"):
+        archc.import_module(_randomized(ConvNet()), torch.randn(2, 3, 8, 8))
