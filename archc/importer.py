@@ -11,8 +11,10 @@ what it is (never a wrong spec). Before the text is returned it is verified: the
 module's ``state_dict`` loads into it with ``strict=True``, and its outputs on the example inputs
 match the module's within ``rtol = atol = 1e-5`` (eval mode).
 
-Not yet: ``torch.export`` capture, ``nn.Sequential`` (its keys ``0.weight`` are no spec name;
-folding identical layers into ``stack`` comes next), several inputs or outputs of a block, axis
+An ``nn.Sequential`` child becomes a ``stack`` (its layers keep the names ``0``, ``1``, ...):
+``stack(n) { Layer() }`` when its layers are alike, one layer per index otherwise. Not yet:
+``torch.export`` capture, a module that is itself an ``nn.Sequential`` (its keys ``0.weight`` are
+no spec name), ``nn.ModuleList`` and ``nn.ModuleDict``, several inputs or outputs of a block, axis
 names other than the batch.
 """
 
@@ -147,7 +149,7 @@ def _trace(module: Any, inputs: Sequence[Any]) -> Any:
 
     class ChildrenAreLeaves(fx.Tracer):
         def is_leaf_module(self, m: Any, qualname: str) -> bool:
-            return "." not in qualname
+            return "." not in qualname or super().is_leaf_module(m, qualname)  # a torch.nn layer in a list
 
     try:
         graph = ChildrenAreLeaves().trace(module)
@@ -178,6 +180,9 @@ def _body(module: Any, inputs: Sequence[Any], spec: _Spec, where: str) -> tuple[
         if node.op == "placeholder":
             params.append(f"{flow.define(node, node.name, always=True)}: {_type(_shape(node))}")
         elif node.op == "call_module":
+            if node.target not in children:  # traced into a container's layer (a ModuleList loop)
+                raise _Unmapped(f"'{where + '.' if where else ''}{node.target}' is called inside a container "
+                                "(nn.ModuleList or nn.ModuleDict): not imported yet")
             if len(node.args) != 1 or node.kwargs:
                 raise _Unmapped(f"'{at}' is called with {len(node.args)} arguments (one tensor only, for now)")
             instances.append(f"{node.target} = {_instance(children[node.target], node, spec, at)}")
@@ -232,7 +237,14 @@ class _Flow:
 
 
 def _instance(child: Any, node: Any, spec: _Spec, at: str) -> str:
-    """The declaration of a child: an op instance, or an instance of the block it becomes."""
+    """The declaration of a child: an op instance, a block instance, or a stack (nn.Sequential)."""
+    import torch
+
+    example = torch.randn(_shape(node.args[0]), generator=torch.Generator().manual_seed(0))
+    return _layer(child, example, spec, at)
+
+
+def _layer(child: Any, example: Any, spec: _Spec, at: str) -> str:
     import torch
 
     leaves = _leaf_ops()
@@ -241,13 +253,40 @@ def _instance(child: Any, node: Any, spec: _Spec, at: str) -> str:
             return leaves[type(child)](child)
         except _Unmapped as err:
             raise _Unmapped(f"'{at}' ({type(child).__name__}): {err}") from None
-    if isinstance(child, torch.nn.Sequential | torch.nn.ModuleList | torch.nn.ModuleDict):
-        raise _Unmapped(f"'{at}' is an nn.{type(child).__name__} (its keys '{node.target}.0.*' are no spec name "
-                        "yet; folding it into a stack comes in a later step)")
+    if type(child) is torch.nn.Sequential:
+        return _sequential(child, example, spec, at)
+    if isinstance(child, torch.nn.ModuleList | torch.nn.ModuleDict | torch.nn.Sequential):
+        raise _Unmapped(f"'{at}' is an nn.{type(child).__name__}: not imported yet")
     if type(child).__module__.startswith("torch."):  # a PyTorch layer the table above does not have
         raise _Unmapped(f"'{at}' is an nn.{type(child).__name__}, which has no archc op (yet)")
-    example = torch.randn(_shape(node.args[0]), generator=torch.Generator().manual_seed(0))
     return f"{_block(child, [example], spec, at)}()"
+
+
+def _sequential(seq: Any, example: Any, spec: _Spec, at: str) -> str:
+    """An nn.Sequential as a stack, whose layers are named 0, 1, ... as the Sequential's:
+    ``stack(n) { Layer() }`` when the layers are alike, else one per index (``i => if i == 0 ...``)."""
+    import torch
+
+    names = [name for name, _ in seq.named_children()]
+    if names != [str(i) for i in range(len(names))]:
+        raise _Unmapped(f"'{at}' is an nn.Sequential with named layers ({', '.join(names)}): not imported yet")
+    if not names:
+        return "identity()"
+    texts = []
+    for i, layer in enumerate(seq):
+        texts.append(_layer(layer, example, spec, f"{at}.{i}"))
+        try:
+            example = layer(example)
+        except Exception as err:  # noqa: BLE001  (the module's own layer fails)
+            raise _Unmapped(f"'{at}.{i}' fails on its input: {str(err).strip().splitlines()[0]}") from None
+        if not isinstance(example, torch.Tensor):
+            raise _Unmapped(f"'{at}.{i}' does not return one tensor")
+    if len(set(texts)) == 1:
+        return f"stack({len(texts)}) {{ {texts[0]} }}"
+    body = texts[-1]
+    for i in range(len(texts) - 2, -1, -1):
+        body = f"if i == {i} then {texts[i]} else {body}"
+    return f"stack({len(texts)}) {{ i => {body} }}"
 
 
 def _function(node: Any, flow: _Flow, where: str) -> str:

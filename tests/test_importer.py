@@ -173,3 +173,41 @@ def test_a_wrong_translation_is_caught_before_text_is_returned(monkeypatch: pyte
     monkeypatch.setattr(importer, "_leaf_ops", lambda: {**table, nn.ReLU: lambda m: "silu()"})
     with pytest.raises(ArchError, match="the imported spec does not compute what ConvNet computes"):
         archc.import_module(_randomized(ConvNet()), torch.randn(2, 3, 8, 8))
+
+
+class Tower(nn.Module):
+    """A GPT-2-like tower: identical blocks in an nn.Sequential, then a mixed Sequential head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*[Mlp(16, 24) for _ in range(3)])
+        self.head = nn.Sequential(nn.LayerNorm(16), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def forward(self, x: Any) -> Any:
+        return self.head(self.blocks(x))
+
+
+def test_import_sequential_children_as_stacks() -> None:
+    module = _randomized(Tower())
+    x = torch.randn(2, 16, generator=torch.Generator().manual_seed(1))
+    text = archc.import_module(module, x)
+    _check_round_trip(module, text, x)
+    assert "    blocks = stack(3) { Mlp() }\n" in text and text.count("block Mlp ") == 1
+    assert ("    head = stack(4) { i => if i == 0 then layernorm() else if i == 1 then linear(32) "
+            "else if i == 2 then relu() else linear(4) }\n") in text
+
+
+class _Loop(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(4, 4) for _ in range(2)])
+
+    def forward(self, x: Any) -> Any:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_module_list_is_a_clear_error() -> None:
+    with pytest.raises(ArchError, match="'layers.0' is called inside a container"):
+        archc.import_module(_Loop(), torch.randn(2, 4))
