@@ -334,20 +334,22 @@ def _block(module: Any, inputs: Sequence[Any], spec: _Spec, where: str) -> str:
     return name
 
 
-def _spec_text(module: Any, inputs: Sequence[Any]) -> str:
+def _spec_text(module: Any, inputs: Sequence[Any], source: str | None = None) -> str:
     spec = _Spec()
     signature, lines = _body(module, inputs, spec, "")
     name = type(module).__name__ if type(module).__name__.isidentifier() else "Imported"
     model = f"model {name} {signature} {{\n" + "".join(f"    {line}\n" for line in lines) + "}\n"
-    header = f"# Imported from {type(module).__module__}.{type(module).__qualname__} by archc.import_module.\n"
+    source = source or f"{type(module).__module__}.{type(module).__qualname__}"
+    header = f"# Imported from {source} by archc.import_module.\n"
     return header + "\naxis B\n\n" + "\n".join([*spec.blocks, model])
 
 
-def import_module(module: Any, example_inputs: Sequence[Any] | Any) -> str:
+def import_module(module: Any, example_inputs: Sequence[Any] | Any, source: str | None = None) -> str:
     """The `.arch` text of `module` (an ``nn.Module``), verified on `example_inputs` (a tensor or a
     sequence of tensors): the spec builds, ``module.state_dict()`` loads into it with
     ``strict=True``, and the outputs match within rtol = atol = 1e-5 in eval mode. Raises ArchError
-    for what cannot be imported yet, naming the module and why; nothing is returned then."""
+    for what cannot be imported yet, naming the module and why; nothing is returned then. `source`
+    names where the module came from in the text's first line (its class's module by default)."""
     import torch
 
     inputs = [example_inputs] if isinstance(example_inputs, torch.Tensor) else list(example_inputs)
@@ -358,7 +360,12 @@ def import_module(module: Any, example_inputs: Sequence[Any] | Any) -> str:
     try:
         with torch.no_grad():
             try:
-                text = _spec_text(module, inputs)
+                module(*inputs)
+            except Exception as err:  # noqa: BLE001  (the module's own forward fails on these inputs)
+                raise ArchError(f"cannot import {type(module).__name__}: its forward fails on the example inputs: "
+                                f"{type(err).__name__}: {str(err).strip().splitlines()[0]}") from None
+            try:
+                text = _spec_text(module, inputs, source)
             except _Unmapped as err:
                 raise ArchError(f"cannot import {type(module).__name__}: {err}") from None
             _verify(module, inputs, text)

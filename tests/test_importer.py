@@ -211,3 +211,54 @@ class _Loop(nn.Module):
 def test_module_list_is_a_clear_error() -> None:
     with pytest.raises(ArchError, match="'layers.0' is called inside a container"):
         archc.import_module(_Loop(), torch.randn(2, 4))
+
+
+MODULE_FILE = '''
+import torch.nn as nn
+
+
+class Mlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 32)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(32, 16)
+
+    def forward(self, x):
+        return x + self.fc2(self.act(self.fc1(x)))
+'''
+
+
+def test_archc_import_command(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from archc.cli import main
+    from archc.commands.import_ import load_class
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mymod.py").write_text(MODULE_FILE)
+    assert main(["import", "mymod.py:Mlp", "--example-input", "2,16", "-o", "mlp.arch"]) == 0
+    assert "wrote mlp.arch" in capsys.readouterr().out
+    text = (tmp_path / "mlp.arch").read_text()
+    assert text.startswith("# Imported from mymod.py:Mlp by archc.import_module.\n")
+    assert "    return x + (x >> fc1 >> act >> fc2)\n" in text
+    module = _randomized(load_class(str(tmp_path / "mymod.py:Mlp"))())
+    _check_round_trip(module, text, torch.randn(3, 16, generator=torch.Generator().manual_seed(2)))
+    assert main(["import", "mymod.py:Mlp", "--example-input", "2,16"]) == 0  # to stdout
+    assert capsys.readouterr().out == text
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["mymod.py:Mpl", "--example-input", "2,16"], "mymod.py has no 'Mpl'\n  hint: did you mean 'Mlp'?"),
+    (["mymod.py:Mlp", "--example-input", "2,x"], "--example-input takes a shape such as 2,16"),
+    (["mymod.py:Mlp", "--example-input", "2,3,4"], "its forward fails on the example inputs: RuntimeError"),
+    (["missing.py:Mlp", "--example-input", "2,16"], "no such Python file: missing.py"),
+    (["mymod.py:Mlp", "--example-input", "2,16", "-o", "mymod.py"], "writing would overwrite it"),
+])
+def test_archc_import_errors(tmp_path, monkeypatch, capsys, argv: list[str], message: str) -> None:  # type: ignore[no-untyped-def]
+    from archc.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mymod.py").write_text(MODULE_FILE)
+    assert main(["import", *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert (tmp_path / "mymod.py").read_text() == MODULE_FILE
