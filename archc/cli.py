@@ -21,6 +21,7 @@ DESCRIPTION = """archc compiles neural-network architectures written in .arch fi
   archc check  spec.arch              parse and type-check; errors point at file:line:col
   archc check  resnet50               a zoo model's name works wherever a spec path does
   archc list                          the zoo: references, parameters, ops
+  archc import net.py:Net --example-input 2,16   a PyTorch module as a spec, checked
   archc ir     spec.arch [-o F.json]  the typed IR as JSON (or --arch: printed back as .arch)
   archc fmt    spec.arch [--check]    canonical formatting, in place
   archc build  spec.arch --target T   lower to PyTorch and other targets

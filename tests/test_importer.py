@@ -262,3 +262,21 @@ def test_archc_import_errors(tmp_path, monkeypatch, capsys, argv: list[str], mes
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert (tmp_path / "mymod.py").read_text() == MODULE_FILE
+
+
+def test_the_example_in_docs_is_what_the_importer_gives() -> None:
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "zoo.md").read_text()
+    section = page[page.index("## Importing a PyTorch module"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    want = re.search(r"```arch\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "zoo.md", "exec"), namespace)
+    torch.manual_seed(0)
+    module = _randomized(namespace["Net"]())
+    x = torch.randn(2, 16, generator=torch.Generator().manual_seed(1))
+    text = archc.import_module(module, x, source="Net")
+    assert text == want
+    _check_round_trip(module, text, x)
