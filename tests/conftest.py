@@ -8,11 +8,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+# Triton reads TRITON_INTERPRET once, when it is first imported, and anything may import it first
+# (torch.compile's Inductor does, in whichever test of a worker compiles first): so it is set here,
+# before any test runs, not in tests/kernels/conftest.py, whose kernel tests would otherwise fail
+# after such a test in the same worker ("Cannot call @triton.jit'd outside of the scope of a kernel").
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import _timm_compat`
 

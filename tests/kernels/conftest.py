@@ -1,7 +1,8 @@
 """Kernel tests run the generated Triton kernels on the CPU with Triton's interpreter.
 
-TRITON_INTERPRET must be set before triton is first imported, so it is set here, when pytest
-collects this folder. `ARCHC_KERNELS_FULL=1` runs every spec, size and dtype; the default run
+TRITON_INTERPRET must be set before triton is first imported: tests/conftest.py sets it before any
+test runs (Inductor may import triton in an earlier test of the same worker); it is set here too,
+for a run of this folder alone. `ARCHC_KERNELS_FULL=1` runs every spec, size and dtype; the default run
 is a fixed sample that takes a few seconds a test.
 """
 
