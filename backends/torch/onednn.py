@@ -91,6 +91,8 @@ def conv_act(conv: nn.Conv2d, x: torch.Tensor, act: str = "", algorithm: str = "
     if not _conv_ok(conv, x):
         return _activation(conv(x), act, algorithm)
     x = x.contiguous(memory_format=torch.channels_last)
+    if not act and conv.groups == conv.in_channels == conv.out_channels > 1:
+        return conv(x)  # depthwise, alone: torch's own channels-last call beats the packed one (measured)
     padding, stride, dilation, groups = _conv_args(conv)
     return torch.ops.mkldnn._convolution_pointwise(x, _conv_weight(conv, x), conv.bias, padding, stride, dilation,
                                                    groups, act or "none", [], algorithm)
