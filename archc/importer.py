@@ -90,6 +90,24 @@ def _leaf_ops() -> dict[type, Callable[[Any], str]]:
     def flatten(m: Any) -> str:
         return _call("flatten", start=m.start_dim, end=m.end_dim, defaults={"start": 1, "end": -1})
 
+    def pool(m: Any) -> str:
+        kind = "maxpool2d" if isinstance(m, nn.MaxPool2d) else "avgpool2d"
+        if kind == "maxpool2d" and (m.return_indices or _fmt(m.dilation) != "1"):
+            raise _Unmapped("return_indices or dilation (archc's maxpool2d has neither)")
+        if kind == "avgpool2d" and m.divisor_override is not None:
+            raise _Unmapped("divisor_override")
+        stride = m.stride if m.stride is not None else m.kernel_size
+        include = getattr(m, "count_include_pad", True)
+        return _call(kind, m.kernel_size, stride=stride, padding=m.padding, ceil_mode=bool(m.ceil_mode),
+                     count_include_pad=bool(include),
+                     defaults={"stride": m.kernel_size, "padding": 0, "ceil_mode": False, "count_include_pad": True})
+
+    def adaptive(m: Any) -> str:
+        size = m.output_size
+        if size is None or (isinstance(size, tuple) and None in size):
+            raise _Unmapped("an output size of None")
+        return _call("adaptive_avgpool2d", size)
+
     def softmax(m: Any) -> str:
         if m.dim is None:
             raise _Unmapped("Softmax without dim")
@@ -101,6 +119,7 @@ def _leaf_ops() -> dict[type, Callable[[Any], str]]:
         nn.ReLU: lambda m: "relu()", nn.GELU: gelu, nn.SiLU: lambda m: "silu()", nn.Tanh: lambda m: "tanh()",
         nn.Sigmoid: lambda m: "sigmoid()", nn.Identity: lambda m: "identity()",
         nn.Dropout: lambda m: f"dropout({_fmt(float(m.p))})", nn.Flatten: flatten, nn.Softmax: softmax,
+        nn.MaxPool2d: pool, nn.AvgPool2d: pool, nn.AdaptiveAvgPool2d: adaptive,
     }
 
 
@@ -268,8 +287,10 @@ def _sequential(seq: Any, example: Any, spec: _Spec, at: str) -> str:
     import torch
 
     names = [name for name, _ in seq.named_children()]
+    if names and all(name.isidentifier() and name not in _RESERVED for name in names):  # named layers: a block
+        return f"{_block(seq, [example], spec, at)}()"
     if names != [str(i) for i in range(len(names))]:
-        raise _Unmapped(f"'{at}' is an nn.Sequential with named layers ({', '.join(names)}): not imported yet")
+        raise _Unmapped(f"'{at}' is an nn.Sequential with layers named {', '.join(names)}: not imported yet")
     if not names:
         return "identity()"
     texts = []

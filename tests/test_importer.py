@@ -280,3 +280,41 @@ def test_the_example_in_docs_is_what_the_importer_gives() -> None:
     text = archc.import_module(module, x, source="Net")
     assert text == want
     _check_round_trip(module, text, x)
+
+
+class _Pools(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        from collections import OrderedDict
+
+        self.stem = nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 4, 3), bn=nn.BatchNorm2d(4), act=nn.ReLU()))
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.avg = nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: Any) -> Any:
+        return self.fc(torch.flatten(self.gap(self.avg(self.pool(self.stem(x)))), 1))
+
+
+def test_import_pools_and_a_named_sequential() -> None:
+    module = _randomized(_Pools())
+    x = torch.randn(2, 3, 11, 11, generator=torch.Generator().manual_seed(1))
+    text = archc.import_module(module, x)
+    _check_round_trip(module, text, x)
+    assert "block Sequential (input_1: [B, 3, 11, 11]) -> [B, 4, 9, 9]" in text  # Sequential.forward(input) and "stem = Sequential()" in text
+    assert "pool = maxpool2d(3, stride=2, padding=1)" in text
+    assert "avg = avgpool2d(2, ceil_mode=true, count_include_pad=false)" in text
+    assert "gap = adaptive_avgpool2d(1)" in text
+
+
+def test_import_timm_resnet18(timm: Any) -> None:
+    """timm's ResNet-18 (random weights, BatchNorm statistics randomized) round-trips: its basic
+    blocks become blocks, its downsample Sequentials stacks, its pooling the pool ops."""
+    torch.manual_seed(0)
+    module = _randomized(timm.create_model("resnet18", pretrained=False, num_classes=10))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    text = archc.import_module(module, x)
+    _check_round_trip(module, text, x)
+    assert "model ResNet (x: [B, 3, 32, 32]) -> [B, 10]" in text
+    assert "layer1 = stack(2) { BasicBlock() }" in text
