@@ -280,11 +280,14 @@ def test_statement_annotations_reach_the_ops_of_called_blocks() -> None:
     axis B, D
     block Mlp (x: [B, D]) -> [B, D] { return x >> linear(D) >> relu }
     model M (x: [B, 16]) -> [B, 16] {
-        @sparse("2:4") y = Mlp()(x)
+        @deploy @sparse("2:4") y = Mlp()(x)
         return y
     }
     """
-    assert all(n.annotations and n.annotations[0].name == "sparse" for n in compile_text(spec).nodes)
+    nodes = compile_text(spec).nodes
+    assert all(n.annotations and n.annotations[0].name == "deploy" for n in nodes)  # every op it makes
+    # @sparse stays only where a weight can take it (the linear, not the relu): docs/sparsity.md
+    assert [any(a.name == "sparse" for a in n.annotations) for n in nodes] == [n.op == "linear" for n in nodes]
     with pytest.raises(ArchError, match="unknown annotation '@bogus' on a block"):
         compile_text("axis B\n@bogus model M (x: [B, 4]) -> [B, 4] { return x }")
 

@@ -21,7 +21,8 @@ def test_module_fx_and_file_agree(path: Path, tmp_path: Path) -> None:
     inputs = example_inputs(graph)
     with torch.no_grad():
         want = models["module"].eval()(*inputs)
-        assert torch.isfinite(want).all()
+        for out in want if isinstance(want, tuple) else (want,):  # Mixtral: logits and its auxiliary loss
+            assert torch.isfinite(out).all()
         for how in ("fx", "file"):
             assert_close(models[how].eval()(*inputs), want, f"{path.stem} ({how})")
 

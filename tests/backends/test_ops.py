@@ -207,6 +207,9 @@ CASES = [
              return pad(x, [0, 1, 1, 2], value=0.5), pad(y, [1, 1, 1, 1], mode="reflect")
          }""", lambda i, sd: (nn.ConstantPad2d((0, 1, 1, 2), 0.5)(i[0]), nn.ReflectionPad2d(1)(i[1])),
          sizes={"H": 5, "W": 6}),
+    Case("buffer", """axis B
+         model M (x: [B, 8]) -> ([B, 8], i64[3]) { s = buffer([8], init=2.0)\n n = buffer([3], dtype="i64")\n return x * s, n }""",
+         lambda i, sd: (i[0] * sd["s"], sd["n"])),
     Case("parameter", """axis B
          model M (x: [B, 8]) -> [B, 8] { g = parameter([8], init=0.5)\n return x * g }""",
          lambda i, sd: i[0] * sd["g"]),

@@ -19,7 +19,8 @@ def test_build_writes_packages(tmp_path: Path, capsys: pytest.CaptureFixture[str
         "__init__.py", "kernels.py", "model.py", "runtime.py", "torch_model.py"]
     kernels = (tmp_path / "tr" / "kernels.py").read_text()
     assert "@triton.jit\ndef r8_gemm_kernel(" in kernels
-    assert "# r8_gemm: linear -> dropout -> add" in kernels and "gpt2.arch:22" in kernels
+    line = next(i for i, text in enumerate(spec.read_text().splitlines(), 1) if ">> c_proj >> dropout(pdrop)" in text)
+    assert "# r8_gemm: linear -> dropout -> add" in kernels and f"gpt2.arch:{line}" in kernels  # the spec line
     assert main(["build", str(spec), *sets, "--target", "cuda", "-o", str(tmp_path / "cu")]) == 0
     assert sorted(p.name for p in (tmp_path / "cu").iterdir() if p.name != ".archc-files") == [
         "__init__.py", "build.py", "kernels.cu", "kernels.py", "model.py", "torch_model.py"]
