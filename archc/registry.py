@@ -52,7 +52,7 @@ def resolve_spec(text: str) -> Path:
     found = zoo_spec(text)
     try:  # shown relative where it is below the working folder (specs/models/resnet50.arch)
         return found.relative_to(Path.cwd())
-    except ValueError:
+    except (ValueError, OSError):  # elsewhere, or the working folder is gone
         return found
 
 
