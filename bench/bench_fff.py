@@ -19,16 +19,17 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from archc.backends.torch.conditional import fff, fff_neurons  # noqa: E402
+from timing import interleaved, ratio  # noqa: E402
 
 CONFIGS = [  # (op, in, depth, leaf): fff's width is 2^depth * leaf; fff_neurons' 2^(depth+1) - 1
     ("fff", 768, 7, 24),
@@ -38,17 +39,6 @@ CONFIGS = [  # (op, in, depth, leaf): fff's width is 2^depth * leaf; fff_neurons
 ]
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, inner: int) -> dict[str, list[float]]:
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            times[k].append((time.perf_counter() - t) / inner * 1e3)
-    return times
 
 
 def case(op: str, d: int, depth: int, leaf: int, batch: int, rounds: int) -> str:
@@ -59,7 +49,7 @@ def case(op: str, d: int, depth: int, leaf: int, batch: int, rounds: int) -> str
         p = [torch.randn(n - 1, d, generator=gen) / d ** 0.5, torch.randn(n - 1, 1, generator=gen) * 0.1,
              torch.randn(n, d, leaf, generator=gen) / d ** 0.5, torch.randn(n, leaf, generator=gen) * 0.1,
              torch.randn(n, leaf, d, generator=gen) / leaf ** 0.5, torch.randn(n, d, generator=gen) * 0.1]
-        act, act_fn = "relu", F.relu
+        _act, act_fn = "relu", F.relu
 
         def fast() -> Any:
             return fff(x, *p, depth=depth, act="relu", form="hard", training=False)
@@ -68,7 +58,7 @@ def case(op: str, d: int, depth: int, leaf: int, batch: int, rounds: int) -> str
         width = 2 ** (depth + 1) - 1
         p = [torch.randn(width, d, generator=gen) / d ** 0.5, torch.randn(width, generator=gen) * 0.1,
              torch.randn(width, d, generator=gen) / width ** 0.5]
-        act, act_fn = "gelu", F.gelu
+        _act, act_fn = "gelu", F.gelu
 
         def fast() -> Any:
             return fff_neurons(x, *p, depth=depth, trees=1, act="gelu", form="hard", training=False)
@@ -80,7 +70,7 @@ def case(op: str, d: int, depth: int, leaf: int, batch: int, rounds: int) -> str
         return F.linear(act_fn(F.linear(x, w1, b1)), w2, b2)
     with torch.no_grad():
         t = interleaved({"dense": dense, "fff": fast}, rounds, inner=3)
-    r = statistics.median(a / b for a, b in zip(t["dense"], t["fff"]))
+    r = ratio(t, "dense", "fff")
     return (f"| {label} | {width} | {batch} | {statistics.median(t['dense']):.3f} | "
             f"{statistics.median(t['fff']):.3f} | {r:.2f} |")
 

@@ -16,28 +16,19 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from archc.backends.torch.conditional import moe_experts, moe_route  # noqa: E402
+from timing import interleaved, ratio  # noqa: E402
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - t) * 1e3)
-    return times
 
 
 def cpu_rows(rounds: int) -> list[str]:
@@ -71,9 +62,9 @@ def cpu_rows(rounds: int) -> list[str]:
                 ref = block(x)
                 rel = max(float((fns[i]() - ref).abs().max() / ref.abs().max()) for i in ("loop", "grouped", "batched"))
             med = {k2: statistics.median(v) for k2, v in t.items()}
-            ratio = statistics.median(a / b for a, b in zip(t["hf"], t["grouped"]))
+            r = ratio(t, "hf", "grouped")
             lines.append(f"| {d}, {h}, {e}, {k} | {tokens} | {med['hf']:.1f} | {med['loop']:.1f} | {med['grouped']:.1f} | "
-                         f"{med['batched']:.1f} | {ratio:.2f} | {rel:.1e} |")
+                         f"{med['batched']:.1f} | {r:.2f} | {rel:.1e} |")
             print(lines[-1], file=sys.stderr, flush=True)
     return lines
 

@@ -22,7 +22,6 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -31,30 +30,20 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from archc.backends.torch.masks import block_mask, magnitude_mask, nm_mask  # noqa: E402
+from timing import interleaved, ratio  # noqa: E402
+
+import bench_kernels  # noqa: E402
 
 SHAPES = [(1024, 1024), (4096, 1024), (1024, 4096)]  # (out, in)
 DENSITIES = [0.5, 0.2, 0.1, 0.05, 0.01]
 ROWS = [1, 8, 64]
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, inner: int) -> dict[str, list[float]]:
-    """Per-round milliseconds (mean of `inner` calls) of each function, the functions taking turns."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            times[k].append((time.perf_counter() - t) / inner * 1e3)
-    return times
 
 
-def ratio(times: dict[str, list[float]], a: str, b: str) -> float:
-    return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
 def cpu_table(rounds: int) -> list[str]:
@@ -91,18 +80,7 @@ def gpu_tables(rounds: int) -> list[str]:
     dev, dt = "cuda", torch.bfloat16
 
     def time_cuda(fn: Callable[[], Any], iters: int = 20) -> list[float]:
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        out = []
-        for _ in range(iters):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize()
-            out.append(s.elapsed_time(e))
-        return out
+        return [bench_kernels.time_cuda(torch, fn, 1, warmup=3 if i == 0 else 0) for i in range(iters)]
 
     lines = [f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16", "",
              "| case | dense ms | 2:4 ms | dense/2:4 | max rel diff |", "| --- | ---: | ---: | ---: | ---: |"]

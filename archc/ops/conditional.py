@@ -47,6 +47,16 @@ def _rows(t: TensorType) -> Size:
     return n
 
 
+def _tree_outputs(op: str, a: Any, t: TensorType, nodes: int) -> list[TensorType]:
+    """A fast feedforward op's outputs: [*, out], and with `entropy` one entropy per node."""
+    need_float(t, op)
+    if t.rank == 0:
+        raise OpError(f"{op} needs at least one axis")
+    known(t.sizes[-1], f"{op}'s input features (the last axis)")
+    y = TensorType(dtype=t.dtype, shape=t.shape[:-1] + (Dim(size=Size.of(a.out)),))
+    return [y, TensorType(dtype=t.dtype, shape=(Dim(size=Size.of(nodes)),))] if a.entropy else [y]
+
+
 class FffAttrs(_Attrs):
     out: int = Field(gt=0)
     depth: int = Field(ge=0, le=MAX_DEPTH)
@@ -67,15 +77,7 @@ class Fff(Op):
     doc = "fast feedforward tree: `[*, in]` -> `[*, out]`; soft in training, one leaf per input in eval"
 
     def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
-        t = ins[0]
-        need_float(t, self.name)
-        if t.rank == 0:
-            raise OpError("fff needs at least one axis")
-        known(t.sizes[-1], "fff's input features (the last axis)")
-        y = TensorType(dtype=t.dtype, shape=t.shape[:-1] + (Dim(size=Size.of(a.out)),))
-        if not a.entropy:
-            return [y]
-        return [y, TensorType(dtype=t.dtype, shape=(Dim(size=Size.of(2 ** a.depth - 1)),))]
+        return _tree_outputs(self.name, a, ins[0], nodes=2 ** a.depth - 1)
 
     def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
         d = known(ins[0].sizes[-1], "fff's input features")
@@ -129,15 +131,7 @@ class FffNeurons(Op):
     doc = "UltraFastBERT's fast feedforward: `[*, in]` -> `[*, out]`; in eval, depth + 1 neurons per input"
 
     def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
-        t = ins[0]
-        need_float(t, self.name)
-        if t.rank == 0:
-            raise OpError("fff_neurons needs at least one axis")
-        known(t.sizes[-1], "fff_neurons' input features (the last axis)")
-        y = TensorType(dtype=t.dtype, shape=t.shape[:-1] + (Dim(size=Size.of(a.out)),))
-        if not a.entropy:
-            return [y]
-        return [y, TensorType(dtype=t.dtype, shape=(Dim(size=Size.of(a.trees * (2 ** (a.depth + 1) - 1))),))]
+        return _tree_outputs(self.name, a, ins[0], nodes=a.trees * (2 ** (a.depth + 1) - 1))
 
     def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
         d = known(ins[0].sizes[-1], "fff_neurons' input features")

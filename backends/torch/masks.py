@@ -59,35 +59,25 @@ def block_mask(weight: torch.Tensor, rows: float, cols: float, density: float,
     return keep if within is None else keep & within
 
 
-class MaskedLinear(nn.Linear):
-    """nn.Linear computing with `weight * weight_mask` (a bool buffer, True where a weight is kept):
-    a sparse weight. Its parent's reset_parameters makes the mask from the weight."""
+class _Masked:
+    """A torch layer that computes with `weight * weight_mask` (a bool buffer, True where a weight is
+    kept): a sparse weight. Its parent's reset_parameters makes the mask from the weight."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.register_buffer("weight_mask", torch.ones_like(self.weight, dtype=torch.bool))
 
+
+class MaskedLinear(_Masked, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight * self.weight_mask, self.bias)
 
 
-class MaskedConv1d(nn.Conv1d):
-    """nn.Conv1d computing with `weight * weight_mask`, as MaskedLinear."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.register_buffer("weight_mask", torch.ones_like(self.weight, dtype=torch.bool))
-
+class MaskedConv1d(_Masked, nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.weight * self.weight_mask, self.bias)
 
 
-class MaskedConv2d(nn.Conv2d):
-    """nn.Conv2d computing with `weight * weight_mask`, as MaskedLinear."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.register_buffer("weight_mask", torch.ones_like(self.weight, dtype=torch.bool))
-
+class MaskedConv2d(_Masked, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.weight * self.weight_mask, self.bias)

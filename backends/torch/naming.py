@@ -17,7 +17,7 @@ from archc.ir.graph import Graph, Node
 # Names the generated module defines or imports at top level, plus `self`.
 FILE_GLOBALS = frozenset({"torch", "nn", "F", "drop_path", "Scope", "self",
                           "nm_mask", "magnitude_mask", "block_mask", "_rank_keep",  # masks.py
-                          "MaskedLinear", "MaskedConv1d", "MaskedConv2d",
+                          "MaskedLinear", "MaskedConv1d", "MaskedConv2d", "_Masked",
                           "fff", "fff_neurons", "node_entropy", "ACTIVATIONS", "_mixture", "_descend",  # conditional.py
                           "_fff_descend", "_reach", "_grouped_mm", "FULL_LOGITS", "moe_route", "moe_load",
                           "moe_experts", "_expert_ffn", "_kept", "_moe_loop", "_moe_grouped", "_moe_batched"})

@@ -127,7 +127,7 @@ def test_conv_masks_group_along_input_channels() -> None:
 
 def test_the_generated_file_carries_the_mask_functions(g) -> None:
     text = emit_python(g)
-    assert "def nm_mask(" in text and "class MaskedLinear(nn.Linear):" in text
+    assert "def nm_mask(" in text and "class MaskedLinear(_Masked, nn.Linear):" in text
     assert "self.linear = MaskedLinear(64, 256, bias=True)" in text
     assert "self.linear.weight_mask.copy_(nm_mask(self.linear.weight, 2.0, 4.0))" in text
     plain = elaborate_text(SPEC.replace('@sparse("2:4") ', "").replace("@sparse(0.75) ", "").replace(
