@@ -620,6 +620,8 @@ class Elaborator:
             return self.eval(e.then if test else e.orelse, frame)
         if isinstance(e, (A.SliceExpr, A.EllipsisExpr)):
             raise ArchError("a slice is only allowed inside [...]", e.span)
+        if isinstance(e, A.Choice):  # from --set: a spec's own holes stop at the loader
+            raise ArchError("a choice(...) hole is a search space: use archc space", e.span)
         raise AssertionError(e)
 
     def binop(self, e: A.BinOp, frame: Frame) -> Any:

@@ -43,6 +43,15 @@ class ModuleEnv:
         return [it for it in (self.ast.items if self.ast else []) if isinstance(it, A.BlockDef)]
 
 
+def refuse_holes(module: A.Module) -> None:
+    """A spec with `choice(...)` holes is a search space, not a model: archc.space elaborates
+    each of its completions (the holes replaced by options) instead."""
+    for item in module.items:
+        hole = next((n for n in A.walk(item) if isinstance(n, A.Choice)), None)
+        if hole is not None:
+            raise ArchError("this spec is a search space (it has choice(...) holes): use archc space", hole.span)
+
+
 def display_name(path: Path) -> str:
     """How a file is named in messages: relative to the working folder when inside it."""
     try:
@@ -102,6 +111,7 @@ class Loader:
         return env
 
     def _build(self, module: A.Module, file: str, folder: Path) -> ModuleEnv:
+        refuse_holes(module)
         env = ModuleEnv(file=file, folder=folder, ast=module)
         for item in module.items:
             if isinstance(item, A.Import):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Union
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Iterator, Union
 
 from archc.errors import Span
 
@@ -121,8 +121,16 @@ class Cond:
     span: Span
 
 
+@dataclass(frozen=True)
+class Choice:
+    """`choice(a, b, c)`: a hole of a search space; a concrete spec has one option in its place."""
+
+    options: tuple["Expr", ...]
+    span: Span
+
+
 Expr = Union[Cond, Name, Const, TupleExpr, ListExpr, BinOp, UnaryOp, Call, GetAttr, SliceExpr,
-             EllipsisExpr, Index, Pipeline, Stack]
+             EllipsisExpr, Index, Pipeline, Stack, Choice]
 
 
 # ---- types ------------------------------------------------------------------------------------
@@ -269,3 +277,26 @@ class Module:
     file: str
     items: list[Item]
     comments: list[Comment] = field(default_factory=list)
+
+
+def children(node: Any) -> Iterator[Any]:
+    """The syntax nodes directly inside `node` (in field order; spans and strings are not nodes)."""
+    for f in fields(node):
+        yield from _nodes_in(getattr(node, f.name))
+
+
+def _nodes_in(value: Any) -> Iterator[Any]:
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _nodes_in(v)
+    elif is_dataclass(value) and type(value).__module__ == __name__:
+        yield value
+
+
+def walk(node: Any) -> Iterator[Any]:
+    """`node` and every syntax node below it, depth first in source order."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(reversed(list(children(n))))

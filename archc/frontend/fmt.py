@@ -83,6 +83,8 @@ def expr_text(e: Any) -> str:
     if isinstance(e, A.Stack):
         var = f"{e.var} => " if e.var else ""
         return f"stack({_args(e.args, e.kwargs)}) {{ {var}{expr_text(e.body)} }}"
+    if isinstance(e, A.Choice):
+        return f"choice({', '.join(expr_text(o) for o in e.options)})"
     raise TypeError(f"cannot format {type(e).__name__}")
 
 

@@ -23,6 +23,7 @@ from archc import cachefs, resources
 from archc.errors import ArchError, Span, register_source
 from archc.recursion import headroom
 from archc.frontend import ast as A
+from archc.frontend.fmt import expr_text
 
 MAX_SOURCE_BYTES = 4 << 20  # a spec larger than 4 MiB is refused before parsing
 MAX_INT_LITERAL = 2**62  # as archc.sizes.MAX_INT: no size or count is larger
@@ -577,6 +578,23 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
     def stack(self, meta: Meta, args: Any, body: tuple[str | None, A.Expr]) -> A.Stack:
         pos, kws = args if args is not None else ((), ())
         return A.Stack(pos, kws, body[0], body[1], self._s(meta))
+
+    def choice(self, meta: Meta, args: Any) -> A.Choice:
+        pos, kws = args if args is not None else ((), ())
+        if kws:
+            raise ArchError(f"choice(...) takes options, not '{kws[0].name}='", kws[0].span)
+        if not pos:
+            raise ArchError("choice() needs at least one option", self._s(meta))
+        seen: dict[str, A.Expr] = {}
+        for option in pos:
+            if any(isinstance(n, A.Choice) for n in A.walk(option)):
+                raise ArchError("a choice inside a choice is not supported: list its options in one choice",
+                                option.span)
+            text = expr_text(option)
+            if text in seen:
+                raise ArchError(f"choice option '{text}' is written twice", option.span)
+            seen[text] = option
+        return A.Choice(tuple(pos), self._s(meta))
 
     @v_args(meta=True, inline=False)
     def stack_body(self, meta: Meta, children: list[Any]) -> tuple[str | None, A.Expr]:
