@@ -30,7 +30,7 @@ from archc.errors import ArchError
 __all__ = ["import_module"]
 
 TOLERANCE = 1e-5
-_RESERVED = {"axis", "block", "model", "return", "import", "true", "false", "stack", "interface", "fn", "if",
+_RESERVED = {"axis", "block", "model", "return", "import", "true", "false", "stack", "choice", "interface", "fn", "if",
              "then", "else", "elif", "for", "in", "and", "or", "not", "int", "float", "bool", "str", "list",
              "connection", "B"}
 
