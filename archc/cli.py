@@ -28,6 +28,7 @@ DESCRIPTION = """archc compiles neural-network architectures written in .arch fi
   archc render spec.arch -o net.svg   draw the architecture
   archc summary spec.arch             parameters, FLOPs and activation memory per block
   archc bench  spec.arch             time eager, -O2 and torch.compile side by side
+  archc space  space.arch --count    a spec with choice(...) holes: count, --enumerate, --sample N
 """
 
 
