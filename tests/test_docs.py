@@ -6,6 +6,8 @@ Fenced blocks, by their info string:
 - ```arch: a spec. A spec with models elaborates each model (and the IR verifies); a library
   (no model) is loaded, and each of its blocks that can stand alone (every parameter has a
   default, no '*' in its inputs) is elaborated as if it were the model.
+  A search space (a spec with `choice(...)` holes) elaborates each of its well-typed completions,
+  and must have one.
 - ```arch file=lib/layers.arch: the same, and the file is written (before any block of that
   page runs) where the other blocks of the page can import it.
 - ```arch-fragment: a piece of syntax (items, statements or an expression) that is only parsed.
@@ -109,6 +111,15 @@ def standalone(b: A.BlockDef, env: object) -> bool:
 def compile_spec(text: str, name: str, folder: Path) -> int:
     """Compile every model of a spec, or every stand-alone block of a library; returns how many."""
     module = parse(text, name)
+    if any(isinstance(n, A.Choice) for n in A.walk(module)):  # a search space: each completion compiles
+        from archc.space import Space
+
+        (folder / Path(name).name).write_text(text, encoding="utf-8")
+        space = Space(folder / Path(name).name)
+        for choice in space.enumerate():
+            verify(space.elaborate(choice))
+        assert space.count() > 0, f"{name}: no completion of the search space type-checks"
+        return space.count()
     defs = [it for it in module.items if isinstance(it, A.BlockDef)]
     models = [b.name for b in defs if b.kind == "model"]
     if not models:
