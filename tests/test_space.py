@@ -314,3 +314,13 @@ def test_cli_flops_need_the_axes(spec: Path, capsys: pytest.CaptureFixture[str])
 
     assert main(["space", str(spec), "--count", "--where", "flops < 1"]) == 1
     assert "the axis 'T' has no value" in capsys.readouterr().err
+
+
+def test_formatting_keeps_the_holes() -> None:
+    """`archc fmt` prints a space back with its holes: same paths, same options, a fixed point."""
+    from archc.frontend.holes import find_holes
+
+    text = format_module(parse(space_text(), "space.arch"))
+    again = parse(text, "space.arch")
+    assert [(h.path, h.options) for h in find_holes(again)] == [(p, tuple(o)) for p, o in OPTIONS.items()]
+    assert format_module(again) == text
