@@ -81,7 +81,7 @@ PY_GLOBALS = frozenset({
     "Any", "Optional", "Callable", "Sequence", "functools", "hashlib", "json", "tempfile", "time", "subprocess",
     "shutil", "dataclass", "field", "itertools",
     "int", "float", "bool", "str", "tuple", "list", "dict", "set", "frozenset", "len", "range", "enumerate", "zip",
-    "min", "max", "sum", "abs", "any", "all", "isinstance", "super", "object", "type", "print", "sorted",
+    "min", "max", "sum", "abs", "any", "all", "isinstance", "super", "object", "type", "print", "sorted", "id",
     "reversed", "map", "iter", "next", "round", "divmod", "slice", "property", "staticmethod", "classmethod",
     "Exception", "RuntimeError", "ValueError", "TypeError", "KeyError", "ImportError", "OSError",
     "NotImplementedError", "AssertionError", "IndexError", "FileNotFoundError", "__name__", "__file__",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from archc.backends.quote import py_str
 from archc.analysis.parallel import local_axes
-from archc.backends.torch.cpu import Group, call_text, cpu_groups
+from archc.backends.torch.cpu import Group, call_text, conv_arguments, cpu_groups
 from archc.backends.torch.inits import InitError, empty_call, init_call
 from archc.backends.torch.local import local_expression
 from archc.backends.torch.naming import RESERVED, Namer, node_base, sanitize
@@ -274,7 +274,11 @@ class Emitter:
         if group is None or not all(call.start <= j < call.stop for j in group.nodes):
             return None
         leaf = self.plan.owner(unit, group.anchor)
-        if leaf is None or leaf.kind != "leaf" or not leaf.module.startswith(("nn.Conv2d(", "nn.Linear(")):
+        if leaf is None:  # the convolution is this forward's own statement
+            if group.anchor in self.local or conv_arguments(self.graph, group, self.graph.nodes[group.anchor].params) \
+                    is None:
+                return None
+        elif leaf.kind != "leaf" or not leaf.module.startswith(("nn.Conv2d(", "nn.Linear(")):
             return None
         return None if any(self.plan.owner(unit, j) is not None for j in group.members) else group
 
@@ -283,7 +287,6 @@ class Emitter:
         nothing else reads it and a fresh op made it in this forward."""
         graph, entry = self.graph, unit.entry
         leaf = self.plan.owner(unit, group.anchor)
-        assert leaf is not None
         self.uses_onednn = True
         anchor, last = graph.nodes[group.anchor], graph.nodes[group.last]
         reads = [anchor.inputs[0]] + ([group.other] if group.other is not None else [])
@@ -291,7 +294,9 @@ class Emitter:
         overwrite = other is not None and maker is not None and self.reads[other] == 1 and \
             other not in call.inputs and other not in call.outputs and \
             (registry.get(graph.nodes[maker].op).fresh or self.cpu.get(maker) is not None)
-        layer = leaf.entry.relative(entry)
+        params = {role: _tensor_expr(self.tensors[p], entry) for role, p in anchor.params.items()}
+        layer = leaf.entry.relative(entry) if leaf is not None else conv_arguments(graph, group, params)
+        assert layer is not None
         comment = where(last.span, self.labels)
 
         def render(names: dict[str, str]) -> list[str]:

@@ -6,10 +6,13 @@ linear on packed weights where it applies and the plain layers elsewhere.
     conv2d, relu           conv_act(self.conv, x, 'relu')
     conv2d, add, relu      conv_add_act(self.conv, x, shortcut, 'relu', overwrite=True)
     linear, gelu           linear_act(self.fc1, x, 'gelu', 'none')
+    conv2d (no leaf), relu conv2d_act(x, self.conv.weight, self.conv.bias, [1, 1], [1, 1], [1, 1], 1, 'relu',
+                                      training=self.training)
 
 An activation takes part when its op names a oneDNN post-op (`Op.onednn_postop`); the group
-stops before one that does not. The emitter spells a group this way only where the layer is a
-torch leaf (`nn.Conv2d`, `nn.Linear`) called by the same `forward` that runs its epilogue.
+stops before one that does not. The emitter spells a group this way only where the same `forward` runs the
+whole group, the layer being a torch leaf (`nn.Conv2d`, `nn.Linear`) or a 2-d convolution spelled
+in that forward (a deployed spec's, whose instances are holders).
 """
 
 from __future__ import annotations
@@ -78,17 +81,36 @@ def cpu_groups(graph: Graph) -> dict[int, Group]:
     return out
 
 
-def call_text(group: Group, graph: Graph, layer: str, names: dict[str, str], overwrite: bool) -> str:
-    """The group as one call: `conv_add_act(self.conv3, x, shortcut, 'relu', overwrite=True)`."""
+def conv_arguments(graph: Graph, group: Group, params: dict[str, str]) -> list[str] | None:
+    """A convolution that is no torch leaf, as conv2d_act's arguments after the input (weight, bias,
+    stride, padding, dilation, groups), or None where oneDNN's call does not take it."""
     node = graph.nodes[group.anchor]
-    args = [layer, names[node.inputs[0]]]
+    if node.op != "conv2d" or set(params) - {"weight", "bias"}:  # a sparse weight's mask: its own spelling
+        return None
+    a = registry.get("conv2d").make_attrs(node.attrs)
+    if a.padding == "same":
+        return None
+    pair = [list(v) if isinstance(v, tuple) else [v, v] for v in (a.stride, a.padding, a.dilation)]
+    return [params["weight"], params.get("bias", "None"), *map(str, pair), str(a.groups)]
+
+
+def call_text(group: Group, graph: Graph, layer: str | list[str], names: dict[str, str], overwrite: bool) -> str:
+    """The group as one call: `conv_add_act(self.conv3, x, shortcut, 'relu', overwrite=True)`; a
+    convolution that is no torch leaf (`layer` its arguments) as `conv2d_act(x, weight, ...)`."""
+    node = graph.nodes[group.anchor]
+    functional = isinstance(layer, list)
+    args = [names[node.inputs[0]]] if functional else [layer, names[node.inputs[0]]]
     if group.other is not None:
         args.append(names[group.other])
+    if functional:
+        args += layer
     if group.act is not None:
         args.append(py_str(group.act[0]))
         if group.act[1]:
             args.append(py_str(group.act[1]))
     if group.other is not None and overwrite:
         args.append("overwrite=True")
+    if functional:
+        args.append("training=self.training")
     fn = "linear_act" if node.op == "linear" else "conv_add_act" if group.other is not None else "conv_act"
-    return f"{fn}({', '.join(args)})"
+    return f"{fn.replace('conv', 'conv2d') if functional else fn}({', '.join(args)})"

@@ -31,26 +31,29 @@ ACTIVATIONS = {
     "sigmoid": lambda x, algorithm: torch.sigmoid(x),
     "tanh": lambda x, algorithm: torch.tanh(x),
 }
-_PACKED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()  # layer -> key -> packed
+_PACKED: dict = {}  # id(weight) -> key -> packed weight (an entry goes when its weight is collected)
 _LINEAR_WAY: dict = {}  # (rows, in, out, act, dtype, threads) -> "eager", "mkl" or "onednn": measured once
 _MAX_SHAPES = 8  # packed weights kept per layer
 
 
-def fusable(layer: nn.Module, x: torch.Tensor) -> bool:
+def fusable(training: bool, weight: torch.Tensor, x: torch.Tensor) -> bool:
     """May this call run on oneDNN? Inference on a CPU float32/bfloat16 tensor, outside a tracer."""
-    if layer.training or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+    if training or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
         return False
     if x.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False  # no bf16 instructions here: oneDNN would emulate them slowly
-    if layer.weight.dtype != x.dtype or torch.compiler.is_compiling() or not torch.backends.mkldnn.is_available():
+    if weight.dtype != x.dtype or torch.compiler.is_compiling() or not torch.backends.mkldnn.is_available():
         return False
-    return not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
+    return not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
 
 
-def _packed(layer: nn.Module, key: tuple, pack) -> torch.Tensor:
-    """The layer's weight packed for `key` (made by `pack()` on first use, again after the weight changed)."""
-    cache = _PACKED.setdefault(layer, {})
-    w = layer.weight  # an inference tensor has no version counter (made under torch.inference_mode)
+def _packed(w: torch.Tensor, key: tuple, pack) -> torch.Tensor:
+    """The weight packed for `key` (made by `pack()` on first use, again after the weight changed)."""
+    if id(w) not in _PACKED:
+        _PACKED[id(w)] = {}
+        weakref.finalize(w, _PACKED.pop, id(w), None)
+    cache = _PACKED[id(w)]
+    # an inference tensor has no version counter (made under torch.inference_mode)
     key = (-1 if w.is_inference() else w._version, w.data_ptr()) + key
     if key not in cache:
         if len(cache) >= _MAX_SHAPES:
@@ -63,59 +66,76 @@ def _activation(y: torch.Tensor, act: str, algorithm: str) -> torch.Tensor:
     return ACTIVATIONS[act](y, algorithm) if act else y
 
 
-def _conv_args(conv: nn.Conv2d) -> tuple:
-    return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
+def _plain_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list, padding: list,
+                dilation: list, groups: int) -> torch.Tensor:
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
-def _conv_ok(conv: nn.Module, x: torch.Tensor) -> bool:
-    return isinstance(conv, nn.Conv2d) and x.dim() == 4 and conv.padding_mode == "zeros" and \
-        not isinstance(conv.padding, str) and fusable(conv, x)
-
-
-def _conv_shape(conv: nn.Conv2d, x: torch.Tensor) -> torch.Size:
-    """The shape of conv(x) (an `other` of another shape would broadcast: the plain path)."""
+def _conv_shape(x: torch.Tensor, weight: torch.Tensor, stride: list, padding: list, dilation: list) -> torch.Size:
+    """The shape of the convolution's output (an `other` of another shape would broadcast: the plain path)."""
     hw = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
-          zip(x.shape[2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride)]
-    return torch.Size([x.shape[0], conv.out_channels, *hw])
+          zip(x.shape[2:], padding, dilation, weight.shape[2:], stride)]
+    return torch.Size([x.shape[0], weight.shape[0], *hw])
 
 
-def _conv_weight(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    padding, stride, dilation, groups = _conv_args(conv)
-    return _packed(conv, (tuple(x.shape), x.dtype), lambda: torch.ops.mkldnn._reorder_convolution_weight(
-        conv.weight.detach(), padding, stride, dilation, groups, list(x.shape)))
+def conv2d_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list, padding: list,
+               dilation: list, groups: int, act: str = "", algorithm: str = "", training: bool = False) -> torch.Tensor:
+    """act(F.conv2d(x, ...)) as one oneDNN convolution with the activation as a post-op, channels-last
+    (its output is channels-last too, so the next convolution reads it without a copy)."""
+    if x.dim() != 4 or not fusable(training, weight, x):
+        return _activation(_plain_conv(x, weight, bias, stride, padding, dilation, groups), act, algorithm)
+    x = x.contiguous(memory_format=torch.channels_last)
+    if not act and groups == x.shape[1] == weight.shape[0] > 1:
+        # depthwise, alone: torch's own channels-last call beats the packed one (measured)
+        return _plain_conv(x, weight, bias, stride, padding, dilation, groups)
+    packed = _packed(weight, (tuple(x.shape), x.dtype), lambda: torch.ops.mkldnn._reorder_convolution_weight(
+        weight.detach(), padding, stride, dilation, groups, list(x.shape)))
+    return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, padding, stride, dilation, groups,
+                                                   act or "none", [], algorithm)
+
+
+def conv2d_add_act(x: torch.Tensor, other: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   stride: list, padding: list, dilation: list, groups: int, act: str = "", algorithm: str = "",
+                   overwrite: bool = False, training: bool = False) -> torch.Tensor:
+    """act(F.conv2d(x, ...) + other) as one oneDNN convolution with the add and the activation as
+    post-ops; with `overwrite` (other is read by nothing else) the result is written into `other`
+    (oneDNN's sum post-op), as timm's ResNet does with `x += shortcut`."""
+    if x.dim() != 4 or not fusable(training, weight, x) or other.dtype != x.dtype or \
+            other.shape != _conv_shape(x, weight, stride, padding, dilation):
+        return _activation(_plain_conv(x, weight, bias, stride, padding, dilation, groups) + other, act, algorithm)
+    x = x.contiguous(memory_format=torch.channels_last)
+    packed = _packed(weight, (tuple(x.shape), x.dtype), lambda: torch.ops.mkldnn._reorder_convolution_weight(
+        weight.detach(), padding, stride, dilation, groups, list(x.shape)))
+    if overwrite and other.is_contiguous(memory_format=torch.channels_last) and not other.requires_grad:
+        return torch.ops.mkldnn._convolution_pointwise_.binary(other, x, packed, bias, padding, stride, dilation,
+                                                               groups, "add", 1.0, act or None, [], algorithm or None)
+    return torch.ops.mkldnn._convolution_pointwise.binary(x, other, packed, bias, padding, stride, dilation, groups,
+                                                          "add", 1.0, act or None, [], algorithm or None)
+
+
+def _conv_module(conv: nn.Module) -> tuple | None:
+    """An nn.Conv2d's arguments (weight, bias, stride, padding, dilation, groups), or None if oneDNN's
+    call does not take them (another padding mode, padding by name)."""
+    if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return None
+    return conv.weight, conv.bias, list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups
 
 
 def conv_act(conv: nn.Conv2d, x: torch.Tensor, act: str = "", algorithm: str = "") -> torch.Tensor:
-    """act(conv(x)) as one oneDNN convolution with the activation as a post-op, channels-last
-    (its output is channels-last too, so the next convolution reads it without a copy)."""
-    if not _conv_ok(conv, x):
+    """act(conv(x)): conv2d_act on the layer's own weights."""
+    args = _conv_module(conv)
+    if args is None:
         return _activation(conv(x), act, algorithm)
-    x = x.contiguous(memory_format=torch.channels_last)
-    if not act and conv.groups == conv.in_channels == conv.out_channels > 1:
-        return conv(x)  # depthwise, alone: torch's own channels-last call beats the packed one (measured)
-    padding, stride, dilation, groups = _conv_args(conv)
-    return torch.ops.mkldnn._convolution_pointwise(x, _conv_weight(conv, x), conv.bias, padding, stride, dilation,
-                                                   groups, act or "none", [], algorithm)
+    return conv2d_act(x, *args, act, algorithm, training=conv.training)
 
 
 def conv_add_act(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor, act: str = "", algorithm: str = "",
                  overwrite: bool = False) -> torch.Tensor:
-    """act(conv(x) + other) as one oneDNN convolution with the add and the activation as post-ops;
-    with `overwrite` (other is read by nothing else) the result is written into `other` (oneDNN's
-    sum post-op), as timm's ResNet does with `x += shortcut`."""
-    if not _conv_ok(conv, x) or other.shape != _conv_shape(conv, x) or other.dtype != x.dtype:
+    """act(conv(x) + other): conv2d_add_act on the layer's own weights."""
+    args = _conv_module(conv)
+    if args is None:
         return _activation(conv(x) + other, act, algorithm)
-    x = x.contiguous(memory_format=torch.channels_last)
-    padding, stride, dilation, groups = _conv_args(conv)
-    weight = _conv_weight(conv, x)
-    if overwrite and other.is_contiguous(memory_format=torch.channels_last) and not other.requires_grad:
-        return torch.ops.mkldnn._convolution_pointwise_.binary(other, x, weight, conv.bias, padding, stride, dilation,
-                                                               groups, "add", 1.0, act or None, [], algorithm or None)
-    try:
-        return torch.ops.mkldnn._convolution_pointwise.binary(x, other, weight, conv.bias, padding, stride, dilation,
-                                                              groups, "add", 1.0, act or None, [], algorithm or None)
-    except RuntimeError:  # a shape oneDNN's binary post-op does not take (a broadcast)
-        return _activation(conv(x) + other, act, algorithm)
+    return conv2d_add_act(x, other, *args, act, algorithm, overwrite=overwrite, training=conv.training)
 
 
 def _linear_ways(linear: nn.Linear, x: torch.Tensor, act: str, algorithm: str) -> dict:
@@ -123,10 +143,10 @@ def _linear_ways(linear: nn.Linear, x: torch.Tensor, act: str, algorithm: str) -
     ways = {"eager": lambda: _activation(F.linear(x, linear.weight, linear.bias), act, algorithm)}
     if x.dtype == torch.float32 and torch._C.has_mkl:
         ways["mkl"] = lambda: _activation(torch.ops.mkl._mkl_linear(
-            x, _packed(linear, ("mkl", rows), lambda: torch.ops.mkl._mkl_reorder_linear_weight(
+            x, _packed(linear.weight, ("mkl", rows), lambda: torch.ops.mkl._mkl_reorder_linear_weight(
                 linear.weight.detach(), rows)), linear.weight, linear.bias, rows), act, algorithm)
     ways["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(
-        x, _packed(linear, ("onednn", rows, x.dtype), lambda: torch.ops.mkldnn._reorder_linear_weight(
+        x, _packed(linear.weight, ("onednn", rows, x.dtype), lambda: torch.ops.mkldnn._reorder_linear_weight(
             linear.weight.detach(), rows)), linear.bias, act or "none", [], algorithm or "")
     return ways
 
@@ -149,7 +169,7 @@ def linear_act(linear: nn.Linear, x: torch.Tensor, act: str = "", algorithm: str
     keyed by rows, features, activation, dtype and threads): torch's own linear, MKL's packed
     sgemm (what Inductor's freezing emits for float32) or oneDNN's linear with the activation as
     a post-op. The ways agree to float rounding."""
-    if not isinstance(linear, nn.Linear) or not fusable(linear, x) or x.dim() < 2 or not x.is_contiguous():
+    if not isinstance(linear, nn.Linear) or not fusable(linear.training, linear.weight, x) or x.dim() < 2 or not x.is_contiguous():
         return _activation(linear(x), act, algorithm)
     shape = x.shape
     x = x.reshape(-1, shape[-1])

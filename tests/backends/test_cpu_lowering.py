@@ -63,9 +63,9 @@ def example(name: str, batch: int, size: int | None = None) -> torch.Tensor:
 
 
 def packed_count(module: torch.nn.Module) -> int:
-    """How many layers of `module` hold packed weights (the generated file's cache)."""
+    """How many weights of `module` are packed (the generated file's cache)."""
     cache = vars(__import__(type(module).__module__, fromlist=["_PACKED"])).get("_PACKED", {})
-    return sum(1 for m in module.modules() if m in cache)
+    return sum(1 for p in module.parameters() if id(p) in cache)
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -195,3 +195,27 @@ def test_the_fused_calls_equal_the_layers_they_replace(conv_args: dict[str, int]
         for act, algorithm, f in (("gelu", "tanh", lambda v: torch.nn.functional.gelu(v, approximate="tanh")),
                                   ("relu", "", torch.relu), ("", "", lambda v: v)):
             torch.testing.assert_close(onednn.linear_act(linear, t, act, algorithm), f(linear(t)), **TOL)
+
+
+def test_a_deployed_spec_whose_convolutions_are_no_leaves_runs_fused() -> None:
+    """`archc deploy` writes a flat spec: its convolutions are statements of the model's forward
+    (`F.conv2d`), which -O2 spells as conv2d_act on their tensors."""
+    from archc.ir.printer import print_graph
+    from archc.passes.manager import DEPLOY
+
+    train = elaborate_file(specs_root() / "models" / "repvgg_a0.arch", overrides=TINY["repvgg_a0"])
+    deployed = elaborate_text(print_graph(run_pipeline(train, DEPLOY).graph), "repvgg.deploy.arch")
+    torch.manual_seed(0)
+    plain = build(deployed).eval()
+    _randomize(plain, 2)
+    pipeline = run_pipeline(deployed, LEVELS[2])
+    assert "conv2d_act(images, self.stem" in emit_python(pipeline.graph)
+    fast = build(pipeline.graph).eval()
+    fast.load_state_dict(pipeline.weights(plain.state_dict()))
+    with torch.inference_mode():
+        for x in (example("repvgg_a0", 2), example("repvgg_a0", 1, size=40)):
+            torch.testing.assert_close(fast(x), plain(x), **TOL)
+    assert packed_count(fast) > 0
+    fast.train()
+    x = example("repvgg_a0", 2)
+    torch.testing.assert_close(fast(x), plain(x), **TOL)  # training mode: F.conv2d, the same function
