@@ -9,7 +9,7 @@ and `mkldnn._reorder_linear_weight` / `mkldnn._linear_pointwise` do the same for
 
 This file needs only torch: the torch backend copies what follows the imports verbatim into a
 generated module whose IR has CPU epilogue groups (-O2, archc/passes/mark_epilogues.py).
-The packed weights are a cache beside the module (a weak dictionary keyed by the layer), never
+The packed weights are a cache beside the module (keyed by the weight, dropped with it), never
 in its state_dict: they are made again when the weight changes (its version), for each input
 shape, dtype and device. Where oneDNN does not apply -- training mode, autograd recording,
 another device or dtype, a compiler tracing the module (torch.compile does its own fusion) --
