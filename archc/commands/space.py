@@ -86,7 +86,7 @@ def _record(space: Any, choice: dict[str, int], file: Path | None) -> dict[str, 
 
 
 def _write(space: Any, choices: list[dict[str, int]], args: argparse.Namespace) -> list[Path]:
-    from archc.files import write_atomic
+    from archc.files import refuse_overwrite, write_atomic
 
     out: Path = args.output
     if out.exists() and not out.is_dir():
@@ -96,6 +96,7 @@ def _write(space: Any, choices: list[dict[str, int]], args: argparse.Namespace) 
     files = []
     for i, c in enumerate(choices):
         path = out / f"{args.spec.stem}_{i:0{width}d}.arch"
+        refuse_overwrite(path, [args.spec])
         write_atomic(path, space.concrete(c))
         files.append(path)
     return files
