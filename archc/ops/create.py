@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from archc.ir.types import Dim, TensorType
 from archc.ops.registry import Op, OpError, norm_dim, register
@@ -111,9 +111,16 @@ _CAST_DTYPES = {**_TORCH_DTYPES, "i8": "torch.int8", "u8": "torch.uint8", "bool"
 
 class FullAttrs(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    shape: tuple[Annotated[int, Field(ge=0, le=2**31 - 1)], ...]
+    shape: tuple[int, ...]
     value: Annotated[float, Field(allow_inf_nan=False)] = 0.0
     dtype: Literal["f32", "f16", "bf16", "f64", "i64", "i32"] = "f32"
+
+    @field_validator("shape")
+    @classmethod
+    def _sizes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not 0 <= n <= 2**31 - 1 for n in v):
+            raise ValueError("each size must be between 0 and 2**31 - 1")
+        return v
 
 
 @register
