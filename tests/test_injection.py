@@ -207,3 +207,23 @@ def test_deploy_writes_artifacts_that_hold_the_text_as_data(workdir: Path, text:
     graph = elaborate_file(deployed)
     assert graph.model_args.get("tag", text) == text
     assert not (workdir / "MARK").exists()
+
+
+def test_spec_text_the_file_does_not_hold_is_no_error() -> None:
+    """An explicit `connect=residual` stack is an nn.Sequential: its argument text is nowhere in the
+    file, which is safe (verify_python checks the spec text the file holds, not that it holds it)."""
+    from archc.backends.quote import GeneratedCodeError, verify_python
+    from archc.backends.torch import emit_python
+    from archc.elaborate import elaborate_text
+
+    text = emit_python(elaborate_text("""axis B, D
+block L() (x: [B, D]) -> [B, D] { return x >> linear(D) >> relu }
+model M (x: [B, 8]) -> [B, 8] {
+    h = stack(2, connect=residual) { L() }
+    return h(x)
+}
+""", file="m.arch"))
+    assert "residual(post=false)" not in text
+    verify_python("x = 1\n", strings=("residual(post=false)",))  # not held: nothing to check
+    with pytest.raises(GeneratedCodeError, match="not a string constant"):
+        verify_python("x = 1  # residual(post=false)\nresidual = x\n", strings=("residual(post=false)",))

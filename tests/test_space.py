@@ -49,7 +49,7 @@ model Net(width: int = {width}, depth: int = {depth}) (x: [B, T, 16]) -> [B, T, 
 OPTIONS = {
     "Net.width": ["24", "32", "40"],
     "Net.depth": ["1", "2"],
-    "Net.blocks.connect": ["rezero", "hyper(n=2)"],  # `residual`: see test_residual_policy_builds
+    "Net.blocks.connect": ["rezero", "hyper(n=2)"],
     "Net.blocks": ["Attention(heads=3)", "Attention(heads=4)", "Mix()"],
     "Net.blocks.norm": ["layernorm", "rmsnorm"],
 }
@@ -134,9 +134,6 @@ def test_every_completion_builds_and_runs(space: Space) -> None:
     _build_and_run(space, space.enumerate())
 
 
-@pytest.mark.xfail(strict=True, reason="torch backend: an explicit connect=residual stack is a plain "
-                   "ModuleList, so its scope argument 'residual(post=false)' is not in the file and "
-                   "verify_python refuses it (backends/torch/emit.py spec_strings)")
 def test_residual_policy_builds(tmp_path: Path) -> None:
     path = tmp_path / "r.arch"
     path.write_text(TEMPLATE.format(width=24, depth=1, connect="residual", mixer="Mix()", norm="layernorm"))
