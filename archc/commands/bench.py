@@ -13,7 +13,8 @@ call, which compiles or packs), then the variants run in interleaved rounds, the
 each round, so that load on a shared machine falls on all of them alike. Reported per variant:
 the median time, the median and quartiles of the per-round ratio to eager, the build time, and
 the largest difference from eager's output relative to eager's largest magnitude. Inductor's
-on-disk caches are off unless --warm-cache, so compile times are cold. A progress bar goes to
+on-disk caches are off unless --warm-cache (graphs not cached, C++ kernels compiled into a fresh
+folder), so compile times are cold. A progress bar goes to
 stderr when it is a terminal; --json prints everything for tools.
 """
 
@@ -263,12 +264,22 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if not args.warm_cache:
+    if not args.warm_cache:  # cold compiles: no cached graphs, and a kernel cache of this run's own
+        import tempfile
+
         import torch._inductor.config as inductor_config
 
+        cache = tempfile.mkdtemp(prefix="archc-bench-inductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         inductor_config.fx_graph_cache = False
         inductor_config.autotune_local_cache = False
-    report = bench(graph, names, args.batch, axes, args.rounds, args.warmup, args.seed)
+    try:
+        report = bench(graph, names, args.batch, axes, args.rounds, args.warmup, args.seed)
+    finally:
+        if not args.warm_cache:
+            import shutil
+
+            shutil.rmtree(cache, ignore_errors=True)
     report["spec"] = str(args.spec)
     report["set"] = list(args.set)
     sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else table(report))
