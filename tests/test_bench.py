@@ -25,7 +25,7 @@ def test_bench_json_reports_every_variant_and_matches_eager(capsys: pytest.Captu
     assert report["machine"]["threads"] == 1 and report["machine"]["cores"] >= 1 and report["machine"]["torch"]
     assert len(report["loadavg"]) == 3
     assert list(report["variants"]) == ["eager", "O2"]  # eager always runs: the ratios are to it
-    for name, v in report["variants"].items():
+    for v in report["variants"].values():
         assert len(v["times_ms"]) == len(v["ratios"]) == 3
         assert v["median_ms"] > 0 and v["build_s"] > 0 and v["first_call_s"] > 0
         assert v["speedup_p25"] <= v["speedup"] <= v["speedup_p75"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import platform
@@ -29,8 +30,9 @@ import statistics
 import sys
 import time
 import types
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from archc.cli import add_spec_args, load_graph
 from archc.errors import ArchError
@@ -208,7 +210,7 @@ def bench(graph: Any, names: list[str], batch: int, axes: dict[str, int], rounds
             if name == "eager":
                 reference = out
             v.max_rel_diff = _rel_diff(out, reference)
-            v.call = (lambda m: lambda: m(*inputs))(model)
+            v.call = functools.partial(model, *inputs)
             for _ in range(warmup):
                 v.call()
         progress.step(f"built {name}")
@@ -238,12 +240,12 @@ def bench(graph: Any, names: list[str], batch: int, axes: dict[str, int], rounds
 def table(report: dict[str, Any]) -> str:
     m = report["machine"]
     axes = "".join(f", {k}={v}" for k, v in report["axes"].items())
-    lines = [f"{report['model']}: batch {report['batch']}{axes}, {m['threads']} thread(s), {report['rounds']} "
-             f"rounds on {m['cpu']} ({m['cores']} cores, load {', '.join(f'{x:.1f}' for x in report['loadavg'] or [])}"
-             f"), torch {m['torch']}",
-             "",
-             f"{'variant':<9} {'median ms':>10} {'vs eager':>9} {'(p25-p75)':>13} {'build s':>9} {'1st call s':>10} "
-             f"{'max rel diff':>12}"]
+    load = ", ".join(f"{x:.1f}" for x in report["loadavg"] or [])
+    title = (f"{report['model']}: batch {report['batch']}{axes}, {m['threads']} thread(s), {report['rounds']} "
+             f"rounds on {m['cpu']} ({m['cores']} cores, load {load}), torch {m['torch']}")
+    header = (f"{'variant':<9} {'median ms':>10} {'vs eager':>9} {'(p25-p75)':>13} {'build s':>9} "
+              f"{'1st call s':>10} {'max rel diff':>12}")
+    lines = [title, "", header]
     for name, v in report["variants"].items():
         lines.append(f"{name:<9} {v['median_ms']:>10.2f} {v['speedup']:>8.3f}x {v['speedup_p25']:>6.3f}-{v['speedup_p75']:<6.3f}"
                      f" {v['build_s']:>9.3f} {v['first_call_s']:>10.3f} {v['max_rel_diff']:>12.2e}")

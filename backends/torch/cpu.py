@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from archc.backends.quote import py_str
+
 from archc.ir.graph import Graph
 from archc.ops import registry
 

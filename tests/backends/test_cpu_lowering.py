@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import torch
+from archc.backends.torch import emit_python
 
 from archc.api import build
-from archc.backends.torch import emit_python
 from archc.elaborate import elaborate_file, elaborate_text
 from archc.passes.manager import LEVELS, PASSES, run_pipeline
 from archc.resources import specs_root
@@ -36,7 +36,7 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
         for name, t in module.state_dict().items():
             if not t.is_floating_point():
                 continue
-            if name.endswith("running_mean") or name.endswith("bias"):
+            if name.endswith(("running_mean", "bias")):
                 t.copy_(torch.randn(t.shape, generator=g) * 0.1)
             elif name.endswith("running_var"):
                 t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.5)
