@@ -69,7 +69,7 @@ PER_CASE_SECONDS = 30.0
 # smaller than the defaults, so that a mutant that turns depth 3 into depth 3454 (a legal, big
 # model) stays quick; the limits themselves are what the fuzzer checks, not their size
 LIMITS = Limits(max_nodes=3_000, max_steps=40_000)
-DEFAULT_RUNS = 2  # accepted mutants built and run per file in the default mode (all in the full mode)
+DEFAULT_RUNS = 1  # accepted mutants built and run per file in the default mode (all in the full mode)
 FULL_RUN_PARAMS = 30_000_000  # parameter elements past which a mutant is not run (ResNet-50, ConvNeXt-T run)
 RUN_SECONDS = 180.0  # building and running one mutant (a 30M-parameter model on a loaded machine: ~20 s)
 DEFAULT_RUN_PARAMS = 2_000_000  # the same in the default mode: the small specs (examples, library blocks)
