@@ -7,24 +7,19 @@ nothing; copy the table into docs/benchmarks.md. Run: python bench/bench_check.p
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import best_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs" / "models" / "gpt2.arch"
 SETS = ["depth=48", "dim=1600", "heads=25"]
 
 
-def best_of(fn, n: int = 5) -> tuple[float, float]:
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times), statistics.median(times)
 
 
 def main() -> None:

@@ -6,9 +6,11 @@ to show what the reuse buys. Writes nothing. Run: python bench/bench_parallel_pl
 
 from __future__ import annotations
 
-import statistics
-import time
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import best_of  # noqa: E402
 
 from archc.analysis.parallel import plan_parallel
 from archc.elaborate import elaborate_file
@@ -17,13 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs" / "models" / "gpt2.arch"
 
 
-def best_of(fn, n: int = 7) -> tuple[float, float]:
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times), statistics.median(times)
 
 
 def main() -> None:
@@ -32,7 +27,7 @@ def main() -> None:
     for depth in (12, 32, 48):
         graph = elaborate_file(SPEC, overrides={"depth": depth, "vocab": 50304})
         plan = plan_parallel(graph, tp=4)
-        best, median = best_of(lambda g=graph: plan_parallel(g, tp=4))
+        best, median = best_of(lambda g=graph: plan_parallel(g, tp=4), n=7)
         # a replicate= path that matches nothing: same plan, but no layer reuses another's
         slow_best, slow_median = best_of(lambda g=graph: plan_parallel(g, tp=4, replicate=("no.such.module",)), n=3)
         print(f"| {depth} | {len(graph.nodes)} | {best * 1e3:.1f} / {median * 1e3:.1f} ms "

@@ -32,3 +32,13 @@ def ratio(times: dict[str, list[float]], a: str, b: str) -> float:
 
 def median(times: dict[str, list[float]], k: str) -> float:
     return statistics.median(times[k])
+
+
+def best_of(fn: Callable[[], Any], n: int = 5) -> tuple[float, float]:
+    """(best, median) seconds of `n` calls of `fn`."""
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times), statistics.median(times)

@@ -94,7 +94,7 @@ FILES = _spec_files()
 _TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|\d[\d_]*(?:\.\d*)?(?:[eE][-+]?\d+)?|[A-Za-z_]\w*'
                     r'|>>|=>|->|\*\*|//|==|!=|<=|>=|\s+|.', re.DOTALL)
 _KEYWORDS = ["block", "model", "interface", "axis", "let", "import", "from", "as", "return", "if", "elif",
-             "else", "for", "in", "and", "or", "not", "true", "false", "stack"]
+             "else", "for", "in", "and", "or", "not", "true", "false", "stack", "choice"]
 _NUMBERS = ["0", "-1", "1", "2", "3", "7", "0.5", "1e308", "1000000", "99999999999999999999", "4611686018427387904",
             "2 ** 62", "(0 - 5)", "1_0"]
 _STRINGS = ['""', '"b t (h d) -> b h t d"', '"b (h d) -> b h d"', '"... -> ..."', '"b t d, b s d -> b t s"',

@@ -91,6 +91,19 @@ def _group_size(group: tuple[str, ...], sizes: dict[str, Size]) -> Size:
     return out
 
 
+def _labelled(t: TensorType, left: Any, right: Any, sizes: Any) -> TensorType:
+    """The output type of a rearrange or repeat: an axis that passes through unsplit keeps the
+    input's label (B stays B); a new single axis is labelled by its pattern name."""
+    carried = {g[0]: d.name for g, d in zip(left.groups, t.shape) if len(g) == 1}
+    dims = []
+    for g in right.groups:
+        label = None
+        if len(g) == 1:
+            label = carried.get(g[0]) or (None if g[0].startswith("_") else g[0])
+        dims.append(Dim(size=_group_size(g, sizes), name=label))
+    return TensorType(dtype=t.dtype, shape=tuple(dims))
+
+
 @register
 class Rearrange(Op):
     """einops.rearrange (Rogozhnikov 2022): reshape and transpose by named axes."""
@@ -102,16 +115,7 @@ class Rearrange(Op):
 
     def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
         t = ins[0]
-        left, right, sizes = _solve_rearrange(a, t, self.name)
-        # an axis that passes through unsplit keeps the input's label (B stays B)
-        carried = {g[0]: d.name for g, d in zip(left.groups, t.shape) if len(g) == 1}
-        dims = []
-        for g in right.groups:
-            label = None
-            if len(g) == 1:
-                label = carried.get(g[0]) or (None if g[0].startswith("_") else g[0])
-            dims.append(Dim(size=_group_size(g, sizes), name=label))
-        return [TensorType(dtype=t.dtype, shape=tuple(dims))]
+        return [_labelled(t, *_solve_rearrange(a, t, self.name))]
 
     def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
         x, t = ins[0], types[0]
@@ -151,15 +155,7 @@ class Repeat(Op):
 
     def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
         t = ins[0]
-        left, right, sizes = _solve_rearrange(a, t, self.name, repeat=True)
-        carried = {g[0]: d.name for g, d in zip(left.groups, t.shape) if len(g) == 1}
-        dims = []
-        for g in right.groups:
-            label = None
-            if len(g) == 1:
-                label = carried.get(g[0]) or (None if g[0].startswith("_") else g[0])
-            dims.append(Dim(size=_group_size(g, sizes), name=label))
-        return [TensorType(dtype=t.dtype, shape=tuple(dims))]
+        return [_labelled(t, *_solve_rearrange(a, t, self.name, repeat=True))]
 
     def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
         x, t = ins[0], types[0]
