@@ -243,3 +243,15 @@ def test_the_formatter_wraps_a_long_init_annotation() -> None:
     assert max(len(line) for line in out.splitlines()) <= 100 and "@init(linear=" in out
     assert format_module(parse(out, "t.arch")) == out  # stable
     assert canonical(elaborate_text(out, "t.arch")) == canonical(elaborate_text(text, "t.arch"))
+
+
+def test_an_init_annotation_that_reaches_no_op_it_names_is_an_error() -> None:
+    with pytest.raises(ArchError, match=r"@init\(conv2d=\.\.\.\) on this statement reaches no op it names") as e:
+        _graph("    @init(conv2d=normal(0.02)) y = linear(x, 64)\n    return y")
+    assert (e.value.span.line, e.value.span.col) == (4, 5)
+    with pytest.raises(ArchError, match="on this block reaches no op"):
+        elaborate_text("axis B, D\n@init(embedding=normal(0.02))\nblock L() (x: [B, D]) -> [B, D] { return linear(x, D) }\n"
+                       "model M (x: [B, 8]) -> [B, 8] { return L()(x) }\n", "t.arch")
+    # one op it names is enough: the linear here, not the (absent) conv2d
+    g = _graph("    @init(linear=normal(0.5), conv2d=normal(0.02)) y = linear(x, 64)\n    return y")
+    assert _inits(g)["linear.weight"].startswith("normal(0.5")

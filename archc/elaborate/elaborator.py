@@ -22,6 +22,7 @@ from archc.elaborate.consteval import ConstError, is_num, numeric, plain
 from archc.elaborate.dtypes import build_dtype, check_build_dtype, dtype_rule, follow_dtype
 from archc.elaborate.inits import (Rules, annotation_inits, annotation_rules, as_init, init_keyword, is_init_key,
                                   with_inits)
+from archc.elaborate.inits import check_used as inits_used
 from archc.elaborate.loader import LazyLet, Loader, ModuleEnv
 from archc.elaborate.unify import Pattern
 from archc.elaborate.values import (CALLABLES, BlockFn, BlockTemplate, Builtin, Callable, Frame,
@@ -82,6 +83,7 @@ class Elaborator:
         self.foreseen = False
         self.init_rules: dict[int, Rules] = {}  # the `@init` annotations being elaborated (by id), evaluated
         self.sparse_used: set[int] = set()  # the @sparse annotations (by id) that reached a weight
+        self.inits_used: set[int] = set()  # the @init annotations (by id) that initialized something
         self.under: dict[str, set[str]] = {}  # scope -> the counter prefixes at or below it
         self.steps = 0
         self.depth = 0
@@ -353,6 +355,7 @@ class Elaborator:
             self.depth -= 1
             self.init_rules.update(saved_rules)
         sparse.check_used(b.annotations, self.sparse_used, "block")
+        inits_used(b.annotations, self.inits_used, "block")
         if result is None:
             raise ArchError(f"block '{b.name}' does not return a value", b.name_span or b.span)
         values, ret_span = result
@@ -418,6 +421,7 @@ class Elaborator:
                             "instance named before keeps its name)", scoped.span,
                             "put @scope on the statement that makes the instance, as in @scope('p') f = Block()")
         sparse.check_used(s.annotations, self.sparse_used, "statement")
+        inits_used(s.annotations, self.inits_used, "statement")
         return result
 
     def enter_inits(self, written: tuple[A.Annotation, ...], frame: Frame) -> dict[int, Rules]:
@@ -1126,7 +1130,7 @@ class Elaborator:
             with guards.collecting() as needs:
                 outs = op.infer(attrs, types)
             self.guard(needs, op, span or fn.span)
-            inits = annotation_inits(op.name, frame.annotations, self.init_rules) + fn.inits
+            inits = annotation_inits(op.name, frame.annotations, self.init_rules, self.inits_used) + fn.inits
             specs = with_inits(op, op.params(attrs, types), inits, span or fn.span)
             specs, outs = follow_dtype(specs, outs, types, attrs, build_dtype(frame.annotations, self.init_rules,
                                                                               self.dtype))

@@ -137,13 +137,27 @@ def annotation_rules(written: A.Annotation, values: dict[str, Any]) -> Rules:
     return rules
 
 
-def annotation_inits(op: str, written: tuple[A.Annotation, ...], rules: dict[int, Rules]) -> Inits:
-    """What the `@init` annotations in force say about an op, outermost first (so inner ones win)."""
+def annotation_inits(op: str, written: tuple[A.Annotation, ...], rules: dict[int, Rules],
+                     used: set[int] | None = None) -> Inits:
+    """What the `@init` annotations in force say about an op, outermost first (so inner ones win);
+    `used` collects the annotations (by id) that said something."""
     out: Inits = ()
     for a in written:
-        if a.name == "init":
-            out += rules.get(id(a), {}).get(op, ())
+        if a.name == "init" and op in rules.get(id(a), {}):
+            out += rules[id(a)][op]
+            if used is not None:
+                used.add(id(a))
     return out
 
 
-__all__ = ["ARGS", "Inits", "Rules", "annotation_inits", "annotation_rules", "as_init", "init_keyword", "is_init_key", "make_init", "owns_params", "with_inits"]
+def check_used(written: tuple[A.Annotation, ...], used: set[int], what: str) -> None:
+    """Every `@init` of a statement or block reached at least one op it names."""
+    for a in written:
+        if a.name == "init" and id(a) not in used:
+            names = ", ".join(k.name for k in a.kwargs)
+            raise ArchError(f"@init({names}=...) on this {what} reaches no op it names: nothing made here is "
+                            "initialized by it", a.span, "an op's kind is its name: linear, conv2d, embedding, ...")
+
+
+__all__ = ["ARGS", "Inits", "Rules", "annotation_inits", "annotation_rules", "as_init", "check_used", "init_keyword",
+           "is_init_key", "make_init", "owns_params", "with_inits"]
