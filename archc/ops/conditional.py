@@ -161,6 +161,8 @@ class MoeRouterAttrs(_Attrs):
     k: int = Field(gt=0)
     scoring: Literal["softmax", "sigmoid"] = "softmax"
     normalize: bool = True
+    balance: Literal["aux", "bias"] = "aux"
+    rate: float = Field(default=0.001, ge=0.0, allow_inf_nan=False)
 
 
 @register
@@ -168,11 +170,23 @@ class MoeRouter(Op):
     """Top-k routing of each input over E experts from its router logits [*, E]: the k best experts
     and their weights. `softmax` (Mixtral): the softmax over all E in float32, then the top k,
     renormalized to sum to 1 (equal to a softmax over the top-k logits, Mistral's form); `sigmoid`
-    (DeepSeek-V3): sigmoid scores, the top k, renormalized when `normalize`. Ties: the lower index."""
+    (DeepSeek-V3): sigmoid scores, the top k, renormalized when `normalize`. Ties: the lower index.
+
+    `balance="bias"` (DeepSeek-V3's auxiliary-loss-free balancing, Wang et al. 2024): the router
+    owns a buffer `e_score_correction_bias` [E] added to the scores to choose the experts (the
+    weights stay the scores'); in training each forward moves it by `rate` towards balance,
+    b_e += rate * sign(mean load - load_e), as BatchNorm updates its statistics. With
+    `balance="aux"` (the default) the loss of moe_load balances the load instead."""
 
     name = "moe_router"
     Attrs = MoeRouterAttrs
     doc = "top-k routing: logits `[*, E]` -> weights `f32[*, k]`, expert indices `i64[*, k]`"
+
+    def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        if a.balance != "bias":
+            return {}
+        e = known(ins[0].sizes[-1], "the number of experts")
+        return {"e_score_correction_bias": ParamSpec((e,), "zeros", trainable=False)}
 
     def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
         t = ins[0]
@@ -186,6 +200,9 @@ class MoeRouter(Op):
         return [TensorType(dtype="f32", shape=shape), TensorType(dtype="i64", shape=shape)]
 
     def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        if a.balance == "bias":
+            return (f"moe_route({ins[0]}, {a.k}, {a.scoring!r}, {a.normalize}, "
+                    f"bias={params['e_score_correction_bias']}, rate={a.rate!r}, training=self.training)")
         return f"moe_route({ins[0]}, {a.k}, {a.scoring!r}, {a.normalize})"
 
 

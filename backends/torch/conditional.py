@@ -141,10 +141,21 @@ def _reach(logits: torch.Tensor, depth: int, hard: bool) -> torch.Tensor:
 
 
 # ---- mixture of experts --------------------------------------------------------------------------
-def moe_route(logits: torch.Tensor, k: int, scoring: str, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The top-k experts of each input and their weights (float32), from router logits [*, E]."""
+def moe_route(logits: torch.Tensor, k: int, scoring: str, normalize: bool, bias: torch.Tensor | None = None,
+              rate: float = 0.0, training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-k experts of each input and their weights (float32), from router logits [*, E]; with
+    a balancing `bias`, chosen by scores + bias (weights: the scores), the bias moved in training."""
     scores = torch.softmax(logits.float(), dim=-1) if scoring == "softmax" else torch.sigmoid(logits.float())
-    weights, indices = torch.topk(scores, k, dim=-1)
+    if bias is None:
+        weights, indices = torch.topk(scores, k, dim=-1)
+    else:
+        indices = torch.topk(scores + bias, k, dim=-1).indices
+        weights = scores.gather(-1, indices)
+        if training and rate:
+            with torch.no_grad():
+                ones = torch.ones(indices.numel(), device=bias.device, dtype=bias.dtype)
+                load = torch.zeros_like(bias).index_add_(0, indices.reshape(-1), ones)
+                bias.add_(rate * torch.sign(load.mean() - load))
     if normalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
     return weights, indices

@@ -130,3 +130,58 @@ model M (x: [B, 10]) -> [B, 10] {
     return moe_experts(x, weights, index, 4, 6, impl="grouped")
 }
 """, file="m.arch")
+
+
+BIASED = """axis B
+model M (x: [B, 8]) -> ([B, 2], i64[B, 2]) {
+    gate = linear(4, bias=false)
+    return moe_router(gate(x), 2, balance="bias", rate=0.01)
+}
+"""
+
+
+def test_bias_balancing_chooses_with_the_bias_and_moves_it_towards_balance() -> None:
+    g = elaborate_text(BIASED, file="m.arch")
+    torch.manual_seed(0)
+    m = build_module(g)
+    assert "moe_router.e_score_correction_bias" in dict(m.named_buffers())
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(3))
+    bias = m.get_buffer("moe_router.e_score_correction_bias")
+    scores = torch.softmax(x @ m.gate.weight.t(), dim=-1)
+    # a zero bias: Mixtral's routing exactly
+    m.eval()
+    w, i = m(x)
+    want_w, want_i = moe_route(x @ m.gate.weight.t(), 2, "softmax", True)
+    assert torch.equal(i, want_i) and torch.equal(w, want_w)
+    # a bias chooses: expert 3 favoured enough to be every input's first choice; weights stay the scores'
+    with torch.no_grad():
+        bias.copy_(torch.tensor([0.0, 0.0, 0.0, 10.0]))
+    w, i = m(x)
+    assert (i[:, 0] == 3).all()
+    chosen = scores.gather(-1, i)
+    assert_close(w, chosen / chosen.sum(-1, keepdim=True))
+    assert torch.equal(bias, torch.tensor([0.0, 0.0, 0.0, 10.0]))  # eval: no update
+    # training: each step moves the bias by rate towards the mean load (expert 3 is overloaded)
+    m.train()
+    before = bias.clone()
+    _, i = m(x)
+    load = torch.bincount(i.reshape(-1), minlength=4).float()
+    assert torch.equal(bias, before + 0.01 * torch.sign(load.mean() - load))
+    assert bias[3] < before[3]
+
+
+def test_bias_balancing_runs_the_same_in_the_flat_fx_graph() -> None:
+    from archc.backends.fx import build_graph_module
+
+    g = elaborate_text(BIASED, file="m.arch")
+    torch.manual_seed(1)
+    m = build_module(g).train()
+    flat = build_graph_module(g).train()
+    flat.load_state_dict(m.state_dict())
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(4))
+    for _ in range(3):  # the bias moves each step, the same way in both
+        a, b = m(x), flat(x)
+        assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert torch.equal(m.get_buffer("moe_router.e_score_correction_bias"),
+                       flat.get_buffer("moe_router.e_score_correction_bias"))
+    assert m.get_buffer("moe_router.e_score_correction_bias").abs().sum() > 0
