@@ -181,8 +181,10 @@ def lower(model: "nn.Module", graph: Graph, rows: int = 8, reps: int = 20,
         dense = (holder.weight * mask).detach()
         bias = holder.bias.detach() if getattr(holder, "bias", None) is not None else None
         if dense.is_cuda or packer is not None:
-            names = {torch.float16: "f16", torch.bfloat16: "bf16", torch.int8: "i8", torch.float32: "f32"}
-            why = gpu_outlook(w, graph, names.get(dense.dtype, str(dense.dtype)))
+            from archc.backends.torch.inits import DTYPES
+
+            names = {spelled: name for name, spelled in DTYPES.items()}  # "torch.bfloat16" -> "bf16"
+            why = gpu_outlook(w, graph, names.get(str(dense.dtype), str(dense.dtype)))
             cc = capability or torch.cuda.get_device_capability(dense.device)
             if why is None and cc < SEMI_MIN_CC:
                 why = f"compute capability {cc[0]}.{cc[1]}: 2:4 needs {SEMI_MIN_CC[0]}.{SEMI_MIN_CC[1]}"

@@ -40,11 +40,8 @@ def conditional_rows(graph: Graph, env: Mapping[str, int]) -> list[ConditionalRo
         n = 1
         for s in x.sizes[:-1]:
             n *= evaluate(s, env)
-        buffer = None
-        rows_fn = getattr(op, "buffer_rows", None)
-        if rows_fn is not None and rows_fn(attrs, ins) is not None:
-            c = evaluate(rows_fn(attrs, ins), env)
-            buffer = attrs.experts * c * evaluate(x.sizes[-1], env) * DTYPE_BYTES[x.dtype]
+        elements = op.buffer_elements(attrs, ins)
+        buffer = None if elements is None else evaluate(elements, env) * DTYPE_BYTES[x.dtype]
         rows.append(ConditionalRow(node.scope, node.op, total, active, node_flops(graph, node, env) // max(n, 1), buffer))
     return rows
 

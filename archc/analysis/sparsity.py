@@ -10,6 +10,7 @@ size); on the CPU, unstructured and block weights are decided by measurement whe
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
@@ -113,15 +114,9 @@ def check_lines(graph: Graph) -> list[str]:
         return []
     dense = graph.param_count()
     kept = dense - sum(r.dense - r.kept for r in rows)
-    patterns = "; ".join(f"{p} (x{n})" for p, n in _counts(r.pattern for r in rows))
+    patterns = "; ".join(f"{p} (x{n})" for p, n in Counter(r.pattern for r in rows).items())
     lines = [f"note: {len(rows)} sparse weights ({patterns}): {kept:,} of {dense:,} parameters nonzero"]
-    for reason, n in _counts(r.gpu for r in rows if not r.gpu.startswith("2:4 kernel")):
+    for reason, n in Counter(r.gpu for r in rows if not r.gpu.startswith("2:4 kernel")).items():
         lines.append(f"note: no GPU speed-up expected for {n} of them: {reason}")
     return lines
 
-
-def _counts(items: object) -> list[tuple[str, int]]:
-    seen: dict[str, int] = {}
-    for x in items:  # type: ignore[attr-defined]
-        seen[x] = seen.get(x, 0) + 1
-    return list(seen.items())

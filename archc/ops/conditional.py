@@ -286,17 +286,16 @@ class MoeExperts(Op):
         k = known(ins[2].sizes[-1], "top-k")
         return k * d * a.hidden * (3 if a.kind == "swiglu" else 2)
 
-    def buffer_rows(self, a: Any, ins: list[TensorType]) -> Size | None:
-        """The batched lowering's rows per expert at most: the capacity, or every input (dropless)."""
+    def buffer_elements(self, a: Any, ins: list[TensorType]) -> Size | None:
+        """The batched lowering's [E, C, D] buffer: C rows per expert at most, the capacity or every
+        input (dropless)."""
         if a.impl != "batched":
             return None
-        n = _rows(ins[0])
-        if a.capacity is None:
-            return n
-        k = known(ins[2].sizes[-1], "top-k")
-        if not n.is_const:
-            return n  # a symbolic count of inputs: bounded by all of them
-        return Size.of(min(n.value, int(-(-a.capacity * n.value * k // a.experts))))  # ceil, as the lowering
+        n, d = _rows(ins[0]), known(ins[0].sizes[-1], "features")
+        if a.capacity is not None and n.is_const:
+            k = known(ins[2].sizes[-1], "top-k")
+            n = Size.of(min(n.value, int(-(-a.capacity * n.value * k // a.experts))))  # ceil, as the lowering
+        return n * (a.experts * d)
 
     def flops(self, a: Any, ins: list[TensorType], outs: list[TensorType]) -> Size:
         """Active FLOPs: each input through its k experts (no capacity drops counted)."""

@@ -126,6 +126,11 @@ class Op:
         input (a mixture of experts, a fast feedforward tree); None: all of them."""
         return None
 
+    def buffer_elements(self, a: Any, ins: list[TensorType]) -> Size | None:
+        """Elements of a working buffer the op's lowering allocates besides its inputs and outputs
+        (the batched mixture of experts' [E, C, D] dispatch buffer); None: none worth stating."""
+        return None
+
     def flops(self, a: Any, ins: list[TensorType], outs: list[TensorType]) -> Size:
         """FLOPs as torch.utils.flop_counter counts them (matmuls and convs; 0 elsewhere)."""
         return Size.of(0)

@@ -171,13 +171,26 @@ def moe_load(logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return torch.stack((counts / flat.shape[0], probs))
 
 
-def _expert_ffn(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, kind: str, act: str) -> torch.Tensor:
-    """One expert on its inputs [n, D]: first [h or 2h, D], second [D, h]."""
-    h = x @ first.t()
+def _hidden(h: torch.Tensor, kind: str, act: str) -> torch.Tensor:
+    """An expert's hidden activation: act(gate) * up of the two halves (swiglu), or act(h)."""
     if kind == "swiglu":
         gate, up = h.chunk(2, dim=-1)
-        return (ACTIVATIONS[act](gate) * up) @ second.t()
-    return ACTIVATIONS[act](h) @ second.t()
+        return ACTIVATIONS[act](gate) * up
+    return ACTIVATIONS[act](h)
+
+
+def _expert_ffn(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, kind: str, act: str) -> torch.Tensor:
+    """One expert on its inputs [n, D]: first [h or 2h, D], second [D, h]."""
+    return _hidden(x @ first.t(), kind, act) @ second.t()
+
+
+def _positions(flat: torch.Tensor, experts: int, take: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each choice's position among its expert's choices, in order; the choices per expert), counting
+    only the choices in `take` when given."""
+    onehot = torch.nn.functional.one_hot(flat, experts)
+    if take is not None:
+        onehot = onehot * take.unsqueeze(1)
+    return (torch.cumsum(onehot, dim=0) - 1).gather(1, flat.unsqueeze(1)).squeeze(1), onehot.sum(dim=0)
 
 
 def _kept(indices: torch.Tensor, experts: int, capacity: float | None) -> torch.Tensor | None:
@@ -187,9 +200,7 @@ def _kept(indices: torch.Tensor, experts: int, capacity: float | None) -> torch.
         return None
     n, k = indices.shape
     limit = int(-(-capacity * n * k // experts))  # ceil
-    flat = indices.reshape(-1)  # input-major: input 0's choices first
-    onehot = torch.nn.functional.one_hot(flat, experts)
-    position = (torch.cumsum(onehot, dim=0) - 1).gather(1, flat.unsqueeze(1)).squeeze(1)
+    position, _ = _positions(indices.reshape(-1), experts)  # input-major: input 0's choices first
     return (position < limit).view(n, k)
 
 
@@ -231,12 +242,7 @@ def _moe_grouped(x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor, first: tor
     order = torch.argsort(flat, stable=True)
     token = order // idx.shape[1]
     ends = torch.cumsum(torch.bincount(flat, minlength=first.shape[0]), 0).to(torch.int32)
-    h = _grouped_mm(x[token], first.transpose(1, 2), ends)
-    if kind == "swiglu":
-        gate, up = h.chunk(2, dim=-1)
-        h = ACTIVATIONS[act](gate) * up
-    else:
-        h = ACTIVATIONS[act](h)
+    h = _hidden(_grouped_mm(x[token], first.transpose(1, 2), ends), kind, act)
     out = _grouped_mm(h.contiguous(), second.transpose(1, 2), ends) * w.reshape(-1)[order].unsqueeze(1)
     return torch.zeros_like(x).index_add(0, token, out)
 
@@ -248,17 +254,11 @@ def _moe_batched(x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor, first: tor
     experts, k = first.shape[0], idx.shape[1]
     flat = idx.reshape(-1)
     take = torch.ones_like(flat, dtype=torch.bool) if kept is None else kept.reshape(-1)
-    onehot = torch.nn.functional.one_hot(flat, experts) * take.unsqueeze(1)
-    position = (torch.cumsum(onehot, dim=0) - 1).gather(1, flat.unsqueeze(1)).squeeze(1)
-    rows = int(onehot.sum(dim=0).max()) if flat.numel() else 0
+    position, counts = _positions(flat, experts, take)
+    rows = int(counts.max()) if flat.numel() else 0
     choice = torch.nonzero(take).squeeze(1)
     buffer = x.new_zeros(experts, max(rows, 1), x.shape[1])
     buffer[flat[choice], position[choice]] = x[choice // k]
-    h = torch.bmm(buffer, first.transpose(1, 2))
-    if kind == "swiglu":
-        gate, up = h.chunk(2, dim=-1)
-        h = ACTIVATIONS[act](gate) * up
-    else:
-        h = ACTIVATIONS[act](h)
+    h = _hidden(torch.bmm(buffer, first.transpose(1, 2)), kind, act)
     out = torch.bmm(h, second.transpose(1, 2))[flat[choice], position[choice]] * w.reshape(-1)[choice].unsqueeze(1)
     return torch.zeros_like(x).index_add(0, choice // k, out)

@@ -8,6 +8,7 @@ spelling per op. Same IR in, same bytes out; the text is checked by `quote.verif
 
 from __future__ import annotations
 
+import ast
 from functools import cache
 from pathlib import Path
 
@@ -110,8 +111,8 @@ def helpers(graph: Graph) -> list[str]:
 def _helper_source(name: str) -> str:
     """A helper file below its imports (which are the generated file's own), with a heading."""
     text = (Path(__file__).parent / name).read_text(encoding="utf-8")
-    body = text.split("\nfrom torch import nn\n" if "\nfrom torch import nn\n" in text else
-                      "\nimport torch.nn.functional as F\n", 1)[1].strip("\n")
+    imports = [n for n in ast.parse(text).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    body = "\n".join(text.splitlines()[imports[-1].end_lineno:]).strip("\n")  # the imports are the file's own
     return f"# {HELPERS[name]} (archc's backends/torch/{name}).\n{body}"
 
 

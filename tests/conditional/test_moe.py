@@ -185,3 +185,23 @@ def test_bias_balancing_runs_the_same_in_the_flat_fx_graph() -> None:
     assert torch.equal(m.get_buffer("moe_router.e_score_correction_bias"),
                        flat.get_buffer("moe_router.e_score_correction_bias"))
     assert m.get_buffer("moe_router.e_score_correction_bias").abs().sum() > 0
+
+
+def test_summary_states_active_parameters_and_the_batched_buffer() -> None:
+    from archc.analysis.conditional import conditional_rows
+
+    spec = """axis B, T
+model M (x: [B, T, 16]) -> [B, T, 16] {
+    weights, index = moe_router(linear(x, 4, bias=false), 2)
+    return moe_experts(x, weights, index, 4, 24, impl="batched", capacity=0.5)
+}
+"""
+    (row,) = conditional_rows(elaborate_text(spec.replace("[B, T, 16]", "[2, 10, 16]"), file="m.arch"), {})
+    assert (row.params, row.active) == (4 * 3 * 16 * 24, 2 * 3 * 16 * 24)  # 4 SwiGLU experts, 2 per input
+    assert row.flops_per_row == 2 * (2 * 16 * 48 + 2 * 24 * 16)
+    # capacity ceil(0.5 * 20 * 2 / 4) = 5 rows per expert: a [4, 5, 16] f32 buffer
+    assert row.buffer_bytes == 4 * 5 * 16 * 4
+    # with a symbolic number of inputs (or dropless) the bound is every input, per expert
+    for text in (spec, spec.replace(", capacity=0.5", "")):
+        (row,) = conditional_rows(elaborate_text(text, file="m.arch"), {"B": 2, "T": 10})
+        assert row.buffer_bytes == 4 * 20 * 16 * 4
