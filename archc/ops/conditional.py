@@ -311,3 +311,80 @@ class MoeExperts(Op):
 
 
 _BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8}
+
+
+# ---- a mixture whose expert is any block: the gather before each expert, the sum after -----------
+# The elaborator expands `moe(E, Block)(x, weights, indices)` into E pairs of these around E
+# applications of the block (archc/elaborate/moe.py): the loop lowering written as dataflow.
+ROUTED = "N_e"  # the routed-tokens axis: a fresh symbol, the leading axis of each expert's input
+
+
+class MoeSelectAttrs(_Attrs):
+    expert: int = Field(ge=0)
+    experts: int = Field(gt=0, le=4096)
+    axis: str = Field(default=ROUTED, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    capacity: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+
+
+@register
+class MoeSelect(Op):
+    """The inputs routed to one expert: from x [*, D] and the routing (weights [*, k], indices
+    i64[*, k]), the rows of x whose choices include `expert` ([N_e, D], in input order), their
+    positions among the N = prod(*) inputs (i64[N_e]) and the weights of those choices ([N_e]).
+    N_e is the symbol `axis`, fresh: a size only the run time knows, which no other axis unifies
+    with. `capacity` (a factor, as moe_experts'): the expert takes at most ceil(capacity * N * k / E)
+    choices, the first in input order."""
+
+    name = "moe_select"
+    inputs = ("x", "weights", "indices")
+    Attrs = MoeSelectAttrs
+    doc = "one expert's inputs: `x [*, D]`, weights `[*, k]`, indices `i64[*, k]` -> `[N_e, D]`, `i64[N_e]`, `[N_e]`"
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        x, w, idx = ins
+        need_float(x, self.name)
+        need_float(w, self.name)
+        if x.rank == 0 or idx.dtype != "i64" or idx.rank != x.rank or w.sizes != idx.sizes \
+                or idx.sizes[:-1] != x.sizes[:-1]:
+            raise OpError(f"moe_select: weights and indices must be [*, k] over x's inputs (x {x}, "
+                          f"weights {w}, indices {idx})")
+        if a.expert >= a.experts:
+            raise OpError(f"moe_select: expert {a.expert} of {a.experts}")
+        routed = Dim(name=a.axis, size=Size.sym(a.axis))
+        return [TensorType(dtype=x.dtype, shape=(routed, x.shape[-1])), TensorType(dtype="i64", shape=(routed,)),
+                TensorType(dtype=w.dtype, shape=(routed,))]
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        return f"moe_select({ins[0]}, {ins[1]}, {ins[2]}, {a.expert}, {a.experts}, capacity={a.capacity!r})"
+
+
+@register
+class MoeCombine(Op):
+    """The experts' outputs summed back to their inputs: from x [*, D] (which gives the inputs'
+    shape) and, per expert, its output [N_e, D'], the positions i64[N_e] and weights [N_e] that
+    moe_select gave, y [*, D'] with y[n] = sum over the experts that took input n of weight * output
+    (an index_add, in the outputs' dtype; an input no expert took is 0)."""
+
+    name = "moe_combine"
+    inputs = ("x", "*parts")
+    doc = "the weighted sum of the experts' outputs: `x [*, D]`, then per expert `[N_e, D']`, `i64[N_e]`, `[N_e]` -> `[*, D']`"
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        x, parts = ins[0], ins[1:]
+        if x.rank == 0 or not parts or len(parts) % 3:
+            raise OpError("moe_combine takes x [*, D], then (output, positions, weights) per expert, "
+                          f"got {len(parts)} tensors after x")
+        first = parts[0]
+        for y, pos, w in zip(parts[0::3], parts[1::3], parts[2::3]):
+            need_float(y, self.name)
+            need_float(w, self.name)
+            if y.rank != 2 or pos.dtype != "i64" or pos.rank != 1 or w.rank != 1 or \
+                    not y.sizes[0] == pos.sizes[0] == w.sizes[0]:
+                raise OpError(f"moe_combine: each expert gives an output [N_e, D'], positions i64[N_e] and "
+                              f"weights [N_e], got {y}, {pos}, {w}")
+            if y.sizes[-1] != first.sizes[-1] or y.dtype != first.dtype:
+                raise OpError(f"moe_combine: the experts' outputs differ: {first} and {y}")
+        return [TensorType(dtype=first.dtype, shape=x.shape[:-1] + (first.shape[-1],))]
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        return f"moe_combine({', '.join(ins)})"

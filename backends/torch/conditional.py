@@ -262,3 +262,26 @@ def _moe_batched(x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor, first: tor
     h = _hidden(torch.bmm(buffer, first.transpose(1, 2)), kind, act)
     out = torch.bmm(h, second.transpose(1, 2))[flat[choice], position[choice]] * w.reshape(-1)[choice].unsqueeze(1)
     return torch.zeros_like(x).index_add(0, choice // k, out)
+
+
+def moe_select(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, expert: int, experts: int,
+               capacity: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inputs routed to `expert` (in input order), their positions among the inputs and the
+    weights of those choices; under a capacity factor only the first ceil(capacity * N * k / E)."""
+    k = indices.shape[-1]
+    idx = indices.reshape(-1, k)
+    token, slot = torch.where(idx == expert)  # row-major: input order, then slot order
+    if capacity is not None:
+        limit = int(-(-capacity * idx.numel() // experts))  # ceil, as _kept
+        token, slot = token[:limit], slot[:limit]
+    return x.reshape(-1, x.shape[-1])[token], token, weights.reshape(-1, k)[token, slot]
+
+
+def moe_combine(x: torch.Tensor, *parts: torch.Tensor) -> torch.Tensor:
+    """sum over the experts of weight * output, added at the positions moe_select gave (parts: an
+    output, positions and weights per expert), in the shape of x's inputs."""
+    first = parts[0]
+    y = first.new_zeros(x.shape[:-1].numel(), first.shape[-1])
+    for out, token, w in zip(parts[0::3], parts[1::3], parts[2::3]):
+        y = y.index_add(0, token, out * w.to(out.dtype).unsqueeze(-1))
+    return y.reshape(*x.shape[:-1], first.shape[-1])

@@ -91,7 +91,8 @@ def _size_py(size: Size, reads: dict[str, str]) -> str:
 
 
 # ops whose spelling calls a helper of backends/torch/conditional.py
-CONDITIONAL_OPS = frozenset({"fff", "fff_neurons", "moe_router", "moe_load", "moe_experts"})
+CONDITIONAL_OPS = frozenset({"fff", "fff_neurons", "moe_router", "moe_load", "moe_experts", "moe_select",
+                             "moe_combine"})
 HELPERS = {"masks.py": "Sparse weights (@sparse): masks by magnitude, and torch's layers times a mask",
            "conditional.py": "Conditional computation: fast feedforward trees, mixtures of experts"}
 
