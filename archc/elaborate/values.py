@@ -8,6 +8,7 @@ scope path names its parameters, and applying it twice shares them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Union
 
@@ -117,6 +118,11 @@ CALLABLES = (OpFn, BlockFn, PipeFn, StackFn, SlotFn, ResidualFn)
 def join_scope(scope: str, name: str) -> str:
     """`blocks.3` + `attn` -> `blocks.3.attn`; the model's own scope is empty."""
     return f"{scope}.{name}" if scope else name
+
+
+def snake(name: str) -> str:
+    """The instance name of an anonymous block: `MlpBlock` -> `mlp_block`."""
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
 
 
 def named(fn: Callable, scope: str) -> Callable:
