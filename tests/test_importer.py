@@ -318,3 +318,36 @@ def test_import_timm_resnet18(timm: Any) -> None:
     _check_round_trip(module, text, x)
     assert "model ResNet (x: [B, 3, 32, 32]) -> [B, 10]" in text
     assert "layer1 = stack(2) { BasicBlock() }" in text
+
+
+DATACLASS_FILE = '''
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+
+@dataclass
+class Config:
+    width: int = 16
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(Config().width, 4)
+
+    def forward(self, x):
+        return self.fc(x)
+'''
+
+
+def test_archc_import_a_file_with_a_dataclass(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The user's file is in sys.modules while it runs (a dataclass looks its module up there)."""
+    from archc.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "withcfg.py").write_text(DATACLASS_FILE)
+    assert main(["import", "withcfg.py:Net", "--example-input", "2,16"]) == 0
+    assert "fc = linear(4)" in capsys.readouterr().out

@@ -52,9 +52,11 @@ def load_class(target: str) -> Any:
     if spec is None or spec.loader is None:
         raise ArchError(f"cannot load {path} as a Python module")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as `import` does: dataclasses and pickling look their module up there
     try:
         spec.loader.exec_module(module)
     except Exception as err:  # noqa: BLE001  (the user's file fails: say so, not as archc's bug)
+        sys.modules.pop(spec.name, None)
         raise ArchError(f"{path}: running it failed: {type(err).__name__}: {err}") from None
     if not hasattr(module, name):
         classes = [k for k, v in vars(module).items() if isinstance(v, type)]
