@@ -5,6 +5,7 @@
     shape(x, axis)                 the size of an axis of a tensor (an int, or a symbolic size)
     sequential(f, g, ...)          a callable whose parts are named 0, 1, ... (nn.Sequential)
     residual(x, f) / residual(f)   x + f(x), or what the stack's connection policy makes of it
+    moe(E, expert, capacity=none)  E instances of the expert, applied as a mixture (moe.py)
     hyper(n=4), rezero, ...        connection policies (connect.py)
     normal(0.02), zeros, ...       initializers (inits.py): `linear(D, init=normal(0.02))`
 """
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from archc.elaborate import connect as C
 from archc.elaborate.consteval import is_num, plain
 from archc.elaborate.inits import ARGS as INIT_ARGS, make_init
+from archc.elaborate.moe import make_moe
 from archc.elaborate.values import Frame, PipeFn, ResidualFn, Tensor, describe
 from archc.errors import ArchError, Span
 from archc.frontend import ast as A
@@ -121,7 +123,7 @@ FUNCTIONS: dict[str, Builtin] = {
     "int": _convert(int, "int"), "float": _convert(float, "float"), "str": _str, "log": _log, "shape": _shape,
     "sequential": _sequential, "residual": _residual,
 }
-NAMES = tuple(FUNCTIONS) + tuple(n for n in C.SPECS if n not in FUNCTIONS) + tuple(INIT_ARGS)
+NAMES = tuple(FUNCTIONS) + tuple(n for n in C.SPECS if n not in FUNCTIONS) + tuple(INIT_ARGS) + ("moe",)
 
 
 def call_builtin(el: "Elaborator", name: str, args: list[Any], kwargs: dict[str, Any], frame: Frame,
@@ -131,6 +133,8 @@ def call_builtin(el: "Elaborator", name: str, args: list[Any], kwargs: dict[str,
         return C.make_policy(name, args, kwargs, e.span)
     if name in INIT_ARGS:
         return make_init(name, [plain(a) for a in args], {k: plain(v) for k, v in kwargs.items()}, e.span)
+    if name == "moe":
+        return make_moe(el, args, kwargs, e.span)
     if kwargs:
         raise ArchError(f"{name}() takes no keyword arguments", e.span)
     return FUNCTIONS[name](el, args, [plain(a) for a in args], frame, e.span)

@@ -10,7 +10,7 @@ from archc.elaborate.builtins import call_builtin
 from archc.elaborate.consteval import plain
 from archc.elaborate.inits import as_init, init_keyword, is_init_key
 from archc.elaborate.state import State
-from archc.elaborate.values import (CALLABLES, BlockFn, BlockTemplate, Builtin, Callable, Frame, InterfaceRef, OpFn,
+from archc.elaborate.values import (CALLABLES, BlockFn, BlockTemplate, Builtin, Callable, Frame, InterfaceRef, MoeFn, OpFn,
                                     PipeFn, ResidualFn, SlotFn, StackFn, Tensor, describe, join_scope, named, snake)
 from archc.errors import ArchError, Span, did_you_mean
 from archc.frontend import ast as A
@@ -159,6 +159,8 @@ class Calls(State):
             return value if not isinstance(value, list) else (value[0] if len(value) == 1 else tuple(value))
         if isinstance(fn, SlotFn):
             return self.apply_slot(fn, inputs, frame, span, prefix)
+        if isinstance(fn, MoeFn):
+            return self.apply_moe(fn, inputs, frame, span, prefix)
         if isinstance(fn, ResidualFn):
             if len(inputs) != 1:
                 raise ArchError("residual() takes one tensor", span)

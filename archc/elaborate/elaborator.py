@@ -13,6 +13,7 @@ The elaborator is one interpreter made of parts, each in its own file, by what i
     blocks.py       block application: parameters, signatures, bodies, interface slots
     nodes.py        op nodes: result types, parameters, initializers, dtypes, guards
     stacks.py       stacks, and stacks wired by a connection policy
+    moe.py          mixtures whose expert is any block: moe(E, Block)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from archc.elaborate.calls import Calls
 from archc.elaborate.dtypes import check_build_dtype
 from archc.elaborate.expressions import _FRAMES_PER_NESTING, MAX_NESTING, Expressions, too_deep
 from archc.elaborate.loader import Loader, ModuleEnv
+from archc.elaborate.moe import Mixtures
 from archc.elaborate.nodes import Nodes, check_tensor_type
 from archc.elaborate.stacks import Stacks
 from archc.elaborate.state import Limits, jsonable
@@ -44,7 +46,7 @@ from archc.recursion import headroom
 from archc.sizes import Size, parse_size
 
 
-class Elaborator(Statements, Expressions, Calls, Blocks, Nodes, Stacks):
+class Elaborator(Statements, Expressions, Calls, Blocks, Nodes, Stacks, Mixtures):
     """Evaluates a model's body into IR (see the module docstring for its parts)."""
 
     def model(self, env: ModuleEnv, name: str | None, overrides: dict[str, Any]) -> Graph:

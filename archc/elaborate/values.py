@@ -111,8 +111,20 @@ class ResidualFn:
     span: Span | None = None
 
 
-Callable = Union[OpFn, BlockFn, PipeFn, StackFn, SlotFn, ResidualFn]
-CALLABLES = (OpFn, BlockFn, PipeFn, StackFn, SlotFn, ResidualFn)
+@dataclass(frozen=True)
+class MoeFn:
+    """`moe(E, expert)`: E instances of the expert (children 0 .. E-1), applied to
+    (x, weights, indices) as a mixture of experts (archc/elaborate/moe.py)."""
+
+    count: int
+    expert: "Callable"
+    capacity: float | None = None
+    scope: str | None = None
+    span: Span | None = None
+
+
+Callable = Union[OpFn, BlockFn, PipeFn, StackFn, SlotFn, ResidualFn, MoeFn]
+CALLABLES = (OpFn, BlockFn, PipeFn, StackFn, SlotFn, ResidualFn, MoeFn)
 
 
 def join_scope(scope: str, name: str) -> str:

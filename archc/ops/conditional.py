@@ -28,6 +28,7 @@ from archc.sizes import Size
 Form = Literal["auto", "soft", "hardened", "hard"]
 Act = Literal["relu", "gelu", "silu", "tanh", "gelu_tanh"]
 MAX_DEPTH = 20
+MAX_EXPERTS = 4096
 FULL_LOGITS = 1024  # backends/torch/conditional.py: up to this many nodes, one matmul decides
 
 
@@ -231,7 +232,7 @@ class MoeLoad(Op):
 
 
 class MoeExpertsAttrs(_Attrs):
-    experts: int = Field(gt=0, le=4096)
+    experts: int = Field(gt=0, le=MAX_EXPERTS)
     hidden: int = Field(gt=0)
     kind: Literal["swiglu", "mlp"] = "swiglu"
     act: Act = "silu"
@@ -317,11 +318,12 @@ _BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8}
 # The elaborator expands `moe(E, Block)(x, weights, indices)` into E pairs of these around E
 # applications of the block (archc/elaborate/moe.py): the loop lowering written as dataflow.
 ROUTED = "N_e"  # the routed-tokens axis: a fresh symbol, the leading axis of each expert's input
+MOE_SCOPE = "moe"  # the kind of the scope that holds a mixture: its experts are its children 0 .. E-1
 
 
 class MoeSelectAttrs(_Attrs):
     expert: int = Field(ge=0)
-    experts: int = Field(gt=0, le=4096)
+    experts: int = Field(gt=0, le=MAX_EXPERTS)
     axis: str = Field(default=ROUTED, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     capacity: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
 

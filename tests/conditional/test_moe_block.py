@@ -115,3 +115,126 @@ def test_the_ops_written_out_in_a_spec() -> None:
 
     want = _reference(x.reshape(-1, 16), w, idx, expert, experts=3).reshape(3, 5, 16)
     assert_close(m(x), want, rtol=1e-5, atol=1e-6)
+
+
+# ---- moe(E, Block): the construct --------------------------------------------------------------
+BLOCKS = """
+axis B, T, D
+
+block Mlp2(hidden: int) (x: [*, D]) -> [*, D] {
+    fc1 = linear(hidden)
+    fc2 = linear(D)
+    return x >> fc1 >> gelu >> fc2
+}
+
+# attention among the tokens routed to the expert (heads of width D / heads)
+block TokenAttention(heads: int) (x: [T, D]) -> [T, D] {
+    qkv = linear(3 * D)
+    proj = linear(D)
+    q, k, v = x >> qkv >> rearrange("t (three h d) -> three h t d", three=3, h=heads) >> unbind()
+    return rearrange(attention(q, k, v), "h t d -> t (h d)") >> proj
+}
+
+block SwiGLU(hidden: int) (x: [*, D]) -> [*, D] {
+    gate_proj = linear(hidden, bias=false)
+    up_proj = linear(hidden, bias=false)
+    down_proj = linear(D, bias=false)
+    return down_proj(silu(gate_proj(x)) * up_proj(x))
+}
+"""
+
+
+def _model(expert: str, k: int = 2, capacity: str = "") -> str:
+    return BLOCKS + f"""
+model M (x: [B, T, 16]) -> [B, T, 16] {{
+    gate = linear({E})
+    experts = moe({E}, {expert}{capacity})
+    weights, index = moe_router(gate(x), {k})
+    return experts(x, weights, index)
+}}
+"""
+
+
+def _mlp(m: torch.nn.Module, e: int, xs: torch.Tensor) -> torch.Tensor:
+    ex = m.experts[e]
+    return ex.fc2(F.gelu(ex.fc1(xs)))
+
+
+def _attention(m: torch.nn.Module, e: int, xs: torch.Tensor, heads: int = 2) -> torch.Tensor:
+    ex = m.experts[e]
+    q, k, v = ex.qkv(xs).reshape(xs.shape[0], 3, heads, -1).permute(1, 2, 0, 3)
+    o = F.scaled_dot_product_attention(q, k, v)
+    return ex.proj(o.permute(1, 0, 2).reshape(xs.shape[0], -1))
+
+
+def _run(spec: str, batch: int, seq: int, k: int, idle: tuple[int, ...], seed: int
+         ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model, an input, and the routing it makes (idle experts: a router bias of -1e4)."""
+    torch.manual_seed(seed)
+    m = build_module(elaborate_text(spec, file="m.arch")).eval()
+    with torch.no_grad():
+        m.gate.bias[list(idle)] = -1e4
+    x = torch.randn(batch, seq, 16, generator=torch.Generator().manual_seed(seed + 1))
+    w, idx = moe_route(m.gate(x).reshape(-1, E), k, "softmax", True)
+    assert not set(idle) & set(idx.flatten().tolist())
+    return m, x, w, idx, m(x)
+
+
+@pytest.mark.parametrize("expert, reference", [("Mlp2(8)", _mlp), ("TokenAttention(2)", _attention)])
+@pytest.mark.parametrize("batch, seq, k, idle", [(2, 7, 2, (1,)), (1, 9, 3, ()), (3, 1, 1, (0, 3))])
+def test_a_block_expert_is_the_reference_loop(expert: str, reference, batch: int, seq: int, k: int,
+                                              idle: tuple[int, ...]) -> None:
+    m, x, w, idx, y = _run(_model(expert, k), batch, seq, k, idle, seed=batch * 10 + seq)
+    assert (batch * seq * k) % E or batch * seq % E  # counts the experts do not divide
+    with torch.no_grad():
+        want = _reference(x.reshape(-1, 16), w, idx, lambda e, xs: reference(m, e, xs))
+    assert_close(y, want.reshape(batch, seq, 16), rtol=1e-5, atol=1e-6)
+
+
+def test_capacity_in_the_construct() -> None:
+    m, x, w, idx, y = _run(_model("Mlp2(8)", capacity=", capacity=0.75"), 2, 7, 2, (1,), seed=4)
+    with torch.no_grad():
+        want = _reference(x.reshape(-1, 16), w, idx, lambda e, xs: _mlp(m, e, xs), capacity=0.75)
+        full = _reference(x.reshape(-1, 16), w, idx, lambda e, xs: _mlp(m, e, xs))
+    assert_close(y, want.reshape(2, 7, 16), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(want, full)  # some choices were dropped
+
+
+def test_swiglu_block_experts_equal_moe_experts() -> None:
+    spec = BLOCKS + f"""
+model M (x: [B, T, 16]) -> ([B, T, 16], [B, T, 16]) {{
+    gate = linear({E})
+    weights, index = moe_router(gate(x), 2)
+    blocks = moe({E}, SwiGLU(24))
+    stacked = moe_experts({E}, 24)
+    return blocks(x, weights, index), stacked(x, weights, index)
+}}
+"""
+    torch.manual_seed(0)
+    m = build_module(elaborate_text(spec, file="m.arch"))
+    with torch.no_grad():  # the stacked experts get the blocks' weights, in Hugging Face's layout
+        m.gate.bias[2] = -1e4  # expert 2 idle
+        for e, ex in enumerate(m.blocks):
+            m.stacked.gate_up_proj[e] = torch.cat([ex.gate_proj.weight, ex.up_proj.weight])
+            m.stacked.down_proj[e] = ex.down_proj.weight
+    x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(2))
+    ours, stacked = m(x)
+    assert_close(ours, stacked, rtol=1e-5, atol=1e-6)
+    ours.sum().backward()  # gradients reach each busy expert's own weights
+    assert m.blocks[0].gate_proj.weight.grad.abs().sum() > 0
+    assert m.blocks[2].gate_proj.weight.grad is None or not m.blocks[2].gate_proj.weight.grad.any()
+
+
+def test_hooks_on_one_expert_fire_with_its_tokens() -> None:
+    m, x, w, idx, _ = _run(_model("Mlp2(8)"), 2, 7, 2, (), seed=1)
+    assert isinstance(m.experts, torch.nn.ModuleList) and len(m.experts) == E
+    assert len({type(ex) for ex in m.experts}) == 1 and type(m.experts[0]).__name__ == "Mlp2"
+    seen: list[tuple[int, ...]] = []
+    handle = m.experts[2].register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
+    m(x)
+    handle.remove()
+    assert seen == [(int((idx == 2).sum()), 16)]
+    fc1 = []
+    m.experts[3].fc1.register_forward_hook(lambda mod, args, out: fc1.append(out.shape[0]))
+    m(x)
+    assert fc1 == [int((idx == 3).sum())]
