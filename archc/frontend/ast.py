@@ -123,10 +123,14 @@ class Cond:
 
 @dataclass(frozen=True)
 class Choice:
-    """`choice(a, b, c)`: a hole of a search space; a concrete spec has one option in its place."""
+    """`choice(a, b, c)`: a hole of a search space; a concrete spec has one option in its place.
+    `choice(range(lo, hi, step))` lists ints (kept as `range` for printing); `per_layer=true` in a
+    stack's body makes one hole per layer."""
 
     options: tuple["Expr", ...]
     span: Span
+    per_layer: bool = False
+    range: tuple[int, int, int] | None = None  # written as range(lo, hi, step)
 
 
 Expr = Union[Cond, Name, Const, TupleExpr, ListExpr, BinOp, UnaryOp, Call, GetAttr, SliceExpr,

@@ -84,7 +84,10 @@ def expr_text(e: Any) -> str:
         var = f"{e.var} => " if e.var else ""
         return f"stack({_args(e.args, e.kwargs)}) {{ {var}{expr_text(e.body)} }}"
     if isinstance(e, A.Choice):
-        return f"choice({', '.join(expr_text(o) for o in e.options)})"
+        lo, hi, step = e.range or (0, 0, 1)
+        items = [f"range({lo}, {hi}{'' if step == 1 else f', {step}'})"] if e.range else \
+            [expr_text(o) for o in e.options]
+        return f"choice({', '.join(items + (['per_layer=true'] if e.per_layer else []))})"
     raise TypeError(f"cannot format {type(e).__name__}")
 
 

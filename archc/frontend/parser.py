@@ -355,6 +355,35 @@ def _tok_span(file: str, tok: Token) -> Span:
     return Span(file, tok.line or 1, tok.column or 1, tok.end_line, tok.end_column)
 
 
+MAX_RANGE = 100_000  # options of one choice(range(...))
+
+
+def _choice_range(pos: tuple[A.Expr, ...]) -> tuple[int, int, int] | None:
+    """`choice(range(lo, hi, step))` with int literals: (lo, hi, step); None for other options.
+    A range that is not of literal ints is a located error."""
+    if len(pos) != 1 or not (isinstance(pos[0], A.Call) and isinstance(pos[0].func, A.Name)
+                             and pos[0].func.id == "range"):
+        return None
+    call = pos[0]
+    nums = [_literal_int(a) for a in call.args]
+    if call.kwargs or not 1 <= len(nums) <= 3 or any(n is None for n in nums):
+        raise ArchError("choice(range(...)) takes one to three int literals: range(hi), range(lo, hi) or "
+                        "range(lo, hi, step)", call.span)
+    lo, hi, step = (0, nums[0], 1) if len(nums) == 1 else (nums[0], nums[1], nums[2] if len(nums) == 3 else 1)
+    if step == 0:
+        raise ArchError("range() step must not be zero", call.span)
+    return lo, hi, step
+
+
+def _literal_int(e: A.Expr) -> int | None:
+    if isinstance(e, A.UnaryOp) and e.op == "-":
+        inner = _literal_int(e.operand)
+        return None if inner is None else -inner
+    if isinstance(e, A.Const) and isinstance(e.value, int) and not isinstance(e.value, bool):
+        return e.value
+    return None
+
+
 def _kw_split(file: str, items: list[Any]) -> tuple[tuple[A.Expr, ...], tuple[A.Keyword, ...]]:
     args: list[A.Expr] = []
     kwargs: list[A.Keyword] = []
@@ -581,10 +610,27 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
 
     def choice(self, meta: Meta, args: Any) -> A.Choice:
         pos, kws = args if args is not None else ((), ())
-        if kws:
-            raise ArchError(f"choice(...) takes options, not '{kws[0].name}='", kws[0].span)
+        per_layer = False
+        for kw in kws:
+            if kw.name != "per_layer":
+                raise ArchError(f"choice(...) takes options, not '{kw.name}='", kw.span,
+                                "the one keyword is per_layer=true")
+            if not (isinstance(kw.value, A.Const) and isinstance(kw.value.value, bool)):
+                raise ArchError("per_layer= takes true or false", kw.value.span)
+            per_layer = kw.value.value
         if not pos:
             raise ArchError("choice() needs at least one option", self._s(meta))
+        numbers = _choice_range(pos)
+        if numbers is not None:
+            lo, hi, step = numbers
+            options = tuple(A.Const(n, pos[0].span, str(n)) for n in range(lo, hi, step))
+            if not options:
+                raise ArchError(f"range({lo}, {hi}, {step}) is empty: a choice needs at least one option",
+                                pos[0].span)
+            if len(options) > MAX_RANGE:
+                raise ArchError(f"range({lo}, {hi}, {step}) has {len(options):,} options; a choice takes at "
+                                f"most {MAX_RANGE:,}", pos[0].span)
+            return A.Choice(options, self._s(meta), per_layer, numbers)
         seen: dict[str, A.Expr] = {}
         for option in pos:
             if any(isinstance(n, A.Choice) for n in A.walk(option)):
@@ -594,7 +640,7 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
             if text in seen:
                 raise ArchError(f"choice option '{text}' is written twice", option.span)
             seen[text] = option
-        return A.Choice(tuple(pos), self._s(meta))
+        return A.Choice(tuple(pos), self._s(meta), per_layer)
 
     @v_args(meta=True, inline=False)
     def stack_body(self, meta: Meta, children: list[Any]) -> tuple[str | None, A.Expr]:
