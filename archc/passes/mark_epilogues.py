@@ -6,9 +6,10 @@ and no `linear` flag (relu, gelu, silu, sigmoid, tanh, ...) -- both nodes get th
 `@fused("epilogue", group=N)`: a backend computes the activation in the matmul's epilogue
 instead of writing the pre-activation to memory. A 2-d convolution's epilogue may also begin
 with an `add` of a tensor of the output's own type (a residual: conv + add, conv + add + relu),
-and a 2-d convolution with no epilogue is a group of its own (the CPU backend still packs its
-weight for oneDNN and runs it channels-last). N numbers the groups in graph order; the first
-node of a group is the matmul, the rest is its epilogue, in order.
+and a 2-d convolution or a linear with no epilogue is a group of its own (the CPU backend still
+packs its weight: oneDNN channels-last for a convolution, MKL's packed GEMM for a linear). N
+numbers the groups in graph order; the first node of a group is the matmul, the rest is its
+epilogue, in order.
 Assumes: nothing about the mode. Nodes marked @no_fuse, or already in a fused group, are skipped.
 Guarantees: only annotations change: the same computation, the same weights.
 Reference: epilogue fusion as in CUTLASS (Kerr et al. 2017, "epilogue" functors) and cuBLASLt's
@@ -88,7 +89,7 @@ def mark_epilogues(graph: Graph) -> PassResult:
         if node.op not in ANCHORS or not _free(node):
             continue
         members = epilogue(ed, i, node)
-        if not members and node.op != "conv2d":
+        if not members and node.op == "conv1d":
             continue
         group += 1
         mark = AnnotationIR(name="fused", args=("epilogue",), kwargs={"group": group})

@@ -5,7 +5,11 @@ parameters become one linear with the features of all of them, followed by a `sp
 feature axis -- separate Q, K and V projections become one QKV matmul. Convolutions with the
 same input, geometry and bias setting and groups = 1 are merged the same way along channels.
 The merged layer's scope is the members' common parent plus their names joined
-(`attn.q_k_v`); its weight is the members' weights concatenated in order.
+(`attn.q_k_v`); its weight is the members' weights concatenated in order. Convolutions are left
+apart where the split would cost more than the merge saves: each part is a strided view along
+channels, which a convolution reading it first copies to dense memory, and a member's own
+epilogue (an activation, a residual add: mark_epilogues) would no longer be a post-op of the
+merged convolution (ResNet's downsample beside its first 1x1: a copy and a separate ReLU).
 Assumes: nothing about the mode; the members carry no @no_fuse and share no parameters.
 Guarantees: identical outputs (concatenation is exact); returns the weight transform.
 Reference: the fused QKV projection of Megatron-LM (Shoeybi et al. 2019, §3) and of
@@ -28,14 +32,23 @@ if TYPE_CHECKING:
 MERGEABLE = ("linear", "conv1d", "conv2d")
 
 
-def _key(node: Node, ed: Editor) -> tuple[object, ...] | None:
+def _split_costs_copies(ed: Editor, at: int, node: Node) -> bool:
+    """Would a convolution's part of a merged output be copied, or lose its epilogue?"""
+    from archc.passes.mark_epilogues import epilogue
+
+    if node.op == "linear":
+        return False
+    return bool(epilogue(ed, at, node)) or any(u.op in ("conv1d", "conv2d") for _, u in ed.users(node.outputs[0]))
+
+
+def _key(at: int, node: Node, ed: Editor) -> tuple[object, ...] | None:
     if node.op not in MERGEABLE or has_annotation(node, "no_fuse") or has_annotation(node, "sparse") or \
             len(node.inputs) != 1:  # a sparse weight keeps its own mask
         return None
     if any(len(ed.param_users(p)) != 1 for p in node.params.values()):
         return None
     attrs = {k: v for k, v in node.attrs.items() if k not in ("features", "channels")}
-    if node.op != "linear" and attrs.get("groups") != 1:
+    if node.op != "linear" and (attrs.get("groups") != 1 or _split_costs_copies(ed, at, node)):
         return None
     return (node.op, node.inputs[0], tuple(sorted((k, str(v)) for k, v in attrs.items())))
 
@@ -98,7 +111,7 @@ def merge_parallel(graph: Graph) -> PassResult:
     while True:
         groups: dict[tuple[object, ...], list[int]] = {}
         for i, node in ed.live():
-            key = _key(node, ed)
+            key = _key(i, node, ed)
             if key is not None:
                 groups.setdefault(key, []).append(i)
         batch = next((g for g in groups.values() if len(g) > 1), None)

@@ -6,6 +6,7 @@ linear on packed weights where it applies and the plain layers elsewhere.
     conv2d, relu           conv_act(self.conv, x, 'relu')
     conv2d, add, relu      conv_add_act(self.conv, x, shortcut, 'relu', overwrite=True)
     linear, gelu           linear_act(self.fc1, x, 'gelu', 'none')
+    linear                 linear_act(self.fc2, x)
     conv2d (no leaf), relu conv2d_act(x, self.conv.weight, self.conv.bias, [1, 1], [1, 1], [1, 1], 1, 'relu',
                                       training=self.training)
 
@@ -67,8 +68,6 @@ def _group(graph: Graph, nodes: list[int]) -> Group | None:
         act = op.onednn_postop(op.make_attrs(node.attrs))
         if act is not None:
             members.append(rest[0])
-    if layer.op == "linear" and act is None:
-        return None  # a linear alone stays torch's own
     return Group(anchor, tuple(members), other, act)
 
 

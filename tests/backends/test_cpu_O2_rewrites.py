@@ -1,0 +1,115 @@
+"""-O2 on CPU (#17), the build-time decisions: every linear runs MKL's packed GEMM (the activation
+after it, in place), and merge_parallel leaves convolutions apart where the split of a merged
+output would cost copies or a post-op. Each rewrite computes what eager computes (fp32, 1e-5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from archc.backends.torch import emit_python, onednn
+
+from archc.api import build
+from archc.elaborate import elaborate_text
+from archc.passes.manager import LEVELS, PASSES, run_pipeline
+
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+ACTS = {"gelu": lambda v: torch.nn.functional.gelu(v), "relu": torch.relu, "swish": torch.nn.functional.silu,
+        "tanh": torch.tanh, "sigmoid": torch.sigmoid, "": lambda v: v}
+
+
+@pytest.mark.parametrize("act", sorted(ACTS))
+def test_linear_act_is_the_linear_and_its_activation_for_any_rows(act: str) -> None:
+    g = torch.Generator().manual_seed(5)
+    linear = torch.nn.Linear(24, 40).eval()
+    with torch.no_grad():
+        linear.bias.copy_(torch.randn(40, generator=g))
+    with torch.inference_mode():
+        for shape in ((7, 24), (2, 9, 24), (7, 24)):  # packed for 7 rows, then 18 (repacked), then 7 again
+            x = torch.randn(shape, generator=g)
+            torch.testing.assert_close(onednn.linear_act(linear, x, act), ACTS[act](linear(x)), **TOL)
+        x = torch.randn(9, 48, generator=g)[:, ::2]  # not contiguous: torch's own linear
+        torch.testing.assert_close(onednn.linear_act(linear, x, act), ACTS[act](linear(x)), **TOL)
+    x = torch.randn(3, 24, generator=g, requires_grad=True)  # autograd: the plain layers, gradients flow
+    y = onednn.linear_act(linear, x, act)
+    torch.testing.assert_close(y, ACTS[act](linear(x)), **TOL)
+    y.sum().backward()
+    assert x.grad is not None
+
+
+MLP = """
+axis B, T
+model M (x: [B, T, 16]) -> [B, T, 16] {
+    h = gelu(linear(x, 64))
+    return linear(h, 16) + x
+}
+"""
+
+
+def test_every_linear_of_an_O2_module_is_packed_and_the_state_dict_is_the_plain_one() -> None:
+    graph = elaborate_text(MLP, "mlp.arch")
+    pipeline = run_pipeline(graph, LEVELS[2])
+    text = emit_python(pipeline.graph)
+    assert text.count("linear_act(") >= 3 and "'gelu', 'none')" in text  # the definition and both calls
+    torch.manual_seed(0)
+    plain = build(graph).eval()
+    fast = build(pipeline.graph).eval()
+    fast.load_state_dict(pipeline.weights(plain.state_dict()))
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), plain(x), **TOL)
+        torch.testing.assert_close(fast(x[:1]), plain(x[:1]), **TOL)  # another number of rows
+    cache = vars(__import__(type(fast).__module__, fromlist=["_PACKED"]))["_PACKED"]
+    linears = [m for m in fast.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 2 and all(id(m.weight) in cache for m in linears)
+    assert sorted(fast.state_dict()) == sorted(plain.state_dict())  # no packed buffers
+    compiled = torch.compile(fast, backend="aot_eager")  # the plain path under a compiler
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), plain(x), **TOL)
+
+
+BOTTLENECK = """
+axis B
+model M (x: [B, 8, 12, 12]) -> [B, 32, 12, 12] {
+    h = relu(conv2d(x, 8, 1))
+    h = relu(conv2d(h, 8, 3, padding=1))
+    return relu(conv2d(h, 32, 1) + conv2d(x, 32, 1))
+}
+"""
+
+SIBLINGS = """
+axis B
+model M (x: [B, 8, 12, 12]) -> [B, 16, 12, 12] {
+    return conv2d(x, 16, 1) * conv2d(x, 16, 1)
+}
+"""
+
+
+def _ops(text: str) -> list[str]:
+    return [n.op for n in PASSES["merge_parallel"](elaborate_text(text, "m.arch")).graph.nodes]
+
+
+def test_merge_parallel_keeps_apart_convolutions_whose_split_costs_copies() -> None:
+    # ResNet's downsample beside the first 1x1: the 1x1's part would feed a convolution through a
+    # ReLU that is no longer its post-op, the downsample's part a residual add: not merged
+    assert _ops(BOTTLENECK).count("conv2d") == 4 and "split" not in _ops(BOTTLENECK)
+    # parts read only by an elementwise op: merged, as before
+    assert _ops(SIBLINGS).count("conv2d") == 1 and "split" in _ops(SIBLINGS)
+
+
+@pytest.mark.parametrize("text", [BOTTLENECK, SIBLINGS])
+def test_O2_of_merged_or_unmerged_convolutions_equals_eager(text: str) -> None:
+    graph = elaborate_text(text, "m.arch")
+    pipeline = run_pipeline(graph, LEVELS[2])
+    torch.manual_seed(0)
+    plain = build(graph).eval()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, t in plain.state_dict().items():
+            if name.endswith("bias"):
+                t.copy_(torch.randn(t.shape, generator=g))
+    fast = build(pipeline.graph).eval()
+    fast.load_state_dict(pipeline.weights(plain.state_dict()))
+    with torch.inference_mode():
+        for batch in (2, 1):
+            x = torch.randn(batch, 8, 12, 12, generator=g)
+            torch.testing.assert_close(fast(x), plain(x), **TOL)
