@@ -1,6 +1,9 @@
 """Conditional computation before anything runs: the parameters one input uses (active) against the
 total, the active FLOPs per input row, and the batched lowering's dispatch buffer, for each op that
-uses a part of its weights per input (`Op.active_params`: mixtures of experts, fast feedforward)."""
+uses a part of its weights per input (`Op.active_params`: mixtures of experts, fast feedforward),
+and for each mixture whose expert is a block (`moe(E, Block)`: a scope of kind "moe" whose children
+0 .. E-1 are the experts): k experts' parameters active, its FLOPs at the balanced load (the
+routed-tokens axis at ceil(N * k / E), archc.analysis.summary.axis_values)."""
 
 from __future__ import annotations
 
@@ -8,9 +11,11 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from archc.analysis.summary import evaluate, human, node_flops
+from archc.ir.blocks import within
 from archc.ir.graph import Graph
 from archc.ir.types import DTYPE_BYTES
 from archc.ops import registry
+from archc.ops.conditional import MOE_SCOPE
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,21 @@ def conditional_rows(graph: Graph, env: Mapping[str, int]) -> list[ConditionalRo
         elements = op.buffer_elements(attrs, ins)
         buffer = None if elements is None else evaluate(elements, env) * DTYPE_BYTES[x.dtype]
         rows.append(ConditionalRow(node.scope, node.op, total, active, node_flops(graph, node, env) // max(n, 1), buffer))
-    return rows
+    return rows + [_mixture_row(graph, path, env) for path, info in graph.scopes.items() if info.kind == MOE_SCOPE]
+
+
+def _mixture_row(graph: Graph, path: str, env: Mapping[str, int]) -> ConditionalRow:
+    """A mixture of block experts: its parameters (the experts'), those of the k experts one input
+    uses, and its FLOPs (the experts' at the balanced load) per input row."""
+    inside = [node for node in graph.nodes if within(node.scope, path)]
+    select = next(node for node in inside if node.op == "moe_select")
+    x, idx = graph.values[select.inputs[0]], graph.values[select.inputs[2]]
+    total = sum(p.numel for name, p in graph.params.items() if name.startswith(path + ".") and p.trainable)
+    first = sum(p.numel for name, p in graph.params.items() if name.startswith(f"{path}.0.") and p.trainable)
+    rows = evaluate(x.numel() / x.sizes[-1], env)
+    flops = sum(node_flops(graph, node, env) for node in inside)
+    return ConditionalRow(path, f"{MOE_SCOPE}({graph.scopes[f'{path}.0'].kind})", total,
+                          evaluate(idx.sizes[-1], env) * first, flops // max(rows, 1), None)
 
 
 def format_rows(rows: list[ConditionalRow], graph: Graph) -> list[str]:

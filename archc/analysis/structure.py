@@ -134,9 +134,10 @@ def _no_init(attrs: dict[str, Any]) -> dict[str, Any]:
 
 def runs(tree: ScopeTree, path: str) -> list[list[str]]:
     """The children of `path` grouped into runs of consecutive identical scopes. Only the layers
-    of a stack are grouped; any other scope's children are runs of one."""
+    of a stack and the experts of a mixture (`moe`) are grouped; any other scope's children are
+    runs of one."""
     kids = tree.children.get(path, [])
-    if tree.kind(path) != "stack":
+    if tree.kind(path) not in ("stack", "moe"):
         return [[k] for k in kids]
     out: list[list[str]] = []
     last = None

@@ -64,7 +64,8 @@ def _env_text(env: Mapping[str, int]) -> str:
 
 def axis_values(graph: Graph, batch: int = 1, axes: Mapping[str, int] | None = None) -> dict[str, int]:
     """Values for the graph's symbolic axes: `axes` first, then B = batch, then the length of a
-    positions table for the axis it indexes. Axes left without a value are left out."""
+    positions table for the axis it indexes, and a mixture's routed-tokens axis at the balanced
+    load. Axes left without a value are left out."""
     env: dict[str, int] = {"B": batch} if "B" in graph.axes else {}
     for node in graph.nodes:
         if node.op == "positions":
@@ -72,6 +73,16 @@ def axis_values(graph: Graph, batch: int = 1, axes: Mapping[str, int] | None = N
             if len(seq.atoms()) == 1 and str(seq) in graph.axes:
                 env.setdefault(str(seq), int(node.attrs["max_len"]))
     env.update(axes or {})
+    for node in graph.nodes:  # a mixture's routed-tokens axis (moe_select): ceil(N * k / E), the balanced load
+        axis = node.attrs["axis"] if node.op == "moe_select" else None
+        if axis is None or axis in env:
+            continue
+        x, idx = graph.values[node.inputs[0]], graph.values[node.inputs[2]]
+        try:
+            n = evaluate(x.numel() / x.sizes[-1], env) * evaluate(idx.sizes[-1], env)
+        except (ArchError, SizeError):
+            continue  # an axis of the inputs has no value: the summary says which
+        env[axis] = -(-n // node.attrs["experts"])
     return env
 
 

@@ -84,7 +84,13 @@ class Mixtures(State):
         parts: list[Tensor] = []
         for e in range(fn.count):
             routed, positions, weights = self.apply_op("moe_select", inputs, {**attrs, "expert": e}, here, span)
-            out = self.apply(named(fn.expert, join_scope(scope, str(e))), [routed], here, span, scope)
+            try:
+                out = self.apply(named(fn.expert, join_scope(scope, str(e))), [routed], here, span, scope)
+            except ArchError as err:
+                if e == 0:  # the first expert is where a type error shows: say what the expert is given
+                    err.notes.append((f"the expert of moe() is applied to the tokens routed to it, {routed.type}, "
+                                      f"whose axis {attrs['axis']} is its own", fn.span))
+                raise
             if not isinstance(out, Tensor):
                 raise ArchError(f"the expert of a mixture must return one tensor [N_e, ...], '{name}' returns "
                                 f"{describe(out)}", span)

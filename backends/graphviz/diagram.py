@@ -9,6 +9,7 @@ Decisions live here, text lives in `diagram.dot.j2`:
   hidden layers are read as the matching values of the drawn one, so the wire out of the stack
   leaves the drawn layer;
 - scopes deeper than `depth` are one box each, with the wires that enter and leave them;
+- a mixture's experts (`moe(E, Block)`) are drawn once, `x8`, with one moe_select for all;
 - `add` is a ⊕ node; when one operand is computed from the other (`x + f(x)`) that operand's
   wire is a skip wire, drawn as such.
 """
@@ -26,6 +27,7 @@ from archc.ir import sparsity
 from archc.ir.graph import Graph, Node
 from archc.ir.types import TensorType
 from archc.ops import registry
+from archc.ops.conditional import MOE_SCOPE
 
 # op -> (fill colour, shape); ops not listed are plain boxes
 STYLE: dict[str, tuple[str, str]] = {
@@ -162,6 +164,7 @@ class _Builder:
         self.tied = tied_uses(graph)
         self.n_clusters = 0
         self.drawn: dict[str, str] = {}  # structure (sizes left out) -> the scope drawn with it
+        self.folded: dict[int, int] = {}  # a mixture's first moe_select -> the number it stands for
 
     def _param_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -219,12 +222,24 @@ class _Builder:
 
     def build_scope(self, path: str, cluster: Cluster, level: int) -> None:
         """Fill `cluster` with the nodes written directly in `path` and one entry per child."""
+        if self.tree.kind(path) == MOE_SCOPE and not self.expand:
+            self.fold_selects(path)
         for i in self.tree.direct[path]:
             if i not in self.hidden:
                 cluster.boxes.append(self.op_box(i))
         where = parent(path) if self.tree.kind(path) == "stack" else path  # `layer2.0`, not `0`
         for run in self.layer_runs(path):
             self.build_run(run, where, cluster, level)
+
+    def fold_selects(self, path: str) -> None:
+        """A mixture's experts are drawn as one (`experts.0-7  x8`): so are the moe_select ops that
+        gather their inputs, the first one standing for all."""
+        selects = [i for i in self.tree.direct[path] if self.g.nodes[i].op == "moe_select"]
+        for i in selects[1:]:
+            self.hidden.add(i)
+            self.alias.update(zip(self.g.nodes[i].outputs, self.g.nodes[selects[0]].outputs))
+        if len(selects) > 1:
+            self.folded[selects[0]] = len(selects)
 
     def build_run(self, run: list[str], where: str, cluster: Cluster, level: int, total: int = 0) -> None:
         """Draw the first scope of a run of identical layers, and hide the others."""
@@ -310,6 +325,8 @@ class _Builder:
                 return Box(box_id, lines(title, args, f"{count(n)} params", f"sparse {pattern.text()}"),
                            shape, fill, "rounded,filled,dotted", "penwidth=1.6")
             return Box(box_id, lines(title, args, f"{count(n)} params" if n else ""), shape, fill)
+        if i in self.folded:  # the gathers of all the experts' inputs
+            return Box(box_id, lines(f"moe_select \u00d7{self.folded[i]}", "each expert's routed inputs"), shape, fill)
         if node.op in ("rearrange", "unbind", "split", "chunk", "flatten", "select", "slice", "concat"):
             return Box(box_id, lines(node.op, args, small=8), shape, "white", "rounded,dashed", "fontsize=10")
         return Box(box_id, lines(node.op, args), shape, fill)

@@ -238,3 +238,79 @@ def test_hooks_on_one_expert_fire_with_its_tokens() -> None:
     m.experts[3].fc1.register_forward_hook(lambda mod, args, out: fc1.append(out.shape[0]))
     m(x)
     assert fc1 == [int((idx == 3).sum())]
+
+
+def test_the_fx_graph_computes_the_same() -> None:
+    from archc.backends.fx import build_graph_module
+
+    graph = elaborate_text(_model("TokenAttention(2)"), file="m.arch")
+    torch.manual_seed(3)
+    m = build_module(graph).eval()
+    flat = build_graph_module(graph).eval()
+    flat.load_state_dict(m.state_dict())
+    x = torch.randn(2, 7, 16, generator=torch.Generator().manual_seed(5))
+    assert_close(flat(x), m(x), rtol=0, atol=0)
+
+
+def test_summary_counts_k_experts_active_at_the_balanced_load() -> None:
+    from archc.analysis.conditional import conditional_rows, format_rows
+    from archc.analysis.summary import axis_values
+
+    graph = elaborate_text(_model("Mlp2(8)", k=2), file="m.arch")
+    env = axis_values(graph, 2, {"T": 10})
+    assert env["N_e"] == 2 * 10 * 2 // E  # the routed-tokens axis at ceil(N * k / E)
+    (row,) = conditional_rows(graph, env)
+    expert = (16 * 8 + 8) + (8 * 16 + 16)  # fc1, fc2 with biases
+    assert (row.scope, row.op, row.params, row.active) == ("experts", "moe(Mlp2)", E * expert, 2 * expert)
+    assert row.flops_per_row == 2 * (2 * 16 * 8 + 2 * 8 * 16)  # each row through 2 experts
+    router = 16 * E + E
+    assert format_rows([row], graph)[0].startswith(f"conditional compute: {router + 2 * expert:,} of "
+                                                   f"{router + E * expert:,} parameters active")
+
+
+def test_the_diagram_draws_one_expert_times_e() -> None:
+    from archc.backends.graphviz import build_diagram
+
+    graph = elaborate_text(_model("Mlp2(8)"), file="m.arch")
+    (moe,) = [c for c in build_diagram(graph).walk() if c.label.startswith("<b>experts</b>")]
+    (expert,) = moe.clusters
+    assert "experts.0-3  x4" in expert.label and len(expert.boxes) == 3  # fc1, gelu, fc2: drawn once
+    assert [b.label.split("<br/>")[0] for b in moe.boxes].count("<b>moe_select \u00d74</b>") == 1
+    assert len(moe.boxes) == 2  # the one moe_select and moe_combine
+
+
+@pytest.mark.parametrize("expert, message", [
+    ("linear", None),  # an op is an expert too: experts.e is an nn.Linear
+    ("Mlp2(8), capacity=0", "capacity must be a positive number"),
+    ("Mlp2(8), hidden=3", "moe() has no argument 'hidden'"),
+    ("Mlp2", None),
+    ("shared", "cannot be the named instance 'shared'"),
+    ("3", "the expert must be a block"),
+])
+def test_located_errors(expert: str, message: str | None) -> None:
+    from archc.errors import ArchError
+
+    spec = _model(expert).replace("    experts =", "    shared = Mlp2(8)\n    experts =")
+    if expert in ("linear", "Mlp2"):
+        spec = spec.replace(f"moe({E}, {expert})", f"moe({E}, {'linear(16)' if expert == 'linear' else 'Mlp2(4)'})")
+        m = build_module(elaborate_text(spec.replace("    shared = Mlp2(8)\n", ""), file="m.arch"))
+        assert isinstance(m.experts[0], torch.nn.Linear if expert == "linear" else torch.nn.Module)
+        return
+    with pytest.raises(ArchError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+        elaborate_text(spec, file="m.arch")
+    assert err.value.span is not None and err.value.span.line > 1
+
+
+def test_an_expert_that_needs_more_than_tokens_is_a_type_error() -> None:
+    from archc.errors import ArchError
+
+    spec = BLOCKS + """
+block Seq(n: int) (x: [B, T, D]) -> [B, T, D] { return linear(x, D) }
+model M (x: [B, T, 16]) -> [B, T, 16] {
+    weights, index = moe_router(linear(x, 4), 2)
+    return moe(4, Seq(1))(x, weights, index)
+}
+"""
+    with pytest.raises(ArchError, match="input 'x' of 'Seq'") as err:
+        elaborate_text(spec, file="m.arch")
+    assert "N_e" in str(err.value)
