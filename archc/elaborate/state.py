@@ -17,7 +17,8 @@ from archc.sizes import Size
 
 PARAM_TYPES = ("int", "float", "bool", "str", "fn", "block", "axis", "list", "connection")
 
-ANNOTATIONS = ("scope", "init", "dtype", "no_fuse", "sparse", "deploy", "name", "fused")  # fused: set by mark_epilogues
+ANNOTATIONS = ("scope", "init", "dtype", "no_fuse", "sparse", "deploy", "name", "fused",
+               "constant")  # fused: set by mark_epilogues; constant: by hoist_constants
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class Arange(Op):
     name = "arange"
     Attrs = ArangeAttrs
     fresh = True
+    shape_only = True
 
     def _length(self, a: Any, t: TensorType) -> tuple[Size, str | None]:
         if a.end is not None:
@@ -131,6 +132,7 @@ class Full(Op):
     name = "full"
     Attrs = FullAttrs
     fresh = True
+    shape_only = True
 
     def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
         if len(a.shape) > 8:

@@ -176,6 +176,9 @@ class Dropout(_Unary):
     elementwise = "x"
     torch = "F.dropout({x}, p={p}, training=self.training)"
 
+    def stochastic(self, a: Any) -> bool:
+        return a.p > 0.0
+
 
 @register
 class DropPath(_Unary):
@@ -186,6 +189,9 @@ class DropPath(_Unary):
     linear = True
     elementwise = "x"
     torch = "drop_path({x}, {p}, self.training)"
+
+    def stochastic(self, a: Any) -> bool:
+        return a.p > 0.0
 
 
 class BinaryAttrs(_Attrs):

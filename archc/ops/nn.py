@@ -603,6 +603,9 @@ class Attention(Op):
     inputs = ("q", "k", "v")
     Attrs = AttentionAttrs
 
+    def stochastic(self, a: Any) -> bool:
+        return a.dropout > 0.0
+
     def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
         q, k, v = ins
         for name, t in zip("qkv", ins):

@@ -11,6 +11,8 @@ linearity, elementwise form and its torch spelling. Adding an op is one class an
 
 from __future__ import annotations
 
+import sys
+
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -110,6 +112,7 @@ class Op:
     torch: ClassVar[str] = ""  # python expression; {x} {y} inputs, {weight} params, {attr} attrs
     torch_inplace: ClassVar[str] = ""  # the same, overwriting its first input {x} (see torch_inplace_expr)
     fresh: ClassVar[bool] = False  # returns a new tensor that its backward never reads (may be overwritten)
+    shape_only: ClassVar[bool] = False  # reads of its inputs only their device and sizes (arange, full)
     returns_param: ClassVar[bool] = False  # returns (a view of) its own parameter: no module of its own
     onednn: ClassVar[str] = ""  # its name as a oneDNN post-op of a convolution or linear (CPU -O2), "" if none
     doc: ClassVar[str] = ""
@@ -120,6 +123,10 @@ class Op:
 
     def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
         return {}
+
+    def stochastic(self, a: Any) -> bool:
+        """Does the op draw random numbers (dropout in training)? Such an op is never hoisted."""
+        return False
 
     def active_params(self, a: Any, ins: list[TensorType]) -> int | None:
         """The parameter elements one input row uses, for an op that uses a part of its weights per
@@ -249,7 +256,9 @@ def has(name: str) -> bool:
 
 
 def _load() -> None:
-    if not _REGISTRY:
+    # every family, once: not "while the registry is empty", since importing one family first
+    # (`from archc.ops.conditional import ...`) registers its ops alone
+    if "archc.ops.defs" not in sys.modules:
         import archc.ops.defs  # noqa: F401  (registers every op)
 
 

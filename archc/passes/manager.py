@@ -2,11 +2,11 @@
 the IR after each, composes the weight transforms, and prints the IR after a pass on request.
 
     -O0  nothing
-    -O1  clean-up, valid in training and eval: fold_constants, cse, dce
+    -O1  clean-up, valid in training and eval: fold_constants, cse, dce, hoist_constants
     -O2  -O1, then the eval/deploy rewrites: strip_dropout, fold_bn, reparam, merge_parallel,
-         mark_epilogues, dce. The result computes the eval-mode function of the model (BatchNorm
-         folded with its running statistics, dropout removed); its weights follow through the
-         composed transform.
+         mark_epilogues, dce, hoist_constants. The result computes the eval-mode function of the
+         model (BatchNorm folded with its running statistics, dropout removed); its weights follow
+         through the composed transform.
 
 `add_pass_args(parser)` and `run_passes(graph, args)` give any command these options.
 """
@@ -26,6 +26,7 @@ from archc.passes.cse import cse
 from archc.passes.dce import dce
 from archc.passes.fold_bn import fold_bn
 from archc.passes.fold_constants import fold_constants
+from archc.passes.hoist_constants import hoist_constants
 from archc.passes.mark_epilogues import mark_epilogues
 from archc.passes.merge_parallel import merge_parallel
 from archc.passes.prune import prune
@@ -45,15 +46,16 @@ PASSES: dict[str, Pass] = {
     "merge_parallel": merge_parallel,
     "mark_epilogues": mark_epilogues,
     "prune": prune,
+    "hoist_constants": hoist_constants,
 }
 
 EVAL_ONLY = ("strip_dropout", "fold_bn", "reparam")  # they assume eval mode
 
 LEVELS: dict[int, tuple[str, ...]] = {
     0: (),
-    1: ("fold_constants", "cse", "dce"),
+    1: ("fold_constants", "cse", "dce", "hoist_constants"),
     2: ("fold_constants", "cse", "dce", "strip_dropout", "fold_bn", "reparam", "merge_parallel",
-        "mark_epilogues", "dce"),
+        "mark_epilogues", "dce", "hoist_constants"),
 }
 
 # the passes `archc deploy` runs: every pass that changes weights for inference, then clean-up

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from archc.backends.quote import py_str
 from archc.analysis.parallel import local_axes
+from archc.backends.torch.constants import Hoist, constant_methods, plan_hoist
 from archc.backends.torch.cpu import Group, call_text, conv_arguments, cpu_groups
 from archc.backends.torch.inits import InitError, empty_call, init_call
 from archc.backends.torch.local import local_expression
@@ -24,6 +25,7 @@ from archc.backends.torch.tree import ModuleEntry, TensorEntry, module_tree
 from archc.errors import ArchError
 from archc.ir.graph import BlockCall, Graph, SpanModel
 from archc.ops import registry
+from archc.passes.hoist_constants import constant_nodes
 
 
 def _init_call(t: TensorEntry, expr: str, graph: Graph) -> str:
@@ -68,10 +70,12 @@ class ClassText:
     args: str
     forward: list[str]
     returns: str
+    constants: list[str]  # the body of reset_constants (backends/torch/constants.py), if any
 
     def key(self) -> str:
         """Two instances share a class exactly when everything but the name is the same."""
-        return "\n".join([self.doc, *self.init, "|", *self.reset, "|", self.args, *self.forward, self.returns])
+        return "\n".join([self.doc, *self.init, "|", *self.reset, "|", *self.constants, "|", self.args,
+                          *self.forward, self.returns])
 
 
 class Emitter:
@@ -96,6 +100,8 @@ class Emitter:
                 del self.plan.units[path]  # calls them, so the group is one call there
         self.made_by = {v: i for i, node in enumerate(graph.nodes) for v in node.outputs}
         self.uses_onednn = False  # did a forward spell a group (the file then holds onednn.py's functions)
+        self.constant = constant_nodes(graph)  # hoist_constants' @constant nodes are read from buffers
+        self.hoist = Hoist()  # the forward being written: its constants
 
     # -- the tree: which class each callable instance gets ------------------------------------
     def emit(self) -> list[ClassText]:
@@ -133,11 +139,20 @@ class Emitter:
         entry = unit.entry
         init, reset = self.init_lines(entry, "self")
         call = unit.calls[0]
+        taken = RESERVED | {c.attr for c in entry.children} | {t.attr for t in entry.tensors}
+        self.hoist = plan_hoist(self.graph, self.constant, range(call.start, call.stop),
+                                lambda i: self.plan.owner(unit, i) is None and self.group_here(unit, call, i) is None
+                                and i not in self.local, {*call.outputs}, set(taken))
+        constants: list[str] = []
+        if self.hoist.roots:
+            more, constants = constant_methods(self.graph, self.hoist, self.labels)
+            init += more
         names, stmts, args = self.forward(unit, call)
+        self.hoist = Hoist()
         lines = self.render(stmts, names, {*call.outputs})
         returns = ", ".join(names[v] for v in call.outputs)
         doc = self.doc(unit)
-        return ClassText("", doc, init, reset, args, lines, returns)
+        return ClassText("", doc, init, reset, args, lines, returns, constants)
 
     def doc(self, unit: Unit) -> str:
         if unit.kind == "model":
@@ -237,6 +252,11 @@ class Emitter:
         stmts: list[_Stmt] = []
         for i in range(call.start, call.stop):
             node = graph.nodes[i]
+            if i in self.hoist.nodes:  # a build-time constant: the forward reads its buffer
+                if i in self.hoist.roots:
+                    names[node.outputs[0]] = namer.take(node_base(node, graph)[cut:] or node.op)
+                    stmts.append(self.buffer_stmt(node.outputs[0], self.hoist.roots[i], node.span))
+                continue
             group = self.group_here(unit, call, i)
             if group is not None:  # one call at the group's last node; its other nodes write nothing
                 if i == group.last:
@@ -292,7 +312,7 @@ class Emitter:
         reads = [anchor.inputs[0]] + ([group.other] if group.other is not None else [])
         other, maker = group.other, self.made_by.get(group.other or "")
         overwrite = other is not None and maker is not None and self.reads[other] == 1 and \
-            other not in call.inputs and other not in call.outputs and \
+            other not in call.inputs and other not in call.outputs and maker not in self.constant and \
             (registry.get(graph.nodes[maker].op).fresh or self.cpu.get(maker) is not None)
         params = {role: _tensor_expr(self.tensors[p], entry) for role, p in anchor.params.items()}
         layer = leaf.entry.relative(entry) if leaf is not None else conv_arguments(graph, group, params)
@@ -303,6 +323,14 @@ class Emitter:
             return [f"{names[last.outputs[0]]} = {call_text(group, graph, layer, names, overwrite)}{comment}"]
 
         return _Stmt(reads, list(last.outputs), render)
+
+    def buffer_stmt(self, value: str, attr: str, span: SpanModel | None) -> _Stmt:
+        comment = where(span, self.labels) + " (computed once: reset_constants)"
+
+        def render(names: dict[str, str]) -> list[str]:
+            return [f"{names[value]} = self.{attr}{comment}"]
+
+        return _Stmt([], [value], render)
 
     def call_stmt(self, expr: str, ins: list[str], outs: list[str], child: ModuleEntry,
                   span: SpanModel | None = None) -> _Stmt:

@@ -56,7 +56,7 @@ def emit_python(graph: Graph) -> str:
         helpers=[_helper_source(name) for name in helpers(graph)],
         onednn=_onednn_source() if emitter.uses_onednn else "",
         classes=[dict(name=c.name, doc=py_docstring(c.doc, indent="    "), init=c.init, reset=c.reset,
-                      args=c.args, forward=c.forward, returns=c.returns,
+                      args=c.args, forward=c.forward, constants=c.constants, returns=c.returns,
                       return_type="torch.Tensor" if "," not in c.returns else "tuple[torch.Tensor, ...]")
                  for c in classes],
     )

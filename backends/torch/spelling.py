@@ -89,7 +89,8 @@ def overwrites(graph: Graph) -> set[int]:
             continue
         v = node.inputs[0]
         src = made_by.get(v)
-        if src is None or not registry.get(src.op).fresh or reads[v] != 1 or v in returned:
+        if src is None or not registry.get(src.op).fresh or reads[v] != 1 or v in returned or \
+                any(a.name == "constant" for a in src.annotations):  # a buffer (hoist_constants)
             continue
         t, o = graph.values[v], graph.values[node.outputs[0]]
         if t.dtype == o.dtype and t.sizes == o.sizes:
