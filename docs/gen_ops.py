@@ -76,6 +76,11 @@ RULES: dict[str, str] = {
                 "mean probability (the load-balancing loss is E * sum(f * P))",
     "moe_experts": "`x [*, D]`, weights `[*, k]`, indices `i64[*, k]` -> `[*, D]`: each input through its k experts, "
                    "weighted (see [conditional.md](conditional.md))",
+    "moe_select": "`x [*, D]`, weights `[*, k]`, indices `i64[*, k]` -> the inputs routed to `expert`, `[N_e, D]` "
+                  "(N_e: a fresh axis), their positions `i64[N_e]` and weights `[N_e]` (see `moe(E, Block)`, "
+                  "[conditional.md](conditional.md))",
+    "moe_combine": "`x [*, D]`, then per expert its output `[N_e, D']`, positions and weights -> `[*, D']`: the "
+                   "weighted outputs added back at their positions",
     "fff": "`[*, in]` -> `[*, out]` (with `entropy=true`, also `[2^depth - 1]`: each node's mean decision "
            "entropy); soft in training, one leaf per input in eval (see [conditional.md](conditional.md))",
     "fff_neurons": "`[*, in]` -> `[*, out]` (with `entropy=true`, also one entropy per node); in eval, "
@@ -143,6 +148,9 @@ SAMPLES: dict[str, Sample] = {
     "moe_router": Sample("logits: [B, T, 8]", "moe_router(logits, 2)", outs=2),
     "moe_load": Sample("logits: [B, T, 8], index: i64[B, T, 2]", "moe_load(logits, index)"),
     "moe_experts": Sample("x: [B, T, 32], w: [B, T, 2], index: i64[B, T, 2]", "moe_experts(x, w, index, 8, 64)"),
+    "moe_select": Sample("x: [B, T, 32], w: [B, T, 2], index: i64[B, T, 2]", "moe_select(x, w, index, 0, 8)",
+                         outs=3),
+    "moe_combine": Sample("x: [B, T, 32], y: [S, 32], pos: i64[S], w: [S]", "moe_combine(x, y, pos, w)"),
     "fff_neurons": Sample("x: [B, T, 32]", "fff_neurons(x, 32, depth=3, trees=2)"),
     "maxpool2d": Sample("x: [B, 8, 32, 32]", "maxpool2d(x, 3, 2, 1)"),
     "mean": Sample("x: [B, T, 32]", "mean(x, [1])"),

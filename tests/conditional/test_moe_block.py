@@ -7,6 +7,7 @@ the same weights, and for the module tree (a ModuleList of the block's class, ho
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -314,3 +315,60 @@ model M (x: [B, T, 16]) -> [B, T, 16] {
     with pytest.raises(ArchError, match="input 'x' of 'Seq'") as err:
         elaborate_text(spec, file="m.arch")
     assert "N_e" in str(err.value)
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "specs" / "examples" / "moe_any_expert.arch"
+
+
+@pytest.mark.parametrize("norm_topk_prob", [False, True])
+def test_shared_expert_moe_equals_qwen2_moe(transformers, norm_topk_prob: bool) -> None:
+    """specs/examples/moe_any_expert.arch's SharedExpertMoe against Hugging Face's
+    Qwen2MoeSparseMoeBlock. Hugging Face stacks its experts (`experts.gate_up_proj [E, 2h, D]`);
+    the spec's experts are modules (`experts.e.gate_proj.weight`): the key map is the stacking."""
+    from transformers.models.qwen2_moe.configuration_qwen2_moe import Qwen2MoeConfig
+    from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
+
+    cfg = Qwen2MoeConfig(hidden_size=32, moe_intermediate_size=16, shared_expert_intermediate_size=48, num_experts=E,
+                         num_experts_per_tok=2, norm_topk_prob=norm_topk_prob, hidden_act="silu")
+    torch.manual_seed(0)
+    theirs = Qwen2MoeSparseMoeBlock(cfg).eval()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_(0, 0.2)
+    model = f"""
+model Qwen (x: [B, T, 32]) -> ([B, T, 32], f32[2, {E}]) {{
+    return SharedExpertMoe({E}, 2, 16, 48, norm_topk_prob={'true' if norm_topk_prob else 'false'})(x)
+}}
+"""
+    ours = build_module(elaborate_text(EXAMPLE.read_text() + model, file=str(EXAMPLE), model="Qwen")).eval()
+    sd = {k: v for k, v in theirs.state_dict().items() if not k.startswith("experts.")}
+    for e in range(E):
+        gate, up = theirs.experts.gate_up_proj[e].detach().chunk(2)
+        sd[f"shared_expert_moe.experts.{e}.gate_proj.weight"] = gate
+        sd[f"shared_expert_moe.experts.{e}.up_proj.weight"] = up
+        sd[f"shared_expert_moe.experts.{e}.down_proj.weight"] = theirs.experts.down_proj[e].detach()
+    sd = {k if k.startswith("shared_expert_moe.") else f"shared_expert_moe.{k}": v for k, v in sd.items()}
+    ours.load_state_dict(sd, strict=True)
+    x = torch.randn(3, 7, 32, generator=torch.Generator().manual_seed(1))
+    y, load = ours(x)
+    assert_close(y, theirs(x), rtol=1e-5, atol=1e-6)
+    assert_close(load[0].sum(), torch.tensor(2.0))  # k choices per token
+
+
+@pytest.mark.parametrize("ff", ["shared", "neurons"])
+def test_the_example_model_builds_and_runs(ff: str) -> None:
+    graph = elaborate_text(EXAMPLE.read_text(), file=str(EXAMPLE), overrides={"ff": ff, "depth": 1})
+    torch.manual_seed(0)
+    m = build_module(graph)
+    layer = m.h[0].shared_expert_moe if ff == "shared" else m.h[0].neuron_moe
+    assert len(layer.experts) == 8 and len({type(ex) for ex in layer.experts}) == 1
+    router: list[torch.Tensor] = []
+    layer.gate.register_forward_hook(lambda mod, args, out: router.append(out.detach().reshape(-1, 8)))
+    tokens = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(2))
+    logits, aux = m(tokens)
+    assert logits.shape == (2, 9, 256)
+    probs = torch.softmax(router[0], dim=-1)  # the auxiliary loss by its definition: E * sum_e f_e * P_e
+    f = torch.bincount(probs.topk(2, dim=-1).indices.flatten(), minlength=8) / probs.shape[0]
+    assert_close(aux, 8 * (f * probs.mean(dim=0)).sum(), rtol=1e-5, atol=1e-6)
+    aux.backward()
+    assert layer.gate.weight.grad is not None and layer.gate.weight.grad.abs().sum() > 0
