@@ -25,7 +25,7 @@ from archc.ops.registry import INITIALIZERS, Op, ParamSpec, check_init, init_tex
 # the initializers a spec may call, with their arguments by name (INITIALIZERS has their defaults)
 ARGS: dict[str, tuple[str, ...]] = {
     "zeros": (), "ones": (), "eye": (), "const": ("value",), "normal": ("std", "mean"),
-    "trunc_normal": ("std", "a", "b"), "uniform": ("bound",), "kaiming_normal": ()}
+    "trunc_normal": ("std", "a", "b"), "uniform": ("bound",), "kaiming_normal": (), "xavier_uniform": ()}
 
 Inits = tuple[tuple[str, str, bool, "Span | None"], ...]  # (role, init, must the role exist, where written)
 

@@ -39,7 +39,7 @@ class OpError(Exception):
 # Backends spell each one (backends/torch/inits.py).
 INITIALIZERS: dict[str, tuple[float | None, ...]] = {
     "zeros": (), "ones": (), "const": (None,), "normal": (None, 0.0), "trunc_normal": (None, -2.0, 2.0),
-    "uniform": (None,), "kaiming_normal": (), "eye": (), "onehot": (None,), "hc_alpha": (None,), "lastcol": (),
+    "uniform": (None,), "kaiming_normal": (), "xavier_uniform": (), "eye": (), "onehot": (None,), "hc_alpha": (None,), "lastcol": (),
     # a `weight_mask` (@sparse, archc/ir/sparsity.py), computed from the weight beside it
     "nm_mask": (None, None), "magnitude_mask": (None,), "block_mask": (None, None, None)}
 

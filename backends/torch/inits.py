@@ -8,6 +8,8 @@
                        (absolute bounds, as torch's and timm's: trunc_normal(0.02) is cut at +-2, i.e. not at all)
     uniform(b)         nn.init.uniform_(p, -b, b)                          U(-b, b)
     kaiming_normal     nn.init.kaiming_normal_(p, mode="fan_out", nonlinearity="relu")   N(0, 2 / fan_out)
+    xavier_uniform     nn.init.xavier_uniform_ of p as a matrix [out, -1]   U(-a, a), a = sqrt(6 / (fan_in + fan_out))
+                       (a convolution's fan_out is its output channels, as DiT initializes its patch embedding)
     eye                nn.init.eye_(p)                                     the identity (2-d)
     onehot(i)          zeros, with 1 at flat index i                       a one-hot vector
     hc_alpha(k)        [e_k | I]: zeros with p[k, 0] = 1, p[:, 1:] = I     hyper-connections' static alpha
@@ -36,6 +38,7 @@ INITS: dict[str, tuple[str, ...]] = {
     "trunc_normal": ("nn.init.trunc_normal_({p}, std={0})", "nn.init.trunc_normal_({p}, std={0}, a={1}, b={2})"),
     "uniform": ("nn.init.uniform_({p}, {n0}, {0})",),
     "kaiming_normal": ("nn.init.kaiming_normal_({p}, mode='fan_out', nonlinearity='relu')",),
+    "xavier_uniform": ("with torch.no_grad(): nn.init.xavier_uniform_({p}.view({p}.shape[0], -1))",),
     "eye": ("nn.init.eye_({p})",),
     "onehot": ("with torch.no_grad(): nn.init.zeros_({p}).view(-1)[int({0})] = 1.0",),
     "hc_alpha": ("with torch.no_grad(): nn.init.zeros_({p})[int({0}), 0] = 1.0; nn.init.eye_({p}[:, 1:])",),
