@@ -10,13 +10,11 @@ import copy
 import math
 from pathlib import Path
 
-import pytest
+import torch
+from torch import nn
 
-torch = pytest.importorskip("torch")
-nn = torch.nn
-
-from archc.backends.torch import build_module  # noqa: E402
-from archc.elaborate import elaborate_file  # noqa: E402
+from archc.backends.torch import build_module
+from archc.elaborate import elaborate_file
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "examples" / "dit_tiny.arch"
 
