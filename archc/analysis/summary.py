@@ -1,8 +1,10 @@
 """Parameters, FLOPs and activation memory of a graph, per block, as pure functions over the IR.
 
 Symbolic axes are given values first: `B` is the batch (1 unless asked), an axis that a
-`positions` table indexes defaults to that table's length (GPT-2's T = 1024), and any other axis
-must be given (`axes={"T": 256}`). Then, for every scope of the module tree:
+`positions` table indexes defaults to that table's length (GPT-2's T = 1024), the token axis of a
+model without one defaults to its context length, the model parameter Hugging Face names
+`max_position_embeddings` (Llama's T = 2048, said in a note), and any other axis must be given
+(`axes={"T": 256}`). Then, for every scope of the module tree:
 
 - params: trainable parameter elements under the scope's name (`h.3.attn.qkv.weight` counts
   for `h.3.attn.qkv`, `h.3.attn`, `h.3` and `h`); a shared parameter counts once, where it was
@@ -62,10 +64,33 @@ def _env_text(env: Mapping[str, int]) -> str:
     return ", ".join(f"{k}={v}" for k, v in env.items()) or "no axes"
 
 
-def axis_values(graph: Graph, batch: int = 1, axes: Mapping[str, int] | None = None) -> dict[str, int]:
-    """Values for the graph's symbolic axes: `axes` first, then B = batch, then the length of a
-    positions table for the axis it indexes, and a mixture's routed-tokens axis at the balanced
-    load. Axes left without a value are left out."""
+CONTEXT_ARGS = ("max_position_embeddings", "n_positions")  # Hugging Face's names for the context length
+
+
+def context_default(graph: Graph, env: Mapping[str, int]) -> tuple[str, int, str] | None:
+    """(axis, length, parameter): the one axis still without a value, when it is an axis of an
+    integer input (the tokens) and the model has a context-length parameter (CONTEXT_ARGS)."""
+    missing = [a for a in graph.axes if a not in env]
+    arg = next((k for k in CONTEXT_ARGS if isinstance(graph.model_args.get(k), int)
+                and not isinstance(graph.model_args[k], bool) and graph.model_args[k] > 0), None)
+    if len(missing) != 1 or arg is None:
+        return None
+    tokens = [d.name for p in graph.inputs if not p.type.is_float for d in p.type.shape]
+    return (missing[0], graph.model_args[arg], arg) if missing[0] in tokens else None
+
+
+def axis_notes(graph: Graph, batch: int = 1, axes: Mapping[str, int] | None = None) -> tuple[str, ...]:
+    """What the summary says of the axis values it chose by itself (context_default)."""
+    found = context_default(graph, _given(graph, batch, axes))
+    if found is None:
+        return ()
+    axis, n, arg = found
+    return (f"{axis} = {n}: the model's {arg} (the spec has no positions table); give --axis {axis}=N "
+            "for another length",)
+
+
+def _given(graph: Graph, batch: int, axes: Mapping[str, int] | None) -> dict[str, int]:
+    """B = batch, the length of a positions table for the axis it indexes, then `axes`."""
     env: dict[str, int] = {"B": batch} if "B" in graph.axes else {}
     for node in graph.nodes:
         if node.op == "positions":
@@ -73,6 +98,18 @@ def axis_values(graph: Graph, batch: int = 1, axes: Mapping[str, int] | None = N
             if len(seq.atoms()) == 1 and str(seq) in graph.axes:
                 env.setdefault(str(seq), int(node.attrs["max_len"]))
     env.update(axes or {})
+    return env
+
+
+def axis_values(graph: Graph, batch: int = 1, axes: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Values for the graph's symbolic axes: `axes` first, then B = batch, then the length of a
+    positions table for the axis it indexes, the token axis at the model's context length
+    (context_default), and a mixture's routed-tokens axis at the balanced load. Axes left without
+    a value are left out."""
+    env = _given(graph, batch, axes)
+    found = context_default(graph, env)
+    if found is not None:
+        env[found[0]] = found[1]
     for node in graph.nodes:  # a mixture's routed-tokens axis (moe_select): ceil(N * k / E), the balanced load
         axis = node.attrs["axis"] if node.op == "moe_select" else None
         if axis is None or axis in env:
@@ -179,10 +216,12 @@ class Summary:
     total: Row
     input_bytes: int
     param_bytes: int
+    axis_notes: tuple[str, ...] = ()  # how an axis got a value the user did not give (axis_notes)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "axes": self.axes, "rows": [asdict(r) for r in self.rows],
-                "total": asdict(self.total), "input_bytes": self.input_bytes, "param_bytes": self.param_bytes}
+                "total": asdict(self.total), "input_bytes": self.input_bytes, "param_bytes": self.param_bytes,
+                "axis_notes": list(self.axis_notes)}
 
 
 def summarize(graph: Graph, batch: int = 1, axes: Mapping[str, int] | None = None, max_depth: int = 2) -> Summary:
@@ -222,7 +261,7 @@ def summarize(graph: Graph, batch: int = 1, axes: Mapping[str, int] | None = Non
                 s.params, s.buffers, s.flops, s.macs, s.act_bytes)
     input_bytes = sum(type_bytes(p.type, env) for p in graph.inputs)
     param_bytes = sum(p.nbytes for p in graph.params.values())
-    return Summary(graph.name, env, tuple(rows), total, input_bytes, param_bytes)
+    return Summary(graph.name, env, tuple(rows), total, input_bytes, param_bytes, axis_notes(graph, batch, axes))
 
 
 def _direct_row(graph: Graph, tree: ScopeTree, path: str, env: Mapping[str, int]) -> Row:
@@ -299,7 +338,7 @@ def format_table(s: Summary) -> str:
     rule = "-" * len(fmt(header))
     body = [fmt(x) for x in lines]
     title = f"{s.model}  ({_env_text(s.axes)})"
-    notes = []
+    notes = list(s.axis_notes)
     if any(r.count > 1 for r in s.rows):
         notes.append("rows marked (xN) stand for N identical layers; their numbers are those of one layer")
     notes.append(f"parameters: {human(s.param_bytes, 'B', 1024)}; inputs: {human(s.input_bytes, 'B', 1024)}; "

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--batch", type=int, default=1, help="the size of axis B (default 1)")
     p.add_argument("--axis", action="append", default=[], metavar="NAME=N",
                    help="the size of another symbolic axis, e.g. --axis T=1024 (repeatable); an axis that "
-                        "indexes a positions table defaults to its length")
+                        "indexes a positions table defaults to its length, the token axis of a model "
+                        "without one to its max_position_embeddings (with a note)")
     p.add_argument("--depth", type=int, default=2, help="levels of blocks to show (default 2)")
     p.add_argument("--json", action="store_true", help="print JSON for tools instead of the table")
     p.set_defaults(func=run)
