@@ -114,27 +114,6 @@ class Lowered:
     sparse_ms: float | None = None
 
 
-def _linear_module(weight: "Tensor", bias: "Tensor | None") -> "nn.Module":
-    """An inference-only linear over a (sparse or packed) weight."""
-    import torch.nn.functional as F
-    from torch import nn
-
-    class SparseLinear(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.weight = weight
-            self.bias = bias
-
-        def forward(self, x: "Tensor") -> "Tensor":
-            return F.linear(x, self.weight, self.bias)
-
-        def extra_repr(self) -> str:
-            layout = getattr(self.weight, "layout", None)
-            return f"{tuple(self.weight.shape)}, {type(self.weight).__name__}, {layout}"
-
-    return SparseLinear()
-
-
 def _time(fn: Callable[[], Any], reps: int) -> float:
     fn()
     times = []
@@ -158,8 +137,11 @@ def lower(model: "nn.Module", graph: Graph, rows: int = 8, reps: int = 20,
     median of `reps` runs; else it stays dense. A weight whose op is not a module of its own (it
     runs in its parent's forward) stays as it is. `packer` and `capability` stand in for
     `torch.sparse.to_sparse_semi_structured` and the device's compute capability (tests); with a
-    packer given, weights are packed as if on a GPU."""
+    packer given, weights are packed as if on a GPU. A lowered linear becomes a `PackedLinear`
+    (backends/torch/packed.py), which holds the packed weight and the bias as buffers."""
     import torch
+
+    from archc.backends.torch.packed import PackedLinear
 
     done: list[Lowered] = []
     for w in sparse_weights(graph):
@@ -192,7 +174,7 @@ def lower(model: "nn.Module", graph: Graph, rows: int = 8, reps: int = 20,
                 done.append(Lowered(w.weight, "dense", why))
                 continue
             packed = (packer or torch.sparse.to_sparse_semi_structured)(dense)
-            _replace(model, w.module, _linear_module(packed, bias))
+            _replace(model, w.module, PackedLinear(packed, bias))
             done.append(Lowered(w.weight, "2:4", "verified 2:4, packed for sparse tensor cores"))
             continue
         if w.pattern.kind == "n:m":
@@ -207,7 +189,7 @@ def lower(model: "nn.Module", graph: Graph, rows: int = 8, reps: int = 20,
             t_sparse = timer(lambda: torch.nn.functional.linear(x, sparse, bias), reps)
         kind = "bsr" if w.pattern.kind == "block" else "csr"
         if t_sparse < t_dense:
-            _replace(model, w.module, _linear_module(sparse, bias))
+            _replace(model, w.module, PackedLinear(sparse, bias))
             done.append(Lowered(w.weight, kind, f"measured faster than dense at {rows} rows", t_dense, t_sparse))
         else:
             done.append(Lowered(w.weight, "dense", f"{kind} measured slower than dense at {rows} rows",
