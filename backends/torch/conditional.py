@@ -165,8 +165,8 @@ def moe_load(logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """[2, E]: the fraction of the inputs' choices per expert, and the mean router probability."""
     e = logits.shape[-1]
     flat = logits.reshape(-1, e)
-    counts = torch.zeros(e, dtype=torch.float32, device=logits.device)
-    counts = counts.index_add(0, indices.reshape(-1), torch.ones(indices.numel(), device=logits.device))
+    # a one-hot sum, not an index_add of ones: ONNX's index_add keeps one of repeated indices
+    counts = torch.nn.functional.one_hot(indices.reshape(-1), e).sum(dim=0).float()
     probs = torch.softmax(flat.float(), dim=-1).mean(dim=0)
     return torch.stack((counts / flat.shape[0], probs))
 
@@ -271,9 +271,10 @@ def moe_select(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, ex
     k = indices.shape[-1]
     idx = indices.reshape(-1, k)
     token, slot = torch.where(idx == expert)  # row-major: input order, then slot order
-    if capacity is not None:
-        limit = int(-(-capacity * idx.numel() // experts))  # ceil, as _kept
-        token, slot = token[:limit], slot[:limit]
+    if capacity is not None:  # ceil(capacity * N * k / E), as _kept; counted by tensor ops, so that a trace keeps N
+        limit = torch.ceil(torch.ones_like(idx, dtype=torch.float64).sum() * capacity / experts)
+        keep = torch.arange(token.shape[0], device=token.device) < limit
+        token, slot = token[keep], slot[keep]
     return x.reshape(-1, x.shape[-1])[token], token, weights.reshape(-1, k)[token, slot]
 
 
@@ -281,7 +282,7 @@ def moe_combine(x: torch.Tensor, *parts: torch.Tensor) -> torch.Tensor:
     """sum over the experts of weight * output, added at the positions moe_select gave (parts: an
     output, positions and weights per expert), in the shape of x's inputs."""
     first = parts[0]
-    y = first.new_zeros(x.shape[:-1].numel(), first.shape[-1])
+    y = first.new_zeros(x.reshape(-1, x.shape[-1]).shape[0], first.shape[-1])  # sizes as read, for tracing
     for out, token, w in zip(parts[0::3], parts[1::3], parts[2::3]):
         y = y.index_add(0, token, out * w.to(out.dtype).unsqueeze(-1))
-    return y.reshape(*x.shape[:-1], first.shape[-1])
+    return y.reshape(x.shape[:-1] + y.shape[-1:])

@@ -372,3 +372,29 @@ def test_the_example_model_builds_and_runs(ff: str) -> None:
     assert_close(aux, 8 * (f * probs.mean(dim=0)).sum(), rtol=1e-5, atol=1e-6)
     aux.backward()
     assert layer.gate.weight.grad is not None and layer.gate.weight.grad.abs().sum() > 0
+
+
+def test_onnx_runs_the_mixture_at_other_sizes() -> None:
+    """The TorchScript exporter keeps the routed counts, the capacity and the load statistics
+    dynamic: onnxruntime equals the module at sizes other than the export's, with idle experts at
+    the smaller one. (An expert whose reshape reads a size from its input fails in onnxruntime
+    when it gets no token: the exporter writes that size as -1, which 0 rows leave undecided.)"""
+    pytest.importorskip("onnxruntime")
+    from archc.backends.onnx import check, export_onnx
+
+    spec = BLOCKS + f"""
+model M (x: [B, T, 16]) -> ([B, T, 16], f32[2, {E}]) {{
+    gate = linear({E})
+    experts = moe({E}, Mlp2(8), capacity=0.75)
+    logits = gate(x)
+    weights, index = moe_router(logits, 2)
+    return experts(x, weights, index), moe_load(logits, index)
+}}
+"""
+    graph = elaborate_text(spec, file="m.arch")
+    torch.manual_seed(0)
+    m = build_module(graph).eval()
+    data = export_onnx(graph, m)
+    for sizes in ({"B": 3, "T": 9}, {"B": 1, "T": 1}):  # one token: 2 of the 4 experts idle
+        close = check(graph, m, data, sizes, atol=1e-5, rtol=1e-5)
+        assert close.ok, close
