@@ -68,6 +68,28 @@ class Silu(_Unary):
 
 
 @register
+class Relu6(_Unary):
+    name = "relu6"
+    elementwise = "min(max(x, 0), 6)"
+    torch = "F.relu6({x})"
+
+
+@register
+class Hardsigmoid(_Unary):
+    name = "hardsigmoid"
+    elementwise = "min(max(x + 3, 0), 6) / 6"
+    torch = "F.hardsigmoid({x})"
+
+
+@register
+class Hardswish(_Unary):
+    name = "hardswish"
+    # MobileNetV3's (Howard et al. 2019): x * relu6(x + 3) / 6
+    elementwise = "x * min(max(x + 3, 0), 6) / 6"
+    torch = "F.hardswish({x})"
+
+
+@register
 class Sigmoid(_Unary):
     name = "sigmoid"
     elementwise = "sigmoid(x)"
