@@ -159,3 +159,23 @@ def test_dit_timestep_frequencies_are_hoisted() -> None:
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
         hoisted.load_state_dict(plain.state_dict(), strict=True)
         assert torch.equal(hoisted(x, t), plain(x, t))
+
+
+def test_the_generated_file_computes_the_table_once() -> None:
+    from archc.backends.torch import emit_python
+
+    text = emit_python(_hoisted(_llama(num_hidden_layers=1)))
+    assert text.count("register_buffer('const_div', torch.empty(0), persistent=False)") == 1
+    assert "div = self.const_div" in text and text.count("torch.arange(0, 16, 2") == 1
+    methods = text.split("    def ")
+    assert any(m.startswith("reset_constants(") and "torch.arange(0, 16, 2" in m for m in methods)
+    assert not any(m.startswith("forward(") and "torch.arange(0, 16, 2" in m for m in methods)
+
+
+@pytest.mark.slow  # Inductor compiles C++ kernels: tens of seconds on a small CPU
+def test_torch_compile_inductor() -> None:
+    graph = _llama(num_hidden_layers=1)
+    plain, hoisted = _pair(graph)
+    with torch.no_grad():
+        expected = plain(_tokens(7))
+        torch.testing.assert_close(torch.compile(hoisted)(_tokens(7)), expected, rtol=1e-5, atol=1e-5)
