@@ -16,7 +16,7 @@ from torch.testing import assert_close
 
 from archc.backends.torch import build_module
 from archc.backends.torch.conditional import moe_combine, moe_experts, moe_route, moe_select
-from archc.elaborate import elaborate_text
+from archc.elaborate import elaborate_file, elaborate_text
 
 E, D = 4, 16
 
@@ -398,3 +398,22 @@ model M (x: [B, T, 16]) -> ([B, T, 16], f32[2, {E}]) {{
     for sizes in ({"B": 3, "T": 9}, {"B": 1, "T": 1}):  # one token: 2 of the 4 experts idle
         close = check(graph, m, data, sizes, atol=1e-5, rtol=1e-5)
         assert close.ok, close
+
+
+def test_the_optimizing_passes_keep_the_mixture() -> None:
+    """-O2 merges each expert's gate_proj and up_proj (and the router with the shared expert's
+    gate, which read the same input): the same outputs with the transformed weights, and the
+    experts still one class."""
+    from archc.passes.manager import LEVELS, run_pipeline
+
+    graph = elaborate_file(EXAMPLE, overrides={"depth": 1})
+    torch.manual_seed(0)
+    m = build_module(graph).eval()
+    tokens = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(2))
+    done = run_pipeline(graph, LEVELS[2])
+    fast = build_module(done.graph).eval()
+    fast.load_state_dict(done.weights(m.state_dict()), strict=True)
+    for got, want in zip(fast(tokens), m(tokens)):
+        assert_close(got, want, rtol=1e-5, atol=1e-6)
+    experts = fast.h[0].shared_expert_moe.experts
+    assert len({type(ex) for ex in experts}) == 1 and hasattr(experts[0], "gate_proj_up_proj")
