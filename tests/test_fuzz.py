@@ -294,7 +294,7 @@ def guard_sizes(graph: Graph) -> dict[str, int] | None:
     size a whole, non-negative number (None: none found among the small candidates)."""
     axes = sorted({a for p in graph.inputs for s in p.type.sizes for a in s.atoms()})
     conditions = [(parse_size(g.size), g.kind, g.bound) for g in graph.guards]
-    sizes = {s for t in graph.values.values() for s in t.sizes if not s.is_const}
+    sizes = {s for t in graph.values.values() for s in t.sizes if not s.is_const and s.atoms() <= set(axes)}
     for values in itertools.islice(itertools.product(*[(2, 4, 8, 6, 16, 3, 12, 24, 1, 5)] * len(axes)), 2000):
         env = {a: Size.of(v) for a, v in zip(axes, values)}
         try:
@@ -317,6 +317,8 @@ def run_accepted(graph: Graph, max_params: int) -> str:
     if sizes is None:
         raise AssertionError(f"no small sizes satisfy the guards {[g.condition for g in graph.guards]}")
     env = {a: Size.of(v) for a, v in sizes.items()}
+    inner = {a for t in graph.values.values() for s in t.sizes for a in s.atoms()} - env.keys()
+    env.update({a: Size.of(math.prod(sizes.values())) for a in inner})  # a mixture's routed tokens: at most all
     if graph.param_count(trainable_only=False) > max_params or \
             any(_numel(t, env) > RUN_ELEMENTS for t in graph.values.values()):
         return "too large"
