@@ -72,9 +72,9 @@ def roots(graph: Graph, constant: set[int]) -> list[int]:
 
 
 def hoist_constants(graph: Graph) -> PassResult:
-    chosen = set(roots(graph, constant_nodes(graph)))
+    chosen = {i for i in roots(graph, constant_nodes(graph)) if not has_annotation(graph.nodes[i], CONSTANT)}
     if not chosen:
-        return PassResult(graph)
-    nodes = tuple(remake(n, annotations=(*n.annotations, AnnotationIR(name=CONSTANT)))
-                  if i in chosen and not has_annotation(n, CONSTANT) else n for i, n in enumerate(graph.nodes))
+        return PassResult(graph)  # nothing to mark: the graph itself
+    nodes = tuple(remake(n, annotations=(*n.annotations, AnnotationIR(name=CONSTANT))) if i in chosen else n
+                  for i, n in enumerate(graph.nodes))
     return PassResult(graph.model_copy(update={"nodes": nodes}))
