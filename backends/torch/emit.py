@@ -90,9 +90,9 @@ def _size_py(size: Size, reads: dict[str, str]) -> str:
     return "(" + " + ".join(terms) + ")" if len(terms) > 1 else terms[0]
 
 
-# ops whose spelling calls a helper of backends/torch/conditional.py
-CONDITIONAL_OPS = frozenset({"fff", "fff_neurons", "moe_router", "moe_load", "moe_experts", "moe_select",
-                             "moe_combine"})
+# ops whose spelling calls a helper of backends/torch/conditional.py: op -> the function it calls
+CONDITIONAL_OPS = {"fff": "fff", "fff_neurons": "fff_neurons", "moe_router": "moe_route", "moe_load": "moe_load",
+                   "moe_experts": "moe_experts", "moe_select": "moe_select", "moe_combine": "moe_combine"}
 HELPERS = {"masks.py": "Sparse weights (@sparse): masks by magnitude, and torch's layers times a mask",
            "conditional.py": "Conditional computation: fast feedforward trees, mixtures of experts"}
 
