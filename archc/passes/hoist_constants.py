@@ -25,8 +25,11 @@ registers it with `persistent=False`, so the state_dict is unchanged; the buffer
 to a device, keeps the dtype the spec computes it in (a module cast to bf16 still holds the f32
 table, as Hugging Face keeps `inv_freq` in f32), and is computed again after `to_empty`.
 Reference: constant folding (Kildall, "A unified approach to global program optimization", POPL
-1973) as torch.fx / Inductor's `constant_fold` does it on a graph; the non-persistent buffer
-follows Hugging Face's `inv_freq` (`register_buffer(..., persistent=False)`).
+1973) as torch does it on graphs: Inductor's `constant_fold` (which also skips constructors and
+seeded random ops), and torch.fx's `split_const_subgraphs`, which splits the constant part off the
+same way but runs it on the first call and keeps its results as parameters, in the state_dict.
+Here they are non-persistent buffers computed at construction, as Hugging Face's `inv_freq`
+(`register_buffer(..., persistent=False)`), so checkpoints do not change.
 """
 
 from __future__ import annotations
