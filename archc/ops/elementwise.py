@@ -67,6 +67,18 @@ class Silu(_Unary):
     torch = "F.silu({x})"
 
 
+class LeakyReluAttrs(_Attrs):
+    slope: float = 0.01
+
+
+@register
+class LeakyRelu(_Unary):
+    name = "leaky_relu"
+    Attrs = LeakyReluAttrs
+    elementwise = "max(x, 0) + slope * min(x, 0)"
+    torch = "F.leaky_relu({x}, {slope})"
+
+
 @register
 class Relu6(_Unary):
     name = "relu6"

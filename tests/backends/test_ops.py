@@ -235,6 +235,8 @@ CASES = [
     Case("select", "axis B\nmodel M (x: [B, 5, 8]) -> [B, 8] { return x[:, 2] }", lambda i, sd: i[0][:, 2]),
     Case("sin", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return sin(x) }",
          lambda i, sd: torch.cos(i[0] - math.pi / 2), atol=1e-5),
+    Case("leaky_relu", "axis B\nmodel M (x: [B, 8]) -> ([B, 8], [B, 8]) { return leaky_relu(x), leaky_relu(x, 0.2) }",
+         lambda i, sd: (torch.where(i[0] > 0, i[0], 0.01 * i[0]), torch.where(i[0] > 0, i[0], 0.2 * i[0]))),
     Case("relu6", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return relu6(x * 4.0) }",
          lambda i, sd: (i[0] * 4).clamp(0, 6)),
     Case("hardsigmoid", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return hardsigmoid(x * 4.0) }",
