@@ -417,3 +417,29 @@ def test_the_optimizing_passes_keep_the_mixture() -> None:
         assert_close(got, want, rtol=1e-5, atol=1e-6)
     experts = fast.h[0].shared_expert_moe.experts
     assert len({type(ex) for ex in experts}) == 1 and hasattr(experts[0], "gate_proj_up_proj")
+
+
+def test_the_expert_fills_an_interface_slot() -> None:
+    """A block parameter typed by an interface (a MetaFormer-style slot) can be the expert: the
+    block given for it is checked against the interface on the routed tokens, then made E times."""
+    spec = BLOCKS + f"""
+interface TokenExpert (x: [T, D]) -> [T, D]
+block Layer(expert: TokenExpert) (x: [B, T, D]) -> [B, T, D] {{
+    gate = linear({E})
+    experts = moe({E}, expert)
+    weights, index = moe_router(gate(x), 2)
+    return experts(x, weights, index)
+}}
+model M (x: [B, T, 16]) -> [B, T, 16] {{
+    return Layer(TokenAttention(2))(x)
+}}
+"""
+    graph = elaborate_text(spec, file="m.arch")
+    assert {graph.scopes[f"layer.experts.{e}"].slot for e in range(E)} == {"expert: TokenExpert"}
+    torch.manual_seed(0)
+    m = build_module(graph).eval()
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1))
+    w, idx = moe_route(m.layer.gate(x).reshape(-1, E), 2, "softmax", True)
+    with torch.no_grad():
+        want = _reference(x.reshape(-1, 16), w, idx, lambda e, xs: _attention(m.layer, e, xs))
+    assert_close(m(x), want.reshape(2, 5, 16), rtol=1e-5, atol=1e-6)
