@@ -4,8 +4,9 @@ hyper-connections (n=2, dynamic), GPT-2 with DenseFormer's depth-weighted averag
 history of layer outputs; the connection's streams and weights stay whole on every rank), and a
 tiny Llama (separate q, k, v; grouped-query attention; rotary embeddings; SwiGLU), under
 tensor parallelism (1-D mesh "tp" of 2), FSDP (1-D mesh "dp" of 2) and FSDP x TP (2-D mesh 2 x 2,
-4 processes), and GPT-2 with sequence parallelism as well: 3 SGD steps give the losses, the last step's gradients and the final weights of the
-same training in one process, within rtol = atol = 1e-5.
+4 processes), a model with 2:4-sparse linears (their masks), and GPT-2 with sequence parallelism as
+well: 3 SGD steps give the losses, the last step's gradients and the final weights of the same
+training in one process, within rtol = atol = 1e-5.
 
 Also: a model made on the meta device gets its initial values after sharding (`init_weights`);
 bf16 mixed precision keeps the norms in fp32; a sharded checkpoint written by
@@ -48,6 +49,9 @@ MODELS: dict[str, tuple[Path, dict[str, Any]]] = {
     # SwiGLU: the layout torchtitan's hand plan is written for; FSDP alone is not repeated for it
     "llama": (LLAMA, {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                       "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 16}),
+    # 2:4-sparse MLP linears (@sparse): each mask is a buffer the layer multiplies its weight by, so
+    # it must meet the weight's split (replicated against a sharded weight, or split alike)
+    "sparse": (Path(__file__).parent / "sparse_lm.arch", {}),
 }
 PRELOAD = ["torch", "torch._dynamo", "torch.distributed.fsdp", "torch.distributed.tensor.parallel",
            "torch.distributed.checkpoint", "archc.elaborate", "archc.backends.torch",
