@@ -25,7 +25,9 @@ from archc.elaborate.consteval import plain
 from archc.elaborate.state import State
 from archc.elaborate.values import BlockFn, Frame, MoeFn, Tensor, describe, join_scope, named
 from archc.errors import ArchError, Span
+from archc.ir.types import TensorType
 from archc.ops.conditional import MAX_EXPERTS, MOE_SCOPE, ROUTED
+from archc.sizes import SizeError
 
 
 def make_moe(el: Any, args: list[Any], kwargs: dict[str, Any], span: Span) -> MoeFn:
@@ -79,7 +81,7 @@ class Mixtures(State):
                                              **({"capacity": fn.capacity} if fn.capacity is not None else {})},
                           fn.span)
         here = replace(frame, forced_scope=None, target=None, scope=scope)
-        attrs = {"experts": fn.count, "axis": self.routed_axis(frame, fn.expert),
+        attrs = {"experts": fn.count, "axis": self.routed_axis(frame, fn.expert, inputs, fn.count),
                  **({"capacity": fn.capacity} if fn.capacity is not None else {})}
         parts: list[Tensor] = []
         for e in range(fn.count):
@@ -97,13 +99,34 @@ class Mixtures(State):
             parts += [out, positions, weights]
         return self.apply_op("moe_combine", [inputs[0], *parts], {}, here, span)
 
-    def routed_axis(self, frame: Frame, expert: Any) -> str:
-        """The routed-tokens axis: ROUTED, or ROUTED1, ... where a spec declares an axis of that name."""
-        taken = set(frame.module.axes) | (set(expert.template.module.axes) if isinstance(expert, BlockFn) else set())
+    def routed_axis(self, frame: Frame, expert: Any, inputs: list[Tensor], count: int) -> str:
+        """The routed-tokens axis: one per balanced load (inputs, k, E), so that `archc summary` can
+        give each its value while the experts of equal mixtures (a stack's layers) stay one class:
+        ROUTED, then ROUTED1, ..., skipping the names of axes the spec declares."""
+        load = _load(inputs[0].type, inputs[2].type, count)
+        used: set[str] = set()
+        for node in self.nodes:
+            if node.op == "moe_select":
+                axis = node.attrs["axis"]
+                if load is not None and _load(self.values[node.inputs[0]], self.values[node.inputs[2]],
+                                              node.attrs["experts"]) == load:
+                    return axis
+                used.add(axis)
+        taken = used | set(frame.module.axes) | (set(expert.template.module.axes) if isinstance(expert, BlockFn)
+                                                 else set())
         n = 0
         while (ROUTED + (str(n) if n else "")) in taken:
             n += 1
         return ROUTED + (str(n) if n else "")
+
+
+def _load(x: TensorType, indices: TensorType, experts: int) -> tuple[str, str, int] | None:
+    """What decides a mixture's balanced load: its number of inputs, k and E (None if not a mixture's
+    inputs: moe_select says what is wrong with them)."""
+    try:
+        return str(x.numel() / x.sizes[-1]), str(indices.sizes[-1]), experts
+    except (IndexError, SizeError, ZeroDivisionError):
+        return None
 
 
 def _kind(expert: Any) -> str:

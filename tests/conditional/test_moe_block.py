@@ -443,3 +443,30 @@ model M (x: [B, T, 16]) -> [B, T, 16] {{
     with torch.no_grad():
         want = _reference(x.reshape(-1, 16), w, idx, lambda e, xs: _attention(m.layer, e, xs))
     assert_close(m(x), want.reshape(2, 5, 16), rtol=1e-5, atol=1e-6)
+
+
+def test_each_balanced_load_has_its_own_routed_axis() -> None:
+    """Mixtures with the same inputs, k and E share the routed axis (a stack's layers: one expert
+    class); another load gets another axis, and the summary gives each its ceil(N * k / E)."""
+    from archc.analysis.conditional import conditional_rows
+    from archc.analysis.summary import axis_values
+
+    spec = BLOCKS + f"""
+model M (x: [B, T, 16]) -> [B, T, 16] {{
+    weights, index = moe_router(linear(x, {E}), 2)
+    top1, one = moe_router(linear(x, 2), 1)
+    a = moe({E}, Mlp2(8))
+    b = moe({E}, Mlp2(8))
+    c = moe(2, Mlp2(8))
+    return a(x, weights, index) + b(x, weights, index) + c(x, top1, one)
+}}
+"""
+    graph = elaborate_text(spec, file="m.arch")
+    axes = {n.scope: n.attrs["axis"] for n in graph.nodes if n.op == "moe_select"}
+    assert axes == {"a": "N_e", "b": "N_e", "c": "N_e1"}
+    assert graph.scopes["a.0"].key == graph.scopes["b.3"].key != graph.scopes["c.0"].key
+    env = axis_values(graph, 3, {"T": 5})
+    assert (env["N_e"], env["N_e1"]) == (math.ceil(15 * 2 / E), math.ceil(15 * 1 / 2))
+    rows = {r.scope: r for r in conditional_rows(graph, env)}
+    per_row = 2 * 16 * 8 + 2 * 8 * 16
+    assert rows["c"].flops_per_row == 2 * env["N_e1"] * per_row // 15  # both experts at 8 rows, over 15 inputs
