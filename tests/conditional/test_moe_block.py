@@ -470,3 +470,29 @@ model M (x: [B, T, 16]) -> [B, T, 16] {{
     rows = {r.scope: r for r in conditional_rows(graph, env)}
     per_row = 2 * 16 * 8 + 2 * 8 * 16
     assert rows["c"].flops_per_row == 2 * env["N_e1"] * per_row // 15  # both experts at 8 rows, over 15 inputs
+
+
+def test_a_named_mixture_applied_twice_shares_its_experts() -> None:
+    """MoEUT reuses its layers: a named mixture applied twice is one set of experts."""
+    spec = BLOCKS + f"""
+model M (x: [B, T, 16]) -> [B, T, 16] {{
+    gate = linear({E})
+    experts = moe({E}, Mlp2(8))
+    w1, i1 = moe_router(gate(x), 2)
+    y = x + experts(x, w1, i1)
+    w2, i2 = moe_router(gate(y), 2)
+    return y + experts(y, w2, i2)
+}}
+"""
+    graph = elaborate_text(spec, file="m.arch")
+    assert graph.scopes["experts"].applied == 2
+    torch.manual_seed(0)
+    m = build_module(graph).eval()
+    assert sum(p.numel() for p in m.parameters()) == 16 * E + E + E * (16 * 8 + 8 + 8 * 16 + 16)
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = x
+        for _ in range(2):
+            w, idx = moe_route(m.gate(want).reshape(-1, E), 2, "softmax", True)
+            want = want + _reference(want.reshape(-1, 16), w, idx, lambda e, xs: _mlp(m, e, xs)).reshape(2, 5, 16)
+        assert_close(m(x), want, rtol=1e-5, atol=1e-6)
