@@ -496,3 +496,18 @@ model M (x: [B, T, 16]) -> [B, T, 16] {{
             w, idx = moe_route(m.gate(want).reshape(-1, E), 2, "softmax", True)
             want = want + _reference(want.reshape(-1, 16), w, idx, lambda e, xs: _mlp(m, e, xs)).reshape(2, 5, 16)
         assert_close(m(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_peft_lora_reaches_each_expert() -> None:
+    import peft  # after tests/conftest.py's torchvision workaround (peft imports transformers)
+
+    m, x, w, idx, y = _run(_model("Mlp2(8)"), 2, 7, 2, (1,), seed=6)
+    model = peft.get_peft_model(m, peft.LoraConfig(r=2, lora_alpha=4, target_modules=r"experts\.\d+\.fc1"))
+    lora = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert len(lora) == 2 * E and all(".experts." in n and ".fc1.lora_" in n for n in lora)
+    with torch.no_grad():
+        assert_close(model(x), y, rtol=0, atol=0)  # lora_B starts at zero
+    model(x).square().sum().backward()
+    for e in range(E):
+        grad = lora[next(n for n in lora if f".experts.{e}.fc1.lora_B" in n)].grad
+        assert (grad is not None and grad.abs().sum() > 0) == (e != 1), e  # expert 1 got no token
