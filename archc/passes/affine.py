@@ -14,8 +14,9 @@ forms of its inputs to the form of its output; the rules are the notes' T1-T12:
 
 Groups are tracked structurally: a form with `groups = g` is block-diagonal in g blocks, so the
 identity is a depthwise 1x1 (groups = C) and the sum or product of forms with groups g1 and g2
-has groups gcd(g1, g2). The same code runs on "meta" tensors (shapes only) when a pass decides
-what to emit, and on float64 weights when the weight transform runs, so the two always agree.
+has groups gcd(g1, g2). The same code runs on stand-ins (zeros of the weights' shapes: shapes
+only) when a pass decides what to emit, and on float64 weights when the weight transform runs, so
+the two always agree.
 """
 
 from __future__ import annotations

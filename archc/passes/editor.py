@@ -106,13 +106,24 @@ class Editor:
         """Record the instance `path` made by a pass, so backends show it as its op."""
         self.scopes[path] = ScopeInfo(path=path, kind=node.op, args=dict(node.attrs), span=node.span)
 
+    def unchanged(self) -> bool:
+        """Has no edit been made (the same node, value, parameter, output and scope objects)?"""
+        g = self.graph
+        return len(self.nodes) == len(g.nodes) and all(a is b for a, b in zip(self.nodes, g.nodes)) and \
+            len(self.outputs) == len(g.outputs) and all(a is b for a, b in zip(self.outputs, g.outputs)) and \
+            all(len(mine) == len(theirs) and all(mine.get(k) is v for k, v in theirs.items())
+                for mine, theirs in ((self.values, g.values), (self.params, g.params), (self.scopes, g.scopes)))
+
     def finish(self) -> Graph:
-        """The edited graph, its block structure recomputed (archc/ir/blocks.py): no pass keeps it by hand."""
+        """The edited graph, its block structure recomputed (archc/ir/blocks.py): no pass keeps it by hand.
+        A pass that changed nothing gets its input back (the same object: nothing to verify again)."""
+        if self.unchanged():
+            return self.graph
         nodes = tuple(n for n in self.nodes if n is not None)
         defined = {p.value for p in self.graph.inputs} | {v for n in nodes for v in n.outputs}
         used = {name for n in nodes for name in n.params.values()}
-        scopes = {k: s for k, s in self.scopes.items()
-                  if any(n.scope == k or n.scope.startswith(k + ".") for n in nodes)}
+        held = {".".join(parts[:k]) for n in nodes for parts in [n.scope.split(".")] for k in range(1, len(parts) + 1)}
+        scopes = {k: s for k, s in self.scopes.items() if k in held}  # a node's scope or one above it
         return annotate(Graph(schema_version=self.graph.schema_version, name=self.graph.name, axes=self.graph.axes,
                      model_args=self.graph.model_args, inputs=self.graph.inputs, outputs=tuple(self.outputs),
                      values={k: t for k, t in self.values.items() if k in defined}, nodes=nodes,

@@ -85,12 +85,13 @@ def resolve(names: Sequence[str]) -> list[str]:
 
 def run_pipeline(graph: Graph, names: Sequence[str], print_after: Sequence[str] = (), out: TextIO | None = None,
                  check: bool = True) -> Pipeline:
-    """Run the named passes in order; verify after each (check=True); print the IR after the passes
-    named in `print_after` ("all" for every pass)."""
+    """Run the named passes in order; verify after each that changed the graph (check=True; a pass
+    that changed nothing returns its input); print the IR after the passes named in `print_after`
+    ("all" for every pass)."""
     transform: WeightTransform | None = None
     for name in resolve(names):
         result = PASSES[name](graph)
-        graph = verify(result.graph) if check else result.graph
+        graph = verify(result.graph) if check and result.graph is not graph else result.graph
         transform = compose(transform, result.transform)
         if name in print_after or "all" in print_after:
             stream = out or sys.stdout

@@ -75,6 +75,15 @@ class _Search:
     heads: set[int] = field(default_factory=set)
     assigned: set[int] = field(default_factory=set)
     consts: set[str] = field(default_factory=set)  # values computed from parameters alone
+    stand_ins: dict[tuple[int, ...], "Tensor"] = field(default_factory=dict)  # shape -> zeros (shapes only)
+
+    def zeros(self, shape: tuple[int, ...]) -> "Tensor":
+        """Zeros of `shape`, one tensor per shape (never written: the forms make new tensors)."""
+        import torch
+
+        if shape not in self.stand_ins:
+            self.stand_ins[shape] = torch.zeros(shape, dtype=torch.float64)
+        return self.stand_ins[shape]
 
 
 # ---- search -----------------------------------------------------------------------------------------
@@ -129,6 +138,8 @@ def _plan(s: _Search, ed: Editor, indices: list[int]) -> Plan | Cut | str:
         return "not a region"
     if not any(n.op in FLOP_OPS for n in work):
         return "no conv or linear to merge into"
+    if sum(n.op in FLOP_OPS for n in work) == 1 and all(n.op in FLOP_OPS or n.op == "flatten" for n in work):
+        return "one layer and a flatten: nothing to merge"
     (x,), y = tuple(inputs), nodes[-1].outputs[0]
     types = graph.values
     tier = tier_of(work, types[x])
@@ -136,12 +147,15 @@ def _plan(s: _Search, ed: Editor, indices: list[int]) -> Plan | Cut | str:
     if tier is not None:
         import torch
 
-        meta = torch.empty(0, dtype=torch.float64, device="meta")
+        # stand-ins of the right shapes: zeros on the CPU (a "meta" tensor's first use imports
+        # torch's compiler, seconds, and each op on one costs milliseconds)
+        meta = torch.zeros(0, dtype=torch.float64)
+
         def shape_only(name: str) -> "Tensor":
-            return torch.empty(graph.params[name].shape, dtype=torch.float64, device="meta")
+            return s.zeros(tuple(graph.params[name].shape))
 
         def const_shape(value: str) -> "Tensor":
-            return torch.empty([d.value for d in types[value].sizes], dtype=torch.float64, device="meta")
+            return s.zeros(tuple(d.value for d in types[value].sizes))
 
         try:
             f = region_forms(nodes, x, tier, shape_only, Consts(s.consts, const_shape), types, meta)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # oneDNN's post-op name -> the same activation in torch, for the unfused path
-ACTIVATIONS = {
+POSTOPS = {
     "relu": lambda x, algorithm: F.relu(x),
     "gelu": lambda x, algorithm: F.gelu(x, approximate=algorithm or "none"),
     "swish": lambda x, algorithm: F.silu(x),
@@ -61,7 +61,7 @@ def _packed(w: torch.Tensor, key: tuple, pack) -> torch.Tensor:
 
 
 def _activation(y: torch.Tensor, act: str, algorithm: str) -> torch.Tensor:
-    return ACTIVATIONS[act](y, algorithm) if act else y
+    return POSTOPS[act](y, algorithm) if act else y
 
 
 def _plain_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list, padding: list,
@@ -137,7 +137,7 @@ def conv_add_act(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor, act: str
 
 
 # an activation in place on a tensor nothing else holds (the GEMM's fresh output): no second buffer
-ACTIVATIONS_ = {
+POSTOPS_INPLACE = {
     "relu": lambda y, algorithm: torch.relu_(y),
     "gelu": lambda y, algorithm: torch.ops.aten.gelu_(y, approximate=algorithm or "none"),
     "swish": lambda y, algorithm: torch.ops.aten.silu_(y),
@@ -161,7 +161,7 @@ def linear_act(linear: nn.Linear, x: torch.Tensor, act: str = "", algorithm: str
         packed = _packed(linear.weight, ("mkl", rows), lambda: torch.ops.mkl._mkl_reorder_linear_weight(
             linear.weight.detach(), rows))
         y = torch.ops.mkl._mkl_linear(x, packed, linear.weight, linear.bias, rows)
-        y = ACTIVATIONS_[act](y, algorithm) if act else y
+        y = POSTOPS_INPLACE[act](y, algorithm) if act else y
     else:
         packed = _packed(linear.weight, ("onednn", rows, x.dtype), lambda: torch.ops.mkldnn._reorder_linear_weight(
             linear.weight.detach(), rows))

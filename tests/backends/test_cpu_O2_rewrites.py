@@ -113,3 +113,22 @@ def test_O2_of_merged_or_unmerged_convolutions_equals_eager(text: str) -> None:
         for batch in (2, 1):
             x = torch.randn(batch, 8, 12, 12, generator=g)
             torch.testing.assert_close(fast(x), plain(x), **TOL)
+
+
+def test_the_helper_files_a_generated_file_carries_define_no_name_twice() -> None:
+    """onednn.py, conditional.py and masks.py are copied into one file: a name two of them define
+    would silently replace the other's (Mixtral at -O2 lost conditional.py's ACTIVATIONS)."""
+    import ast
+    from pathlib import Path
+
+    import archc.backends.torch.emit as emit
+
+    folder = Path(emit.__file__).parent
+    seen: dict[str, str] = {}
+    for name in ["onednn.py", *emit.HELPERS]:
+        for node in ast.parse((folder / name).read_text(encoding="utf-8")).body:
+            targets = [node] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else \
+                node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            for t in targets:
+                defined = getattr(t, "name", None) or getattr(t, "id", None)
+                assert defined is None or seen.setdefault(defined, name) == name, f"{defined}: {seen[defined]} and {name}"
