@@ -61,7 +61,7 @@ def _mixture_row(graph: Graph, path: str, env: Mapping[str, int]) -> Conditional
     first = sum(p.numel for name, p in graph.params.items() if name.startswith(f"{path}.0.") and p.trainable)
     rows = evaluate(x.numel() / x.sizes[-1], env)
     flops = sum(node_flops(graph, node, env) for node in inside)
-    return ConditionalRow(path, f"{MOE_SCOPE}({graph.scopes[f'{path}.0'].kind})", total,
+    return ConditionalRow(path, f"{MOE_SCOPE}({graph.scopes[path].args.get('expert', '')})", total,
                           evaluate(idx.sizes[-1], env) * first, flops // max(rows, 1), None)
 
 

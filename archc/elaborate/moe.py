@@ -23,11 +23,13 @@ from typing import Any
 
 from archc.elaborate.consteval import plain
 from archc.elaborate.state import State
-from archc.elaborate.values import BlockFn, Frame, MoeFn, Tensor, describe, join_scope, named
+from archc.elaborate.values import BlockFn, Frame, MoeFn, OpFn, SlotFn, Tensor, describe, join_scope, named
 from archc.errors import ArchError, Span
 from archc.ir.types import TensorType
 from archc.ops.conditional import MAX_EXPERTS, MOE_SCOPE, ROUTED
 from archc.sizes import SizeError
+
+PIPELINE = "Expert"  # the kind of an expert that is a pipeline (`linear(64) >> gelu >> linear(D)`)
 
 
 def make_moe(el: Any, args: list[Any], kwargs: dict[str, Any], span: Span) -> MoeFn:
@@ -86,8 +88,11 @@ class Mixtures(State):
         parts: list[Tensor] = []
         for e in range(fn.count):
             routed, positions, weights = self.apply_op("moe_select", inputs, {**attrs, "expert": e}, here, span)
+            path = join_scope(scope, str(e))
+            if name == PIPELINE:  # a pipeline records no scope of its own: the expert is one, a module
+                self.record_scope(path, PIPELINE, {}, fn.span)
             try:
-                out = self.apply(named(fn.expert, join_scope(scope, str(e))), [routed], here, span, scope)
+                out = self.apply(named(fn.expert, path), [routed], here, span, scope)
             except ArchError as err:
                 if e == 0:  # the first expert is where a type error shows: say what the expert is given
                     err.notes.append((f"the expert of moe() is applied to the tokens routed to it, {routed.type}, "
@@ -130,12 +135,12 @@ def _load(x: TensorType, indices: TensorType, experts: int) -> tuple[str, str, i
 
 
 def _kind(expert: Any) -> str:
-    """The expert's name for the scope's arguments: its block, or op."""
+    """What the expert is, for the scope's arguments: its block, its op, or PIPELINE."""
     if isinstance(expert, BlockFn):
         return expert.template.definition.name
-    inner = getattr(expert, "inner", None)
-    if inner is not None:
-        return _kind(inner)
-    op = getattr(expert, "op", None)
-    return op.name if op is not None else type(expert).__name__
+    if isinstance(expert, OpFn):
+        return expert.op.name
+    if isinstance(expert, SlotFn):
+        return _kind(expert.inner)
+    return PIPELINE
 

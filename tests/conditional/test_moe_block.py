@@ -511,3 +511,21 @@ def test_peft_lora_reaches_each_expert() -> None:
     for e in range(E):
         grad = lora[next(n for n in lora if f".experts.{e}.fc1.lora_B" in n)].grad
         assert (grad is not None and grad.abs().sum() > 0) == (e != 1), e  # expert 1 got no token
+
+
+def test_a_pipeline_expert_is_a_module_of_its_own() -> None:
+    from archc.analysis.conditional import conditional_rows
+    from archc.analysis.summary import axis_values
+
+    spec = _model("linear(8) >> gelu >> linear(16)")
+    graph = elaborate_text(spec, file="m.arch")
+    (row,) = conditional_rows(graph, axis_values(graph, 2, {"T": 7}))
+    assert row.op == "moe(Expert)" and row.active == 2 * (16 * 8 + 8 + 8 * 16 + 16)
+    m, x, w, idx, y = _run(spec, 2, 7, 2, (3,), seed=8)
+    assert type(m.experts[0]).__name__ == "Expert"
+    seen: list[int] = []
+    m.experts[0].register_forward_hook(lambda mod, args, out: seen.append(out.shape[0]))
+    with torch.no_grad():
+        want = _reference(x.reshape(-1, 16), w, idx, lambda e, xs: m.experts[e].linear_1(F.gelu(m.experts[e].linear(xs))))
+        assert_close(m(x), want.reshape(2, 7, 16), rtol=1e-5, atol=1e-6)
+    assert seen == [int((idx == 0).sum())]
