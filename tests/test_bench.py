@@ -4,6 +4,7 @@ asserted, only that every field is there and consistent and that -O2 computes wh
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,18 @@ def test_bench_table_and_its_mistakes(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["bench", str(RESNET), *TINY, "--variants", "eager,jit"]) == 1
     assert "unknown variant 'jit'" in capsys.readouterr().err
     assert main(["bench", str(RESNET), *TINY, "--rounds", "0"]) == 1
+
+
+def test_a_cold_run_leaves_no_kernel_cache_folder_behind(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The folder is removed, and a later lookup of Inductor's cache folder (a compile worker, an
+    exit handler) does not make it again: TORCHINDUCTOR_CACHE_DIR is what it was before."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    from archc.commands.bench import cold_inductor
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    with cold_inductor() as folder:
+        assert Path(cache_dir()) == Path(folder).resolve()  # this run's own kernels
+    assert not Path(folder).exists()
+    assert Path(cache_dir()) == tmp_path / "mine"  # a lookup after the run: the folder from before
+    assert not Path(folder).exists()

@@ -21,6 +21,7 @@ stderr when it is a terminal; --json prints everything for tools.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import json
@@ -30,7 +31,7 @@ import statistics
 import sys
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -254,6 +255,33 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextlib.contextmanager
+def cold_inductor() -> Iterator[str]:
+    """Cold compiles: no cached graphs, and a kernel cache folder of this run's own, removed after.
+    Inductor's compile workers are shut down first and TORCHINDUCTOR_CACHE_DIR is restored: Inductor
+    makes the folder it names again whenever it looks it up (a worker, an exit handler), which
+    left an empty archc-bench-inductor-* folder behind."""
+    import shutil
+    import tempfile
+
+    import torch._inductor.config as inductor_config
+
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    cache = tempfile.mkdtemp(prefix="archc-bench-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    try:
+        with inductor_config.patch(fx_graph_cache=False, autotune_local_cache=False):
+            yield cache
+    finally:
+        if "torch._inductor.async_compile" in sys.modules:
+            sys.modules["torch._inductor.async_compile"].shutdown_compile_workers()
+        if before is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from archc.commands.summary import parse_axes
 
@@ -266,22 +294,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if not args.warm_cache:  # cold compiles: no cached graphs, and a kernel cache of this run's own
-        import tempfile
-
-        import torch._inductor.config as inductor_config
-
-        cache = tempfile.mkdtemp(prefix="archc-bench-inductor-")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-        inductor_config.fx_graph_cache = False
-        inductor_config.autotune_local_cache = False
-    try:
+    if args.warm_cache:
         report = bench(graph, names, args.batch, axes, args.rounds, args.warmup, args.seed)
-    finally:
-        if not args.warm_cache:
-            import shutil
-
-            shutil.rmtree(cache, ignore_errors=True)
+    else:
+        with cold_inductor():
+            report = bench(graph, names, args.batch, axes, args.rounds, args.warmup, args.seed)
     report["spec"] = str(args.spec)
     report["set"] = list(args.set)
     sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else table(report))
