@@ -52,9 +52,10 @@ def make_moe(el: Any, args: list[Any], kwargs: dict[str, Any], span: Span) -> Mo
                         span)
     if expert is None or isinstance(expert, MoeFn):
         raise ArchError(f"moe(): the expert must be a block or another callable, got {describe(args[1])}", span, usage)
-    if expert.scope is not None:
+    named_as = expert.scope or (expert.inner.scope if isinstance(expert, SlotFn) else None)
+    if named_as is not None:
         raise ArchError(f"moe(): the expert is made {count} times, so it cannot be the named instance "
-                        f"'{expert.scope}', whose weights are one", span,
+                        f"'{named_as}', whose weights are one", span,
                         "pass the block itself: moe(8, Mlp(256)), not a name bound to an instance")
     if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, (int, float))
                                  or not capacity > 0):

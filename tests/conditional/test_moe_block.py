@@ -529,3 +529,25 @@ def test_a_pipeline_expert_is_a_module_of_its_own() -> None:
         want = _reference(x.reshape(-1, 16), w, idx, lambda e, xs: m.experts[e].linear_1(F.gelu(m.experts[e].linear(xs))))
         assert_close(m(x), want.reshape(2, 7, 16), rtol=1e-5, atol=1e-6)
     assert seen == [int((idx == 0).sum())]
+
+
+def test_a_named_instance_through_a_slot_is_refused() -> None:
+    from archc.errors import ArchError
+
+    spec = BLOCKS + f"""
+interface TokenExpert (x: [*, D]) -> [*, D]
+block Layer(expert: TokenExpert) (x: [B, T, D]) -> [B, T, D] {{
+    experts = moe({E}, expert)
+    weights, index = moe_router(linear(x, {E}), 2)
+    return experts(x, weights, index)
+}}
+model M (x: [B, T, 16]) -> [B, T, 16] {{
+    one = Mlp2(8)
+    return Layer(one)(x)
+}}
+"""
+    with pytest.raises(ArchError, match="cannot be the named instance 'one'") as err:
+        elaborate_text(spec, file="m.arch")
+    assert err.value.span is not None
+    assert elaborate_text(spec.replace("    one = Mlp2(8)\n    return Layer(one)(x)", "    return Layer(Mlp2(8))(x)"),
+                          file="m.arch").scopes["layer.experts"].args["expert"] == "Mlp2"
