@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from archc.errors import ArchError
+from archc.importer_export import Unmapped, export_spec_text
 
 __all__ = ["import_module"]
 
@@ -137,8 +138,7 @@ def _functions() -> dict[Any, str]:
     return table
 
 
-class _Unmapped(Exception):
-    """Something of the module that archc cannot express yet."""
+_Unmapped = Unmapped  # one kind of "cannot express yet", whichever path raises it
 
 
 @dataclass
@@ -374,8 +374,8 @@ def import_module(module: Any, example_inputs: Sequence[Any] | Any, source: str 
     import torch
 
     inputs = [example_inputs] if isinstance(example_inputs, torch.Tensor) else list(example_inputs)
-    if not inputs or not all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in inputs):
-        raise ArchError("import_module needs example inputs that are float32 tensors")
+    if not inputs or not all(isinstance(t, torch.Tensor) and t.dtype in (torch.float32, torch.int64) for t in inputs):
+        raise ArchError("import_module needs example inputs that are float32 (or int64) tensors")
     was_training = module.training
     module.eval()
     try:
@@ -385,14 +385,37 @@ def import_module(module: Any, example_inputs: Sequence[Any] | Any, source: str 
             except Exception as err:  # noqa: BLE001  (the module's own forward fails on these inputs)
                 raise ArchError(f"cannot import {type(module).__name__}: its forward fails on the example inputs: "
                                 f"{type(err).__name__}: {str(err).strip().splitlines()[0]}") from None
-            try:
-                text = _spec_text(module, inputs, source)
-            except _Unmapped as err:
-                raise ArchError(f"cannot import {type(module).__name__}: {err}") from None
-            _verify(module, inputs, text)
+            text = _import(module, inputs, source or f"{type(module).__module__}.{type(module).__qualname__}")
     finally:
         module.train(was_training)
     return text
+
+
+def _import(module: Any, inputs: Sequence[Any], source: str) -> str:
+    """The verified text: from torch.export's graph, or else from torch.fx's (one level at a time)."""
+    try:
+        text = export_spec_text(module, inputs, source)
+    except Unmapped as err:
+        first: Exception = err
+    else:
+        try:
+            _verify(module, inputs, text)
+            return text
+        except ArchError as err:
+            first = err
+    try:
+        text = _spec_text(module, inputs, source)
+    except Unmapped:
+        text = ""
+    if text:
+        try:
+            _verify(module, inputs, text)
+            return text
+        except ArchError:
+            pass
+    if isinstance(first, ArchError):
+        raise first
+    raise ArchError(f"cannot import {type(module).__name__}: {first}") from None
 
 
 def _verify(module: Any, inputs: Sequence[Any], text: str) -> None:
@@ -412,9 +435,19 @@ def _verify(module: Any, inputs: Sequence[Any], text: str) -> None:
     except RuntimeError as err:
         raise ArchError(f"the state_dict of {type(module).__name__} does not load into the imported spec: "
                         f"{str(err).strip().splitlines()[-1]}") from None
-    want, got = module(*inputs), built(*inputs)
+    want, got = _tensors(module(*inputs)), _tensors(built(*inputs))
     try:
         torch.testing.assert_close(got, want, rtol=TOLERANCE, atol=TOLERANCE)
     except AssertionError as err:
         raise ArchError(f"the imported spec does not compute what {type(module).__name__} computes: "
                         f"{str(err).strip().splitlines()[0]}") from None
+
+
+def _tensors(value: Any) -> list[Any]:
+    """The tensors of a forward's result (a tensor, a tuple, a dict or a ModelOutput), in order."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    if hasattr(value, "to_tuple"):
+        value = value.to_tuple()
+    return [t for t in tree_leaves(value) if isinstance(t, torch.Tensor)]

@@ -1,0 +1,969 @@
+"""The importer's emitter: an exported graph (archc/importer_export.py) as blocks, instances and
+expressions; the table from ATen ops to archc ops is `Emitter.aten`."""
+
+from __future__ import annotations
+
+import operator
+import re
+from typing import Any
+
+from archc.importer_export import (ADD, ATOM, MUL, PIPE, UNARY, Graph, Scope, Unit, Unmapped, binary, call,
+                                   dtype_of, fmt, func, getitem_outs, is_name, is_tensor, pipe_unit, size_text,
+                                   sizes, valid_path)
+
+WEIGHT_OPS = {"conv1d", "conv2d", "linear", "batch_norm", "layer_norm", "group_norm", "embedding"}
+ALIASES = {"contiguous", "clone", "alias", "detach", "lift_fresh_copy", "dropout_", "feature_dropout"}
+SKIP = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size", "_assert_async"}
+UNARY_OPS = {"relu": "relu", "relu_": "relu", "silu": "silu", "silu_": "silu", "sigmoid": "sigmoid",
+             "sigmoid_": "sigmoid", "tanh": "tanh", "tanh_": "tanh", "exp": "exp", "sqrt": "sqrt", "rsqrt": "rsqrt",
+             "sin": "sin", "cos": "cos", "hardswish": "hardswish", "hardswish_": "hardswish",
+             "hardsigmoid": "hardsigmoid", "hardsigmoid_": "hardsigmoid", "relu6": "relu6"}
+ARITH = {"add": ("+", ADD), "add_": ("+", ADD), "sub": ("-", ADD), "sub_": ("-", ADD), "mul": ("*", MUL),
+         "mul_": ("*", MUL), "div": ("/", MUL), "div_": ("/", MUL)}
+BROADCASTING = {"cat", "add", "add_", "sub", "mul", "mul_", "div", "div_"}
+_DIM_NAMES = {1: ["D"], 2: ["T", "D"], 3: ["C", "H", "W"], 4: ["C", "D", "H", "W"]}
+
+
+def packet(node: Any) -> str:
+    """`aten.conv2d.default` -> `conv2d`; '' for what is no ATen op."""
+    text = str(node.target)
+    return text.split(".")[1] if text.startswith("aten.") else ""
+
+
+class Emitter:
+    """Builds the spec text of one exported graph."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.g = graph
+        self.blocks: list[str] = []
+        self.bodies: dict[str, str] = {}
+        self.block_names: set[str] = set()
+        self.axes: list[str] = ["B"]
+        self.alias: dict[Any, Any] = {}
+        self.holders = self._holders()
+        self.where = ""  # the path of the block being emitted
+        self.first_input: list[Any] = []  # the first input of each block being emitted (arange's device)
+        self.causal: dict[Any, bool] = {}  # attention -> causal, where its mask was recognized
+        self.live = self._live()
+
+    # --- structure ---
+
+    def _holders(self) -> set[str]:
+        holders = set()
+        for node in self.g.ep.graph.nodes:
+            if node.op == "call_function" and packet(node) in WEIGHT_OPS:
+                for arg in node.args:
+                    if self.g.is_param(arg):
+                        holders.add(self.g.params[arg.name].rpartition(".")[0])
+        return holders
+
+    def _live(self) -> set[Any]:
+        """The nodes the outputs need: an attention mask built from sizes alone (a causal mask)
+        becomes `causal=true` and is not computed."""
+        live: set[Any] = {self.g.output}
+        todo = list(_flat(self.g.output.args[0]))
+        while todo:
+            node = todo.pop()
+            if not hasattr(node, "op") or node in live:
+                continue
+            live.add(node)
+            args = _flat(node.args) + _flat(list(node.kwargs.values()))
+            if packet(node) == "scaled_dot_product_attention":
+                mask = node.kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
+                if mask is not None and self._shape_only(mask):
+                    self.causal[node] = self._is_causal(mask)
+                    args = [a for a in args if a is not mask]
+            todo += args
+        return live
+
+    def _shape_only(self, node: Any, seen: dict[Any, bool] | None = None) -> bool:
+        """Whether a value depends on the inputs' sizes only (not their values, nor weights)."""
+        seen = {} if seen is None else seen
+        if node in seen:
+            return seen[node]
+        if node.op == "placeholder":
+            result = False
+        elif packet(node) == "sym_size":
+            result = True
+        else:
+            result = all(self._shape_only(a, seen) for a in _flat(node.args) + _flat(list(node.kwargs.values()))
+                         if hasattr(a, "op"))
+        seen[node] = result
+        return result
+
+    def _is_causal(self, mask: Any) -> bool:
+        """Evaluate a size-only mask on the example inputs: the lower triangle (True, or 0 with
+        -inf above) is causal, all True is none; anything else is not a mask archc has."""
+        import torch
+
+        value = _evaluate(mask, {n: t for n, t in zip(self.g.user_inputs, self.g.example)}, {})
+        if value.dtype != torch.bool:
+            value = value == 0
+        t, s = value.shape[-2:]
+        tril = torch.ones(t, s, dtype=torch.bool).tril(s - t)
+        if bool((value == tril).all()):
+            return True
+        if bool(value.all()):
+            return False
+        raise Unmapped("an attention mask that is neither causal nor empty")
+
+    def inlined(self, s: Scope) -> bool:
+        import torch
+
+        if s.path in self.holders:
+            return True
+        containers = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
+        return type(s.module).__module__.startswith("torch.nn.") and not isinstance(s.module, containers)
+
+    def resolve(self, node: Any) -> Any:
+        while node in self.alias:
+            node = self.alias[node]
+        return node
+
+    def boundary(self, s: Scope) -> tuple[list[Any], list[Any]]:
+        """The tensors a call reads from outside and those it gives back, in graph order."""
+        ins: list[Any] = []
+        outs: list[Any] = []
+        for node in self.g.ep.graph.nodes:
+            if node not in s.nodes:
+                continue
+            if node not in self.live:
+                continue
+            for arg in _flat(node.args) + _flat(list(node.kwargs.values())):
+                if not hasattr(arg, "op") or arg in s.nodes or not is_tensor(arg) or arg not in self.live:
+                    continue
+                if self.g.is_param(arg):
+                    continue
+                src = self.resolve(arg)
+                if src not in ins and src not in s.nodes:
+                    ins.append(src)
+            if is_tensor(node) and any(u not in s.nodes and u in self.live for u in node.users):
+                src = self.resolve(node)
+                if src not in outs:
+                    outs.append(src)
+        return ins, outs
+
+    def units(self, s: Scope) -> list[Unit]:
+        """The units of a block's body: its own nodes, inlined modules' nodes, child blocks."""
+        result: list[Unit] = []
+        self._collect(s, None, result)
+        return self.fold(result)
+
+    def _collect(self, s: Scope, owner: Scope | None, result: list[Unit]) -> None:
+        for item in s.items:
+            if isinstance(item, Scope):
+                if not item.nodes & self.live:
+                    continue
+                if self.inlined(item):
+                    start = len(result)
+                    self._collect(item, item, result)
+                    self._name_leaf(item, result, start)
+                else:
+                    result.append(self.child(item))
+            elif item in self.live:
+                unit = self.aten(item)
+                if unit is not None:
+                    result.append(unit)
+
+    def _name_leaf(self, s: Scope, result: list[Unit], start: int) -> None:
+        """A parameterless PyTorch layer that is one op is an instance named as the module."""
+        made = result[start:]
+        if len(made) == 1 and not made[0].declare and len(made[0].ins) == 1 and len(made[0].outs) == 1 \
+                and made[0].callable_text and s.path not in self.holders:
+            made[0].path = self.relative(s.path)
+            made[0].declare = is_name(made[0].path)
+
+    def relative(self, path: str) -> str:
+        if not self.where:
+            return path
+        if path.startswith(self.where + "."):
+            return path[len(self.where) + 1:]
+        raise Unmapped(f"'{path}' belongs to a module outside '{self.where}' (shared across modules)")
+
+    def child(self, s: Scope) -> Unit:
+        """A call of a child module: a block instance, or a stack for an nn.Sequential chain."""
+        rel = self.relative(s.path)
+        if not valid_path(rel):
+            raise Unmapped(f"the module name '{rel}' is not a name a spec can give (ASCII letters, digits, '_')")
+        ins, outs = self.boundary(s)
+        outer, self.where = self.where, s.path
+        self.first_input.append(ins[0] if ins else None)
+        try:
+            units = self.units(s)
+            ins, outs = self.boundary(s)  # again: the units made aliases (a reshape that changes nothing)
+            if len(ins) == 1 and len(outs) == 1 and self._is_chain(units, "", ins[0], outs[0]):
+                return Unit(ins, outs, None, rel, self.stack_text(units), True)  # type: ignore[arg-type]
+            name = self.block(s, ins, outs, units)
+        finally:
+            self.where = outer
+            self.first_input.pop()
+        return Unit(ins, outs, None, rel, f"{name}()", True)  # type: ignore[arg-type]
+
+    def _is_chain(self, units: list[Unit], prefix: str, first: Any, last: Any) -> bool:
+        if not units:
+            return False
+        prev = first
+        for k, u in enumerate(units):
+            if u.path != (f"{prefix}.{k}" if prefix else str(k)) or len(u.ins) != 1 or len(u.outs) != 1 \
+                    or u.ins[0] is not prev or not u.callable_text:
+                return False
+            prev = u.outs[0]
+        return prev is last
+
+    def stack_text(self, layers: list[Unit]) -> str:
+        texts = [u.callable_text for u in layers]
+        if len(set(texts)) == 1:
+            return f"stack({len(texts)}) {{ {texts[0]} }}"
+        body = texts[-1]
+        for i in range(len(texts) - 2, -1, -1):
+            body = f"if i == {i} then {texts[i]} else {body}"
+        return f"stack({len(texts)}) {{ i => {body} }}"
+
+    def fold(self, units: list[Unit]) -> list[Unit]:
+        """Calls NAME.0, NAME.1, ... that feed each other (a ModuleList loop) as one stack."""
+        uses = _uses(units)
+        out: list[Unit] = []
+        i = 0
+        while i < len(units):
+            u = units[i]
+            m = re.fullmatch(r"(.+)\.0", u.path)
+            run = [u]
+            if m and len(u.ins) == 1 and len(u.outs) == 1 and u.callable_text:
+                prefix = m.group(1)
+                while i + len(run) < len(units):
+                    nxt, prev = units[i + len(run)], run[-1]
+                    if nxt.path != f"{prefix}.{len(run)}" or len(nxt.ins) != 1 or len(nxt.outs) != 1 \
+                            or nxt.ins[0] is not prev.outs[0] or uses.get(prev.outs[0], 0) != 1 or not nxt.callable_text:
+                        break
+                    run.append(nxt)
+                if len(run) > 1 or u.callable_text.endswith("()") and u.callable_text[0].isupper():
+                    out.append(Unit(run[0].ins, run[-1].outs, None, prefix,  # type: ignore[arg-type]
+                                    self.stack_text(run), True))
+                    i += len(run)
+                    continue
+            out.append(u)
+            i += 1
+        return out
+
+    # --- blocks ---
+
+    def signature(self, ins: list[Any], outs: list[Any], model: bool) -> tuple[list[str], str]:
+        """The input types (named `x`, `x1`, ...) and the output type text of a body."""
+        names: dict[Any, str] = {}  # ((rank, position), size) -> axis name
+        params = []
+        for i, node in enumerate(ins):
+            dims = sizes(node)
+            if model:
+                text = self._type(dims)
+                dt = dtype_of(node)
+                text = text if dt == "f32" else dt + text
+            else:
+                text = self._named(dims, names, "")
+            params.append(f"{'x' if i == 0 else f'x{i}'}: {text}")
+        types = [self._type(sizes(n)) if model else self._named(sizes(n), names, "o") for n in outs]
+        out = types[0] if len(types) == 1 else "(" + ", ".join(types) + ")"
+        return params, out
+
+    def _type(self, dims: list[Any]) -> str:
+        if not dims:
+            raise Unmapped("a scalar (0-d) tensor crosses a module boundary")
+        return "[" + ", ".join(size_text(d, self.g.symbols) for d in dims) + "]"
+
+    def _named(self, dims: list[Any], names: dict[tuple[int, int], str], suffix: str) -> str:
+        """A block's type with its axes named (`[B, C, H, W]`): an input's axes get the names of
+        their position; an output's axis reuses the name of an input axis of its size (the same
+        position first), else gets a new one (`Co`, `Ho`, ...)."""
+        if not dims:
+            raise Unmapped("a scalar (0-d) tensor crosses a module boundary")
+        base = _DIM_NAMES.get(len(dims) - 1, [f"N{j}" for j in range(len(dims) - 1)])
+        parts = []
+        for j, d in enumerate(dims):
+            if j == 0 or not isinstance(d, int):
+                parts.append(size_text(d, self.g.symbols))
+                continue
+            inputs = [(key, name) for key, name in names.items() if not key[0][2]]
+            same = [name for (rank, size), name in inputs if size == d and rank[:2] == (len(dims), j)]
+            other = [name for (rank, size), name in inputs if size == d]
+            if suffix and (same or other):
+                parts.append((same or other)[0])
+                continue
+            if not suffix and same:
+                parts.append(same[0])
+                continue
+            name, n = base[j - 1] + suffix, 2
+            while name in names.values():
+                name, n = f"{base[j - 1]}{suffix}{n}", n + 1
+            names[((len(dims), j, bool(suffix)), d)] = name
+            if name not in self.axes:
+                self.axes.append(name)
+            parts.append(name)
+        return "[" + ", ".join(parts) + "]"
+
+    def block(self, s: Scope, ins: list[Any], outs: list[Any], units: list[Unit]) -> str:
+        params, out = self.signature(ins, outs, model=False)
+        lines = self.body(units, ins, outs)
+        body = f"({', '.join(params)}) -> {out} {{\n" + "".join(f"    {line}\n" for line in lines) + "}\n"
+        if body in self.bodies:
+            return self.bodies[body]
+        name, n = s.type_name, 2
+        while name in self.block_names or name in RESERVED_BLOCKS:
+            name, n = f"{s.type_name}{n}", n + 1
+        self.block_names.add(name)
+        self.bodies[body] = name
+        self.blocks.append(f"block {name} {body}")
+        return name
+
+    def spec(self, source: str) -> str:
+        root = self.g.tree()
+        ins = [self.resolve(n) for n in self.g.user_inputs]
+        outs = [self.resolve(n) for n in _flat(self.g.output.args[0])]
+        if not outs or not all(is_tensor(n) for n in outs):
+            raise Unmapped("the model returns something other than tensors")
+        self.first_input.append(ins[0])
+        units = self.units(root)
+        outs = [self.resolve(n) for n in _flat(self.g.output.args[0])]
+        params, out = self.signature(ins, outs, model=True)
+        lines = self.body(units, ins, outs)
+        name = root.type_name if root.type_name != "Block" else "Imported"
+        model = f"model {name} ({', '.join(params)}) -> {out} {{\n" + "".join(f"    {ln}\n" for ln in lines) + "}\n"
+        header = f"# Imported from {source} by archc.import_module.\n"
+        return header + "\naxis " + ", ".join(self.axes) + "\n\n" + "\n".join([*self.blocks, model])
+
+    def body(self, units: list[Unit], ins: list[Any], outs: list[Any]) -> list[str]:
+        flow = Flow(self.g, self.where)
+        for i, node in enumerate(ins):
+            flow.values[node] = ("x" if i == 0 else f"x{i}", ATOM)
+            flow.taken.add(flow.values[node][0])
+        uses = _uses(units)
+        for node in outs:
+            uses[node] = uses.get(node, 0) + 1
+        for unit in units:
+            flow.apply(unit, uses)
+        flow.lines.append("return " + ", ".join(flow.value(n)[0] for n in outs))
+        return flow.decls + flow.lines
+
+    # --- ATen ops ---
+
+    def aten(self, node: Any) -> Unit | None:
+        """The unit of one graph node; None for what computes nothing (an alias, an assert)."""
+        if node.target is operator.getitem:
+            if is_tensor(node.args[0]):
+                raise Unmapped(f"indexing '{node.args[0].name}' with [{node.args[1]}]")
+            return None  # an output of a multi-output op, defined by that op's unit
+        name = packet(node)
+        if not is_tensor(node) and name not in ("split", "split_with_sizes", "unbind", "chunk"):
+            return None  # symbolic sizes and asserts: the types carry them
+        handler = getattr(self, f"_op_{name}", None)
+        if name in ALIASES or (name == "to" and dtype_of(node) == dtype_of(node.args[0])) \
+                :
+            self.alias[node] = node.args[0]
+            return None
+        if name in UNARY_OPS:
+            return pipe_unit([self.resolve(node.args[0])], node, call(UNARY_OPS[name]))
+        if name in ARITH:
+            return self._arith(node, *ARITH[name])
+        if handler is None:
+            raise Unmapped(f"{self._at(node)}: the op {node.target} has no archc op (yet)")
+        return handler(node)
+
+    def _at(self, node: Any) -> str:
+        stack = node.meta.get("nn_module_stack") or {}
+        path, kind = list(stack.values())[-1] if stack else ("", type(self.g.module))
+        kind = kind if isinstance(kind, str) else f"{kind.__module__}.{kind.__qualname__}"
+        return f"in '{path}' ({kind.rpartition('.')[2]})" if path else "in the model's own forward"
+
+    def weights(self, node: Any, op: str, named: dict[str, Any]) -> str:
+        """The instance path (relative to the block) of an op's weights, checked to be one
+        module's `weight`, `bias`, ... as archc names them."""
+        paths = set()
+        for attr, arg in named.items():
+            if arg is None:
+                continue
+            if not self.g.is_param(arg):
+                raise Unmapped(f"{self._at(node)}: the {attr} of {op} is computed, not a parameter (archc's {op} "
+                               "owns its weights)")
+            path, _, leaf = self.g.params[arg.name].rpartition(".")
+            if leaf != attr:
+                raise Unmapped(f"{self._at(node)}: {op} uses the tensor '{self.g.params[arg.name]}' as its {attr}")
+            paths.add(path)
+        if len(paths) != 1:
+            raise Unmapped(f"{self._at(node)}: the weights of {op} come from several modules")
+        path = paths.pop()
+        if path == self.where:
+            raise Unmapped(f"{self._at(node)}: the module applies {op} to its own weights in its forward "
+                           "(archc names an op's weights after an instance of it)")
+        rel = self.relative(path)
+        if not valid_path(rel):
+            raise Unmapped(f"the module name '{rel}' is not a name a spec can give (ASCII letters, digits, '_')")
+        return rel
+
+    def _weighted(self, node: Any, x: Any, op: str, named: dict[str, Any], text: str) -> Unit:
+        path = self.weights(node, op, named)
+        return pipe_unit([self.resolve(x)], node, text, path, True)
+
+    def _op_linear(self, node: Any) -> Unit:
+        x, w, b = (list(node.args) + [None])[:3]
+        return self._weighted(node, x, "linear", {"weight": w, "bias": b},
+                              call("linear", sizes(w)[0], bias=b is not None, defaults={"bias": True}))
+
+    def _op_conv2d(self, node: Any, op: str = "conv2d") -> Unit:
+        args = list(node.args) + [None] * 7
+        x, w, b = args[:3]
+        stride, padding, dilation, groups = [a if a is not None else d for a, d in zip(args[3:7], (1, 0, 1, 1))]
+        if isinstance(padding, str) and padding == "valid":
+            padding = 0
+        kernel = sizes(w)[2:]
+        text = call(op, sizes(w)[0], tuple(kernel), stride=_tuple(stride), padding=_tuple(padding),
+                    dilation=_tuple(dilation), groups=int(groups), bias=b is not None,
+                    defaults={"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": True})
+        return self._weighted(node, x, op, {"weight": w, "bias": b}, text)
+
+    def _op_conv1d(self, node: Any) -> Unit:
+        return self._op_conv2d(node, "conv1d")
+
+    def _op_batch_norm(self, node: Any) -> Unit:
+        x, w, b, mean, var, training, momentum, eps = node.args[:8]
+        if training:
+            raise Unmapped(f"{self._at(node)}: batch_norm in training mode (no running statistics)")
+        text = call("batchnorm", eps=float(eps), momentum=float(momentum), affine=w is not None,
+                    defaults={"eps": 1e-5, "momentum": 0.1, "affine": True})
+        return self._weighted(node, x, "batchnorm", {"weight": w, "bias": b, "running_mean": mean,
+                                                     "running_var": var}, text)
+
+    def _op_layer_norm(self, node: Any) -> Unit:
+        args = list(node.args) + [None, None, 1e-5]
+        x, shape, w, b, eps = args[:5]
+        if len(shape) != 1:
+            raise Unmapped(f"{self._at(node)}: layer_norm over {len(shape)} axes (archc's layernorm normalizes one)")
+        if w is None and b is not None:
+            raise Unmapped(f"{self._at(node)}: layer_norm with a bias and no weight")
+        text = call("layernorm", eps=float(eps), affine=w is not None, bias=b is not None or w is None,
+                    defaults={"eps": 1e-5, "affine": True, "bias": True})
+        if w is None:
+            return pipe_unit([self.resolve(x)], node, text)
+        return self._weighted(node, x, "layernorm", {"weight": w, "bias": b}, text)
+
+    def _op_group_norm(self, node: Any) -> Unit:
+        args = list(node.args) + [None, None, 1e-5]
+        x, groups, w, b, eps = args[:5]
+        if (w is None) != (b is None):
+            raise Unmapped(f"{self._at(node)}: group_norm with only one of weight and bias")
+        text = call("groupnorm", int(groups), eps=float(eps), affine=w is not None,
+                    defaults={"eps": 1e-5, "affine": True})
+        if w is None:
+            return pipe_unit([self.resolve(x)], node, text)
+        return self._weighted(node, x, "groupnorm", {"weight": w, "bias": b}, text)
+
+    def _op_embedding(self, node: Any) -> Unit:
+        w, idx = node.args[:2]
+        if len(node.args) > 2 and node.args[2] not in (-1, None):
+            pass  # padding_idx changes only the gradient
+        return self._weighted(node, idx, "embedding", {"weight": w}, call("embedding", *sizes(w)))
+
+    def _op_hardtanh(self, node: Any) -> Unit:
+        low, high = (list(node.args[1:3]) + [-1.0, 1.0][len(node.args) - 1:])[:2]
+        if (float(low), float(high)) != (0.0, 6.0):
+            raise Unmapped(f"{self._at(node)}: hardtanh({low}, {high}) (archc has relu6)")
+        return pipe_unit([self.resolve(node.args[0])], node, call("relu6"))
+
+    _op_hardtanh_ = _op_hardtanh
+
+    def _op_leaky_relu(self, node: Any) -> Unit:
+        slope = float(node.args[1]) if len(node.args) > 1 else 0.01
+        return pipe_unit([self.resolve(node.args[0])], node, call("leaky_relu", slope=slope, defaults={"slope": 0.01}))
+
+    _op_leaky_relu_ = _op_leaky_relu
+
+    def _op_gelu(self, node: Any) -> Unit:
+        approx = node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none")
+        return pipe_unit([self.resolve(node.args[0])], node,
+                         call("gelu", approximate=approx, defaults={"approximate": "none"}))
+
+    _op_gelu_ = _op_gelu
+
+    def _op_dropout(self, node: Any) -> Unit:
+        return pipe_unit([self.resolve(node.args[0])], node, call("dropout", float(node.args[1])))
+
+    def _op_softmax(self, node: Any) -> Unit:
+        dim = _dim(node.args[1], len(sizes(node)))
+        return pipe_unit([self.resolve(node.args[0])], node, call("softmax", dim=dim, defaults={"dim": len(sizes(node)) - 1}))
+
+    _op__softmax = _op_softmax
+
+    def _op_mean(self, node: Any) -> Unit:
+        x = node.args[0]
+        rank = len(sizes(x))
+        dims = [_dim(d, rank) for d in (node.args[1] if len(node.args) > 1 else range(rank))]
+        keep = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
+        return pipe_unit([self.resolve(x)], node, call("mean", list(dims), keepdim=keep, defaults={"keepdim": False}))
+
+    def _op_adaptive_avg_pool2d(self, node: Any) -> Unit:
+        return pipe_unit([self.resolve(node.args[0])], node, call("adaptive_avgpool2d", _tuple(node.args[1])))
+
+    def _op_avg_pool2d(self, node: Any) -> Unit:
+        args = list(node.args) + [None] * 7
+        x, k, stride, padding, ceil, include, divisor = args[:7]
+        if divisor is not None:
+            raise Unmapped(f"{self._at(node)}: avg_pool2d with divisor_override")
+        stride = stride or k
+        text = call("avgpool2d", _tuple(k), stride=_tuple(stride), padding=_tuple(padding or 0), ceil_mode=bool(ceil),
+                    count_include_pad=include is not False,
+                    defaults={"stride": _tuple(k), "padding": 0, "ceil_mode": False, "count_include_pad": True})
+        return pipe_unit([self.resolve(x)], node, text)
+
+    def _op_max_pool2d(self, node: Any) -> Unit:
+        args = list(node.args) + [None] * 6
+        x, k, stride, padding, dilation, ceil = args[:6]
+        if dilation is not None and _tuple(dilation) != 1:
+            raise Unmapped(f"{self._at(node)}: max_pool2d with dilation")
+        stride = stride or k
+        text = call("maxpool2d", _tuple(k), stride=_tuple(stride), padding=_tuple(padding or 0), ceil_mode=bool(ceil),
+                    defaults={"stride": _tuple(k), "padding": 0, "ceil_mode": False})
+        return pipe_unit([self.resolve(x)], node, text)
+
+    def _op_flatten(self, node: Any) -> Unit:
+        return self._view(node)
+
+    def _view(self, node: Any) -> Unit:
+        x = node.args[0]
+        a, b = sizes(x), sizes(node)
+        if a == b:
+            self.alias[node] = x
+            return None  # type: ignore[return-value]
+        if len(a) >= 2 and b == a[:1] + [_product(a[1:])]:
+            return pipe_unit([self.resolve(x)], node, "flatten()")
+        return pipe_unit([self.resolve(x)], node, call("rearrange", _view_pattern(a, b, self._at(node))) [:-1]
+                         + _split_sizes(a, b) + ")")
+
+    _op_view = _op_reshape = _op__unsafe_view = _op_unsqueeze = _op_squeeze = _op_flatten
+
+    def _op_permute(self, node: Any) -> Unit:
+        x = node.args[0]
+        rank = len(sizes(x))
+        perm = [_dim(d, rank) for d in node.args[1]]
+        return self._permute(node, x, perm)
+
+    def _permute(self, node: Any, x: Any, perm: list[int]) -> Unit:
+        names = _axis_names(len(perm))
+        pattern = " ".join(names) + " -> " + " ".join(names[p] for p in perm)
+        return pipe_unit([self.resolve(x)], node, call("rearrange", pattern))
+
+    def _op_transpose(self, node: Any) -> Unit:
+        x = node.args[0]
+        rank = len(sizes(x))
+        perm = list(range(rank))
+        i, j = _dim(node.args[1], rank), _dim(node.args[2], rank)
+        perm[i], perm[j] = perm[j], perm[i]
+        return self._permute(node, x, perm)
+
+    def _op_t(self, node: Any) -> Unit:
+        return self._permute(node, node.args[0], [1, 0])
+
+    def _op_cat(self, node: Any) -> Unit:
+        tensors = [self.resolve(t) for t in node.args[0]]
+        rank = len(sizes(node))
+        dim = _dim(node.args[1] if len(node.args) > 1 else 0, rank)
+        return Unit(tensors, [node], func("concat", f"dim={dim}"))
+
+    def _op_split(self, node: Any) -> Unit:
+        x = node.args[0]
+        rank = len(sizes(x))
+        dim = _dim(node.args[2] if len(node.args) > 2 else 0, rank)
+        parts = [p.shape[dim] for p in node.meta["val"]]
+        return self._multi(node, x, len(parts), call("split", [int(p) for p in parts], dim=dim) if len(parts) > 1
+                           else None)
+
+    _op_split_with_sizes = _op_split
+
+    def _op_chunk(self, node: Any) -> Unit:
+        return self._op_split(node)
+
+    def _op_unbind(self, node: Any) -> Unit:
+        x = node.args[0]
+        dim = _dim(node.args[1] if len(node.args) > 1 else 0, len(sizes(x)))
+        return self._multi(node, x, len(node.meta["val"]), call("unbind", dim=dim, defaults={"dim": 0}))
+
+    def _multi(self, node: Any, x: Any, count: int, text: str | None) -> Unit:
+        outs = getitem_outs(node, count)
+        if text is None:
+            self.alias[outs[0]] = x
+            return None  # type: ignore[return-value]
+        return Unit([self.resolve(x)], outs, lambda a: (f"{a[0][0]} >> {text}", PIPE))
+
+    def _op_select(self, node: Any) -> Unit:
+        x, dim, index = node.args[:3]
+        rank = len(sizes(x))
+        dim = _dim(dim, rank)
+        if index < 0:
+            index += sizes(x)[dim]
+        return Unit([self.resolve(x)], [node], func("select", f"{dim}, {index}"))
+
+    def _op_slice(self, node: Any) -> Unit:
+        args = list(node.args) + [None] * 5
+        x, dim, start, end, step = args[:5]
+        rank = len(sizes(x))
+        dim = _dim(dim or 0, rank)
+        size = sizes(x)[dim]
+        start = start or 0
+        if step not in (None, 1):
+            raise Unmapped(f"{self._at(node)}: a slice with step {step}")
+        if start == 0 and (end is None or end >= 2**62 or isinstance(size, int) and end >= size):
+            self.alias[node] = x
+            return None  # type: ignore[return-value]
+        if not isinstance(size, int):
+            raise Unmapped(f"{self._at(node)}: a slice of the batch axis")
+        start = start + size if start < 0 else start
+        end = size if end is None or end >= size else end + size if end < 0 else end
+        return Unit([self.resolve(x)], [node], func("slice", f"{dim}, {start}, {end}"))
+
+    def _op_expand(self, node: Any) -> Unit:
+        if sizes(node) == sizes(node.args[0]) or all(packet(u) in BROADCASTING for u in node.users):
+            self.alias[node] = node.args[0]
+            return None  # type: ignore[return-value]
+        raise Unmapped(f"{self._at(node)}: expand to {sizes(node)} (not for a broadcasting op)")
+
+    def _op_scaled_dot_product_attention(self, node: Any) -> Unit:
+        args = list(node.args) + [None, 0.0, False][len(node.args) - 3:]
+        q, k, v, mask, p, causal = args[:6]
+        mask = node.kwargs.get("attn_mask", mask)
+        causal = node.kwargs.get("is_causal", causal)
+        if mask is not None and node not in self.causal:
+            raise Unmapped(f"{self._at(node)}: scaled_dot_product_attention with an attention mask computed "
+                           "from the inputs' values")
+        causal = causal or self.causal.get(node, False)
+        attrs = [f"causal={fmt(bool(causal))}"] if causal else []
+        if node.kwargs.get("scale") is not None:
+            attrs.append(f"scale={fmt(float(node.kwargs['scale']))}")
+        return Unit([self.resolve(q), self.resolve(k), self.resolve(v)], [node], func("attention", ", ".join(attrs)))
+
+    def _op_matmul(self, node: Any) -> Unit:
+        a, b = node.args[:2]
+        ra, rb = len(sizes(a)), len(sizes(b))
+        if ra < 2 or rb < 2 or (rb > 2 and ra != rb):
+            raise Unmapped(f"{self._at(node)}: matmul of ranks {ra} and {rb}")
+        lead = _axis_names(ra - 2)
+        left = " ".join(lead + ["m", "k"])
+        right = " ".join((lead if rb > 2 else []) + ["k", "n"])
+        eq = f"{left}, {right} -> " + " ".join(lead + ["m", "n"])
+        return Unit([self.resolve(a), self.resolve(b)], [node], func("einsum", fmt(eq)))
+
+    _op_bmm = _op_mm = _op_matmul
+
+    def _op_addmm(self, node: Any) -> Unit:
+        bias, a, b = node.args[:3]
+        if len(node.args) > 3 or node.kwargs:
+            raise Unmapped(f"{self._at(node)}: addmm with beta or alpha")
+        return Unit([self.resolve(a), self.resolve(b), self.resolve(bias)], [node],
+                    lambda t: (f"einsum({t[0][0]}, {t[1][0]}, \"m k, k n -> m n\") + "
+                               f"{t[2][0] if t[2][1] > ADD else '(' + t[2][0] + ')'}", ADD))
+
+    def _arith(self, node: Any, op: str, prec: int) -> Unit:
+        x, y = node.args[:2]
+        if node.kwargs.get("alpha", 1) != 1 or len(node.args) > 2:
+            raise Unmapped(f"{self._at(node)}: {packet(node)} with alpha")
+        if not hasattr(x, "op"):
+            raise Unmapped(f"{self._at(node)}: {packet(node)} of a number and a tensor")
+        if hasattr(y, "op"):
+            if not is_tensor(y):
+                raise Unmapped(f"{self._at(node)}: {packet(node)} with a symbolic size")
+            return Unit([self.resolve(x), self.resolve(y)], [node], binary(op, prec))
+        if (op in "+-" and y == 0) or (op in "*/" and y == 1):
+            self.alias[node] = x  # x + 0 (Hugging Face's positions): nothing to compute
+            return None  # type: ignore[return-value]
+        text = fmt(float(y) if isinstance(y, float) else y)
+        return Unit([self.resolve(x)], [node], lambda a: binary(op, prec)([a[0], (text, ATOM)]))
+
+    def _op_rsub(self, node: Any) -> Unit:
+        x, y = node.args[:2]
+        if hasattr(y, "op"):
+            return Unit([self.resolve(y), self.resolve(x)], [node], binary("-", ADD))
+        text = fmt(y)
+        return Unit([self.resolve(x)], [node], lambda a: binary("-", ADD)([(text, ATOM), a[0]]))
+
+    def _op_neg(self, node: Any) -> Unit:
+        return Unit([self.resolve(node.args[0])], [node],
+                    lambda a: (f"-{a[0][0]}" if a[0][1] >= UNARY else f"-({a[0][0]})", UNARY))
+
+    def _op_pow(self, node: Any) -> Unit:
+        x, e = node.args[:2]
+        if hasattr(e, "op"):
+            raise Unmapped(f"{self._at(node)}: pow with a tensor exponent")
+        text = fmt(e)
+        return Unit([self.resolve(x)], [node], lambda a: (f"{a[0][0] if a[0][1] >= ATOM else '(' + a[0][0] + ')'} ** {text}", 6))
+
+    def _op_upsample_nearest2d(self, node: Any, mode: str = "nearest") -> Unit:
+        a, b = sizes(node.args[0])[2:], sizes(node)[2:]
+        if not all(isinstance(d, int) for d in a + b):
+            raise Unmapped(f"{self._at(node)}: an upsampling of symbolic sizes")
+        align = node.args[2] if mode == "bilinear" and len(node.args) > 2 else False
+        scales = {o // i for i, o in zip(a, b) if o % i == 0}
+        extra = {"mode": mode, "align_corners": bool(align)}
+        defaults = {"mode": "nearest", "align_corners": False}
+        if len(scales) == 1 and all(o % i == 0 for i, o in zip(a, b)):
+            text = call("interpolate", scales.pop(), **extra, defaults=defaults)
+        else:
+            text = call("interpolate", size=list(b), **extra, defaults=defaults)
+        return pipe_unit([self.resolve(node.args[0])], node, text)
+
+    def _op_upsample_bilinear2d(self, node: Any) -> Unit:
+        return self._op_upsample_nearest2d(node, "bilinear")
+
+    def _op_arange(self, node: Any) -> Unit:
+        """`arange` of known bounds, on the device of the block's first input."""
+        bounds = [a for a in node.args]
+        if not all(isinstance(b, int) for b in bounds) or not self.first_input or self.first_input[-1] is None:
+            raise Unmapped(f"{self._at(node)}: arange of symbolic bounds")
+        start, end, step = ([0] + bounds + [1])[:3] if len(bounds) == 1 else (bounds + [1])[:3]
+        dt = dtype_of(node)
+        text = call("arange", start=start, end=end, step=step, dtype=dt,
+                    defaults={"start": 0, "step": 1, "dtype": "i64"})
+        return Unit([self.first_input[-1]], [node], lambda a: (text[:7] + a[0][0] + ", " + text[7:], ATOM))
+
+    def _op_constant_pad_nd(self, node: Any) -> Unit:
+        x, pads = node.args[:2]
+        value = float(node.args[2]) if len(node.args) > 2 else 0.0
+        return pipe_unit([self.resolve(x)], node, call("pad", list(pads), value=value, defaults={"value": 0.0}))
+
+    def _op_pad(self, node: Any) -> Unit:
+        x, pads = node.args[:2]
+        mode = node.args[2] if len(node.args) > 2 else "constant"
+        value = node.args[3] if len(node.args) > 3 and node.args[3] is not None else 0.0
+        return pipe_unit([self.resolve(x)], node, call("pad", list(pads), mode=mode, value=float(value),
+                                                       defaults={"mode": "constant", "value": 0.0}))
+
+
+RESERVED_BLOCKS = {"Block"} - {"Block"}
+
+
+class Flow:
+    """The lines of a body: instance declarations first, then the dataflow, a value used once
+    folded into the expression that uses it."""
+
+    def __init__(self, graph: Graph, where: str) -> None:
+        from archc.importer_export import RESERVED
+
+        self.g, self.where = graph, where
+        self.values: dict[Any, tuple[str, int]] = {}
+        from archc.ops import registry
+
+        self.taken: set[str] = set(RESERVED) | set(registry.names())  # a value named `relu` would hide the op
+        self.decls: list[str] = []
+        self.lines: list[str] = []
+        self.instances: dict[str, str] = {}  # instance path -> the name it is declared as
+
+    def declare(self, path: str, text: str) -> str:
+        if path in self.instances:
+            return self.instances[path]
+        if is_name(path) and path not in self.taken:
+            self.decls.append(f"{path} = {text}")
+            name = path
+        else:
+            base = re.sub(r"\W", "_", path)
+            base = base if base[:1].isalpha() else f"layer_{base}"
+            name, n = base, 2
+            while name in self.taken or not is_name(name):
+                name, n = f"{base}_{n}", n + 1
+            self.decls.append(f"@scope({fmt(path)})")
+            self.decls.append(f"{name} = {text}")
+        self.taken.add(name)
+        self.instances[path] = name
+        return name
+
+    def value(self, node: Any) -> tuple[str, int]:
+        if node in self.values:
+            return self.values[node]
+        if self.g.is_param(node):
+            return self.parameter(node)
+        if getattr(node, "op", None) == "placeholder" and node.name in self.g.constants:
+            raise Unmapped(f"the tensor constant '{node.name}' (a tensor the forward makes, not a parameter or buffer)")
+        raise Unmapped(f"the value '{getattr(node, 'name', node)}' (made by an op that was not imported)")
+
+    def parameter(self, node: Any) -> tuple[str, int]:
+        """A parameter or buffer used as a tensor: a `parameter` (or `buffer`) instance."""
+        target = self.g.params[node.name]
+        if node.name in self.g.nonpersistent:
+            raise Unmapped(f"the buffer '{target}' is not persistent (not in the state_dict, so no spec can load it)")
+        rel = target if not self.where else target[len(self.where) + 1:] if target.startswith(self.where + ".") else None
+        if rel is None:
+            raise Unmapped(f"'{target}' is used inside '{self.where}' but belongs to another module")
+        if not valid_path(rel):
+            raise Unmapped(f"the parameter name '{rel}' is not a name a spec can give")
+        import torch
+
+        val = node.meta["val"]
+        buffer = not isinstance(self.g.module.get_parameter(target) if _has_param(self.g.module, target) else None,
+                                torch.nn.Parameter)
+        shape = [int(d) for d in val.shape]
+        name = self.declare(rel, "buffer" if buffer else "parameter")
+        dtype = dtype_of(node)
+        extra = f", dtype={fmt(dtype)}" if buffer and dtype != "f32" else ""
+        return f"{name}({fmt(list(shape)) if len(shape) != 1 else '[' + str(shape[0]) + ']'}{extra})", ATOM
+
+    def apply(self, unit: Unit, uses: dict[Any, int]) -> None:
+        args = [self.value(n) for n in unit.ins]
+        base = ""
+        if unit.declare:
+            name = base = self.declare(unit.path, unit.callable_text)
+            if len(args) == 1:
+                text, prec = f"{args[0][0]} >> {name}", PIPE
+            else:
+                text, prec = f"{name}(" + ", ".join(a for a, _ in args) + ")", ATOM
+        else:
+            text, prec = unit.render(args)
+        if len(unit.outs) == 1 and uses.get(unit.outs[0], 0) == 1:
+            self.values[unit.outs[0]] = (text, prec)
+            return
+        names = []
+        for out in unit.outs:
+            base = base or (re.sub(r"(_\d+)+$", "", re.sub(r"\W", "_", out.name)) if out is not None else "unused")
+            name, n = base, 2
+            while name in self.taken or not is_name(name):
+                name, n = f"{base}_{n}", n + 1
+            self.taken.add(name)
+            names.append(name)
+            if out is not None:
+                self.values[out] = (name, ATOM)
+        self.lines.append(f"{', '.join(names)} = {text}")
+
+
+def _has_param(module: Any, target: str) -> bool:
+    try:
+        module.get_parameter(target)
+        return True
+    except AttributeError:
+        return False
+
+
+def _flat(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _flat(v)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _flat(v)]
+    return [value]
+
+
+def _uses(units: list[Unit]) -> dict[Any, int]:
+    uses: dict[Any, int] = {}
+    for unit in units:
+        for node in unit.ins:
+            uses[node] = uses.get(node, 0) + 1
+    return uses
+
+
+def _tuple(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        value = tuple(int(v) for v in value)
+        return value[0] if len(set(value)) == 1 else value
+    return value
+
+
+def _dim(d: int, rank: int) -> int:
+    return d + rank if d < 0 else d
+
+
+def _axis_names(n: int) -> list[str]:
+    return ["b", "c", "h", "w", "d", "e", "f", "g", "i", "j", "k", "l"][:n] if n <= 12 else [f"a{i}" for i in range(n)]
+
+
+def _product(dims: list[Any]) -> Any:
+    out: Any = 1
+    for d in dims:
+        out = out * d
+    return out
+
+
+ONE = "one"  # a size-1 axis in a reshape's groups
+
+
+def _view_pattern(a: list[Any], b: list[Any], where: str) -> str:
+    """The rearrange pattern of a reshape from shape `a` to `b`: axes merged or split where
+    their products agree (size-1 axes written `1`)."""
+    import sympy
+
+    groups = _groups(a, b, where)
+    names = iter(f"a{i}" for i in range(64))
+    left, right = [], []
+    for ga, gb in groups:
+        if len(ga) > 1 and len(gb) > 1:
+            raise Unmapped(f"{where}: a reshape from {a} to {b} that regroups axes")
+        atoms = [next(names) for _ in range(max(len(ga), len(gb), 1))]
+        for side, group, src in ((left, ga, a), (right, gb, b)):
+            if not group:
+                continue
+            if group == [ONE]:
+                side.append("1")
+            elif len(group) == 1 and len(atoms) > 1:
+                side.append("(" + " ".join(atoms) + ")")
+            else:
+                side.append(" ".join(atoms[: len(group)]))
+    _ = sympy
+    return " ".join(left) + " -> " + " ".join(right)
+
+
+def _groups(a: list[Any], b: list[Any], where: str) -> list[tuple[list[str], list[str]]]:
+    """Pairs of index groups (as lists of their positions, "1" for a size-1 axis) of equal product."""
+    import sympy
+
+    out: list[tuple[list[str], list[str]]] = []
+    i = j = 0
+    while i < len(a) or j < len(b):
+        if i < len(a) and a[i] == 1:
+            out.append(([ONE], []))
+            i += 1
+            continue
+        if j < len(b) and b[j] == 1:
+            out.append(([], [ONE]))
+            j += 1
+            continue
+        if i >= len(a) or j >= len(b):
+            raise Unmapped(f"{where}: a reshape from {a} to {b}")
+        ga, gb = [str(i)], [str(j)]
+        pa, pb = a[i], b[j]
+        i, j = i + 1, j + 1
+        while sympy.simplify(pa - pb) != 0:
+            ratio = sympy.cancel(sympy.sympify(pb) / pa)
+            if sympy.fraction(ratio)[1] == 1 and i < len(a):  # pb is a multiple: take more of a
+                ga.append(str(i))
+                pa = pa * a[i]
+                i += 1
+            elif j < len(b):
+                gb.append(str(j))
+                pb = pb * b[j]
+                j += 1
+            else:
+                raise Unmapped(f"{where}: a reshape from {a} to {b}")
+        out.append((ga, gb))
+    return out
+
+
+def _split_sizes(a: list[Any], b: list[Any]) -> str:
+    """The `name=size` keywords a split needs: every split axis but one symbolic."""
+    groups = _groups(a, b, "")
+    names = iter(f"a{i}" for i in range(64))
+    parts = []
+    for ga, gb in groups:
+        atoms = [next(names) for _ in range(max(len(ga), len(gb), 1))]
+        if len(ga) == 1 and len(gb) > 1 and ga != [ONE]:
+            dims = [b[int(k)] for k in gb]
+            unknown = [k for k, d in enumerate(dims) if not isinstance(d, int) and not getattr(d, "is_Integer", False)]
+            skip = unknown[0] if len(unknown) == 1 else len(dims) - 1
+            if len(unknown) > 1:
+                raise Unmapped(f"a reshape that splits an axis into several symbolic ones ({a} to {b})")
+            parts += [f", {atoms[k]}={int(d)}" for k, d in enumerate(dims) if k != skip]
+    return "".join(parts)
+
+
+def _evaluate(node: Any, inputs: dict[Any, Any], env: dict[Any, Any]) -> Any:
+    """The concrete value of a size-only node on the example inputs."""
+    if not hasattr(node, "op"):
+        if isinstance(node, (list, tuple)):
+            return type(node)(_evaluate(n, inputs, env) for n in node)
+        return node
+    if node not in env:
+        if node.op == "placeholder":
+            env[node] = inputs[node]
+        else:
+            args = [_evaluate(a, inputs, env) for a in node.args]
+            kwargs = {k: _evaluate(v, inputs, env) for k, v in node.kwargs.items()}
+            env[node] = node.target(*args, **kwargs)
+    return env[node]
