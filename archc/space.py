@@ -40,7 +40,7 @@ from typing import Any, Iterator, Mapping
 from archc.errors import ArchError
 from archc.frontend import ast as A
 from archc.frontend.fmt import format_module
-from archc.frontend.holes import Hole, fill, find_holes
+from archc.frontend.holes import Hole, fill, find_holes, substitute
 from archc.frontend.parser import parse
 
 MAX_COMBINATIONS = 20_000  # combinations of the outer holes' options (each one is elaborated)
@@ -142,6 +142,7 @@ class Space:
             if h.per_layer:
                 group = next((g for g in self._families if g[0].stack is h.stack), None)
                 group.append(h) if group is not None else self._families.append([h])
+        self._depth_holes = [self._depth_hole(g[0].stack) for g in self._families]
         self.model = model
         self.includes = includes or []
         self.budget = parse_budget(where) if where else None
@@ -150,6 +151,9 @@ class Space:
         self._verdicts: dict[tuple[Any, ...], Verdict] = {}
         self._outers: list[_Outer] | None = None
         self._tables: dict[tuple[int, ...], list[dict[Cost, int]]] = {}  # outer key -> suffix counts
+        self._loader: Any = None
+        self._shallow: dict[tuple[int | None, ...], A.Module] = {}  # the module at probe depths
+        self._weights: list[int] | None = None  # completions per outer combination (no restriction)
 
     # -- the holes --
     def holes(self) -> list[tuple[str, tuple[str, ...]]]:
@@ -181,7 +185,9 @@ class Space:
     def sample(self, rng: random.Random, allowed: Allowed | None = None) -> Choice:
         """One well-typed completion, uniformly: each is drawn with probability 1 / count()."""
         outers = self._probed()
-        weights = [self._count(o, allowed) for o in outers]
+        if allowed is None and self._weights is None:
+            self._weights = [self._count(o, None) for o in outers]
+        weights = self._weights if allowed is None else [self._count(o, allowed) for o in outers]
         total = sum(weights)
         if not total:
             raise ArchError(self._none_message() if allowed is None else
@@ -214,17 +220,35 @@ class Space:
         one always exists. A hole only one parent has (a layer of the deeper stack) is free."""
         self._known(a)
         self._known(b)
-        allowed = {p: {a[p]} | ({b[p]} if p in b else set()) for p in a}
-        for p, k in b.items():
-            allowed.setdefault(p, set()).add(k)
-        both = {p: ks for p, ks in allowed.items() if p in a and p in b}
-        return self.sample(rng, both)
+        return self.sample(rng, {p: {a[p], b[p]} for p in a if p in b})
 
     def suggest(self, trial: Any) -> Choice:
-        """A completion chosen by an Optuna trial (see archc.space_optuna.suggest)."""
-        from archc.space_optuna import suggest
+        """A well-typed completion chosen by an Optuna trial, define-by-run: each hole is named by its
+        path and offered all its options (`trial.suggest_categorical(path, options as written)`:
+        Optuna keeps one list of choices per name), outer holes first, then the per-layer holes of
+        the layers that the outer picks give (a conditional space). A pick that leaves no well-typed
+        completion within the budget ends the trial as pruned (`optuna.TrialPruned`; without optuna,
+        an ArchError), so the study learns where the space is empty."""
+        picks: Choice = {}
+        for h in self._outer_holes:
+            self._suggest_one(trial, h, h.path, picks)
+        outer = next(o for o in self._probed() if o.key == tuple(picks[h.path] for h in self._outer_holes))
+        for st in outer.stacks:
+            for i in range(st.depth):
+                for h in st.holes:
+                    self._suggest_one(trial, h, h.at(i), picks)
+        return picks
 
-        return suggest(self, trial)
+    def _suggest_one(self, trial: Any, hole: Hole, path: str, picks: Choice) -> None:
+        option = trial.suggest_categorical(path, list(hole.options))
+        picks[path] = hole.options.index(option)
+        if not self.count({p: {k} for p, k in picks.items()}):
+            try:
+                from optuna import TrialPruned
+            except ImportError:
+                TrialPruned = None  # noqa: N806
+            why = f"no well-typed completion has {' '.join(f'{p}={o}' for p, o in self.describe(picks).items())}"
+            raise TrialPruned(why) if TrialPruned is not None else ArchError(why)
 
     def verdict(self, choice: Choice) -> Verdict:
         """Elaborate one completion as its concrete spec stands (uncached)."""
@@ -263,53 +287,101 @@ class Space:
         picks = {h.path: k for h, k in zip(self._outer_holes, key)}
         if not self._families:
             v = self._verdict(picks)
-            return _Outer(key, v.error, (Fraction(v.params), Fraction(v.flops or 0)))
+            return _Outer(key, v.error, _cost(v))
         per_stack = [list(itertools.product(*(range(len(h.choice.options)) for h in g))) for g in self._families]
+        # a stack whose depth is a hole is probed with one layer (none at depth 0): its layers'
+        # options type-check and cost the same at any depth, so the probes serve every depth
+        shallow = tuple(None if h is None else min(self._depth(h, picks), 1) for h in self._depth_holes)
         ref, first = None, None
         for combo in itertools.product(*per_stack):  # the first combination of per-layer options that checks
-            v = self._verdict(picks, combo)
+            v = self._verdict(picks, combo, shallow)
             if v.error is None:
                 ref = combo
                 break
             first = first or v
         if ref is None:
             assert first is not None
-            depths = first.depths or (1,) * len(per_stack)
+            depths = [1 if h is None else self._depth(h, picks) for h in self._depth_holes]
             return _Outer(key, first.error, tried=math.prod(len(o) ** d for o, d in zip(per_stack, depths)))
-        rv = self._verdict(picks, ref)
-        base = (Fraction(rv.params), Fraction(rv.flops or 0))
+        rv = self._verdict(picks, ref, shallow)
+        depths = [d if h is None else self._depth(h, picks) * d for h, d in zip(self._depth_holes, rv.depths)]
+        base = _cost(rv)
+        if any(d is not None for d in shallow) and self.budget is not None:  # the cost at the real depths
+            full = self._verdict(picks, ref, (None,) * len(shallow))
+            if full.error is not None:
+                return _Outer(key, full.error, tried=math.prod(len(o) ** d for o, d in zip(per_stack, depths)))
+            base = _cost(full)
         stacks = []
         for s, (group, options) in enumerate(zip(self._families, per_stack)):
-            stack = _Stack(group, rv.depths[s])
+            stack = _Stack(group, depths[s])
+            probed = rv.depths[s]  # the layers each probe has: 1 for a shallow probe, else the depth
             for t in options:
-                v = self._verdict(picks, ref[:s] + (t,) + ref[s + 1:])
-                if v.error is None and stack.depth:
-                    if v.depths[s] != stack.depth:
-                        raise ArchError(f"this stack's depth depends on its per-layer choices ({stack.depth} and "
-                                        f"{v.depths[s]} layers)", group[0].stack.span if group[0].stack else None)
-                    stack.options.append((t, ((v.params - base[0]) / stack.depth, ((v.flops or 0) - base[1]) /
-                                              stack.depth)))
-                elif v.error is None:
-                    stack.options.append((t, (Fraction(0), Fraction(0))))
+                v = self._verdict(picks, ref[:s] + (t,) + ref[s + 1:], shallow)
+                if v.error is not None:
+                    continue
+                if v.depths[s] != probed:
+                    raise ArchError(f"this stack's depth depends on its per-layer choices ({probed} and "
+                                    f"{v.depths[s]} layers)", group[0].stack.span if group[0].stack else None)
+                delta = _cost(v)
+                stack.options.append((t, ((delta[0] - _cost(rv)[0]) / (probed or 1),
+                                          (delta[1] - _cost(rv)[1]) / (probed or 1))))
             stacks.append(stack)
         tried = math.prod(len(o) ** st.depth for o, st in zip(per_stack, stacks))
         return _Outer(key, None, base, stacks, tried)
 
-    def _verdict(self, picks: dict[str, int], combo: tuple[tuple[int, ...], ...] = ()) -> Verdict:
-        """Elaborate the outer picks with every layer of stack s on the options combo[s] (cached)."""
-        key = (tuple(picks.values()), combo)
+    def _depth(self, hole: Hole, picks: dict[str, int]) -> int:
+        option = hole.choice.options[picks[hole.path]]
+        assert isinstance(option, A.Const) and isinstance(option.value, int)
+        return option.value
+
+    def _verdict(self, picks: dict[str, int], combo: tuple[tuple[int, ...], ...] = (),
+                 shallow: tuple[int | None, ...] = ()) -> Verdict:
+        """Elaborate the outer picks with every layer of stack s on the options combo[s], and stack s
+        at depth shallow[s] where that is not None (cached)."""
+        module, holes = self.module, self._holes
+        if any(d is not None for d in shallow):  # the depth holes stand at 0 or 1 layer: one probe for every depth
+            table = {id(h.choice): A.Const(d, h.span, str(d)) for h, d in zip(self._depth_holes, shallow)
+                     if h is not None and d is not None}
+            module, holes = self._shallow_module(shallow, table), [h for h in holes if id(h.choice) not in table]
+            picks = {h.path: picks[h.path] for h in holes if h.path in picks}
+        key = (tuple(picks.items()), combo, shallow)
         if key not in self._verdicts:
             uniform = {h.path: k for g, t in zip(self._families, combo) for h, k in zip(g, t)}
             stacks = [g[0].stack for g in self._families]
-            self._verdicts[key] = self._judge(fill(self.module, {**picks, **uniform}, self._holes), stacks)
+            self._verdicts[key] = self._judge(fill(module, {**picks, **uniform}, holes), stacks)
         return self._verdicts[key]
+
+    def _shallow_module(self, shallow: tuple[int | None, ...], table: dict[int, A.Expr]) -> A.Module:
+        if shallow not in self._shallow:
+            self._shallow[shallow] = substitute(self.module, table)
+        return self._shallow[shallow]
+
+    def _depth_hole(self, stack: A.Stack | None) -> Hole | None:
+        """The outer hole that is this stack's depth and nothing else, when its options are ints:
+        `stack(choice(2, 4))`, or `stack(depth)` for a model parameter `depth: int = choice(...)`
+        that nothing else reads."""
+        if stack is None:
+            return None
+        expr = stack.args[0] if stack.args else next((k.value for k in stack.kwargs if k.name == "depth"), None)
+        choice = expr if isinstance(expr, A.Choice) else None
+        if isinstance(expr, A.Name):
+            model = next((b for b in self.module.items if isinstance(b, A.BlockDef) and b.kind == "model"
+                          and any(n is stack for n in A.walk(b))), None)
+            formal = next((f for f in model.params if f.name == expr.id), None) if model else None
+            reads = sum(isinstance(n, A.Name) and n.id == expr.id for n in A.walk(model)) if model else 0
+            if formal is not None and isinstance(formal.default, A.Choice) and reads == 1:
+                choice = formal.default
+        if choice is None or not all(isinstance(o, A.Const) and type(o.value) is int and o.value >= 0
+                                     for o in choice.options):
+            return None
+        return next((h for h in self._outer_holes if h.choice is choice), None)
 
     def _judge(self, module: A.Module, stacks: list[Any]) -> Verdict:
         try:
             graph = self._elaborate(module)
-            depths = tuple(_layers_of(graph, st, self.file) for st in stacks)
         except ArchError as err:
             return Verdict(error=err)
+        depths = tuple(_layers_of(graph, st, self.file) for st in stacks)  # an error of the space, not of this probe
         params = graph.param_count()  # a missing --axis is an error of the command, not of this completion
         flops = self._flops(graph) if self.budget and self.budget.needs_flops else None
         if self.budget and not stacks and not self.budget.holds({"params": params, "flops": flops or 0}):
@@ -323,12 +395,13 @@ class Space:
         from archc.elaborate.loader import Loader
         from archc.recursion import headroom
 
+        if self._loader is None:  # one loader for every probe: each import is read and parsed once
+            self._loader = Loader(self.includes)
+            self._loader.allowed.append(self.folder)
         elaborator = Elaborator()
         try:
             with headroom(_FRAMES_PER_NESTING * MAX_NESTING + 500):
-                loader = Loader(self.includes)
-                loader.allowed.append(self.folder)
-                env = loader._build(module, self.file, self.folder)
+                env = self._loader._build(module, self.file, self.folder)
                 return elaborator.model(env, self.model, {})
         except RecursionError:
             raise too_deep(elaborator) from None
@@ -435,6 +508,10 @@ class Space:
         first = next((o.error for o in self._probed() if o.error), None)
         why = f"; the first completion fails with: {first.message}" if first is not None else ""
         return f"none of the {self.combinations():,} completions of this space type-checks{budget}{why}"
+
+
+def _cost(v: Verdict) -> Cost:
+    return (Fraction(v.params), Fraction(v.flops or 0))
 
 
 def _add(a: Cost, b: Cost) -> Cost:

@@ -85,7 +85,8 @@ def expr_text(e: Any) -> str:
         return f"stack({_args(e.args, e.kwargs)}) {{ {var}{expr_text(e.body)} }}"
     if isinstance(e, A.Choice):
         lo, hi, step = e.range or (0, 0, 1)
-        items = [f"range({lo}, {hi}{'' if step == 1 else f', {step}'})"] if e.range else \
+        bounds = f"{hi}" if (lo, step) == (0, 1) else f"{lo}, {hi}" if step == 1 else f"{lo}, {hi}, {step}"
+        items = [f"range({bounds})"] if e.range else \
             [expr_text(o) for o in e.options]
         return f"choice({', '.join(items + (['per_layer=true'] if e.per_layer else []))})"
     raise TypeError(f"cannot format {type(e).__name__}")

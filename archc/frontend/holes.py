@@ -187,9 +187,14 @@ def _fresh_var(stack: A.Stack) -> str:
                 if v not in used)
 
 
+def substitute(module: A.Module, table: dict[int, A.Expr]) -> A.Module:
+    """`module` with the holes in `table` (by id of their choice) replaced; the others stay holes."""
+    return _fill(module, table, {})
+
+
 def _fill(node: Any, table: dict[int, A.Expr], indexed: dict[int, str]) -> Any:
     if isinstance(node, A.Choice):
-        return table[id(node)]
+        return table.get(id(node), node)
     if isinstance(node, A.Stack) and id(node) in indexed and node.var is None:
         return replace(_fill_fields(node, table, indexed), var=indexed[id(node)])
     return _fill_fields(node, table, indexed)

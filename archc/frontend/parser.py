@@ -623,13 +623,14 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
         numbers = _choice_range(pos)
         if numbers is not None:
             lo, hi, step = numbers
-            options = tuple(A.Const(n, pos[0].span, str(n)) for n in range(lo, hi, step))
-            if not options:
+            n = len(range(lo, hi, step))
+            if not n:
                 raise ArchError(f"range({lo}, {hi}, {step}) is empty: a choice needs at least one option",
                                 pos[0].span)
-            if len(options) > MAX_RANGE:
-                raise ArchError(f"range({lo}, {hi}, {step}) has {len(options):,} options; a choice takes at "
-                                f"most {MAX_RANGE:,}", pos[0].span)
+            if n > MAX_RANGE:
+                raise ArchError(f"range({lo}, {hi}, {step}) has {n:,} options; a choice takes at most "
+                                f"{MAX_RANGE:,}", pos[0].span)
+            options = tuple(A.Const(k, pos[0].span, str(k)) for k in range(lo, hi, step))
             return A.Choice(options, self._s(meta), per_layer, numbers)
         seen: dict[str, A.Expr] = {}
         for option in pos:
