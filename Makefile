@@ -9,7 +9,7 @@ STAMP := $(VENV)/.stamp
 TORCH_PIN := torch==2.13.0
 PIP := $(BIN)/python -m pip -q
 
-.PHONY: venv system-deps demo test clean
+.PHONY: venv system-deps demo test clean gpu-wheels
 
 venv: system-deps $(STAMP)
 
@@ -38,6 +38,14 @@ demo: venv
 # spinning threads wait on each other (a small training test measured 6 s alone, 38 s so).
 test: venv
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n 2 tests
+
+# For a session lent a GPU machine (bench/gpu_check.sh): the wheels of archc's dependencies that
+# the device image lacks, for its Python 3.12 on x86-64, into .whl/ (ignored), carried there.
+GPU_WHEELS := lark==1.3.1 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 graphviz==0.21
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis out

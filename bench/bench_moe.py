@@ -125,11 +125,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-cpu", action="store_true", help="only the GPU comparison (bench/gpu_check.sh)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"CPU {platform.machine()}, {args.threads} thread(s), torch {torch.__version__}, fp32, eval, "
           f"{args.rounds} interleaved rounds, load average {os.getloadavg()[0]:.1f}\n")
-    print("\n".join(cpu_rows(args.rounds)))
+    if not args.no_cpu:
+        print("\n".join(cpu_rows(args.rounds)))
     if torch.cuda.is_available():
         print("\n" + "\n".join(gpu_rows(args.rounds)))
     return 0

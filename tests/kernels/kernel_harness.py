@@ -17,6 +17,9 @@ from archc.elaborate import elaborate_file
 from archc.ir.graph import Graph
 
 FULL = os.environ.get("ARCHC_KERNELS_FULL") == "1"  # every spec, size and dtype; else a fixed sample
+# Where the kernels run: the CPU (Triton's interpreter) unless a GPU session asks for "cuda"
+# (bench/gpu_check.sh, with TRITON_INTERPRET=0).
+DEVICE = os.environ.get("ARCHC_TEST_DEVICE", "cpu")
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = Path(__file__).resolve().parent / "specs" / "small.arch"
 
@@ -83,8 +86,8 @@ def compare(g: Graph, folder: Path, dtype: torch.dtype = torch.float32, sizes: d
     torch.manual_seed(0)
     model = getattr(pkg, pkg.__all__[0])().eval()
     randomize(model)
-    model = model.to(dtype)
-    xs = tuple(x.to(dtype) if x.is_floating_point() else x for x in example_inputs(g, sizes))
+    model = model.to(DEVICE, dtype)
+    xs = tuple((x.to(dtype) if x.is_floating_point() else x).to(DEVICE) for x in example_inputs(g, sizes))
     with torch.no_grad():
         want = super(type(model), model).forward(*xs)  # the torch target's forward
         got = model(*xs)
