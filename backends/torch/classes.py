@@ -23,8 +23,9 @@ from archc.backends.torch.plan import Unit, plan
 from archc.backends.torch.spelling import TUPLE_OPS, expression, last_uses, overwrites, signature, where
 from archc.backends.torch.tree import ModuleEntry, TensorEntry, module_tree
 from archc.errors import ArchError
-from archc.ir.graph import BlockCall, Graph, SpanModel
+from archc.ir.graph import BlockCall, Graph, Node, SpanModel
 from archc.ops import registry
+from archc.ops.conditional import MOE_SCOPE
 from archc.passes.hoist_constants import constant_nodes
 
 
@@ -286,6 +287,7 @@ class Emitter:
                 continue
             stmts.append(self.op_stmt(i, entry, own, set(call.outputs)))
             own.update(node.outputs)
+        stmts = self.mixtures(stmts, names, namer, entry)
         return names, self.loops(stmts, names, entry, set(call.outputs)), args
 
     def group_here(self, unit: Unit, call: BlockCall, i: int) -> Group | None:
@@ -361,6 +363,79 @@ class Emitter:
             return [f"{lhs} = {expr}{where(node.span, self.labels)}"]
 
         return _Stmt(list(node.inputs), list(node.outputs), render)
+
+    def mixtures(self, stmts: list[_Stmt], names: dict[str, str], namer: Namer, entry: ModuleEntry) -> list[_Stmt]:
+        """A mixture of block experts (`moe(E, Block)`: moe_select and the expert's call for each of
+        its E experts, then moe_combine) as one `for` loop over the experts, as Hugging Face writes it."""
+        out: list[_Stmt] = []
+        k = 0
+        while k < len(stmts):
+            end = self._mixture_end(stmts, k)
+            if end is None:
+                out.append(stmts[k])
+                k += 1
+                continue
+            out.append(self.mixture_stmt(stmts[k:end + 1], names, namer, entry))
+            k = end + 1
+        return out
+
+    def _op_of(self, stmt: _Stmt, op: str) -> Node | None:
+        """The node of an op statement that writes exactly that node's outputs, if it is `op`."""
+        if stmt.child is not None or not stmt.writes:
+            return None
+        node = self.graph.nodes[self.made_by[stmt.writes[0]]]
+        return node if node.op == op and list(node.outputs) == stmt.writes else None
+
+    def _mixture_end(self, stmts: list[_Stmt], k: int) -> int | None:
+        """The index of the moe_combine that ends a mixture starting at stmts[k], or None."""
+        first = self._op_of(stmts[k], "moe_select")
+        info = self.graph.scopes.get(first.scope) if first is not None else None
+        if first is None or info is None or info.kind != MOE_SCOPE or first.attrs["expert"] != 0:
+            return None
+        count = first.attrs["experts"]
+        end = k + 2 * count
+        combine = self._op_of(stmts[end], "moe_combine") if end < len(stmts) else None
+        if combine is None:
+            return None
+        parts: list[str] = []
+        for e in range(count):
+            select, call = self._op_of(stmts[k + 2 * e], "moe_select"), stmts[k + 2 * e + 1]
+            child = call.child
+            if select is None or select.inputs != first.inputs or \
+                    select.attrs != {**first.attrs, "expert": e} or child is None or child.parent is None or \
+                    child.parent.path != first.scope or child.attr != str(e) or \
+                    self.class_of.get(child.path) != self.class_of.get(stmts[k + 1].child.path) or \
+                    call.reads != [select.outputs[0]] or len(call.writes) != 1:
+                return None
+            parts += [call.writes[0], select.outputs[1], select.outputs[2]]
+            if self.reads[select.outputs[0]] != 1:
+                return None
+        if list(combine.inputs) != [first.inputs[0], *parts] or any(self.reads[v] != 1 for v in parts):
+            return None
+        return end
+
+    def mixture_stmt(self, run: list[_Stmt], names: dict[str, str], namer: Namer, entry: ModuleEntry) -> _Stmt:
+        select, combine = self._op_of(run[0], "moe_select"), self._op_of(run[-1], "moe_combine")
+        assert select is not None and combine is not None and run[1].child is not None
+        experts = run[1].child.parent
+        assert experts is not None
+        parts, e, expert, routed, positions, weights = (namer.take(n) for n in
+                                                        ("parts", "e", "expert", "routed", "positions", "weights"))
+        op = registry.get("moe_select")
+        attrs = op.make_attrs(select.attrs).model_copy(update={"expert": e})  # the loop's index, as the op spells it
+        comment = where(combine.span, self.labels)
+
+        def render(nm: dict[str, str]) -> list[str]:
+            gather = op.torch_expr(attrs, [nm[v] for v in select.inputs], {}, [])
+            add = registry.get("moe_combine").torch_expr(None, [nm[combine.inputs[0]], f"*{parts}"], {}, [])
+            return [f"{parts} = []{comment}",
+                    f"for {e}, {expert} in enumerate({experts.relative(entry)}):",
+                    f"    {routed}, {positions}, {weights} = {gather}",
+                    f"    {parts} += [{expert}({routed}), {positions}, {weights}]",
+                    f"{nm[combine.outputs[0]]} = {add}",
+                    f"del {parts}, {e}, {expert}, {routed}, {positions}, {weights}"]
+
+        return _Stmt(list(select.inputs), list(combine.outputs), render)
 
     def loops(self, stmts: list[_Stmt], names: dict[str, str], entry: ModuleEntry, keep: set[str]) -> list[_Stmt]:
         """Consecutive layers of one stack (`0`, `1`, ...), of one class, each feeding the next: one

@@ -551,3 +551,14 @@ model M (x: [B, T, 16]) -> [B, T, 16] {{
     assert err.value.span is not None
     assert elaborate_text(spec.replace("    one = Mlp2(8)\n    return Layer(one)(x)", "    return Layer(Mlp2(8))(x)"),
                           file="m.arch").scopes["layer.experts"].args["expert"] == "Mlp2"
+
+
+def test_the_generated_forward_loops_over_the_experts() -> None:
+    """As Hugging Face writes it: one loop over the ModuleList, not E unrolled calls."""
+    from archc.backends.torch import emit_python
+
+    text = emit_python(elaborate_text(_model("Mlp2(8)"), file="m.arch"))
+    assert "for e, expert in enumerate(self.experts):" in text
+    assert text.count("moe_select(x, ") == 1 and "moe_combine(x, *parts)" in text
+    unrolled = emit_python(elaborate_text(HAND_BUILT, file="m.arch"))  # no mixture scope: as written
+    assert "enumerate(" not in unrolled and unrolled.count("= moe_select(") == 3
