@@ -497,6 +497,28 @@ class Emitter:
         keep = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
         return pipe_unit([self.resolve(x)], node, call("mean", list(dims), keepdim=keep, defaults={"keepdim": False}))
 
+    def _op_sum(self, node: Any) -> Unit:
+        """`sum` as the mean times the count (archc has `mean`)."""
+        x = node.args[0]
+        shape = sizes(x)
+        dims = [_dim(d, len(shape)) for d in (node.args[1] if len(node.args) > 1 and node.args[1] else range(len(shape)))]
+        keep = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
+        count = _product([shape[d] for d in dims])
+        if not isinstance(count, int) or node.kwargs.get("dtype") is not None:
+            raise Unmapped(f"{self._at(node)}: a sum over the batch axis")
+        text = call("mean", list(dims), keepdim=keep, defaults={"keepdim": False})
+        return Unit([self.resolve(x)], [node], lambda a: (f"({a[0][0]} >> {text}) * {count}", MUL))
+
+    def _op_stack(self, node: Any) -> Unit:
+        """`stack` as a concat of the tensors with a new axis of size 1."""
+        tensors = [self.resolve(t) for t in node.args[0]]
+        rank = len(sizes(node))
+        dim = _dim(node.args[1] if len(node.args) > 1 else 0, rank)
+        names = _axis_names(rank - 1)
+        pattern = " ".join(names) + " -> " + " ".join(names[:dim] + ["1"] + names[dim:])
+        return Unit(tensors, [node], lambda a: ("concat(" + ", ".join(f"{t} >> rearrange({fmt(pattern)})" for t, _ in a)
+                                                + f", dim={dim})", ATOM))
+
     def _op_adaptive_avg_pool2d(self, node: Any) -> Unit:
         return pipe_unit([self.resolve(node.args[0])], node, call("adaptive_avgpool2d", _tuple(node.args[1])))
 
@@ -535,7 +557,7 @@ class Emitter:
         return pipe_unit([self.resolve(x)], node, call("rearrange", _view_pattern(a, b, self._at(node))) [:-1]
                          + _split_sizes(a, b) + ")")
 
-    _op_view = _op_reshape = _op__unsafe_view = _op_unsqueeze = _op_squeeze = _op_flatten
+    _op_view = _op_reshape = _op__unsafe_view = _op_unsqueeze = _op_squeeze = _op_reshape_as = _op_flatten
 
     def _op_permute(self, node: Any) -> Unit:
         x = node.args[0]
@@ -620,7 +642,22 @@ class Emitter:
         if sizes(node) == sizes(node.args[0]) or all(packet(u) in BROADCASTING for u in node.users):
             self.alias[node] = node.args[0]
             return None  # type: ignore[return-value]
-        raise Unmapped(f"{self._at(node)}: expand to {sizes(node)} (not for a broadcasting op)")
+        a, b = sizes(node.args[0]), sizes(node)
+        a = [None] * (len(b) - len(a)) + a
+        names = _axis_names(len(b))
+        left, right, keys = [], [], []
+        for name, i, o in zip(names, a, b):
+            if i == o:
+                left.append(name)
+                right.append(name)
+            elif isinstance(o, int) and i in (1, None):
+                left += ["1"] if i == 1 else []
+                right.append(name)
+                keys.append(f", {name}={o}")
+            else:
+                raise Unmapped(f"{self._at(node)}: expand to {b} (a size-1 axis to the batch, not for a broadcasting op)")
+        pattern = " ".join(left) + " -> " + " ".join(right)
+        return pipe_unit([self.resolve(node.args[0])], node, f"repeat({fmt(pattern)}{''.join(keys)})")
 
     def _op_scaled_dot_product_attention(self, node: Any) -> Unit:
         args = list(node.args) + [None, 0.0, False][len(node.args) - 3:]
