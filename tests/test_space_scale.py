@@ -210,6 +210,26 @@ def test_per_layer_samples_are_uniform_within_a_budget(tmp_path: Path) -> None:
     assert chi2 < dof + 4.8 * math.sqrt(2 * dof) + 10, (chi2, dof)
 
 
+def test_a_flops_budget_is_exact_over_layers(tmp_path: Path) -> None:
+    """FLOPs (at batch 1, T=8) add up over layers like parameters: the count within a FLOPs budget
+    equals the completions whose concrete specs measure within it."""
+    from archc.analysis.summary import summarize
+
+    path = write(tmp_path, TEMPLATE.format(width="choice(24, 32)", depth="2", connect="rezero", var="",
+                                           mixer=hole(["Attention(heads=3)", "Attention(heads=4)", "Mix()"], True),
+                                           norm="layernorm"))
+    everything = Space(path)
+    flops = {tuple(sorted(c.items())): summarize(elaborate_text(everything.concrete(c), "f.arch"), batch=1,
+                                                 axes={"T": 8}).total.flops for c in everything.enumerate()}
+    assert len(flops) == 3 ** 2 + 2 ** 2
+    bound = sorted(flops.values())[len(flops) // 3]
+    space = Space(path, where=f"flops < {bound}", axes={"T": 8})
+    inside = {k for k, f in flops.items() if f < bound}
+    assert 0 < len(inside) < len(flops)
+    assert {tuple(sorted(c.items())) for c in space.enumerate()} == inside
+    assert space.count() == len(inside)
+
+
 def test_mixed_layers_write_a_concrete_spec_that_checks(tmp_path: Path) -> None:
     space = Space(write(tmp_path, UNIFORM))
     choice = {"Net.width": 0, "Net.blocks[0]": 0, "Net.blocks[0].norm": 1, "Net.blocks[1]": 2,
