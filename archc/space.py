@@ -49,7 +49,7 @@ MAX_STATES = 2_000_000  # partial cost sums the budget's dynamic programming kee
 
 Choice = dict[str, int]  # hole path -> index of the chosen option (a per-layer hole: one path per layer)
 Allowed = Mapping[str, set[int]]  # hole path -> the options a restricted count or draw may pick
-Cost = tuple[Fraction, Fraction]  # (parameters, FLOPs)
+Cost = tuple[int, int]  # (parameters, FLOPs), times the outer combination's scale
 
 
 # ---- budgets -----------------------------------------------------------------------------------
@@ -118,9 +118,10 @@ class _Outer:
 
     key: tuple[int, ...]
     error: ArchError | None = None
-    base: Cost = (Fraction(0), Fraction(0))
+    base: Cost = (0, 0)
     stacks: list[_Stack] = field(default_factory=list)
     tried: int = 1  # combinations before type-checking: the per-layer options over all layers
+    scale: int = 1  # costs are kept times this (a multiple of each probed depth), as exact ints
 
 
 class Space:
@@ -311,6 +312,8 @@ class Space:
             if full.error is not None:
                 return _Outer(key, full.error, tried=math.prod(len(o) ** d for o, d in zip(per_stack, depths)))
             base = _cost(full)
+        # a layer on t costs (P(t) - P(ref)) / probed more than on ref: kept times `scale`, as ints
+        scale = math.lcm(*(d or 1 for d in rv.depths))
         stacks = []
         for s, (group, options) in enumerate(zip(self._families, per_stack)):
             stack = _Stack(group, depths[s])
@@ -322,12 +325,11 @@ class Space:
                 if v.depths[s] != probed:
                     raise ArchError(f"this stack's depth depends on its per-layer choices ({probed} and "
                                     f"{v.depths[s]} layers)", group[0].stack.span if group[0].stack else None)
-                delta = _cost(v)
-                stack.options.append((t, ((delta[0] - _cost(rv)[0]) / (probed or 1),
-                                          (delta[1] - _cost(rv)[1]) / (probed or 1))))
+                per = scale // (probed or 1)
+                stack.options.append((t, ((v.params - rv.params) * per, ((v.flops or 0) - (rv.flops or 0)) * per)))
             stacks.append(stack)
         tried = math.prod(len(o) ** st.depth for o, st in zip(per_stack, stacks))
-        return _Outer(key, None, base, stacks, tried)
+        return _Outer(key, None, (base[0] * scale, base[1] * scale), stacks, tried, scale)
 
     def _depth(self, hole: Hole, picks: dict[str, int]) -> int:
         option = hole.choice.options[picks[hole.path]]
@@ -448,7 +450,7 @@ class Space:
         assert self.budget is not None
         suffix = [dict.fromkeys(reach[-1], 0)]
         for s in reach[-1]:
-            suffix[0][s] = int(self.budget.holds({"params": s[0], "flops": s[1]}))
+            suffix[0][s] = int(self._within(s, o.scale))
         for options, starts in zip(reversed(layers), reversed(reach[:-1])):
             after = suffix[0]
             suffix.insert(0, {s: sum(after[_add(s, c)] for _, c in options) for s in starts})
@@ -488,11 +490,15 @@ class Space:
                 total = o.base
                 for _, c in combo:
                     total = _add(total, c)
-                if not self.budget.holds({"params": total[0], "flops": total[1]}):
+                if not self._within(total, o.scale):
                     continue
             yield choice | self._layer_choice(o, [t for t, _ in combo])
 
     # -- helpers --
+    def _within(self, cost: Cost, scale: int) -> bool:
+        assert self.budget is not None
+        return self.budget.holds({"params": Fraction(cost[0], scale), "flops": Fraction(cost[1], scale)})
+
     def _hole_of(self, path: str) -> Hole:
         for h in self._holes:
             if h.path == path or (h.per_layer and re.sub(r"\[\d+\]", "[*]", path, count=1) == h.path):
@@ -511,7 +517,7 @@ class Space:
 
 
 def _cost(v: Verdict) -> Cost:
-    return (Fraction(v.params), Fraction(v.flops or 0))
+    return (v.params, v.flops or 0)
 
 
 def _add(a: Cost, b: Cost) -> Cost:
