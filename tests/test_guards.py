@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from archc.api import build
+from archc.backends.fx.build import build_graph_module
 from archc.backends.torch import emit_python
 from archc.backends.torch.inputs import dynamic_shapes
 from archc.cli import main
@@ -71,6 +72,23 @@ def test_each_guard_fires_at_the_entry_with_its_message(model: torch.nn.Module, 
     assert str(err.value) == message
 
 
+@pytest.mark.parametrize("t, message", [
+    (5, "T must be divisible by 2 (guards.arch:3:12: chunk into 2 equal parts)"),
+    (18, "T must be at most 16 (guards.arch:4:9: positions(max_len=16))"),
+    (2, "T must be at least 4 (guards.arch:5:14: slice 3:)"),
+])
+def test_the_fx_target_checks_the_same_guards(graph: Graph, model: torch.nn.Module, t: int, message: str) -> None:
+    """The GraphModule asserts each condition at its entry (torch._assert: a constant message, so it
+    names no size), and runs what the guards allow like the module."""
+    gm = build_graph_module(graph, model)
+    assert gm.code.count("torch._assert(") == len(CONDITIONS)
+    with pytest.raises(AssertionError) as err:
+        gm(*_inputs(t))
+    assert str(err.value) == message
+    for ok in (4, 6, 16):
+        torch.testing.assert_close(gm(*_inputs(ok)), model(*_inputs(ok)), rtol=0, atol=0)
+
+
 def test_inputs_the_guards_allow_run_and_match_torch(model: torch.nn.Module) -> None:
     for t in (4, 6, 16):
         x, tokens = _inputs(t)
@@ -129,6 +147,10 @@ def test_the_emitted_check_reads_the_axis_from_the_right_input() -> None:
     assert model(torch.randn(2, 8), torch.randn(2, 4)).shape == (2, 3)
     with pytest.raises(ValueError, match="2\\*K must be at least 3, got 2"):
         model(torch.randn(2, 8), torch.randn(2, 2))
+    gm = build_graph_module(graph, model)  # fx reads it the same way
+    assert gm(torch.randn(2, 8), torch.randn(2, 4)).shape == (2, 3)
+    with pytest.raises(AssertionError, match="2\\*K must be at least 3"):
+        gm(torch.randn(2, 8), torch.randn(2, 2))
 
 
 def test_a_guard_on_an_axis_no_input_gives_is_a_located_error() -> None:
@@ -165,6 +187,9 @@ def test_a_hostile_file_name_reaches_the_guard_only_as_a_string() -> None:
     with pytest.raises(ValueError) as err:
         model(*_inputs(5))
     assert str(err.value) == f"T must be divisible by 2, got 5 ({name}:3:12: chunk into 2 equal parts)"
+    with pytest.raises(AssertionError) as fx_err:  # in fx's code, a repr'd constant
+        build_graph_module(elaborate_text(SPEC, name))(*_inputs(5))
+    assert str(fx_err.value) == f"T must be divisible by 2 ({name}:3:12: chunk into 2 equal parts)"
 
 
 def test_a_rearrange_that_splits_a_symbolic_axis_is_guarded() -> None:

@@ -12,6 +12,9 @@ ASCII identifier that no `nn.Module` / `GraphModule` attribute shadows become `g
 any other tensor is read the way the torch backend reads it, through the owners' `_modules`,
 `_parameters` and `_buffers` dicts, with each key a string constant (which fx writes with repr).
 The generated code is checked with `quote.verify_python` before the GraphModule is returned.
+
+The model's run-time guards (archc.guards: `T must be divisible by 2`) are the graph's first
+nodes, `torch._assert` calls on the input sizes, as the torch backend checks them in its forward.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import operator
 import types
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,8 +32,10 @@ from archc.backends.quote import PY_GLOBALS, GeneratedCodeError, is_identifier, 
 from archc.backends.torch.emit import TUPLE_OPS, expression, source_labels
 from archc.backends.torch.load import build_module
 from archc.backends.torch.naming import RESERVED, Namer, value_names
+from archc import guards
 from archc.errors import ArchError
 from archc.ir.graph import Graph, Node
+from archc.sizes import parse_size
 
 
 class _Tracer(fx.proxy.GraphAppendingTracer):
@@ -187,6 +193,7 @@ def build_graph_module(graph: Graph, module: nn.Module | None = None) -> fx.Grap
     names = _ascii_names(value_names(graph))
     tracer = _Tracer(fx_graph, set(names.values()))
     env: dict[str, Any] = {p.value: fx.Proxy(fx_graph.placeholder(names[p.value]), tracer) for p in graph.inputs}
+    _guard(graph, [env[p.value] for p in graph.inputs], tracer)
     space = _namespace(module, tracer)
     space["self"] = _Self(tracer.create_proxy("get_attr", "training", (), {}))
     reader = _Reader(tracer, graph)
@@ -210,6 +217,27 @@ def build_graph_module(graph: Graph, module: nn.Module | None = None) -> fx.Grap
     except GeneratedCodeError as err:  # a bug in archc: say so, with the code fx wrote
         raise GeneratedCodeError(f"{err}\n{gm.code}") from None
     return gm
+
+
+def _guard(graph: Graph, inputs: list[fx.Proxy], tracer: fx.proxy.GraphAppendingTracer) -> None:
+    """The model's run-time guards as `torch._assert(condition, message)` nodes on the inputs'
+    sizes (fx keeps them: an assertion is a side effect). The message is a constant, so it names
+    the condition and the op that needs it, not the size that broke it."""
+    axes = guards.given_axes(p.type for p in graph.inputs)
+    for g in graph.guards:
+        value: Any = 0
+        for mono, coef in sorted(parse_size(g.size).terms.items()):
+            term: Any = coef
+            for axis, power in mono:
+                i, dim, multiple = axes[axis]
+                read = inputs[i].size(dim) if multiple == 1 else inputs[i].size(dim) // multiple
+                for _ in range(power):
+                    term = read if term == 1 and not isinstance(term, fx.Proxy) else term * read
+            value = term if isinstance(value, int) and value == 0 else value + term
+        holds = {"divisible": lambda v, b: v % b == 0, "at_most": operator.le, "at_least": operator.ge}[g.kind]
+        where = f"{Path(g.span.file).name}:{g.span.line}:{g.span.col}: " if g.span else ""
+        tracer.create_proxy("call_function", torch._assert, (holds(value, g.bound), f"{g.condition} ({where}{g.why})"),
+                            {})
 
 
 def _allowed(gm: fx.GraphModule) -> frozenset[str]:
