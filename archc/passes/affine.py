@@ -14,9 +14,9 @@ forms of its inputs to the form of its output; the rules are the notes' T1-T12:
 
 Groups are tracked structurally: a form with `groups = g` is block-diagonal in g blocks, so the
 identity is a depthwise 1x1 (groups = C) and the sum or product of forms with groups g1 and g2
-has groups gcd(g1, g2). The same code runs on stand-ins (zeros of the weights' shapes: shapes
-only) when a pass decides what to emit, and on float64 weights when the weight transform runs, so
-the two always agree.
+has groups gcd(g1, g2). The same code runs on stand-ins (`stand_in`: zeros of the weights'
+shapes, shapes only) when a pass decides what to emit, and on float64 weights when the weight
+transform runs, so the two always agree.
 """
 
 from __future__ import annotations
@@ -27,6 +27,29 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from torch import Tensor
+
+
+_ZERO: list["Tensor"] = []  # the one element every stand-in broadcasts
+
+
+def stand_in(shape: tuple[int, ...]) -> "Tensor":
+    """Zeros of `shape` standing for a tensor when only shapes matter (a pass planning): one float64
+    element broadcast, so that no memory is written; a product with one is again one, computed
+    from the shapes alone."""
+    import torch
+
+    if not _ZERO:
+        _ZERO.append(torch.zeros((), dtype=torch.float64))
+    return _ZERO[0].expand(shape)
+
+
+def _times(a: "Tensor", b: "Tensor") -> "Tensor":
+    """a * b (broadcast); a stand-in when either is one (zeros times anything)."""
+    if _ZERO and (a._base is _ZERO[0] or b._base is _ZERO[0]):
+        n = max(a.dim(), b.dim())  # the broadcast shape (torch.broadcast_shapes imports sympy: seconds)
+        sa, sb = (1,) * (n - a.dim()) + tuple(a.shape), (1,) * (n - b.dim()) + tuple(b.shape)
+        return stand_in(tuple(x if y == 1 else y for x, y in zip(sa, sb)))
+    return a * b
 
 
 class NotExact(Exception):
@@ -132,8 +155,8 @@ def then_scale(f: Form, scale: "Tensor | None", shift: "Tensor | None") -> Form:
     """Per-output-channel affine map after f: s * y + t (T1, T11)."""
     K, b = f.K, f.b
     if scale is not None:
-        K = K * scale.reshape((-1,) + (1,) * (K.dim() - 1))
-        b = b * scale
+        K = _times(K, scale.reshape((-1,) + (1,) * (K.dim() - 1)))
+        b = _times(b, scale)
     if shift is not None:
         b = b + shift
     return replace(f, K=K, b=b, biased=f.biased or shift is not None, is_identity=False)

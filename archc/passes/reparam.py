@@ -75,15 +75,6 @@ class _Search:
     heads: set[int] = field(default_factory=set)
     assigned: set[int] = field(default_factory=set)
     consts: set[str] = field(default_factory=set)  # values computed from parameters alone
-    stand_ins: dict[tuple[int, ...], "Tensor"] = field(default_factory=dict)  # shape -> zeros (shapes only)
-
-    def zeros(self, shape: tuple[int, ...]) -> "Tensor":
-        """Zeros of `shape`, one tensor per shape (never written: the forms make new tensors)."""
-        import torch
-
-        if shape not in self.stand_ins:
-            self.stand_ins[shape] = torch.zeros(shape, dtype=torch.float64)
-        return self.stand_ins[shape]
 
 
 # ---- search -----------------------------------------------------------------------------------------
@@ -145,17 +136,15 @@ def _plan(s: _Search, ed: Editor, indices: list[int]) -> Plan | Cut | str:
     tier = tier_of(work, types[x])
     needs_dense: Cut | None = None
     if tier is not None:
-        import torch
-
-        # stand-ins of the right shapes: zeros on the CPU (a "meta" tensor's first use imports
-        # torch's compiler, seconds, and each op on one costs milliseconds)
-        meta = torch.zeros(0, dtype=torch.float64)
+        # stand-ins of the right shapes, on the CPU (a "meta" tensor's first use imports torch's
+        # compiler, seconds, and each op on one costs milliseconds)
+        meta = affine.stand_in((0,))
 
         def shape_only(name: str) -> "Tensor":
-            return s.zeros(tuple(graph.params[name].shape))
+            return affine.stand_in(tuple(graph.params[name].shape))
 
         def const_shape(value: str) -> "Tensor":
-            return s.zeros(tuple(d.value for d in types[value].sizes))
+            return affine.stand_in(tuple(d.value for d in types[value].sizes))
 
         try:
             f = region_forms(nodes, x, tier, shape_only, Consts(s.consts, const_shape), types, meta)
