@@ -43,7 +43,7 @@ def make_moe(el: Any, args: list[Any], kwargs: dict[str, Any], span: Span) -> Mo
             args.insert(i, kwargs.pop(key))
     capacity = plain(kwargs.pop("capacity", None))
     if kwargs:
-        raise ArchError(f"moe() has no argument '{sorted(kwargs)[0]}'", span, usage)
+        raise ArchError(f"moe() has no argument '{min(kwargs)}'", span, usage)
     if len(args) != 2:
         raise ArchError(f"moe() takes the number of experts and the expert, got {len(args)} argument(s)", span, usage)
     count, expert = plain(args[0]), el.as_callable(args[1], span)
@@ -96,8 +96,9 @@ class Mixtures(State):
                 out = self.apply(named(fn.expert, path), [routed], here, span, scope)
             except ArchError as err:
                 if e == 0:  # the first expert is where a type error shows: say what the expert is given
-                    err.notes.append((f"the expert of moe() is applied to the tokens routed to it, {routed.type}, "
-                                      f"whose axis {attrs['axis']} is its own", fn.span))
+                    given = f"the expert of moe() is applied to the tokens routed to it, {routed.type}, " \
+                            f"whose axis {attrs['axis']} is its own"
+                    err.notes.append((given, fn.span))
                 raise
             if not isinstance(out, Tensor):
                 raise ArchError(f"the expert of a mixture must return one tensor [N_e, ...], '{name}' returns "
