@@ -172,6 +172,39 @@ def test_torch_export_with_dynamic_t_states_the_guards(graph: Graph, model: torc
         program.module()(*_inputs(18, b=3))
 
 
+AFFINE = """axis B, T
+model M (x: [B, T, 8], tokens: i64[B, T], first: i64[B, 1]) -> [B, T + 1, 8] {
+    t = concat(first, tokens, dim=1)
+    y = concat(x[:, 0:1], x, dim=1)
+    return y + positions(t, 16, 8)
+}
+"""
+
+
+def test_a_guard_on_an_affine_size_is_solved_for_its_axis() -> None:
+    """`T + 1 <= 16` (positions on one more token) is stated to export as T <= 15, and `2*T`
+    divisible by 4 as T divisible by 2; export then accepts a dynamic T and keeps the bound."""
+    graph = elaborate_text(AFFINE, "affine.arch")
+    assert ("T + 1", "at_most", 16) in [(g.size, g.kind, g.bound) for g in graph.guards]
+    shapes = dynamic_shapes(graph)
+    assert str(shapes[0][1]) == "Dim('T', min=1, max=15)"
+    model = build(graph).eval()
+
+    def inputs(t: int) -> tuple[torch.Tensor, ...]:
+        gen = torch.Generator().manual_seed(t)
+        return torch.randn(2, t, 8, generator=gen), torch.zeros(2, t, dtype=torch.long), torch.zeros(2, 1, dtype=torch.long)
+    program = torch.export.export(model, inputs(8), dynamic_shapes=shapes)
+    for t in (3, 15):
+        torch.testing.assert_close(program.module()(*inputs(t)), model(*inputs(t)), rtol=0, atol=0)
+    with pytest.raises(Exception, match="15"):
+        program.module()(*inputs(16))
+    doubled = ("axis B, T\nmodel M (x: [B, T, 8]) -> [B, T / 2, 8] {\n"
+               "    a, b, c, d = chunk(concat(x, x, dim=1), 4, dim=1)\n    return a\n}\n")
+    graph = elaborate_text(doubled, "doubled.arch")
+    assert [(g.size, g.kind, g.bound) for g in graph.guards] == [("2*T", "divisible", 4)]
+    assert "T_over_2" in str(dynamic_shapes(graph)[0][1])
+
+
 def test_without_the_constraints_export_refuses_a_dynamic_t(model: torch.nn.Module) -> None:
     """The guards are real: a plain Dim('T') conflicts with T % 2 == 0, and torch.export says so."""
     t = torch.export.Dim("T")

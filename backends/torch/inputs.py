@@ -46,29 +46,48 @@ def example_inputs(graph: Graph, sizes: dict[str, int] | None = None, seed: int 
     return tuple(out)
 
 
+def _affine(size: Size) -> tuple[str, int, int] | None:
+    """(axis, c, b) when `size` is c * axis + b with c >= 1 (`T`, `T + 1`, `2*T - 3`), else None."""
+    linear = [(mono, coef) for mono, coef in size.terms.items() if mono]
+    const = size.terms.get((), 0)
+    if len(linear) != 1 or not isinstance(const, int):
+        return None
+    (mono, coef), = linear
+    if len(mono) != 1 or mono[0][1] != 1 or not isinstance(coef, int) or coef < 1:
+        return None
+    return mono[0][0], coef, const
+
+
 def dynamic_shapes(graph: Graph) -> tuple[dict[int, Any], ...]:
     """torch.export's `dynamic_shapes` for the model's inputs: each symbolic axis an input gives is a
     `Dim`, constrained by the model's run-time guards on it (archc.guards): `T` at most 1024 is
-    `Dim("T", max=1024)`, `T` divisible by 2 is `2 * Dim("T_over_2")`. Guards on a compound size
-    (`T + 1`) cannot be stated this way; export then reports them."""
+    `Dim("T", max=1024)`, `T` divisible by 2 is `2 * Dim("T_over_2")`, and a guard on an affine
+    size of one axis is solved for it (`T + 1 <= 1024` is `T <= 1023`; `2*T` divisible by 4 is `T`
+    divisible by 2). Others (`B*T`, `T + 1` divisible by 2) cannot be stated this way; export then
+    reports them."""
     from torch.export import Dim
+
+    from archc.sizes import parse_size
 
     low: dict[str, int] = {}
     high: dict[str, int] = {}
     step: dict[str, int] = {}
     for g in graph.guards:
-        if not g.size.isidentifier():
+        found = _affine(parse_size(g.size))
+        if found is None:
             continue
-        if g.kind == "divisible":
-            step[g.size] = math.lcm(step.get(g.size, 1), g.bound)
-        elif g.kind == "at_most":
-            high[g.size] = min(high.get(g.size, g.bound), g.bound)
-        else:
-            low[g.size] = max(low.get(g.size, g.bound), g.bound)
+        axis, c, b = found
+        if g.kind == "divisible":  # c*T + b = 0 (mod m): stated when b is, as T = 0 (mod m / gcd(c, m))
+            if b % g.bound == 0:
+                step[axis] = math.lcm(step.get(axis, 1), g.bound // math.gcd(c, g.bound))
+        elif g.kind == "at_most":  # c*T + b <= m
+            high[axis] = min(high.get(axis, (g.bound - b) // c), (g.bound - b) // c)
+        else:  # c*T + b >= m
+            low[axis] = max(low.get(axis, -(-(g.bound - b) // c)), -(-(g.bound - b) // c))
     dims: dict[str, Any] = {}
     for axis in sorted({a for p in graph.inputs for s in p.type.sizes for a in s.atoms()}):
         k, lo, hi = step.get(axis, 1), low.get(axis), high.get(axis)
-        bounds = {"min": -(-lo // k)} if lo is not None else {}
+        bounds = {"min": -(-lo // k)} if lo is not None and lo > 0 else {}
         bounds.update({"max": hi // k} if hi is not None else {})
         dims[axis] = Dim(axis, **bounds) if k == 1 else k * Dim(f"{axis}_over_{k}", **bounds)
     out = []
