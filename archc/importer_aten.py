@@ -147,7 +147,7 @@ class Emitter:
         """The units of a block's body: its own nodes, inlined modules' nodes, child blocks."""
         result: list[Unit] = []
         self._collect(s, None, result)
-        return self.fold(result)
+        return self.fold(self.channels_first_norms(self.merge_rearranges(result)))
 
     def _collect(self, s: Scope, owner: Scope | None, result: list[Unit]) -> None:
         for item in s.items:
@@ -218,6 +218,58 @@ class Emitter:
         for i in range(len(texts) - 2, -1, -1):
             body = f"if i == {i} then {texts[i]} else {body}"
         return f"stack({len(texts)}) {{ i => {body} }}"
+
+    def merge_rearranges(self, units: list[Unit]) -> list[Unit]:
+        """A rearrange of a rearrange used once is one rearrange (a reshape into heads and its
+        transpose: `b t (h d) -> b h t d`) where the first gives and the second takes plain axes."""
+        uses = _uses(units)
+        made = {u.outs[0]: u for u in units if u.pattern is not None}
+        out: list[Unit] = []
+        dropped: set[int] = set()
+        for u in units:
+            first = made.get(u.ins[0]) if u.pattern is not None else None
+            if first is not None and uses.get(u.ins[0]) == 1 and _atoms(first.pattern[1]) \
+                    and _atoms(u.pattern[0]) and len(first.pattern[1]) == len(u.pattern[0]):
+                rename = dict(zip(u.pattern[0], first.pattern[1]))
+                fresh = iter(n for n in (f"a{i}" for i in range(100, 200)) if n not in first.pattern[0])
+                for el in u.pattern[1]:
+                    for name in re.findall(r"\w+", el):
+                        if name not in rename:
+                            rename[name] = next(fresh)
+                right = [re.sub(r"\w+", lambda m: rename.get(m.group(0), m.group(0)), el) for el in u.pattern[1]]
+                keys = {**first.pattern[2], **{rename[k]: v for k, v in u.pattern[2].items()}}
+                merged = rearrange_unit(first.ins[0], u.outs[0], first.pattern[0], right, keys)
+                dropped.add(id(first))
+                made[u.outs[0]] = merged
+                out.append(merged)
+            else:
+                out.append(u)
+        return [u for u in out if id(u) not in dropped]
+
+    def channels_first_norms(self, units: list[Unit]) -> list[Unit]:
+        """`b c h w -> b h w c`, a layernorm, and back: `layernorm(dim=1)` (timm's LayerNorm2d)."""
+        uses = _uses(units)
+        made = {o: u for u in units for o in u.outs}
+        drop: set[int] = set()
+        for u in units:
+            norm = made.get(u.ins[0]) if u.pattern is not None and len(u.ins) == 1 else None
+            first = made.get(norm.ins[0]) if norm is not None and len(norm.ins) == 1 else None
+            if first is None or first.pattern is None or not norm.callable_text.startswith("layernorm(") \
+                    or "dim=" in norm.callable_text or uses.get(u.ins[0]) != 1 or uses.get(norm.ins[0]) != 1:
+                continue
+            left, right = first.pattern[:2]
+            n = len(left)
+            if not (_atoms(left) and n >= 3 and right == [left[0], *left[2:], left[1]]
+                    and u.pattern[1] == [u.pattern[0][0], u.pattern[0][-1], *u.pattern[0][1:-1]]):
+                continue
+            inner = norm.callable_text[len("layernorm("):-1]
+            norm.callable_text = "layernorm(" + ", ".join([p for p in (inner, "dim=1") if p]) + ")"
+            if not norm.declare:
+                text = norm.callable_text
+                norm.render = lambda a, text=text: (f"{a[0][0]} >> {text}", PIPE)
+            norm.ins, norm.outs = first.ins, u.outs
+            drop |= {id(first), id(u)}
+        return [u for u in units if id(u) not in drop]
 
     def fold(self, units: list[Unit]) -> list[Unit]:
         """Calls NAME.0, NAME.1, ... that feed each other (a ModuleList loop) as one stack."""
@@ -554,8 +606,9 @@ class Emitter:
             return None  # type: ignore[return-value]
         if len(a) >= 2 and b == a[:1] + [_product(a[1:])]:
             return pipe_unit([self.resolve(x)], node, "flatten()")
-        return pipe_unit([self.resolve(x)], node, call("rearrange", _view_pattern(a, b, self._at(node))) [:-1]
-                         + _split_sizes(a, b) + ")")
+        left, _, right = _view_pattern(a, b, self._at(node)).partition(" -> ")
+        keys = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", _split_sizes(a, b))}
+        return rearrange_unit(self.resolve(x), node, _elements(left), _elements(right), keys)
 
     _op_view = _op_reshape = _op__unsafe_view = _op_unsqueeze = _op_squeeze = _op_reshape_as = _op_flatten
 
@@ -567,8 +620,7 @@ class Emitter:
 
     def _permute(self, node: Any, x: Any, perm: list[int]) -> Unit:
         names = _axis_names(len(perm))
-        pattern = " ".join(names) + " -> " + " ".join(names[p] for p in perm)
-        return pipe_unit([self.resolve(x)], node, call("rearrange", pattern))
+        return rearrange_unit(self.resolve(x), node, names, [names[p] for p in perm], {})
 
     def _op_transpose(self, node: Any) -> Unit:
         x = node.args[0]
@@ -1004,3 +1056,20 @@ def _evaluate(node: Any, inputs: dict[Any, Any], env: dict[Any, Any]) -> Any:
             kwargs = {k: _evaluate(v, inputs, env) for k, v in node.kwargs.items()}
             env[node] = node.target(*args, **kwargs)
     return env[node]
+
+
+def rearrange_unit(x: Any, out: Any, left: list[str], right: list[str], keys: dict[str, int]) -> Unit:
+    """`x >> rearrange("left -> right", name=size...)`, its sides kept for merging."""
+    text = call("rearrange", " ".join(left) + " -> " + " ".join(right))[:-1]
+    text += "".join(f", {k}={v}" for k, v in keys.items()) + ")"
+    unit = pipe_unit([x], out, text)
+    unit.pattern = (left, right, keys)
+    return unit
+
+
+def _elements(side: str) -> list[str]:
+    return re.findall(r"\([^)]*\)|\S+", side)
+
+
+def _atoms(elements: list[str]) -> bool:
+    return all(re.fullmatch(r"[A-Za-z_]\w*", el) for el in elements)

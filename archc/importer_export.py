@@ -204,6 +204,7 @@ class Unit:
     path: str = ""  # the instance path relative to the block ('' for an anonymous op)
     callable_text: str = ""  # what the instance is: `linear(64)`, `Mlp()`, `stack(2) { ... }`
     declare: bool = False  # declared as a named instance (ops with weights, blocks, stacks)
+    pattern: tuple[list[str], list[str], dict[str, int]] | None = None  # a rearrange's sides and sizes
 
 
 def pipe_unit(ins: list[Any], out: Any, text: str, path: str = "", declare: bool = False) -> Unit:
