@@ -65,17 +65,24 @@ def build(graph: Graph, target: str = "torch") -> Any:
     return build_graph_module(graph)
 
 
-def compile(path: str | Path, target: str = "torch", model: str | None = None, dtype: str = "f32",
+def compile(path: str | Path, target: str = "torch", model: str | None = None, dtype: str = "f32", opt: int = 0,
             **model_params: Any) -> Any:
     """Compile the spec at `path` to a freshly initialized module. `model` picks a model or block
     when the file has several; `dtype` ("f32", "bf16", "f16", "f64") is the dtype of the model's
     inputs that do not name one and of the parameters no input decides (archc/elaborate/dtypes.py);
+    `opt` runs the passes of `archc build -O<opt>` first (docs/passes.md: -O1 keeps the
+    state_dict, -O2 makes an eval-mode model whose weights a trained -O0 model's give through
+    `archc.passes.manager.run_pipeline(graph, LEVELS[2]).weights(state_dict)`, or `archc deploy`);
     `model_params` override the model's parameters (`depth=4`)."""
     from archc.elaborate import elaborate_file
+    from archc.passes.manager import LEVELS, run_pipeline
 
     check_target(target)
+    if opt not in LEVELS:
+        raise ArchError(f"unknown optimization level {opt!r}", None, f"the levels are {', '.join(map(str, LEVELS))}")
     overrides = {k: _as_spec_value(v) for k, v in model_params.items()}
-    return build(elaborate_file(path, model=model, overrides=overrides, dtype=dtype), target)
+    graph = elaborate_file(path, model=model, overrides=overrides, dtype=dtype)
+    return build(run_pipeline(graph, LEVELS[opt]).graph if opt else graph, target)
 
 
 def _as_spec_value(value: Any) -> Any:

@@ -81,6 +81,26 @@ def test_compile_takes_python_lists_for_list_parameters(tmp_path: Path) -> None:
     assert model.linear_1.weight.shape == (5, 6)
 
 
+def test_compile_at_an_optimization_level() -> None:
+    """archc.compile(opt=2) is `archc build -O2` from Python: BatchNorm folded (no BatchNorm2d left),
+    and a trained -O0 model's weights, sent through the pipeline's transform, give its outputs."""
+    from archc.passes.manager import LEVELS, run_pipeline
+
+    spec = specs_root() / "models" / "resnet18.arch"
+    torch.manual_seed(0)
+    plain = archc.compile(spec, img_size=32).eval()
+    fast = archc.compile(spec, img_size=32, opt=2).eval()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    graph = elaborate_file(spec, overrides={"img_size": 32})
+    fast.load_state_dict(run_pipeline(graph, LEVELS[2]).weights(plain.state_dict()))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ArchError, match="optimization level"):
+        archc.compile(spec, opt=3)
+
+
 def test_compile_is_seeded_by_torch() -> None:
     torch.manual_seed(3)
     a = archc.compile(GPT_TINY, depth=1).state_dict()
