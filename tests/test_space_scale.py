@@ -438,3 +438,40 @@ def test_ten_thousand_metaformer_samples_check_build_and_run() -> None:
     """The issue's check: 10,000 samples of bench/metaformer_space.arch, 0 that fail to check, 0
     that fail when built and run (about an hour on one core)."""
     _check_samples(Space(METAFORMER), 10_000, 10_000)
+
+
+STAGES = """import "std/transformer.arch"
+
+axis B, T
+
+block Stage(width: int) (x: [B, T, C]) -> [B, T, width] {
+    proj = linear(width)
+    layers = stack(2, connect=rezero) {
+        TransformerBlock(choice(Attention(heads=3), Attention(heads=4), per_layer=true), mlp_ratio=2)
+    }
+    return x >> proj >> layers
+}
+
+model Net(w: int = choice(24, 32)) (x: [B, T, 16]) -> [B, T, 48] {
+    return x >> Stage(w) >> Stage(48)
+}
+"""
+
+
+def test_per_layer_choices_in_a_block_used_twice(tmp_path: Path) -> None:
+    """A per-layer hole in a block's stack is named by the block (`Stage.layers[i]`) and picks the
+    layer's option in every use of the block: each layer's option must check at both widths."""
+    space = Space(write(tmp_path, STAGES))
+    assert space.holes() == [("Stage.layers[*]", ("Attention(heads=3)", "Attention(heads=4)")),
+                             ("Net.w", ("24", "32"))]
+    assert format_module(parse(STAGES)) == STAGES  # per_layer=true is kept by the formatter
+    brute = set()
+    for w, a, b in itertools.product((0, 1), repeat=3):
+        choice = {"Net.w": w, "Stage.layers[0]": a, "Stage.layers[1]": b}
+        try:
+            elaborate_text(space.concrete(choice), "stages.arch")
+        except ArchError:
+            continue
+        brute.add(tuple(sorted(choice.items())))
+    assert len(brute) == 5  # heads=3 divides 24 and 48, not 32
+    assert {tuple(sorted(c.items())) for c in space.enumerate()} == brute
