@@ -93,6 +93,19 @@ def _moe_ref(x: torch.Tensor, sd: Sd, k: int) -> torch.Tensor:
     return torch.stack(out)
 
 
+def _moe_block_ref(x: torch.Tensor, sd: Sd, k: int, experts: int) -> torch.Tensor:
+    """A mixture of linear experts (moe(E, linear(6)): moe_select, each expert, moe_combine), token
+    by token: the top k of the softmax, renormalized, each chosen expert weighted."""
+    out = []
+    for row in x:
+        w, i = torch.topk(torch.softmax(row @ sd["gate.weight"].t(), dim=-1), k)
+        w = w / w.sum()
+        out.append(sum(weight * (row @ sd[f"experts.{e}.weight"].t() + sd[f"experts.{e}.bias"])
+                       for weight, e in zip(w, i.tolist())))
+    assert len({f"experts.{e}.weight" for e in range(experts)} & set(sd)) == experts
+    return torch.stack(out)
+
+
 def _moe_load_ref(x: torch.Tensor, sd: Sd) -> torch.Tensor:
     logits = x @ sd["linear.weight"].t()
     chosen = torch.topk(logits, 2, dim=-1).indices
@@ -276,6 +289,13 @@ CASES = [
              weights, index = moe_router(gate(x), 2)
              return experts(x, weights, index)
          }""", lambda i, sd: _moe_ref(i[0], sd, 2), sizes={"B": 9}),
+    Case("moe_select", """axis B
+         model M (x: [B, 8]) -> [B, 6] {
+             gate = linear(4, bias=false)
+             weights, index = moe_router(gate(x), 2)
+             experts = moe(4, linear(6))
+             return experts(x, weights, index)
+         }""", lambda i, sd: _moe_block_ref(i[0], sd, 2, 4), sizes={"B": 9}),
     Case("moe_load", """axis B
          model M (x: [B, 8]) -> f32[2, 5] {
              logits = linear(x, 5, bias=false)
