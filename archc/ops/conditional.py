@@ -231,6 +231,15 @@ class MoeLoad(Op):
         return f"moe_load({ins[0]}, {ins[1]})"
 
 
+def _check_routing(op: str, x: TensorType, w: TensorType, idx: TensorType) -> None:
+    """A mixture's inputs: x [*, D] and the router's weights and indices [*, k] over the same inputs."""
+    need_float(x, op)
+    need_float(w, op)
+    if x.rank == 0 or idx.dtype != "i64" or idx.rank != x.rank or w.sizes != idx.sizes \
+            or idx.sizes[:-1] != x.sizes[:-1]:
+        raise OpError(f"{op}: weights and indices must be [*, k] over x's inputs (x {x}, weights {w}, indices {idx})")
+
+
 class MoeExpertsAttrs(_Attrs):
     experts: int = Field(gt=0, le=MAX_EXPERTS)
     hidden: int = Field(gt=0)
@@ -261,12 +270,7 @@ class MoeExperts(Op):
 
     def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
         x, w, idx = ins
-        need_float(x, self.name)
-        need_float(w, self.name)
-        if x.rank == 0 or idx.dtype != "i64" or idx.rank != x.rank or w.sizes != idx.sizes \
-                or idx.sizes[:-1] != x.sizes[:-1]:
-            raise OpError(f"moe_experts: weights and indices must be [*, k] over x's inputs (x {x}, "
-                          f"weights {w}, indices {idx})")
+        _check_routing(self.name, x, w, idx)
         d = known(x.sizes[-1], "moe_experts' features")
         if a.impl == "grouped" and any(n * _BYTES.get(x.dtype, 4) % 16 for n in (d, a.hidden)):
             raise OpError(f"moe_experts(impl=\"grouped\"): torch._grouped_mm needs rows of a multiple of 16 "
@@ -344,12 +348,7 @@ class MoeSelect(Op):
 
     def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
         x, w, idx = ins
-        need_float(x, self.name)
-        need_float(w, self.name)
-        if x.rank == 0 or idx.dtype != "i64" or idx.rank != x.rank or w.sizes != idx.sizes \
-                or idx.sizes[:-1] != x.sizes[:-1]:
-            raise OpError(f"moe_select: weights and indices must be [*, k] over x's inputs (x {x}, "
-                          f"weights {w}, indices {idx})")
+        _check_routing(self.name, x, w, idx)
         if a.expert >= a.experts:
             raise OpError(f"moe_select: expert {a.expert} of {a.experts}")
         routed = Dim(name=a.axis, size=Size.sym(a.axis))
