@@ -475,6 +475,12 @@ class Emitter:
 
     def _op_batch_norm(self, node: Any) -> Unit:
         x, w, b, mean, var, training, momentum, eps = node.args[:8]
+        source = x
+        while hasattr(source, "op") and packet(source) in ("view", "reshape", "_unsafe_view"):
+            source = source.args[0]
+        if training and self.g.is_param(source):
+            raise Unmapped(f"{self._at(node)}: a weight standardized in the forward (batch_norm of the parameter "
+                           f"'{self.g.params[source.name]}'); archc's convolutions own plain weights")
         if training:
             raise Unmapped(f"{self._at(node)}: batch_norm in training mode (no running statistics)")
         text = call("batchnorm", eps=float(eps), momentum=float(momentum), affine=w is not None,
