@@ -295,6 +295,7 @@ def test_archc_import_command(tmp_path, monkeypatch, capsys) -> None:  # type: i
 @pytest.mark.parametrize(("argv", "message"), [
     (["mymod.py:Mpl", "--example-input", "2,16"], "mymod.py has no 'Mpl'\n  hint: did you mean 'Mlp'?"),
     (["mymod.py:Mlp", "--example-input", "2,x"], "--example-input takes a shape such as 2,16"),
+    (["mymod.py:Mlp", "--example-input", "u8:2,16"], "--example-input takes a shape such as 2,16"),
     (["mymod.py:Mlp", "--example-input", "2,3,4"], "its forward fails on the example inputs: RuntimeError"),
     (["missing.py:Mlp", "--example-input", "2,16"], "no such Python file: missing.py"),
     (["mymod.py:Mlp", "--example-input", "2,16", "-o", "mymod.py"], "writing would overwrite it"),
@@ -397,3 +398,38 @@ def test_archc_import_a_file_with_a_dataclass(tmp_path, monkeypatch, capsys) -> 
     (tmp_path / "withcfg.py").write_text(DATACLASS_FILE)
     assert main(["import", "withcfg.py:Net", "--example-input", "2,16"]) == 0
     assert "fc = linear(4)" in capsys.readouterr().out
+
+
+TOKENS_FILE = '''
+import torch.nn as nn
+
+
+class Lm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.wte = nn.Embedding(10, 8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, tokens):
+        return self.head(self.wte(tokens))
+'''
+
+
+def test_archc_import_token_ids(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`--example-input i64:2,5`: an integer input (token ids) types the model's input i64."""
+    from archc.cli import main
+    from archc.commands.import_ import load_class
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lm.py").write_text(TOKENS_FILE)
+    assert main(["import", "lm.py:Lm", "--example-input", "i64:2,5"]) == 0
+    text = capsys.readouterr().out
+    assert "model Lm (x: i64[B, 5]) -> [B, 5, 10]" in text and "wte = embedding(10, 8)" in text
+    module = _randomized(load_class(str(tmp_path / "lm.py:Lm"))())
+    from archc.api import build
+    from archc.elaborate import elaborate_text
+
+    built = build(elaborate_text(text, "lm.arch")).eval()
+    built.load_state_dict(module.state_dict(), strict=True)
+    tokens = torch.randint(0, 10, (3, 5), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(built(tokens), module(tokens), rtol=1e-5, atol=1e-5)

@@ -25,19 +25,30 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                    "and compared with the module on random example inputs before it is written.")
     p.add_argument("target", metavar="FILE.py:CLASS", help="the Python file and the class in it (built with no arguments)")
     p.add_argument("--example-input", action="append", required=True, metavar="SHAPE",
-                   help="the shape of an example input, e.g. 2,3,224,224 (axis 0 is the batch; repeat per input)")
+                   help="the shape of an example input, e.g. 2,3,224,224, or i64:2,16 for token ids (axis 0 is "
+                        "the batch; repeat per input)")
     p.add_argument("-o", "--output", type=Path, help="write the spec here instead of printing it")
     p.set_defaults(func=run)
 
 
-def _shape(text: str) -> tuple[int, ...]:
+def _shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """`2,16` (f32) or `i64:2,16` (tokens) as (dtype, shape)."""
+    dtype, _, dims = text.rpartition(":")
     try:
-        shape = tuple(int(part) for part in text.split(","))
+        shape = tuple(int(part) for part in dims.split(","))
     except ValueError:
         shape = ()
-    if not shape or any(d <= 0 for d in shape) or len(shape) > 8:
-        raise ArchError(f"--example-input takes a shape such as 2,16 (positive sizes), got '{text}'")
-    return shape
+    if dtype not in ("", "f32", "i64") or not shape or any(d <= 0 for d in shape) or len(shape) > 8:
+        raise ArchError(f"--example-input takes a shape such as 2,16 (positive sizes; i64:2,16 for token ids), "
+                        f"got '{text}'")
+    return dtype or "f32", shape
+
+
+def _example(dtype: str, shape: tuple[int, ...], g: Any) -> Any:
+    """A random example input: normal floats, or token ids 0 and 1 (within any vocabulary)."""
+    import torch
+
+    return torch.randn(shape, generator=g) if dtype == "f32" else torch.randint(0, 2, shape, generator=g)
 
 
 def load_class(target: str) -> Any:
@@ -79,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise ArchError(f"{args.target} is not an nn.Module class")
     g = torch.Generator().manual_seed(0)
     source = f"{Path(args.target.rpartition(':')[0]).name}:{cls.__name__}"
-    text = import_module(module, [torch.randn(shape, generator=g) for shape in shapes], source=source)
+    text = import_module(module, [_example(dtype, shape, g) for dtype, shape in shapes], source=source)
     if args.output:
         refuse_overwrite(args.output, [Path(args.target.rpartition(":")[0])])
         write_atomic(args.output, text)
