@@ -133,6 +133,20 @@ def test_count_and_budget_match_brute_force_on_random_spaces(tmp_path: Path, see
         assert all(tuple(sorted(within.sample(rng).items())) in inside for _ in range(50))
 
 
+def test_layer_policies_match_brute_force(tmp_path: Path) -> None:
+    """Per-layer choices under the policies that wire layers differently: DenseFormer averaging
+    (whose weights grow with the depth), MUDD's dynamic dense mixes, LAuReL; counts and a budget."""
+    space = {"width": ["24", "32"], "depth": ["1", "2"], "connect": ["dwa", "mudd", "laurel"],
+             "mixer": ["Attention(heads=3)", "Mix()"], "norm": ["layernorm"], "mixer_per_layer": True,
+             "norm_per_layer": False}
+    path = write(tmp_path, space_text(space))
+    truth = brute_force(space)
+    assert Space(path).count() == len(truth) == 3 * (2 + 4 + 1 + 1)  # heads=3 fails at width 32
+    bound = sorted(truth.values())[len(truth) // 2]
+    within = Space(path, where=f"params <= {bound}")
+    assert {tuple(sorted(c.items())) for c in within.enumerate()} == {k for k, p in truth.items() if p <= bound}
+
+
 BIG = TEMPLATE.format(width="choice(24, 32)", depth="12", connect="rezero", var="",
                       mixer=hole(["Attention(heads=3)", "Attention(heads=4)", "Attention(heads=6)", "Mix()"], True),
                       norm=hole(NORMS, True))
