@@ -14,9 +14,11 @@ from archc.errors import ArchError
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("space", help="count, enumerate or sample a spec with choice(...) holes",
-                       description="A spec with choice(...) holes is a search space. Count its completions "
-                                   "that type-check (exactly), list them, or draw them uniformly; each sample "
-                                   "is a concrete spec that checks on its own.")
+                       description="A spec with choice(...) holes is a search space: choice(a, b, c), "
+                                   "choice(range(lo, hi, step)), and choice(..., per_layer=true) in a stack's "
+                                   "body for one hole per layer (paths such as Net.blocks[3]). Count its "
+                                   "completions that type-check (exactly), list them, or draw them uniformly; "
+                                   "each sample is a concrete spec that checks on its own.")
     p.add_argument("spec", type=Path, help="the .arch file with choice(...) holes")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--count", action="store_true", help="the number of well-typed completions")
