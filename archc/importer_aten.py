@@ -404,6 +404,10 @@ class Emitter:
             return None  # an output of a multi-output op, defined by that op's unit
         name = packet(node)
         if not is_tensor(node) and name not in ("split", "split_with_sizes", "unbind", "chunk"):
+            val = node.meta.get("val")
+            if isinstance(val, (list, tuple)) and any(hasattr(v, "shape") for v in val):
+                what = getattr(node.target, "__name__", str(node.target))
+                raise Unmapped(f"{self._at(node)}: the op {what} (tensors) has no archc op (yet)")
             return None  # symbolic sizes and asserts: the types carry them
         handler = getattr(self, f"_op_{name}", None)
         if name in ALIASES or (name == "to" and dtype_of(node) == dtype_of(node.args[0])) \

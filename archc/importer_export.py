@@ -130,7 +130,8 @@ class Graph:
             if node.op != "call_function":
                 continue
             scope = root
-            for key, value in (node.meta.get("nn_module_stack") or {}).items():
+            owner = node.args[0] if node.target is operator.getitem and hasattr(node.args[0], "meta") else node
+            for key, value in (owner.meta.get("nn_module_stack") or {}).items():  # an output goes with its op
                 path = value[0]
                 if not path:
                     continue
