@@ -88,8 +88,11 @@ class Scope:
 
     @property
     def type_name(self) -> str:
-        name = type(self.module).__name__
-        return name if name.isidentifier() and name not in RESERVED else "Block"
+        from archc.ops import registry
+
+        name = type(self.module).__name__  # a class name is input too: only a plain ASCII name is kept
+        ok = name.isidentifier() and name.isascii() and name not in RESERVED and not registry.has(name)
+        return name if ok and not keyword.iskeyword(name) else "Block"
 
 
 class Graph:

@@ -433,3 +433,16 @@ def test_archc_import_token_ids(tmp_path, monkeypatch, capsys) -> None:  # type:
     built.load_state_dict(module.state_dict(), strict=True)
     tokens = torch.randint(0, 10, (3, 5), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(built(tokens), module(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_hostile_class_names_are_not_spec_names() -> None:
+    """Class names become block names only when they are plain ASCII names that no op or keyword has."""
+    inner = type("relu", (nn.Module,), {"__init__": lambda self: (nn.Module.__init__(self), setattr(self, "fc", nn.Linear(4, 4)))[0],
+                                         "forward": lambda self, x: self.fc(x) * 2.0})
+    outer = type("Ünïcode", (nn.Module,), {"__init__": lambda self: (nn.Module.__init__(self), setattr(self, "body", inner()))[0],
+                                            "forward": lambda self, x: self.body(x) + 1.0})
+    module = _randomized(outer())
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
+    text = archc.import_module(module, x)
+    _check_round_trip(module, text, x)
+    assert "block Block (x: [B, D]) -> [B, D]" in text and "model Imported (x: [B, 4])" in text
