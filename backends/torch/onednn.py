@@ -32,6 +32,8 @@ POSTOPS = {
 }
 _PACKED: dict = {}  # id(weight) -> key -> packed weight (an entry goes when its weight is collected)
 _MAX_SHAPES = 8  # packed weights kept per layer
+_MKLDNN = torch.backends.mkldnn.is_available()
+_MIN_ROWS = 32  # a linear of fewer rows stays torch's: MKL's packed GEMV measured slower, and the call costs ~10 us
 
 
 def fusable(training: bool, weight: torch.Tensor, x: torch.Tensor) -> bool:
@@ -40,7 +42,7 @@ def fusable(training: bool, weight: torch.Tensor, x: torch.Tensor) -> bool:
         return False
     if x.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False  # no bf16 instructions here: oneDNN would emulate them slowly
-    if weight.dtype != x.dtype or torch.compiler.is_compiling() or not torch.backends.mkldnn.is_available():
+    if weight.dtype != x.dtype or not _MKLDNN or torch.compiler.is_compiling():
         return False
     return not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
 
@@ -150,20 +152,23 @@ def linear_act(linear: nn.Linear, x: torch.Tensor, act: str = "", algorithm: str
     """act(linear(x)) on a weight packed for the number of rows, as Inductor's freezing emits it:
     float32 as MKL's packed sgemm and then the activation in place (oneDNN's GELU post-op measured
     slower than torch's GELU after the GEMM on this CPU: 4.9 against 4.2 ms for ConvNeXt-T's 784x192x768),
-    bfloat16 as oneDNN's linear with the activation as a post-op."""
-    if not isinstance(linear, nn.Linear) or not fusable(linear.training, linear.weight, x) or x.dim() < 2 or \
-            not x.is_contiguous() or (x.dtype == torch.float32 and not torch._C.has_mkl):
+    bfloat16 as oneDNN's linear with the activation as a post-op. Fewer than _MIN_ROWS rows (a
+    decoding step): torch's own linear."""
+    if not isinstance(linear, nn.Linear):
         return _activation(linear(x), act, algorithm)
+    w, b = linear.weight, linear.bias
+    rows = x.numel() // x.shape[-1] if x.dim() >= 2 and x.shape[-1] else 0
+    if rows < _MIN_ROWS or not x.is_contiguous() or not fusable(linear.training, w, x) or \
+            (x.dtype == torch.float32 and not torch._C.has_mkl):
+        return _activation(F.linear(x, w, b), act, algorithm)
     shape = x.shape
-    x = x.reshape(-1, shape[-1])
-    rows = x.shape[0]
+    x = x.view(rows, shape[-1]) if x.dim() > 2 else x
     if x.dtype == torch.float32:
-        packed = _packed(linear.weight, ("mkl", rows), lambda: torch.ops.mkl._mkl_reorder_linear_weight(
-            linear.weight.detach(), rows))
-        y = torch.ops.mkl._mkl_linear(x, packed, linear.weight, linear.bias, rows)
+        y = torch.ops.mkl._mkl_linear(x, _packed(w, ("mkl", rows), lambda: torch.ops.mkl._mkl_reorder_linear_weight(
+            w.detach(), rows)), w, b, rows)
         y = POSTOPS_INPLACE[act](y, algorithm) if act else y
     else:
-        packed = _packed(linear.weight, ("onednn", rows, x.dtype), lambda: torch.ops.mkldnn._reorder_linear_weight(
-            linear.weight.detach(), rows))
-        y = torch.ops.mkldnn._linear_pointwise(x, packed, linear.bias, act or "none", [], algorithm or "")
-    return y.reshape(*shape[:-1], linear.out_features)
+        y = torch.ops.mkldnn._linear_pointwise(x, _packed(w, ("onednn", rows, x.dtype), lambda: torch.ops.mkldnn.
+                                               _reorder_linear_weight(w.detach(), rows)), b, act or "none", [],
+                                               algorithm or "")
+    return y.view(*shape[:-1], y.shape[-1]) if len(shape) > 2 else y

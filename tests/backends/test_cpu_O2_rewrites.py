@@ -24,9 +24,11 @@ def test_linear_act_is_the_linear_and_its_activation_for_any_rows(act: str) -> N
     with torch.no_grad():
         linear.bias.copy_(torch.randn(40, generator=g))
     with torch.inference_mode():
-        for shape in ((7, 24), (2, 9, 24), (7, 24)):  # packed for 7 rows, then 18 (repacked), then 7 again
+        # packed for 40 rows, then 48 (packed again), 40 again, and 3 (fewer than _MIN_ROWS: torch's own)
+        for shape in ((40, 24), (2, 24, 24), (40, 24), (3, 24)):
             x = torch.randn(shape, generator=g)
             torch.testing.assert_close(onednn.linear_act(linear, x, act), ACTS[act](linear(x)), **TOL)
+        assert len(onednn._PACKED[id(linear.weight)]) == 2  # the two shapes of at least _MIN_ROWS rows
         x = torch.randn(9, 48, generator=g)[:, ::2]  # not contiguous: torch's own linear
         torch.testing.assert_close(onednn.linear_act(linear, x, act), ACTS[act](linear(x)), **TOL)
     x = torch.randn(3, 24, generator=g, requires_grad=True)  # autograd: the plain layers, gradients flow
@@ -54,10 +56,10 @@ def test_every_linear_of_an_O2_module_is_packed_and_the_state_dict_is_the_plain_
     plain = build(graph).eval()
     fast = build(pipeline.graph).eval()
     fast.load_state_dict(pipeline.weights(plain.state_dict()))
-    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 20, 16, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), plain(x), **TOL)
-        torch.testing.assert_close(fast(x[:1]), plain(x[:1]), **TOL)  # another number of rows
+        torch.testing.assert_close(fast(x[:, :17]), plain(x[:, :17]), **TOL)  # another number of rows
     cache = vars(__import__(type(fast).__module__, fromlist=["_PACKED"]))["_PACKED"]
     linears = [m for m in fast.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 2 and all(id(m.weight) in cache for m in linears)
