@@ -28,6 +28,9 @@ from archc.frontend import ast as A
 from archc.frontend.fmt import expr_text
 
 
+Found = list[tuple[str, A.Choice, tuple[tuple[A.Stack, int], ...]]]  # path, hole, enclosing stacks
+
+
 @dataclass(frozen=True)
 class Hole:
     path: str  # a per-layer hole's family: `[*]` where the layer index goes
@@ -54,7 +57,7 @@ class Hole:
 
 def find_holes(module: A.Module) -> list[Hole]:
     """Every hole of `module`, in source order, with its path."""
-    found: list[tuple[str, A.Choice, tuple[tuple[A.Stack, int], ...]]] = []
+    found: Found = []
     for item in module.items:
         if isinstance(item, A.Let):
             _collect(item.value, item.name, found)
@@ -84,9 +87,6 @@ def _layer_stack(choice: A.Choice, stacks: tuple[tuple[A.Stack, int], ...]) -> t
         raise ArchError(f"a per-layer choice needs layers that do not read their index '{stack.var}' (each "
                         "layer is then checked on its own once)", choice.span)
     return stack, at
-
-
-Found = list[tuple[str, A.Choice, tuple[tuple[A.Stack, int], ...]]]
 
 
 def _collect_def(item: A.BlockDef | A.InterfaceDef, found: Found) -> None:
