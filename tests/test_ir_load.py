@@ -225,7 +225,7 @@ def test_a_malformed_ir_file_is_refused_clearly(name: str, tmp_path: Path, base:
     assert err.startswith(f"archc: error: {path}: not a valid archc IR file: ") and "internal error" not in err
     assert len(err.strip().splitlines()) == 1
     assert CASES[name][1] in err
-    assert took < 3, f"{name}: {took:.1f} s"
+    assert took < 60, f"{name}: {took:.1f} s (a hang guard: a bomb file must be refused before the work it asks for)"
 
 
 def test_load_json_raises_only_invalid_ir(base: dict[str, Any]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -147,15 +146,18 @@ def test_cli_after_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 @needs_dot
-@pytest.mark.parametrize("spec, sets", [(GPT, ["depth=48", "D=768", "heads=12"]), (GPT2, ["depth=48"])])
-def test_48_layers_render_fast(tmp_path: Path, spec: Path, sets: list[str], svg: Callable) -> None:
+@pytest.mark.parametrize("spec, sets", [(GPT, ["D=768", "heads=12"]), (GPT2, [])])
+def test_48_layers_draw_as_few_nodes_as_2(tmp_path: Path, spec: Path, sets: list[str], svg: Callable) -> None:
+    """A deep stack is drawn once with its count (x48), so the diagram (and dot's layout work) does
+    not grow with the depth: 48 layers give the nodes 2 layers give (no timing in a test)."""
     if not spec.is_file():
         pytest.skip(f"{spec.name} is not written yet")
-    args = ["render", str(spec), "-o", str(tmp_path / "net.svg")]
-    for s in sets:
-        args += ["--set", s]
-    start = time.perf_counter()
-    assert cli.main(args) == 0
-    elapsed = time.perf_counter() - start
-    assert elapsed < 5.0, f"rendering 48 layers took {elapsed:.1f}s"
-    assert svg(tmp_path / "net.svg").has("x48")
+    drawn = {}
+    for depth in (2, 48):
+        args = ["render", str(spec), "-o", str(tmp_path / f"net{depth}.svg"), "--set", f"depth={depth}"]
+        for s in sets:
+            args += ["--set", s]
+        assert cli.main(args) == 0
+        drawn[depth] = svg(tmp_path / f"net{depth}.svg")
+    assert drawn[48].has("x48")
+    assert len(drawn[48].nodes) == len(drawn[2].nodes)
