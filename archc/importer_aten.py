@@ -314,6 +314,8 @@ class Emitter:
             params.append(f"{'x' if i == 0 else f'x{i}'}: {text}")
         types = [self._type(sizes(n)) if model else self._named(sizes(n), names, "o") for n in outs]
         out = types[0] if len(types) == 1 else "(" + ", ".join(types) + ")"
+        self.channels = {size: name for ((rank, pos, output), size), name in names.items()
+                         if not output and pos == (1 if rank == 4 else rank - 1)}
         return params, out
 
     def _type(self, dims: list[Any]) -> str:
@@ -351,9 +353,19 @@ class Emitter:
             parts.append(name)
         return "[" + ", ".join(parts) + "]"
 
+    def by_axis(self, line: str) -> str:
+        """Widths written as the input's channel axis where they are its size (`conv2d(C, 3)`,
+        `groups=C`), so one block serves every width it is called at."""
+        def sub(m: re.Match[str]) -> str:
+            size = int(m.group(2))
+            return m.group(1) + self.channels[size] if size in self.channels else m.group(0)
+
+        line = re.sub(r"\b((?:linear|conv1d|conv2d)\()(\d+)\b", sub, line)
+        return re.sub(r"\b(groups=)(\d+)\b", sub, line)
+
     def block(self, s: Scope, ins: list[Any], outs: list[Any], units: list[Unit]) -> str:
         params, out = self.signature(ins, outs, model=False)
-        lines = self.body(units, ins, outs)
+        lines = [self.by_axis(line) for line in self.body(units, ins, outs)]
         body = f"({', '.join(params)}) -> {out} {{\n" + "".join(f"    {line}\n" for line in lines) + "}\n"
         if body in self.bodies:
             return self.bodies[body]
