@@ -391,7 +391,6 @@ def test_optuna_bridge_names_holes_by_path(tmp_path: Path) -> None:
 
 def test_optuna_study_runs_on_a_space(tmp_path: Path) -> None:
     optuna = pytest.importorskip("optuna")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = Space(write(tmp_path, UNIFORM))
     seen = []
 
