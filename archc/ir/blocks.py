@@ -25,7 +25,7 @@ import hashlib
 import json
 from typing import Any
 
-from archc.ir.graph import BlockCall, Graph
+from archc.ir.graph import BlockCall, Graph, Node
 from archc.ops import registry
 
 
@@ -48,8 +48,10 @@ def common_scope(paths: list[str]) -> str:
 
 def tied_uses(graph: Graph) -> set[int]:
     """Nodes that reuse another op's parameters: `tied=` (GPT-2's output projection), or an op in
-    the scope of another (`@scope("wte") linear(...)`): every node after the op that owns it."""
-    owners: set[str] = set()
+    the scope of another (`@scope("wte") linear(...)`): every node after the op that owns it,
+    except the same op instance applied again (the same op, attributes and parameters: a named
+    `f` in `f(f(x))`, or the ops of a shared block applied twice), which is a second call of it."""
+    owners: dict[str, Node] = {}
     out: set[int] = set()
     for i, node in enumerate(graph.nodes):
         if node.params and node.param_owners() != {node.scope}:  # `tied=`: another instance's weights
@@ -64,9 +66,11 @@ def tied_uses(graph: Graph) -> set[int]:
             if not node.params and node.scope not in owners:
                 continue
             owner = True
-        if owner and node.scope not in owners:
-            owners.add(node.scope)
-        else:
+        first = owners.get(node.scope)
+        if owner and first is None:
+            owners[node.scope] = node
+        elif not (owner and first is not None and (node.op, node.attrs, node.params) == (first.op, first.attrs,
+                                                                                           first.params)):
             out.add(i)
     return out
 

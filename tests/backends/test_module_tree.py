@@ -324,3 +324,46 @@ def test_regional_compile_compiles_the_repeated_block_once() -> None:
         torch.testing.assert_close(out, expected)
     finally:
         torch._dynamo.reset()
+
+
+SHARED = """axis B, D
+block Mlp (x: [B, D]) -> [B, D] {
+    fc = linear(D)
+    return x >> fc >> gelu()
+}
+model M (x: [B, 8]) -> [B, 8] {
+    shared = Mlp()
+    f = linear(8)
+    y = shared(x)
+    z = f(linear(y, 8))
+    return f(shared(z)) + y
+}
+"""
+
+
+def test_a_shared_instance_applied_twice_apart_is_one_module_called_twice(tmp_path: Any) -> None:
+    """A named block (and a named op) applied twice, with other ops between, is one module whose
+    forward the parent calls twice: its hooks see both applications, its leaf too. It used to be a
+    parameter holder whose second application ran inline on its weights (F.linear on self.shared.fc's)."""
+    spec = tmp_path / "shared.arch"
+    spec.write_text(SHARED)
+    torch.manual_seed(0)
+    model = archc.compile(spec)
+    assert type(model.shared).__name__ == "Mlp" and isinstance(model.f, nn.Linear)
+    calls: dict[str, int] = {}
+    for name in ("shared", "shared.fc", "f"):
+        model.get_submodule(name).register_forward_hook(lambda m, i, o, n=name: calls.update({n: calls.get(n, 0) + 1}))
+    x = torch.randn(3, 8)
+    sd = model.state_dict()
+
+    def mlp(v: torch.Tensor) -> torch.Tensor:
+        return F.gelu(F.linear(v, sd["shared.fc.weight"], sd["shared.fc.bias"]))
+
+    y = mlp(x)
+    z = F.linear(F.linear(y, sd["linear.weight"], sd["linear.bias"]), sd["f.weight"], sd["f.bias"])
+    want = F.linear(mlp(z), sd["f.weight"], sd["f.bias"]) + y
+    torch.testing.assert_close(model(x), want, rtol=1e-6, atol=1e-6)
+    assert calls == {"shared": 2, "shared.fc": 2, "f": 2}
+    from archc.backends.fx.build import build_graph_module
+
+    torch.testing.assert_close(build_graph_module(elaborate_file(spec), model)(x), model(x), rtol=0, atol=0)
