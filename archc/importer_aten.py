@@ -739,8 +739,8 @@ class Emitter:
         mask = node.kwargs.get("attn_mask", mask)
         causal = node.kwargs.get("is_causal", causal)
         if mask is not None and node not in self.causal:
-            raise Unmapped(f"{self._at(node)}: scaled_dot_product_attention with an attention mask computed "
-                           "from the inputs' values")
+            raise Unmapped(f"{self._at(node)}: scaled_dot_product_attention with an attention mask not built "
+                           "from sizes alone (a learned bias, or the inputs' values)")
         causal = causal or self.causal.get(node, False)
         attrs = [f"causal={fmt(bool(causal))}"] if causal else []
         if node.kwargs.get("scale") is not None:
