@@ -3,12 +3,14 @@
 One model per timm family (its defining module), random weights (`pretrained=False`), BatchNorm
 statistics randomized, a small input; each import is verified by the importer itself (the spec
 builds, the state_dict loads with strict=True, outputs within 1e-5) and again here on another
-batch size. A fixed sample runs by default; `-m slow` runs every family. `python
+batch size. A fixed sample runs by default; `ARCHC_FULL=1` runs every family (minutes; the ones that do not
+round-trip yet are strict xfails naming their blocker). `python
 tests/test_import_zoo.py` prints the per-family table recorded in docs/import.md.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -93,8 +95,24 @@ def test_sample_round_trips(timm: Any, name: str) -> None:
     _check(timm, name)
 
 
+# What stops the families that do not round-trip yet (docs/import.md); strict: one that starts to
+# round-trip fails here until it is moved out of this list and the table is measured again.
+KNOWN_FAILING = {
+    "swin_tiny_patch4_window7_224": "aten.index (relative-position table)",
+    "nf_resnet26": "weight standardization", "levit_128s": "a strided slice",
+    "convit_tiny": "relative indices computed in the forward", "xcit_nano_12_p16_224": "Fourier position encoding",
+    "eva02_tiny_patch14_224": "a computed qkv bias", "edgenext_xx_small": "Fourier position encoding",
+    "mobilevit_xxs": "a reshape that regroups axes", "tresnet_m": "a blur filter buffer as a conv weight",
+    "efficientvit_b0": "an autocast region", "tiny_vit_5m_224": "an attention bias indexed from a table",
+}
+FULL = pytest.mark.skipif(not os.environ.get("ARCHC_FULL"), reason="every timm family: set ARCHC_FULL=1 (minutes)")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in FAMILIES if n not in SAMPLE])
+@FULL
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(raises=ArchError, strict=True, reason=KNOWN_FAILING[n]))
+    if n in KNOWN_FAILING else n for n in FAMILIES if n not in SAMPLE])
 def test_family_round_trips(timm: Any, name: str) -> None:
     _check(timm, name)
 
