@@ -1,21 +1,16 @@
 """``archc.import_module(module, example_inputs)``: a PyTorch module as the ``.arch`` spec a person
-would write, whose parameter names are the module's ``state_dict`` keys (issue #19, first step).
+would write, whose parameter names are the module's ``state_dict`` keys (issue #19; docs/import.md).
 
-The module is traced with ``torch.fx`` one level at a time: the direct children are kept whole,
-a child that is a known layer (``nn.Linear``, ``nn.Conv2d``, ``nn.LayerNorm``, activations, ...)
-becomes an op instance, any other child becomes a ``block`` (imported the same way, one block per
-structurally distinct body), and the functions between them (``+``, ``*``, ``F.relu``,
-``torch.flatten``, ...) become expressions. Axis 0 is the batch axis ``B``; the other sizes are the
-example input's. Whatever cannot be mapped stops the import with a message naming the module and
-what it is (never a wrong spec). Before the text is returned it is verified: the spec is built, the
+The main path captures the module with ``torch.export`` (archc/importer_export.py) and emits blocks,
+instances and expressions from its ATen graph and module stack (archc/importer_aten.py). When
+``torch.export`` cannot capture the forward, or its spec fails the check, the older path below runs:
+``torch.fx`` one level at a time, the direct children kept whole, a child that is a known layer
+becoming an op instance, any other a ``block``, an ``nn.Sequential`` child a ``stack``.
+
+Whichever path gives the text, it is checked before it is returned: the spec is built, the
 module's ``state_dict`` loads into it with ``strict=True``, and its outputs on the example inputs
-match the module's within ``rtol = atol = 1e-5`` (eval mode).
-
-An ``nn.Sequential`` child becomes a ``stack`` (its layers keep the names ``0``, ``1``, ...):
-``stack(n) { Layer() }`` when its layers are alike, one layer per index otherwise. Not yet:
-``torch.export`` capture, a module that is itself an ``nn.Sequential`` (its keys ``0.weight`` are
-no spec name), ``nn.ModuleList`` and ``nn.ModuleDict``, several inputs or outputs of a block, axis
-names other than the batch.
+match the module's within ``rtol = atol = 1e-5`` (eval mode). What cannot be mapped is an ArchError
+naming the module and what stopped it (the first path's reason); nothing is returned then.
 """
 
 from __future__ import annotations
