@@ -107,3 +107,11 @@ def test_the_formatter_keeps_built_names() -> None:
     out = format_module(parse(text, "t.arch"))
     assert "denselayer{i + 1} = linear(8)" in out
     assert _params(out) == _params(text)
+
+
+def test_an_empty_scope_in_a_block_is_its_own_instance() -> None:
+    """@scope("") is relative too: in the instance `blk` it names `blk` itself (it made the path
+    'blk.' and an internal error)."""
+    text = ("axis B\nblock Blk (x: [B, 8]) -> [B, 8] {\n    @scope(\"\") y = linear(x, 8)\n    return y\n}\n"
+            "model M (x: [B, 8]) -> [B, 8] {\n    return Blk()(x)\n}\n")
+    assert _params(text) == {"blk.weight", "blk.bias"}

@@ -128,8 +128,9 @@ CALLABLES = (OpFn, BlockFn, PipeFn, StackFn, SlotFn, ResidualFn, MoeFn)
 
 
 def join_scope(scope: str, name: str) -> str:
-    """`blocks.3` + `attn` -> `blocks.3.attn`; the model's own scope is empty."""
-    return f"{scope}.{name}" if scope else name
+    """`blocks.3` + `attn` -> `blocks.3.attn`; the model's own scope is empty, and an empty name
+    is the scope itself (`@scope("")` in a block: its own instance)."""
+    return f"{scope}.{name}" if scope and name else scope or name
 
 
 def snake(name: str) -> str:
