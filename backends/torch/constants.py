@@ -47,6 +47,8 @@ def plan_hoist(graph: Graph, constant: set[int], span: range, owned: Callable[[i
     """Which `@constant` nodes of `span` (a forward's nodes) this forward reads from buffers: those
     whose computation runs here entirely (`owned`), none of whose inner values anything else reads
     or the forward returns (`keep`). Buffer names avoid `taken`."""
+    if not any(i in span and has_annotation(graph.nodes[i], CONSTANT) for i in constant):
+        return Hoist()  # the usual case, found without a pass over the graph (this runs once per class)
     made_by = {v: i for i, n in enumerate(graph.nodes) for v in n.outputs}
     readers: dict[str, set[int]] = {}
     for i, n in enumerate(graph.nodes):
