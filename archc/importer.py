@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from archc.errors import ArchError
-from archc.importer_export import Unmapped, export_spec_text
+from archc.importer_export import Unmapped, call, export_spec_text, fmt, stack_text
 
 __all__ = ["import_module"]
 
@@ -29,29 +29,6 @@ TOLERANCE = 1e-5
 _RESERVED = {"axis", "block", "model", "return", "import", "true", "false", "stack", "choice", "interface", "fn", "if",
              "then", "else", "elif", "for", "in", "and", "or", "not", "int", "float", "bool", "str", "list",
              "connection", "B"}
-
-
-def _fmt(value: Any) -> str:
-    """A Python attribute value as .arch text."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (tuple, list)):
-        if len(set(value)) == 1:
-            return _fmt(value[0])
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    raise TypeError(value)
-
-
-def _call(op: str, *positional: Any, defaults: dict[str, Any] | None = None, **attrs: Any) -> str:
-    """`op(positional..., key=value...)`, leaving out the attributes at the op's default."""
-    defaults = defaults or {}
-    parts = [_fmt(v) for v in positional]
-    parts += [f"{k}={_fmt(v)}" for k, v in attrs.items() if k not in defaults or _fmt(defaults[k]) != _fmt(v)]
-    return f"{op}(" + ", ".join(parts) + ")"
 
 
 def _leaf_ops() -> dict[type, Callable[[Any], str]]:
@@ -64,37 +41,37 @@ def _leaf_ops() -> dict[type, Callable[[Any], str]]:
         padding = m.padding if isinstance(m.padding, str) else tuple(m.padding)
         if padding == "valid":
             padding = 0
-        return _call("conv2d", m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride), padding=padding,
+        return call("conv2d", m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride), padding=padding,
                      dilation=tuple(m.dilation), groups=m.groups, bias=m.bias is not None,
                      defaults={"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": True})
 
     def batchnorm(m: Any) -> str:
         if not m.track_running_stats or m.momentum is None:
             raise _Unmapped("a BatchNorm without running statistics or with momentum=None")
-        return _call("batchnorm", eps=float(m.eps), momentum=float(m.momentum), affine=bool(m.affine),
+        return call("batchnorm", eps=float(m.eps), momentum=float(m.momentum), affine=bool(m.affine),
                      defaults={"eps": 1e-5, "momentum": 0.1, "affine": True})
 
     def layernorm(m: Any) -> str:
         if len(m.normalized_shape) != 1:
             raise _Unmapped(f"normalized_shape={tuple(m.normalized_shape)} (archc's layernorm normalizes one axis)")
-        return _call("layernorm", eps=float(m.eps), affine=bool(m.elementwise_affine), bias=m.bias is not None,
+        return call("layernorm", eps=float(m.eps), affine=bool(m.elementwise_affine), bias=m.bias is not None,
                      defaults={"eps": 1e-5, "affine": True, "bias": True})
 
     def gelu(m: Any) -> str:
-        return _call("gelu", approximate=m.approximate, defaults={"approximate": "none"})
+        return call("gelu", approximate=m.approximate, defaults={"approximate": "none"})
 
     def flatten(m: Any) -> str:
-        return _call("flatten", start=m.start_dim, end=m.end_dim, defaults={"start": 1, "end": -1})
+        return call("flatten", start=m.start_dim, end=m.end_dim, defaults={"start": 1, "end": -1})
 
     def pool(m: Any) -> str:
         kind = "maxpool2d" if isinstance(m, nn.MaxPool2d) else "avgpool2d"
-        if kind == "maxpool2d" and (m.return_indices or _fmt(m.dilation) != "1"):
+        if kind == "maxpool2d" and (m.return_indices or fmt(m.dilation) != "1"):
             raise _Unmapped("return_indices or dilation (archc's maxpool2d has neither)")
         if kind == "avgpool2d" and m.divisor_override is not None:
             raise _Unmapped("divisor_override")
         stride = m.stride if m.stride is not None else m.kernel_size
         include = getattr(m, "count_include_pad", True)
-        return _call(kind, m.kernel_size, stride=stride, padding=m.padding, ceil_mode=bool(m.ceil_mode),
+        return call(kind, m.kernel_size, stride=stride, padding=m.padding, ceil_mode=bool(m.ceil_mode),
                      count_include_pad=bool(include),
                      defaults={"stride": m.kernel_size, "padding": 0, "ceil_mode": False, "count_include_pad": True})
 
@@ -102,19 +79,19 @@ def _leaf_ops() -> dict[type, Callable[[Any], str]]:
         size = m.output_size
         if size is None or (isinstance(size, tuple) and None in size):
             raise _Unmapped("an output size of None")
-        return _call("adaptive_avgpool2d", size)
+        return call("adaptive_avgpool2d", size)
 
     def softmax(m: Any) -> str:
         if m.dim is None:
             raise _Unmapped("Softmax without dim")
-        return _call("softmax", dim=m.dim)
+        return call("softmax", dim=m.dim)
 
     return {
-        nn.Linear: lambda m: _call("linear", m.out_features, bias=m.bias is not None, defaults={"bias": True}),
+        nn.Linear: lambda m: call("linear", m.out_features, bias=m.bias is not None, defaults={"bias": True}),
         nn.Conv2d: conv, nn.BatchNorm1d: batchnorm, nn.BatchNorm2d: batchnorm, nn.LayerNorm: layernorm,
         nn.ReLU: lambda m: "relu()", nn.GELU: gelu, nn.SiLU: lambda m: "silu()", nn.Tanh: lambda m: "tanh()",
         nn.Sigmoid: lambda m: "sigmoid()", nn.Identity: lambda m: "identity()",
-        nn.Dropout: lambda m: f"dropout({_fmt(float(m.p))})", nn.Flatten: flatten, nn.Softmax: softmax,
+        nn.Dropout: lambda m: f"dropout({fmt(float(m.p))})", nn.Flatten: flatten, nn.Softmax: softmax,
         nn.MaxPool2d: pool, nn.AvgPool2d: pool, nn.AdaptiveAvgPool2d: adaptive,
     }
 
@@ -238,7 +215,7 @@ class _Flow:
         if hasattr(value, "name") and value.name in self.exprs:
             return self.exprs[value.name]
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return _fmt(value)
+            return fmt(value)
         raise _Unmapped(f"the argument {value!r}")
 
     def pipe_operand(self, value: Any) -> str:
@@ -297,12 +274,7 @@ def _sequential(seq: Any, example: Any, spec: _Spec, at: str) -> str:
             raise _Unmapped(f"'{at}.{i}' fails on its input: {str(err).strip().splitlines()[0]}") from None
         if not isinstance(example, torch.Tensor):
             raise _Unmapped(f"'{at}.{i}' does not return one tensor")
-    if len(set(texts)) == 1:
-        return f"stack({len(texts)}) {{ {texts[0]} }}"
-    body = texts[-1]
-    for i in range(len(texts) - 2, -1, -1):
-        body = f"if i == {i} then {texts[i]} else {body}"
-    return f"stack({len(texts)}) {{ i => {body} }}"
+    return stack_text(texts)
 
 
 def _function(node: Any, flow: _Flow, where: str) -> str:
@@ -316,11 +288,11 @@ def _function(node: Any, flow: _Flow, where: str) -> str:
         return f"{flow.operand(args[0], '*')} * {flow.operand(args[1], '*')}"
     if target in (torch.flatten, "flatten") and not node.kwargs and all(isinstance(a, int) for a in args[1:]):
         start, end = (list(args[1:]) + [0, -1][len(args) - 1:])[:2]
-        return f"{flow.pipe_operand(args[0])} >> {_call('flatten', start=start, end=end, defaults={'start': 1, 'end': -1})}"
+        return f"{flow.pipe_operand(args[0])} >> {call('flatten', start=start, end=end, defaults={'start': 1, 'end': -1})}"
     functions = _functions()
     if _hashable(target) and target in functions and len(args) == 1 and set(node.kwargs) <= {"inplace", "approximate"}:
         approx = node.kwargs.get("approximate", "none")
-        op = _call(functions[target], approximate=approx, defaults={"approximate": "none"})
+        op = call(functions[target], approximate=approx, defaults={"approximate": "none"})
         return f"{flow.pipe_operand(args[0])} >> {op}"
     what = getattr(target, "__name__", str(target))
     raise _Unmapped(f"the call {what}(...) in the forward of {where or 'the model'} has no archc op (yet)")

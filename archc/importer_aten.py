@@ -9,7 +9,7 @@ from typing import Any
 
 from archc.importer_export import (ADD, ATOM, MUL, PIPE, UNARY, Graph, Scope, Unit, Unmapped, binary, call,
                                    dtype_of, fmt, func, getitem_outs, is_name, is_tensor, pipe_unit, size_text,
-                                   sizes, valid_path)
+                                   sizes, stack_text, valid_path)
 
 WEIGHT_OPS = {"conv1d", "conv2d", "linear", "batch_norm", "layer_norm", "group_norm", "embedding"}
 ALIASES = {"contiguous", "clone", "alias", "detach", "lift_fresh_copy", "dropout_", "feature_dropout"}
@@ -211,13 +211,7 @@ class Emitter:
         return prev is last
 
     def stack_text(self, layers: list[Unit]) -> str:
-        texts = [u.callable_text for u in layers]
-        if len(set(texts)) == 1:
-            return f"stack({len(texts)}) {{ {texts[0]} }}"
-        body = texts[-1]
-        for i in range(len(texts) - 2, -1, -1):
-            body = f"if i == {i} then {texts[i]} else {body}"
-        return f"stack({len(texts)}) {{ i => {body} }}"
+        return stack_text([u.callable_text for u in layers])
 
     def merge_rearranges(self, units: list[Unit]) -> list[Unit]:
         """A rearrange of a rearrange used once is one rearrange (a reshape into heads and its

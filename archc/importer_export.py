@@ -71,6 +71,17 @@ def call(op: str, *positional: Any, defaults: dict[str, Any] | None = None, **at
     return f"{op}(" + ", ".join(parts) + ")"
 
 
+def stack_text(texts: list[str]) -> str:
+    """A stack of the layers written `texts`: `stack(n) { Layer() }` when they are alike, else one
+    per index (`i => if i == 0 then ... else ...`)."""
+    if len(set(texts)) == 1:
+        return f"stack({len(texts)}) {{ {texts[0]} }}"
+    body = texts[-1]
+    for i in range(len(texts) - 2, -1, -1):
+        body = f"if i == {i} then {texts[i]} else {body}"
+    return f"stack({len(texts)}) {{ i => {body} }}"
+
+
 # --- the captured graph -------------------------------------------------------------------------
 
 
