@@ -143,7 +143,7 @@ ITEM_WORDS = ("import", "from", "axis", "let", "interface", "block", "model", "@
 def test_fragment_parses(fence: Fence) -> None:
     """A fragment is items (a file), statements (a block body) or one expression."""
     code = [ln.strip() for ln in fence.text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    if code and code[0].startswith(ITEM_WORDS):
+    if code and (code[0].startswith("@") or code[0].split(maxsplit=1)[0].split("(")[0] in ITEM_WORDS):
         parse(fence.text, SPEC)
         return
     try:
