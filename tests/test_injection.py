@@ -227,3 +227,29 @@ model M (x: [B, 8]) -> [B, 8] {
     verify_python("x = 1\n", strings=("residual(post=false)",))  # not held: nothing to check
     with pytest.raises(GeneratedCodeError, match="not a string constant"):
         verify_python("x = 1  # residual(post=false)\nresidual = x\n", strings=("residual(post=false)",))
+
+
+@pytest.mark.parametrize("name", ["x\n'''\n" + RUN + "\n#", 'we"ird\\'])
+def test_a_mixture_and_hoisted_constants_hold_file_names_as_data(workdir: Path, name: str) -> None:
+    """The code written this session (a mixture of block experts, one loop over their ModuleList;
+    constants computed in reset_constants at -O1) carries the spec's file names in its `file:line`
+    comments: quoted, the file imports, and it computes what the -O0 module does."""
+    lib = workdir / f"{name}.arch"
+    lib.write_text("axis B, D\nblock Expert() (x: [B, D]) -> [B, D] {\n    fc = linear(D)\n    return fc(x)\n}\n")
+    spec = workdir / "main.arch"
+    spec.write_text(f"import {arch_str(lib.name)}\naxis B\nmodel M (x: [B, 16]) -> [B, 16] {{\n"
+                    "    weights, index = moe_router(linear(x, 4, bias=false), 2)\n"
+                    "    experts = moe(4, Expert())\n"
+                    "    freqs = exp(arange(x, 0, 16, dtype=\"f32\") * -0.5)\n"
+                    "    return experts(x, weights, index) * freqs\n}\n")
+    torch.manual_seed(0)
+    plain = archc.compile(spec)
+    assert cli(["build", str(spec), "-O1", "--target", "torch", "-o", str(workdir / "model.py")]) == 0
+    source = (workdir / "model.py").read_text()
+    assert "def reset_constants" in source and "for e, expert in enumerate(self.experts)" in source
+    module = _import_file(workdir / "model.py", "archc_injection_moe")
+    built = module.M()  # type: ignore[attr-defined]
+    built.load_state_dict(plain.state_dict())
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(built(x), plain(x))
+    assert not (workdir / "MARK").exists()

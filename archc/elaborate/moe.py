@@ -90,7 +90,7 @@ class Mixtures(State):
         for e in range(fn.count):
             routed, positions, weights = self.apply_op("moe_select", inputs, {**attrs, "expert": e}, here, span)
             path = join_scope(scope, str(e))
-            if name == PIPELINE:  # a pipeline records no scope of its own: the expert is one, a module
+            if _anonymous(fn.expert):  # a pipeline records no scope of its own: the expert is one, a module
                 self.record_scope(path, PIPELINE, {}, fn.span)
             try:
                 out = self.apply(named(fn.expert, path), [routed], here, span, scope)
@@ -134,6 +134,12 @@ def _load(x: TensorType, indices: TensorType, experts: int) -> tuple[str, str, i
         return str(x.numel() / x.sizes[-1]), str(indices.sizes[-1]), experts
     except (IndexError, SizeError, ZeroDivisionError):
         return None
+
+
+def _anonymous(expert: Any) -> bool:
+    """Is the expert a callable with no scope of its own (a pipeline), by what it is, not by its
+    kind's name (a block may be called Expert)?"""
+    return _anonymous(expert.inner) if isinstance(expert, SlotFn) else not isinstance(expert, (BlockFn, OpFn))
 
 
 def _kind(expert: Any) -> str:

@@ -566,3 +566,16 @@ def test_the_generated_forward_loops_over_the_experts() -> None:
     assert text.count("moe_select(x, ") == 1 and "moe_combine(x, *parts)" in text
     unrolled = emit_python(elaborate_text(HAND_BUILT, file="m.arch"))  # no mixture scope: as written
     assert "enumerate(" not in unrolled and unrolled.count("= moe_select(") == 3
+
+
+def test_a_block_named_expert_is_a_block_expert() -> None:
+    """A block whose name is `Expert` (the kind a pipeline expert gets) is still a block: each
+    expert an instance of its class, applied once, and the forward one loop over them (its name
+    made each expert look applied twice, so they were parameter holders run inline)."""
+    spec = ("axis B, D\nblock Expert() (x: [B, D]) -> [B, D] {\n    fc = linear(D)\n    return fc(x)\n}\n"
+            "model M (x: [B, 16]) -> [B, 16] {\n    weights, index = moe_router(linear(x, 4, bias=false), 2)\n"
+            "    experts = moe(4, Expert())\n    return experts(x, weights, index)\n}\n")
+    graph = elaborate_text(spec, "expert.arch")
+    assert all(graph.scopes[f"experts.{e}"].applied == 1 for e in range(4))
+    model = build_module(graph)
+    assert all(type(m).__name__ == "Expert" for m in model.experts)
