@@ -188,20 +188,12 @@ class Prober:
 
     def _elaborate(self, module: A.Module) -> Any:
         """Elaborate a filled module as parsed (the concrete spec is its formatted text)."""
-        from archc.elaborate.elaborator import _FRAMES_PER_NESTING, MAX_NESTING, Elaborator, too_deep
+        from archc.elaborate.elaborator import elaborate_module
         from archc.elaborate.loader import Loader
-        from archc.recursion import headroom
 
         if self._loader is None:  # one loader for every probe: each import is read and parsed once
             self._loader = Loader(self.includes)
-            self._loader.allowed.append(self.folder)
-        elaborator = Elaborator()
-        try:
-            with headroom(_FRAMES_PER_NESTING * MAX_NESTING + 500):
-                env = self._loader._build(module, self.file, self.folder)
-                return elaborator.model(env, self.model, {})
-        except RecursionError:
-            raise too_deep(elaborator) from None
+        return elaborate_module(module, self._loader, self.file, self.folder, self.model)
 
     def _flops(self, graph: Any) -> int:
         from archc.analysis.summary import summarize

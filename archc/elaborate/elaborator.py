@@ -19,7 +19,7 @@ The elaborator is one interpreter made of parts, each in its own file, by what i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from archc import guards
 from archc.elaborate.blocks import Blocks
@@ -127,24 +127,28 @@ def _is_expr(v: Any) -> bool:
 
 def elaborate_file(path: str | Path, model: str | None = None, overrides: dict[str, Any] | None = None,
                    includes: list[Path] | None = None, limits: Limits | None = None, dtype: str = "f32") -> Graph:
-    elaborator = Elaborator(limits, check_build_dtype(dtype))
-    try:
-        with headroom(_FRAMES_PER_NESTING * MAX_NESTING + 500):  # imports nest at most 256 deep
-            env = Loader(includes).load_path(Path(path))
-            return elaborator.model(env, model, overrides or {})
-    except RecursionError:  # a last resort: MAX_NESTING comes first
-        raise too_deep(elaborator) from None
+    return _elaborate(lambda: Loader(includes).load_path(Path(path)), model, overrides, limits, dtype)
 
 
 def elaborate_text(text: str, file: str = "<string>", model: str | None = None,
                    overrides: dict[str, Any] | None = None, includes: list[Path] | None = None,
                    limits: Limits | None = None, folder: Path | None = None, dtype: str = "f32") -> Graph:
+    return _elaborate(lambda: Loader(includes).load_text(text, file, folder), model, overrides, limits, dtype)
+
+
+def elaborate_module(module: A.Module, loader: Loader, file: str, folder: Path, model: str | None = None) -> Graph:
+    """A module already parsed, with a loader that may be shared (each import read once): a search
+    space's probes (archc/space_probe.py)."""
+    return _elaborate(lambda: loader.load_module(module, file, folder), model, None, None, "f32")
+
+
+def _elaborate(load: Callable[[], ModuleEnv], model: str | None, overrides: dict[str, Any] | None,
+               limits: Limits | None, dtype: str) -> Graph:
     elaborator = Elaborator(limits, check_build_dtype(dtype))
     try:
         with headroom(_FRAMES_PER_NESTING * MAX_NESTING + 500):  # imports nest at most 256 deep
-            env = Loader(includes).load_text(text, file, folder)
-            return elaborator.model(env, model, overrides or {})
-    except RecursionError:
+            return elaborator.model(load(), model, overrides or {})
+    except RecursionError:  # a last resort: MAX_NESTING comes first
         raise too_deep(elaborator) from None
 
 

@@ -81,9 +81,14 @@ class Loader:
         return self._load(path, None)
 
     def load_text(self, text: str, file: str = "<string>", folder: Path | None = None) -> ModuleEnv:
+        return self.load_module(parse(text, file), file, folder)
+
+    def load_module(self, module: A.Module, file: str = "<string>", folder: Path | None = None) -> ModuleEnv:
+        """A module already parsed (a search space's filled probe), its imports relative to `folder`."""
         folder = (folder or Path.cwd()).resolve()
-        self.allowed.append(folder)
-        return self._build(parse(text, file), file, folder)
+        if folder not in self.allowed:
+            self.allowed.append(folder)
+        return self._build(module, file, folder)
 
     # -- internals ------------------------------------------------------------------------------
     def _load(self, path: Path, span: Span | None) -> ModuleEnv:
