@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from archc.errors import ArchError
-from archc.importer_export import Unmapped, call, export_spec_text, fmt, stack_text
+from archc.importer_export import Blocks, Unmapped, call, export_spec_text, fmt, stack_text
 
 __all__ = ["import_module"]
 
@@ -115,9 +115,7 @@ _Unmapped = Unmapped  # one kind of "cannot express yet", whichever path raises 
 
 @dataclass
 class _Spec:
-    blocks: list[str] = field(default_factory=list)  # block texts, in order of definition
-    bodies: dict[str, str] = field(default_factory=dict)  # body text -> block name
-    names: set[str] = field(default_factory=set)
+    blocks: Blocks = field(default_factory=lambda: Blocks(frozenset(_RESERVED)))
 
 
 def _type(shape: Sequence[int]) -> str:
@@ -310,16 +308,7 @@ def _block(module: Any, inputs: Sequence[Any], spec: _Spec, where: str) -> str:
     """The name of the block that `module` is (defined once per distinct body)."""
     signature, lines = _body(module, inputs, spec, where)
     body = signature + " {\n" + "".join(f"    {line}\n" for line in lines) + "}\n"
-    if body in spec.bodies:
-        return spec.bodies[body]
-    base = type(module).__name__ if type(module).__name__.isidentifier() else "Block"
-    name, n = base, 2
-    while name in spec.names or name in _RESERVED:
-        name, n = f"{base}{n}", n + 1
-    spec.names.add(name)
-    spec.bodies[body] = name
-    spec.blocks.append(f"block {name} {body}")
-    return name
+    return spec.blocks.define(type(module).__name__ if type(module).__name__.isidentifier() else "Block", body)
 
 
 def _spec_text(module: Any, inputs: Sequence[Any], source: str | None = None) -> str:
@@ -329,7 +318,7 @@ def _spec_text(module: Any, inputs: Sequence[Any], source: str | None = None) ->
     model = f"model {name} {signature} {{\n" + "".join(f"    {line}\n" for line in lines) + "}\n"
     source = source or f"{type(module).__module__}.{type(module).__qualname__}"
     header = f"# Imported from {source} by archc.import_module.\n"
-    return header + "\naxis B\n\n" + "\n".join([*spec.blocks, model])
+    return header + "\naxis B\n\n" + "\n".join([*spec.blocks.texts, model])
 
 
 def import_module(module: Any, example_inputs: Sequence[Any] | Any, source: str | None = None) -> str:

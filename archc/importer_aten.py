@@ -7,7 +7,7 @@ import operator
 import re
 from typing import Any
 
-from archc.importer_export import (ADD, ATOM, MUL, PIPE, UNARY, Graph, Scope, Unit, Unmapped, binary, call,
+from archc.importer_export import (ADD, Blocks, ATOM, MUL, PIPE, UNARY, Graph, Scope, Unit, Unmapped, binary, call,
                                    dtype_of, fmt, func, getitem_outs, is_name, is_tensor, pipe_unit, size_text,
                                    sizes, stack_text, valid_path)
 
@@ -35,9 +35,7 @@ class Emitter:
 
     def __init__(self, graph: Graph) -> None:
         self.g = graph
-        self.blocks: list[str] = []
-        self.bodies: dict[str, str] = {}
-        self.block_names: set[str] = set()
+        self.blocks = Blocks()
         self.axes: list[str] = ["B"]
         self.alias: dict[Any, Any] = {}
         self.holders = self._holders()
@@ -361,15 +359,7 @@ class Emitter:
         params, out = self.signature(ins, outs, model=False)
         lines = [self.by_axis(line) for line in self.body(units, ins, outs)]
         body = f"({', '.join(params)}) -> {out} {{\n" + "".join(f"    {line}\n" for line in lines) + "}\n"
-        if body in self.bodies:
-            return self.bodies[body]
-        name, n = s.type_name, 2
-        while name in self.block_names or name in RESERVED_BLOCKS:
-            name, n = f"{s.type_name}{n}", n + 1
-        self.block_names.add(name)
-        self.bodies[body] = name
-        self.blocks.append(f"block {name} {body}")
-        return name
+        return self.blocks.define(s.type_name, body)
 
     def spec(self, source: str) -> str:
         root = self.g.tree()
@@ -385,7 +375,7 @@ class Emitter:
         name = root.type_name if root.type_name != "Block" else "Imported"
         model = f"model {name} ({', '.join(params)}) -> {out} {{\n" + "".join(f"    {ln}\n" for ln in lines) + "}\n"
         header = f"# Imported from {source} by archc.import_module.\n"
-        return header + "\naxis " + ", ".join(self.axes) + "\n\n" + "\n".join([*self.blocks, model])
+        return header + "\naxis " + ", ".join(self.axes) + "\n\n" + "\n".join([*self.blocks.texts, model])
 
     def body(self, units: list[Unit], ins: list[Any], outs: list[Any]) -> list[str]:
         flow = Flow(self.g, self.where)
@@ -835,9 +825,6 @@ class Emitter:
         value = node.args[3] if len(node.args) > 3 and node.args[3] is not None else 0.0
         return pipe_unit([self.resolve(x)], node, call("pad", list(pads), mode=mode, value=float(value),
                                                        defaults={"mode": "constant", "value": 0.0}))
-
-
-RESERVED_BLOCKS = {"Block"} - {"Block"}
 
 
 class Flow:

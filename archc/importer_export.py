@@ -71,6 +71,26 @@ def call(op: str, *positional: Any, defaults: dict[str, Any] | None = None, **at
     return f"{op}(" + ", ".join(parts) + ")"
 
 
+@dataclass
+class Blocks:
+    """The spec's blocks, one per distinct body, named after their module's class (`Name`, then
+    `Name2`, ... for other bodies), never a name in `reserved`."""
+
+    reserved: frozenset[str] = frozenset()
+    texts: list[str] = field(default_factory=list)  # `block Name ...`, in order of definition
+    names: dict[str, str] = field(default_factory=dict)  # body text -> block name
+
+    def define(self, base: str, body: str) -> str:
+        if body in self.names:
+            return self.names[body]
+        name, n = base, 2
+        while name in self.names.values() or name in self.reserved:
+            name, n = f"{base}{n}", n + 1
+        self.names[body] = name
+        self.texts.append(f"block {name} {body}")
+        return name
+
+
 def stack_text(texts: list[str]) -> str:
     """A stack of the layers written `texts`: `stack(n) { Layer() }` when they are alike, else one
     per index (`i => if i == 0 then ... else ...`)."""
