@@ -107,7 +107,10 @@ RULES: dict[str, str] = {
     "hardswish": "same shape: x · relu6(x + 3) / 6 (MobileNetV3)",
     "silu": "same shape",
     "sin": "same shape",
-    "slice": "axis `dim` cut to `start:end` (what `x[:, 1:]` compiles to)",
+    "slice": "axis `dim` cut to `start:end`, every `step`-th entry (`x[:, 1:]` compiles to it; a step needs an axis "
+             "of known size)",
+    "take": "axis `dim` replaced by the axes of the integer tensor `index`: the entries at those positions "
+            "(numpy's `take`, torch's `x[:, index]`)",
     "softmax": "same shape; normalized along `dim`",
     "split": "one output per entry of `sizes`, which must add up to axis `dim`",
     "sqrt": "same shape",
@@ -178,6 +181,7 @@ SAMPLES: dict[str, Sample] = {
     "silu": Sample("x: [B, T, 32]", "silu(x)"),
     "sin": Sample("x: [B, T, 32]", "sin(x)"),
     "slice": Sample("x: [B, T, 32]", "slice(x, 2, 0, 16)"),
+    "take": Sample("x: [8, 15], i: i64[4, 4]", "take(x, i, dim=1)"),
     "softmax": Sample("x: [B, T, 32]", "softmax(x)"),
     "split": Sample("x: [B, T, 32]", "split(x, [8, 24])", outs=2),
     "sqrt": Sample("x: [B, T, 32]", "sqrt(x)"),

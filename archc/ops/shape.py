@@ -1,4 +1,4 @@
-"""Ops that move axes: rearrange, einsum, flatten, concat, split, chunk, unbind, select, slice."""
+"""Ops that move axes: rearrange, einsum, flatten, concat, split, chunk, unbind, select, slice, take."""
 
 from __future__ import annotations
 
@@ -438,6 +438,7 @@ class SliceAttrs(_Attrs):
     dim: int
     start: int = 0
     end: int | None = None
+    step: int = Field(default=1, gt=0)
 
 
 @register
@@ -451,6 +452,9 @@ class Slice(Op):
         d = norm_dim(a.dim, t.rank, self.name)
         size = t.sizes[d]
         if not size.is_const:
+            if a.step != 1:
+                raise OpError(f"slice: a step of {a.step} on the axis of symbolic size {size} has a length archc "
+                              "cannot state", hint="slice an axis of known size, or with step 1")
             if a.start < 0 or (a.end is not None and a.end < 0):
                 raise OpError("slice: negative bounds need a known axis size")
             if a.end is not None and a.end > a.start and guards.require(size, "at_least", a.end,
@@ -468,14 +472,43 @@ class Slice(Op):
                 new = size - a.start
         else:
             n = size.value
-            start, stop, _ = slice(a.start, a.end).indices(n)
-            if stop <= start:
+            count = len(range(*slice(a.start, a.end, a.step).indices(n)))
+            if not count:
                 raise OpError(f"slice: {a.start}:{'' if a.end is None else a.end} of an axis of size {n} is empty")
-            new = Size.of(stop - start)
+            new = Size.of(count)
         return [TensorType(dtype=t.dtype, shape=t.shape[:d] + (Dim(size=new),) + t.shape[d + 1:])]
 
     def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
         index = [":"] * types[0].rank
         d = norm_dim(a.dim, types[0].rank, self.name)
-        index[d] = f"{a.start or ''}:{'' if a.end is None else a.end}"
+        index[d] = f"{a.start or ''}:{'' if a.end is None else a.end}" + (f":{a.step}" if a.step != 1 else "")
         return f"{ins[0]}[{', '.join(index)}]"
+
+
+class TakeAttrs(_Attrs):
+    dim: int = 0
+
+
+@register
+class Take(Op):
+    """The entries of `x` along axis `dim` at the positions in the integer tensor `index`, as
+    numpy's `take` and torch's `x[:, index]`: the axis is replaced by the index's axes
+    (`take(table, index, dim=1)` on [H, K] with index i64[N, N] is [H, N, N]). A relative-position
+    bias is a learned table taken at an index computed from sizes."""
+
+    name = "take"
+    inputs = ("x", "index")
+    Attrs = TakeAttrs
+
+    def infer(self, a: Any, ins: list[TensorType]) -> list[TensorType]:
+        t, index = ins
+        if index.dtype not in ("i64", "i32"):
+            raise OpError(f"take: the index must be an i64 or i32 tensor, got {index}")
+        if index.rank == 0:
+            raise OpError("take: the index needs at least one axis (a single position is `select`)")
+        d = norm_dim(a.dim, t.rank, self.name)
+        return [TensorType(dtype=t.dtype, shape=t.shape[:d] + index.shape + t.shape[d + 1:])]
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        d = norm_dim(a.dim, types[0].rank, self.name)
+        return f"{ins[0]}[{', '.join([':'] * d + [ins[1]])}]"

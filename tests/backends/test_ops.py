@@ -262,6 +262,15 @@ CASES = [
          lambda i, sd: i[0] / (1 + torch.exp(-i[0]))),
     Case("slice", "axis B\nmodel M (x: [B, 5, 8]) -> [B, 2, 5] { return x[:, 1:3, 3:] }",
          lambda i, sd: i[0][:, 1:3, 3:]),
+    Case("slice_step", "axis B\nmodel M (x: [B, 7, 8]) -> [B, 3, 4] { return slice(x, 1, 1, step=2) >> slice(2, -7, 8, 2) }",
+         lambda i, sd: i[0][:, 1::2, 1::2]),
+    Case("take", """axis B
+         model M (x: [B, 3, 7]) -> [B, 3, 4, 2] {
+             rows = arange(x, 0, 4) >> rearrange("i -> i 1")
+             cols = arange(x, 0, 4) >> rearrange("j -> 1 j")
+             y = take(x, cast(rows - cols + 3, dtype="i64"), dim=2) >> slice(3, 1)
+             return take(y, arange(x, 0, 3, 2), dim=-1)
+         }""", lambda i, sd: i[0][:, :, torch.arange(4)[:, None] - torch.arange(4)[None, :] + 3][..., 1:][..., [0, 2]]),
     Case("softmax", "axis B\nmodel M (x: [B, 3, 8]) -> [B, 3, 8] { return softmax(x, 1) }",
          lambda i, sd: torch.exp(i[0]) / torch.exp(i[0]).sum(1, keepdim=True)),
     Case("sqrt", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return sqrt(x * x + 0.5) }",
