@@ -14,7 +14,8 @@ weight is zero and optimizers cannot bring it back. This module works on such a 
                                       2019; Frankle et al. 2020): each round trains, prunes a fraction
                                       of the remaining weights, and rewinds the survivors
     lower(model, graph, ...)          inference: 2:4 weights packed for sparse tensor cores (CUDA,
-                                      after the pattern is verified), unstructured and block weights
+                                      after the pattern is verified, where they measure faster
+                                      than dense), unstructured and block weights
                                       as CSR/BSR where they measure faster than dense on this CPU
 
 The mask functions are backends/torch/masks.py's, which the generated modules use too.
@@ -127,17 +128,20 @@ def _time(fn: Callable[[], Any], reps: int) -> float:
 def lower(model: "nn.Module", graph: Graph, rows: int = 8, reps: int = 20,
           timer: Callable[[Callable[[], Any], int], float] = _time,
           packer: Callable[["Tensor"], "Tensor"] | None = None,
-          capability: tuple[int, int] | None = None) -> list[Lowered]:
+          capability: tuple[int, int] | None = None, measure: bool | None = None) -> list[Lowered]:
     """Lower the sparse linears of `model` (eval, inference only) in place, and say what was done.
 
     On CUDA, a 2:4 weight is packed with `to_sparse_semi_structured` only after its mask is
     verified to hold 2:4 (the packer itself keeps 2 of every 4 values whatever they are) and the
-    weight fits the kernels (`gpu_outlook`). On the CPU, an unstructured (CSR) or block (BSR)
-    weight is used sparse only where it measures faster than dense at `rows` rows of input,
-    median of `reps` runs; else it stays dense. A weight whose op is not a module of its own (it
+    weight fits the kernels (`gpu_outlook`), and kept only where it measures faster than dense at
+    `rows` rows of input (on an H200 in bf16, torch 2.11's 2:4 linear was slower than dense cuBLAS:
+    0.92x at 8192x8192x8192, 0.22x in a ViT-B MLP stack; docs/benchmarks.md). On the CPU, an
+    unstructured (CSR) or block (BSR) weight is used sparse only where it measures faster than
+    dense at `rows` rows of input; else it stays dense. Times are the median of `reps` runs. A weight whose op is not a module of its own (it
     runs in its parent's forward) stays as it is. `packer` and `capability` stand in for
     `torch.sparse.to_sparse_semi_structured` and the device's compute capability (tests); with a
-    packer given, weights are packed as if on a GPU. A lowered linear becomes a `PackedLinear`
+    packer given, weights are packed as if on a GPU, and measured only with `measure=True` (by
+    default a packed weight is measured where it lives on a GPU). A lowered linear becomes a `PackedLinear`
     (backends/torch/packed.py), which holds the packed weight and the bias as buffers."""
     import torch
 
@@ -174,8 +178,17 @@ def lower(model: "nn.Module", graph: Graph, rows: int = 8, reps: int = 20,
                 done.append(Lowered(w.weight, "dense", why))
                 continue
             packed = (packer or torch.sparse.to_sparse_semi_structured)(dense)
+            if measure if measure is not None else dense.is_cuda:
+                t_dense, t_sparse = _race(dense, packed, bias, rows, reps, timer)
+                if t_sparse >= t_dense:
+                    done.append(Lowered(w.weight, "dense", f"2:4 measured slower than dense at {rows} rows",
+                                        t_dense, t_sparse))
+                    continue
+                why, t = f"verified 2:4, measured faster than dense at {rows} rows", (t_dense, t_sparse)
+            else:
+                why, t = "verified 2:4, packed for sparse tensor cores (not measured)", (None, None)
             _replace(model, w.module, PackedLinear(packed, bias))
-            done.append(Lowered(w.weight, "2:4", "verified 2:4, packed for sparse tensor cores"))
+            done.append(Lowered(w.weight, "2:4", why, *t))
             continue
         if w.pattern.kind == "n:m":
             done.append(Lowered(w.weight, "dense", "N:M has no CPU kernel"))
@@ -183,10 +196,7 @@ def lower(model: "nn.Module", graph: Graph, rows: int = 8, reps: int = 20,
         with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
             warnings.simplefilter("ignore", UserWarning)
             sparse = dense.to_sparse_bsr(w.pattern.block) if w.pattern.kind == "block" else dense.to_sparse_csr()
-        x = torch.randn(rows, dense.shape[1], dtype=dense.dtype, device=dense.device)
-        with torch.no_grad():
-            t_dense = timer(lambda: torch.nn.functional.linear(x, dense, bias), reps)
-            t_sparse = timer(lambda: torch.nn.functional.linear(x, sparse, bias), reps)
+        t_dense, t_sparse = _race(dense, sparse, bias, rows, reps, timer)
         kind = "bsr" if w.pattern.kind == "block" else "csr"
         if t_sparse < t_dense:
             _replace(model, w.module, PackedLinear(sparse, bias))
@@ -195,6 +205,21 @@ def lower(model: "nn.Module", graph: Graph, rows: int = 8, reps: int = 20,
             done.append(Lowered(w.weight, "dense", f"{kind} measured slower than dense at {rows} rows",
                                 t_dense, t_sparse))
     return done
+
+
+def _race(dense: "Tensor", sparse: "Tensor", bias: "Tensor | None", rows: int, reps: int,
+          timer: Callable[[Callable[[], Any], int], float]) -> tuple[float, float]:
+    """Milliseconds of the linear at `rows` rows of input with the dense weight and with `sparse`
+    (on a GPU each call waits for the device, so the time is the kernel's)."""
+    import torch
+
+    x = torch.randn(rows, dense.shape[1], dtype=dense.dtype, device=dense.device)
+    wait = torch.cuda.synchronize if dense.is_cuda else (lambda: None)
+
+    def run(weight: "Tensor") -> Callable[[], None]:
+        return lambda: (torch.nn.functional.linear(x, weight, bias), wait())[1]
+    with torch.no_grad():
+        return timer(run(dense), reps), timer(run(sparse), reps)
 
 
 def _replace(model: "nn.Module", path: str, module: "nn.Module") -> None:

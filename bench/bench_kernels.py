@@ -11,6 +11,7 @@
 
     python bench/bench_kernels.py                       # fp16, both models
     python bench/bench_kernels.py --dtype bf16 --models gpt2 --iters 20
+    python bench/bench_kernels.py --autotune             # tune the Triton configs first (slow)
 
 Prints markdown tables (copy them into docs/benchmarks.md). On a machine without a GPU it says so
 and exits 0. The Triton column needs `triton`; the CUDA column needs `nvcc` (skipped, with a note,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shutil
 import statistics
 import sys
@@ -88,6 +90,11 @@ def time_graph(torch: Any, fn: Callable[[], Any], reps: int = 20, replays: int =
     return start.elapsed_time(end) / (reps * replays)
 
 
+def progress(text: str) -> None:
+    """A line on stderr as each step starts (compiling and autotuning take minutes on a cold cache)."""
+    print(f"bench_kernels: {text}", file=sys.stderr, flush=True)
+
+
 def build_package(graph: Any, target: str, folder: Path) -> Any:
     if target == "triton":
         from archc.backends.triton.emit import package
@@ -140,8 +147,13 @@ def main() -> int:
     parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to warm up)")
+    parser.add_argument("--autotune", action="store_true",
+                        help="benchmark the Triton configs on first launch (ARCHC_AUTOTUNE=1; minutes per model) "
+                             "instead of the rule-of-thumb configs")
     args = parser.parse_args()
 
+    if args.autotune:
+        os.environ["ARCHC_AUTOTUNE"] = "1"
     import torch
 
     if not torch.cuda.is_available():
@@ -161,7 +173,8 @@ def main() -> int:
         have_triton = False
     have_nvcc = shutil.which("nvcc") is not None or Path("/usr/local/cuda/bin/nvcc").exists()
     peak, peak_text = peak_bandwidth(torch)
-    print(f"# archc kernels: {peak_text}; torch {torch.__version__}; {args.dtype}; eval, inference_mode\n")
+    tuning = "autotuned" if args.autotune else "rule-of-thumb Triton configs"
+    print(f"# archc kernels: {peak_text}; torch {torch.__version__}; {args.dtype}; eval, inference_mode; {tuning}\n")
     notes = []
     if not have_triton:
         notes.append("triton is not installed: no Triton column")
@@ -186,6 +199,7 @@ def main() -> int:
         for target, ok in (("triton", have_triton), ("cuda", have_nvcc)):
             if not ok:
                 continue
+            progress(f"{key}: writing and loading the {target} package")
             pkg = build_package(graph, target, work)
             model = getattr(pkg, pkg.__all__[0])().eval().to("cuda", dtype)
             model.load_state_dict(eager.state_dict())
@@ -195,16 +209,19 @@ def main() -> int:
             want = eager(*xs).float()
             times = {}
             for label, fn in contestants:
+                progress(f"{key} {label}: first call (compiles / autotunes), then {args.iters} timed calls")
                 try:
                     got = fn(*xs).float()
                     err = (got - want).abs().max().item()
                     times[label] = (time_cuda(torch, lambda fn=fn: fn(*xs), args.iters), err)
+                    progress(f"{key} {label}: {times[label][0]:.2f} ms, max abs diff {err:.2e}")
                 except Exception as e:  # a contestant that fails is reported, not fatal
                     notes.append(f"{key} {label}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
             base = times.get("eager", (float("nan"), 0.0))[0]
             for label, (ms, err) in times.items():
                 model_rows.append(f"| {key} | {label} | {ms:.2f} | {base / ms:.2f}x | {err:.2e} |")
             for target, log in logs.items():
+                progress(f"{key} {target}: kernel bandwidth under CUDA-graph replay")
                 kernel_rows += bandwidth_rows(torch, f"{key} {target}", log, peak)
 
     print("| model | contestant | ms / forward | speed-up vs eager | max abs diff vs eager |")

@@ -36,8 +36,9 @@ step env 60 python3 -c "
 import torch, triton, archc
 print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)
 print(torch.cuda.get_device_name(), torch.cuda.get_device_capability())"
-TRITON_INTERPRET=0 ARCHC_TEST_DEVICE=cuda step kernels 200 \
-    python3 -m pytest -q -x -p no:cacheprovider tests/kernels
-step bench_kernels 120 python3 bench/bench_kernels.py --models gpt2,vit --dtype fp16
-step bench_sparse 60 python3 bench/bench_sparse.py --no-cpu
-step bench_moe 60 python3 bench/bench_moe.py --no-cpu --rounds 5
+step nvcc 20 nvcc --version
+TRITON_INTERPRET=0 ARCHC_TEST_DEVICE=cuda step kernels 220 \
+    python3 -m pytest -q -rfE --tb=short -n 8 --timeout 100 -p no:cacheprovider tests/kernels
+step bench_kernels 140 python3 bench/bench_kernels.py --models gpt2,vit --dtype fp16
+step bench_sparse 50 python3 bench/bench_sparse.py --no-cpu
+step bench_moe 50 python3 bench/bench_moe.py --no-cpu --rounds 5

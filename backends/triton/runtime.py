@@ -1,9 +1,12 @@
 """Runtime support for archc's generated Triton kernels (copied into each generated package).
 
 - `bcast(shape, a, b)`: the (inner, size) pair that indexes an operand broadcast along axes [a, b).
-- `Tuned`: a kernel with block-size configs chosen by `triton.autotune`; the chosen config is kept
-  in a small JSON file keyed by GPU name, kernel (name and source hash) and shape, so the next
-  process launches it without tuning. `ARCHC_TUNE_CACHE` names the file (an absolute path; default
+- `Tuned`: a kernel launched with one block-size config per shape. By default the config is a rule
+  of thumb (`gemm_default`, `row_default`, `attention_default`: no benchmarking, so the first call
+  costs one compile per kernel, as Inductor's default mode does). With `ARCHC_AUTOTUNE=1` in the
+  environment, `triton.autotune` benchmarks the kernel's configs on the first launch of each shape
+  and the choice is kept in a small JSON file keyed by GPU name, kernel (name and source hash) and
+  shape, so the next process launches it without tuning; a kept choice is used in either mode. `ARCHC_TUNE_CACHE` names the file (an absolute path; default
   `$XDG_CACHE_HOME/archc/triton-tune.json`, or `~/.cache/archc/triton-tune.json`), read only when
   it and its folder belong to the current user and others cannot write them. Under
   `TRITON_INTERPRET=1` (CPU) nothing is tuned: the kernel runs with its interpreter config.
@@ -48,6 +51,41 @@ ROW_CHUNKS = (1024, 2048, 4096)
 # (BLOCK_M, BLOCK_N, stages, warps)
 ATTENTION_CONFIGS = _configs([(64, 64, 2, 4), (128, 64, 2, 4), (128, 64, 3, 8), (64, 32, 2, 4), (128, 128, 2, 8)],
                              ("BLOCK_M", "BLOCK_N"))
+
+
+def autotuning() -> bool:
+    """Whether a launch with no kept config benchmarks the configs (ARCHC_AUTOTUNE=1), read at launch."""
+    return os.environ.get("ARCHC_AUTOTUNE") == "1"
+
+
+def _config(block: dict[str, int], stages: int, warps: int) -> triton.Config:
+    return triton.Config(block, num_stages=stages, num_warps=warps)
+
+
+def gemm_default(key: tuple[Any, ...]) -> triton.Config:
+    """A tile for (M, N, K, dtype) without benchmarking, one of GEMM_CONFIGS: 128x128x64 for 16-bit
+    inputs with both sides >= 128, 128x64x32 for fp32 (its shared memory fits an A100 too), and a
+    32x64 tile when the product is short in M or N."""
+    m, n, _, dtype = key
+    if m < 64 or n < 64:
+        return _config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32}, 5, 2)
+    if dtype in (torch.float16, torch.bfloat16) and m >= 128 and n >= 128:
+        return _config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, 4, 8)
+    return _config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, 4, 4)
+
+
+def row_default(key: tuple[Any, ...]) -> triton.Config:
+    """A row config for (N, dtype), one that `prune_rows` keeps: one block of next_pow2(N) (at least 16) with a
+    warp per 256 elements (1-16), or 2048-element chunks with 8 warps for rows longer than MAX_SINGLE_ROW."""
+    n = max(16, next_pow2(key[0]))
+    if n > MAX_SINGLE_ROW:
+        return _config({"BLOCK_N": 2048}, 1, 8)
+    return _config({"BLOCK_N": n}, 1, min(16, max(1, n // 256)))
+
+
+def attention_default(key: tuple[Any, ...]) -> triton.Config:
+    """64 queries x 64 keys per step, 4 warps, 2 stages: the first of ATTENTION_CONFIGS."""
+    return _config({"BLOCK_M": 64, "BLOCK_N": 64}, 2, 4)
 
 
 def prune_rows(configs: list[triton.Config], args: dict[str, Any]) -> list[triton.Config]:
@@ -231,15 +269,17 @@ CACHE = TuneCache()
 
 
 class Tuned:
-    """`kernel` with autotuned configs. `tuned[grid](*args, key=(...), interpret={...}, **kwargs)`
-    launches it with the cached config for (GPU, kernel, key), tuning once with triton.autotune on a
-    miss; under the CPU interpreter it runs with the `interpret` block sizes.
+    """`kernel` with a config per shape. `tuned[grid](*args, key=(...), interpret={...}, **kwargs)`
+    launches it with the kept config for (GPU, kernel, key); on a miss, with `default(key)`, or
+    (ARCHC_AUTOTUNE=1) after tuning once with triton.autotune, keeping the choice. Under the CPU
+    interpreter it runs with the `interpret` block sizes.
 
     `prune(configs, args)` drops configs that do not fit the launch (a row longer than a block)."""
 
     def __init__(self, kernel: Any, configs: list[triton.Config], key: list[str],
+                 default: Callable[[tuple[Any, ...]], triton.Config],
                  prune: Callable[[list[triton.Config], dict[str, Any]], list[triton.Config]] | None = None) -> None:
-        self.kernel, self.configs, self.prune = kernel, configs, prune
+        self.kernel, self.configs, self.prune, self.default = kernel, configs, prune, default
         fn = getattr(kernel, "fn", kernel)
         source = inspect.getsource(fn) if callable(fn) else repr(fn)
         self.name = f"{getattr(fn, '__name__', 'kernel')}@{hashlib.sha256(source.encode()).hexdigest()[:12]}"
@@ -256,15 +296,17 @@ class Tuned:
             name = device_name(device) if device is not None else "?"
             cache_key = f"{name}|{self.name}|{','.join(map(str, key))}"
             config = CACHE.get(cache_key, self.configs)
-            if config is None:
+            if config is None and autotuning():
                 self.autotuner[grid](*args, **kwargs)
                 CACHE.put(cache_key, self.autotuner.best_config)
                 return
+            if config is None:
+                config = self.default(key)
             self.kernel[grid](*args, **kwargs, **config.kwargs, num_warps=config.num_warps,
                               num_stages=config.num_stages)
 
         return launch
 
 
-__all__ = ["CACHE", "INTERPRET", "MAX_SINGLE_ROW", "TuneCache", "Tuned", "bcast", "device_name", "next_pow2",
-           "precision"]
+__all__ = ["CACHE", "INTERPRET", "MAX_SINGLE_ROW", "TuneCache", "Tuned", "attention_default", "autotuning", "bcast",
+           "device_name", "gemm_default", "next_pow2", "precision", "row_default"]

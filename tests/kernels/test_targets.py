@@ -66,3 +66,40 @@ def test_row_configs_fit_the_row() -> None:
     chunked = runtime.prune_rows(runtime.ROW_CONFIGS, {"N": 50257, "SINGLE": False})
     assert {c.kwargs["BLOCK_N"] for c in chunked} == set(runtime.ROW_CHUNKS)
     assert runtime.bcast((2, 17, 64), 1, 3) == (1, 17 * 64) and runtime.bcast((2, 8, 5, 5), 1, 2) == (25, 8)
+
+
+def test_default_configs_are_kernel_configs() -> None:
+    """Without ARCHC_AUTOTUNE=1 a launch takes the rule-of-thumb config: one of the kernel's own
+    configs (so a tuned choice and the default are interchangeable in the cache), and for rows one
+    that the pruning keeps."""
+    pytest.importorskip("triton")
+    import torch
+
+    from archc.backends.triton import runtime
+
+    def signature(c):  # type: ignore[no-untyped-def]
+        return tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages
+
+    gemm = {signature(c) for c in runtime.GEMM_CONFIGS}
+    for m, n, dtype in [(1, 768, torch.float16), (8192, 3072, torch.float16), (8192, 3072, torch.float32),
+                        (4096, 64, torch.bfloat16), (100, 100, torch.bfloat16)]:
+        assert signature(runtime.gemm_default((m, n, 768, dtype))) in gemm
+    assert runtime.gemm_default((8192, 3072, 768, torch.float16)).kwargs["BLOCK_K"] == 64
+    assert runtime.gemm_default((8, 3072, 768, torch.float16)).kwargs["BLOCK_M"] == 32
+    for n in (1, 7, 768, 1025, 16384, 16385, 50257):
+        single = n <= runtime.MAX_SINGLE_ROW
+        config = runtime.row_default((n, torch.float32))
+        kept = runtime.prune_rows(runtime.ROW_CONFIGS, {"N": n, "SINGLE": single})
+        assert signature(config) in {signature(c) for c in kept}, n
+    attention = runtime.attention_default((128, 128, 64, 64, torch.float16))
+    assert signature(attention) in {signature(c) for c in runtime.ATTENTION_CONFIGS}
+
+
+def test_autotuning_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("triton")
+    from archc.backends.triton import runtime
+
+    monkeypatch.delenv("ARCHC_AUTOTUNE", raising=False)
+    assert not runtime.autotuning()
+    monkeypatch.setenv("ARCHC_AUTOTUNE", "1")
+    assert runtime.autotuning()

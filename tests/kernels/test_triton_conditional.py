@@ -12,9 +12,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from kernel_harness import ROOT, build_package, randomize  # noqa: E402
+from kernel_harness import ROOT, build_package, full_fp32, on_device, randomize  # noqa: E402
 
-from archc.backends.torch.inputs import example_inputs  # noqa: E402
 from archc.elaborate import elaborate_file, elaborate_text  # noqa: E402
 
 FFF = """axis B
@@ -36,8 +35,8 @@ def test_conditional_ops_run_in_the_triton_package(case: str, tmp_path: Path) ->
     torch.manual_seed(0)
     model = getattr(pkg, pkg.__all__[0])().eval()
     randomize(model)
-    xs = example_inputs(graph, sizes)
-    with torch.no_grad():
+    model, xs = on_device(model, graph, sizes)
+    with torch.no_grad(), full_fp32():
         want = super(type(model), model).forward(*xs)  # the torch target's forward
         got = model(*xs)
     for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):

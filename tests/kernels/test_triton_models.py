@@ -1,5 +1,5 @@
 """The zoo's ViT, GPT-2, ResNet-18 and Llama as Triton packages, run by Triton's CPU interpreter, match
-the torch target (fp32, max abs diff <= 1e-4)."""
+the torch target (fp32, within the harness's TOLERANCE)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ if FULL:
 
 @pytest.mark.parametrize("name, overrides, sizes", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_zoo_matches_torch(name: str, overrides: dict, sizes: dict, tmp_path: Path) -> None:
-    err = compare(graph(name, **overrides), tmp_path, sizes=sizes)
-    assert err <= 1e-4, f"{name}: max abs diff {err}"
+    compare(graph(name, **overrides), tmp_path, sizes=sizes)
 
 
 COMPILE = [("gpt2", 90, "fp16"), ("resnet18", 80, "fp32")]
