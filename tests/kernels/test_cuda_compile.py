@@ -1,5 +1,6 @@
 """The CUDA target's sources for the zoo compile with nvcc for sm_80 and sm_90 (no GPU needed),
-and the package's build script caches the library by the hash of source and flags."""
+and the package's build script caches the library by the hash of source and flags. On a GPU
+(ARCHC_TEST_DEVICE=cuda, bench/gpu_check.sh) the packages also run and equal the torch target."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from archc.backends.cuda.emit import package
-from kernel_harness import graph, small
+from kernel_harness import DEVICE, compare, graph, small
 
 NVCC = shutil.which("nvcc") or next((p for p in ("/usr/local/cuda/bin/nvcc", "/usr/local/bin/nvcc")
                                      if Path(p).exists()), None)
@@ -68,3 +69,11 @@ def test_build_script_caches_by_hash(tmp_path: Path, monkeypatch: pytest.MonkeyP
     out = subprocess.run([sys.executable, str(folder / "build.py"), "--help"], capture_output=True, text=True,
                          env={"ARCHC_CUDA_CACHE": str(tmp_path / "cache2"), "NVCC": NVCC or "", "PATH": ""})
     assert out.returncode != 0 or out.stdout  # runs as a script (a bad path argument fails cleanly)
+
+
+@needs_nvcc
+@pytest.mark.skipif(DEVICE != "cuda", reason="runs the CUDA package: needs ARCHC_TEST_DEVICE=cuda and a GPU")
+@pytest.mark.parametrize("name, sizes", [("gpt2", {"B": 2, "T": 13}), ("resnet18", {"B": 2}), ("vit", {"B": 2})])
+def test_zoo_runs_on_the_gpu(name: str, sizes: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARCHC_CUDA_CACHE", str(tmp_path / "cache"))
+    compare(graph(name), tmp_path, sizes=sizes, target="cuda")
