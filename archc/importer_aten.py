@@ -382,6 +382,7 @@ class Emitter:
         for i, node in enumerate(ins):
             flow.values[node] = ("x" if i == 0 else f"x{i}", ATOM)
             flow.taken.add(flow.values[node][0])
+        flow.device = "x" if ins else None
         uses = _uses(units)
         for node in outs:
             uses[node] = uses.get(node, 0) + 1
@@ -685,16 +686,28 @@ class Emitter:
         dim = _dim(dim or 0, rank)
         size = sizes(x)[dim]
         start = start or 0
-        if step not in (None, 1):
-            raise Unmapped(f"{self._at(node)}: a slice with step {step}")
-        if start == 0 and (end is None or end >= 2**62 or isinstance(size, int) and end >= size):
+        step = step or 1
+        if step != 1 and not isinstance(size, int):
+            raise Unmapped(f"{self._at(node)}: a slice of the batch axis with step {step}")
+        if step == 1 and start == 0 and (end is None or end >= 2**62 or isinstance(size, int) and end >= size):
             self.alias[node] = x
             return None  # type: ignore[return-value]
         if not isinstance(size, int):
             raise Unmapped(f"{self._at(node)}: a slice of the batch axis")
         start = start + size if start < 0 else start
         end = size if end is None or end >= size else end + size if end < 0 else end
-        return Unit([self.resolve(x)], [node], func("slice", f"{dim}, {start}, {end}"))
+        bounds = [fmt(dim), fmt(start), fmt(end)] if (start, end) != (0, size) else [fmt(dim)]
+        steps = [f"step={fmt(step)}"] if step != 1 else []
+        return Unit([self.resolve(x)], [node], func("slice", ", ".join(bounds + steps)))
+
+    def _op_index(self, node: Any) -> Unit:
+        """`x[:, index]` (one integer index tensor, the other axes whole) as `take`."""
+        x, indices = node.args[:2]
+        at = [i for i, t in enumerate(indices) if t is not None]
+        if len(at) != 1 or not is_tensor(indices[at[0]]) or dtype_of(indices[at[0]]) not in ("i64", "i32"):
+            raise Unmapped(f"{self._at(node)}: indexing with {len(at)} tensors (archc's take indexes one axis "
+                           "with one integer tensor)")
+        return Unit([self.resolve(x), self.resolve(indices[at[0]])], [node], func("take", f"dim={fmt(at[0])}"))
 
     def _op_expand(self, node: Any) -> Unit:
         if sizes(node) == sizes(node.args[0]) or all(packet(u) in BROADCASTING for u in node.users):
@@ -723,13 +736,31 @@ class Emitter:
         mask = node.kwargs.get("attn_mask", mask)
         causal = node.kwargs.get("is_causal", causal)
         if mask is not None and node not in self.causal:
-            raise Unmapped(f"{self._at(node)}: scaled_dot_product_attention with an attention mask not built "
-                           "from sizes alone (a learned bias, or the inputs' values)")
+            return self._biased_attention(node, q, k, v, mask, p, causal)
         causal = causal or self.causal.get(node, False)
         attrs = [f"causal={fmt(bool(causal))}"] if causal else []
         if node.kwargs.get("scale") is not None:
             attrs.append(f"scale={fmt(float(node.kwargs['scale']))}")
         return Unit([self.resolve(q), self.resolve(k), self.resolve(v)], [node], func("attention", ", ".join(attrs)))
+
+    def _biased_attention(self, node: Any, q: Any, k: Any, v: Any, bias: Any, p: Any, causal: Any) -> Unit:
+        """Attention with an additive float mask (a learned relative-position bias) written out:
+        `softmax(q k^T * scale + bias) v`, since archc's attention takes no mask."""
+        rank = len(sizes(q))
+        if dtype_of(bias) == "bool" or causal or p or rank < 2 or len(sizes(k)) != rank or len(sizes(v)) != rank:
+            raise Unmapped(f"{self._at(node)}: scaled_dot_product_attention with an attention mask not built "
+                           "from sizes alone (a learned bias, or the inputs' values)")
+        scale = node.kwargs.get("scale")
+        scale = float(scale) if scale is not None else 1 / float(sizes(q)[-1]) ** 0.5
+        lead = " ".join(_axis_names(rank - 2))
+        scores = fmt(f"{lead} t d, {lead} s d -> {lead} t s")
+        mix = fmt(f"{lead} t s, {lead} s d -> {lead} t d")
+
+        def render(a: list[tuple[str, int]]) -> tuple[str, int]:
+            bias_text = a[3][0] if a[3][1] > ADD else f"({a[3][0]})"
+            return (f"einsum(softmax(einsum({a[0][0]}, {a[1][0]}, {scores}) * {fmt(scale)} + {bias_text}, "
+                    f"dim={fmt(rank - 1)}), {a[2][0]}, {mix})", ATOM)
+        return Unit([self.resolve(q), self.resolve(k), self.resolve(v), self.resolve(bias)], [node], render)
 
     def _op_matmul(self, node: Any) -> Unit:
         a, b = node.args[:2]
@@ -842,6 +873,7 @@ class Flow:
         self.decls: list[str] = []
         self.lines: list[str] = []
         self.instances: dict[str, str] = {}  # instance path -> the name it is declared as
+        self.device: str | None = None  # a tensor input of the body, whose device arange takes
 
     def declare(self, path: str, text: str) -> str:
         if path in self.instances:
@@ -874,7 +906,7 @@ class Flow:
         """A parameter or buffer used as a tensor: a `parameter` (or `buffer`) instance."""
         target = self.g.params[node.name]
         if node.name in self.g.nonpersistent:
-            raise Unmapped(f"the buffer '{target}' is not persistent (not in the state_dict, so no spec can load it)")
+            return self.computed(node, target)
         rel = target if not self.where else target[len(self.where) + 1:] if target.startswith(self.where + ".") else None
         if rel is None:
             raise Unmapped(f"'{target}' is used inside '{self.where}' but belongs to another module")
@@ -890,6 +922,30 @@ class Flow:
         dtype = dtype_of(node)
         extra = f", dtype={fmt(dtype)}" if buffer and dtype != "f32" else ""
         return f"{name}({fmt(list(shape)) if len(shape) != 1 else '[' + str(shape[0]) + ']'}{extra})", ATOM
+
+    def computed(self, node: Any, target: str) -> tuple[str, int]:
+        """A non-persistent buffer (not in the state_dict, so no spec can load it) as the code that
+        computes it, where its value is a construction archc/importer_constants.py knows."""
+        from archc.importer_constants import index_lines, recognize
+
+        value = self.g.module.get_buffer(target)
+        found = recognize(value)
+        if found is None or self.device is None:
+            raise Unmapped(f"the buffer '{target}' is not persistent (not in the state_dict, so no spec can load it) "
+                           "and is no index archc knows how to compute")
+        leaf = target.rpartition(".")[2]
+        name = self.fresh(leaf if is_name(leaf) else "index")
+        self.lines += index_lines(*found, self.device, self.fresh, name)
+        self.values[node] = (name, ATOM)
+        return name, ATOM
+
+    def fresh(self, base: str) -> str:
+        """A value name not taken yet: `base`, else `base_2`, ..."""
+        name, n = base, 2
+        while name in self.taken or not is_name(name):
+            name, n = f"{base}_{n}", n + 1
+        self.taken.add(name)
+        return name
 
     def apply(self, unit: Unit, uses: dict[Any, int]) -> None:
         args = [self.value(n) for n in unit.ins]

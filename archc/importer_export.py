@@ -274,6 +274,9 @@ def capture(module: Any, inputs: Sequence[Any]) -> Any:
     dynamic = tuple({0: torch.export.Dim.AUTO} if t.dim() else {} for t in inputs)
     quiet = logging.root.manager.disable
     logging.disable(logging.CRITICAL)  # export logs the graphs it gives up on; the message below says why
+    caches = _tensor_caches(module)
+    for cache, _ in caches:
+        cache.clear()  # so that the forward computes what it caches (timm's attention_bias_cache), and export sees it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -284,6 +287,23 @@ def capture(module: Any, inputs: Sequence[Any]) -> Any:
                        f"{lines[0] if lines else ''}") from None
     finally:
         logging.disable(quiet)
+        for cache, saved in caches:
+            cache.clear()
+            cache.update(saved)
+
+
+def _tensor_caches(module: Any) -> list[tuple[dict[Any, Any], dict[Any, Any]]]:
+    """The modules' dict attributes of tensors (caches a forward fills, as timm's
+    `attention_bias_cache` per device), each with a copy of what it holds now."""
+    import torch
+
+    found = []
+    for sub in module.modules():
+        for attr, value in vars(sub).items():
+            if not attr.startswith("_") and isinstance(value, dict) and value \
+                    and all(isinstance(v, torch.Tensor) for v in value.values()):
+                found.append((value, dict(value)))
+    return found
 
 
 def valid_path(path: str) -> bool:

@@ -1,0 +1,97 @@
+"""Non-persistent buffers the importer writes as spec code (issue #19).
+
+A non-persistent buffer is not in the `state_dict`, so a spec cannot load it: the spec has to
+compute it. The importer sees only its value (the module computed it in `__init__`), so it
+matches that value against the constructions timm uses, each evaluated here in torch and
+compared exactly, and writes the matching one with `arange`, `rearrange` and arithmetic. The
+`hoist_constants` pass then makes it a build-time constant again.
+
+- **Offsets between positions** (TinyViT, LeViT): `index[q, k] = |y_q - y_k| * W + |x_q - x_k|`
+  over an H x W grid of keys and the grid of queries every `stride` positions (1 for
+  self-attention); the index of a learned bias per offset.
+- **Relative positions** (Swin): `index[q, k] = (y_q - y_k + H - 1) * (2W - 1) + x_q - x_k + W - 1`
+  over an H x W window.
+
+An index is computed in f32 (exact for these sizes: every value is a small integer, and `sqrt`
+of a square is exact) and cast to i64, since archc's arithmetic with a number gives a float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from archc.importer_export import fmt
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Keys on an `h` x `w` grid, queries on the same grid every `stride` positions."""
+
+    h: int
+    w: int
+    stride: int = 1
+
+    def axes(self, torch: Any) -> tuple[Any, Any]:
+        """(dy, dx): the offsets [Hq, Wq, H, W] from each key to each query, as floats."""
+        ky, kx = torch.arange(self.h, dtype=torch.float32), torch.arange(self.w, dtype=torch.float32)
+        qy, qx = ky[::self.stride], kx[::self.stride]
+        return qy[:, None, None, None] - ky[None, None, :, None], qx[None, :, None, None] - kx[None, None, None, :]
+
+
+def _offsets(torch: Any, g: Grid) -> Any:
+    dy, dx = g.axes(torch)
+    return dy.abs() * g.w + dx.abs()
+
+
+def _relative(torch: Any, g: Grid) -> Any:
+    dy, dx = g.axes(torch)
+    return (dy + g.h - 1) * (2 * g.w - 1) + dx + g.w - 1
+
+
+# name -> (the index as torch computes it, the formula in spec text over `dy` and `dx`, a comment)
+KINDS: dict[str, tuple[Callable[[Any, Grid], Any], Callable[[Grid, str, str], str], str]] = {
+    "offsets": (_offsets, lambda g, dy, dx: f"sqrt({dy} * {dy}) * {fmt(g.w)} + sqrt({dx} * {dx})",
+                "the offset |dy| * W + |dx| between each query and key position"),
+    "relative": (_relative, lambda g, dy, dx: f"({dy} + {fmt(g.h - 1)}) * {fmt(2 * g.w - 1)} + {dx} + {fmt(g.w - 1)}",
+                 "the relative position (dy + H - 1) * (2W - 1) + dx + W - 1 of each key to each query"),
+}
+
+
+def recognize(value: Any) -> tuple[str, Grid] | None:
+    """The construction and grid that give the integer tensor `value` [Nq, Nk] exactly, or None."""
+    import torch
+
+    if value.dtype not in (torch.int64, torch.int32) or value.dim() != 2:
+        return None
+    nq, nk = value.shape
+    for h in range(1, nk + 1):
+        if nk % h:
+            continue
+        for stride in range(1, max(h, nk // h) + 1):
+            g = Grid(h, nk // h, stride)
+            if -(-g.h // stride) * -(-g.w // stride) != nq:
+                continue
+            for kind, (compute, _, _) in KINDS.items():
+                if torch.equal(compute(torch, g).reshape(nq, nk).to(value.dtype), value):
+                    return kind, g
+    return None
+
+
+def index_lines(kind: str, g: Grid, device: str, names: Callable[[str], str], target: str) -> list[str]:
+    """Spec lines that compute the index named `target`: `dy` and `dx` as broadcast differences
+    of `arange`s on the device of the value `device`, then the formula, cast to i64 and flattened
+    to [Nq, Nk]. `names` gives a fresh value name for a base name."""
+    _, formula, comment = KINDS[kind]
+
+    def positions(size: int, step: int, pattern: str) -> str:
+        steps = f", {fmt(step)}" if step != 1 else ""
+        return f"rearrange(arange({device}, 0, {fmt(size)}{steps}, dtype={fmt('f32')}), {fmt(pattern)})"
+
+    dy, dx = names("dy"), names("dx")
+    return [
+        f"# {target}: {comment}",
+        f"{dy} = {positions(g.h, g.stride, 'i -> i 1 1 1')} - {positions(g.h, 1, 'j -> 1 1 j 1')}",
+        f"{dx} = {positions(g.w, g.stride, 'i -> 1 i 1 1')} - {positions(g.w, 1, 'j -> 1 1 1 j')}",
+        f"{target} = cast({formula(g, dy, dx)}, dtype={fmt('i64')}) >> rearrange({fmt('a b c d -> (a b) (c d)')})",
+    ]
