@@ -15,6 +15,13 @@ through the ops that read it, one rule per op:
     attention(q, k, v)             per head: q, k, v split on the same head axis
     linear contracting the split   row-parallel: partial sums, all-reduced                 Rowwise
 
+A mixture of experts (Mixtral, torchtitan's MoE plan): the router's linear (whose logits a
+`moe_router` reads) and a linear with one output feature (a scalar gate) stay whole on every rank;
+stacked experts (`moe_experts`) split every expert's hidden features, as a dense MLP's: the first
+weight [E, h, D] (gate and up: 2 blocks) by rows, the second [E, D, h] by columns, one all-reduce
+of the module's output. Block experts (`moe(E, Block)`) are ordinary blocks: their linears split
+as a dense MLP's, each expert's output all-reduced.
+
 Any other op that reads a split axis (a softmax, a norm or a sum over it, a concat along it) has
 no rule: the plan is a located error at that op (`replicate=` keeps such a linear whole). So is a
 split axis that leaves its block, and a head count, hidden size or vocabulary that `tp` does not
@@ -40,6 +47,7 @@ from archc.errors import ArchError
 from archc.ir.blocks import homes, tied_uses, within
 from archc.ir.graph import Graph, Node
 from archc.ops import registry
+from archc.ops.conditional import _BYTES, MOE_SCOPE
 
 # ops whose output is their input's values, one by one (besides those with an `elementwise` form)
 _PASS_THROUGH = frozenset({"dropout", "gelu", "drop_path", "identity", "cast"})
@@ -55,8 +63,10 @@ class Placement:
             replicated DTensor) | gather_output (the module whose output is a tied head's: gathered);
             with sequence parallelism: split_stream (a stack: its input split along the sequence,
             its output gathered) | sequence (a norm on the split stream) | gather_input (a block
-            that holds a column split: its input gathered)
+            that holds a column split: its input gathered); experts (stacked experts: each expert's
+            hidden features split, the module's output all-reduced)
     chunks  colwise over a fused projection: its rows are `chunks` blocks, each split over the ranks
+            (experts: the blocks of each expert's first weight, swiglu's gate and up)
     """
 
     path: str
@@ -320,7 +330,7 @@ def _regions(graph: Graph, nodes: list[int], skip: set[int], replicate: tuple[st
         node = graph.nodes[i]
         if node.op != "linear" or i in skip or not _owned(graph, node, "linear"):
             continue
-        if _kept(node.scope, replicate) or node.outputs[0] in returned:
+        if _kept(node.scope, replicate) or node.outputs[0] in returned or _whole(graph, node, users):
             continue
         groups.setdefault(node.inputs[0], []).append(pos)
     rows: set[int] = set()
@@ -337,11 +347,19 @@ def _regions(graph: Graph, nodes: list[int], skip: set[int], replicate: tuple[st
             if not strict:
                 continue
             raise ArchError(f"tensor parallelism: {f.message}", _span(graph, f.node),
-                            f"keep it whole with parallelize(..., replicate=[{_layer_pattern(node.scope, layers)!r}])",
+                            f"keep it whole with parallelize(..., replicate=[{_layer_pattern(node.scope, layers, graph)!r}])",
                             notes=[(f"the split starts at '{node.scope}'", _span(graph, i))]) from None
         rows.update(region.rows)
         out.append(region)
     return out
+
+
+def _whole(graph: Graph, node: Node, users: dict[str, list[int]]) -> bool:
+    """A linear that stays whole on every rank: a router's (a `moe_router` reads its logits, over
+    all experts), or one with a single output feature (a scalar gate: nothing to split)."""
+    if node.attrs["features"] == 1:
+        return True
+    return any(graph.nodes[u].op == "moe_router" for u in users.get(node.outputs[0], ()))
 
 
 def _kept(path: str, replicate: tuple[str, ...]) -> bool:
@@ -355,8 +373,14 @@ def _kept(path: str, replicate: tuple[str, ...]) -> bool:
     return False
 
 
-def _layer_pattern(path: str, layers: list[str]) -> str:
-    """`path` with its layer's number as `*` (`blocks.*.attn.qkv`), for a hint that covers every layer."""
+def _layer_pattern(path: str, layers: list[str], graph: Graph | None = None) -> str:
+    """`path` with its layer's number as `*` (`blocks.*.attn.qkv`), and an expert's number in a
+    mixture (`moe(E, Block)`) too, for a hint that covers every layer and expert."""
+    parts = path.split(".")
+    if graph is not None:  # experts.3.up -> experts.*.up
+        parts = [("*" if part.isdigit() and k and graph.scopes.get(".".join(parts[:k]), None) is not None
+                  and graph.scopes[".".join(parts[:k])].kind == MOE_SCOPE else part) for k, part in enumerate(parts)]
+    path = ".".join(parts)
     layer = next((lay for lay in layers if within(path, lay)), "")
     if not layer:
         return path
@@ -441,6 +465,7 @@ def plan_parallel(graph: Graph, tp: int = 1, loss_parallel: bool = False,
         names = ", ".join(cols[:-1]) + " and " + cols[-1] if len(cols) > 1 else cols[0]
         placements += [Placement(graph.nodes[k].scope, "rowwise", why=f"contracts the split of {names}")
                        for k in r.rows]
+    placements += _experts(graph, tp, tuple(replicate))
     placements += _vocab(graph, tp, loss_parallel, tuple(replicate), home, tied)
     if sp:
         from archc.analysis.sequence_parallel import sequence_placements
@@ -496,6 +521,27 @@ def _vocab(graph: Graph, tp: int, loss_parallel: bool, replicate: tuple[str, ...
                 and not _kept(node.scope, replicate):
             _divides(graph, tp, i, node.attrs["num"], f"the vocabulary of '{node.scope}'", pad=True)
             out.append(Placement(node.scope, "embedding", why=f"{node.attrs['num']} rows"))
+    return out
+
+
+def _experts(graph: Graph, tp: int, replicate: tuple[str, ...]) -> list[Placement]:
+    """Stacked experts (`moe_experts`): each expert's hidden features split over the ranks, as a
+    dense MLP's (style "experts"; `chunks` 2: swiglu's first weight holds gate and up, each split)."""
+    out: list[Placement] = []
+    for i, node in enumerate(graph.nodes):
+        if node.op != "moe_experts" or not _owned(graph, node, "moe_experts") or _kept(node.scope, replicate):
+            continue
+        a = registry.get(node.op).make_attrs(node.attrs)
+        _divides(graph, tp, i, a.hidden, f"the hidden features of each expert of '{node.scope}'")
+        width = a.hidden // tp * _BYTES.get(graph.values[node.inputs[0]].dtype, 4)
+        if a.impl == "grouped" and width % 16:
+            raise ArchError(f"tensor parallelism over {tp} ranks leaves each rank {a.hidden // tp} of the "
+                            f"{a.hidden} hidden features of '{node.scope}', rows of {width} bytes; "
+                            "torch._grouped_mm needs a multiple of 16", _span(graph, i),
+                            'choose a tp degree that leaves whole 16-byte rows, or impl="loop"')
+        chunks = 2 if a.kind == "swiglu" else 1
+        why = f"{a.experts} experts of {a.hidden} hidden features" + (", gate and up split alike" if chunks > 1 else "")
+        out.append(Placement(node.scope, "experts", chunks, why=why))
     return out
 
 

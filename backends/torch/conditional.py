@@ -204,11 +204,22 @@ def _kept(indices: torch.Tensor, experts: int, capacity: float | None) -> torch.
     return (position < limit).view(n, k)
 
 
+def _local(weight: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a weight that tensor parallelism split (a DTensor: archc.parallelize
+    splits stacked experts by their hidden features, docs/parallel.md); any other weight as it is."""
+    if type(weight) in (torch.Tensor, torch.nn.Parameter):  # the common case: nothing to import
+        return weight
+    from torch.distributed.tensor import DTensor  # a tensor subclass: made by torch.distributed, if a DTensor
+
+    return weight.to_local() if isinstance(weight, DTensor) else weight
+
+
 def moe_experts(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, first: torch.Tensor,
                 second: torch.Tensor, kind: str, act: str, impl: str, capacity: float | None) -> torch.Tensor:
     """sum_j weights[:, j] * expert_{indices[:, j]}(x) for each input; see archc/ops/conditional.py."""
     shape = x.shape
     x = x.reshape(-1, shape[-1])
+    first, second = _local(first), _local(second)
     k = indices.shape[-1]
     idx = indices.reshape(-1, k)
     w = weights.reshape(-1, k).to(x.dtype)

@@ -2,7 +2,7 @@
 tensor parallelism with `parallelize_module`, then FSDP2's `fully_shard` per unit, as torchtitan's
 `parallelize_llama` does by hand. `archc.parallelize(model, mesh, ...)` is the entry point; it
 runs the function that backends/torch/parallel_emit.py writes for the plan, and the helpers below
-(the fused column split, FSDP's placements, the tensors kept whole) are copied into that text.
+(the fused column split, stacked experts' split, FSDP's placements, the tensors kept whole) are copied into that text.
 
     mesh            a 1-D DeviceMesh (named "tp" or "dp", or say which with tp=/fsdp=) or a 2-D
                     one named ("dp", "tp"): FSDP over "dp", tensor parallelism over "tp"
@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-from torch.distributed.tensor.parallel import ColwiseParallel
+from torch.distributed.tensor import Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle
 from torch.distributed.tensor.placement_types import _StridedShard
 
 from archc.analysis.parallel import ParallelPlan, plan_parallel
@@ -53,6 +53,70 @@ class FusedColwiseParallel(ColwiseParallel):
     def _prepare_output_fn(output_layouts: Any, use_local_output: bool, mod: nn.Module, outputs: Any,
                            device_mesh: Any) -> Any:
         return outputs.to_local()  # this rank's part of each block, in block order
+
+
+class _SumGradients(torch.autograd.Function):
+    """Megatron-LM's f for a mixture's inputs x and routing weights: the identity, whose backward
+    sums both gradients over the ranks in one all-reduce (each rank's part of the experts gives its
+    part of each)."""
+
+    @staticmethod
+    def forward(ctx: Any, group: Any, x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.group = group
+        return x.view_as(x), weights.view_as(weights)
+
+    @staticmethod
+    def backward(ctx: Any, dx: torch.Tensor, dw: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor]:
+        dtype = torch.promote_types(dx.dtype, dw.dtype)
+        flat = torch.cat([dx.reshape(-1).to(dtype), dw.reshape(-1).to(dtype)])
+        torch.distributed.all_reduce(flat, group=ctx.group)
+        return None, flat[:dx.numel()].view_as(dx).to(dx.dtype), flat[dx.numel():].view_as(dw).to(dw.dtype)
+
+
+class _SumOutputs(torch.autograd.Function):
+    """Megatron-LM's g: the sum over the ranks of their partial outputs, whose backward is the
+    identity (every rank's part gets the whole gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, group: Any) -> torch.Tensor:
+        y = y.contiguous().clone()
+        torch.distributed.all_reduce(y, group=group)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+class ExpertsParallel(ParallelStyle):
+    """Tensor parallelism inside stacked experts (moe_experts), as in a dense MLP: every expert's
+    hidden features are split over the ranks, its first weight [E, h, D] by rows (`chunks` 2: gate
+    and up, each split, `_StridedShard(1, split_factor=2)`) and its second [E, D, h] by columns. The
+    router's choices are the same on every rank, so each rank runs every token through its part
+    of its experts (backends/torch/conditional.py reads the DTensors' local parts); the partial sums
+    are all-reduced once, after the combine, and in the backward pass the gradients of the input
+    and of the routing weights (each rank's part of every expert's output multiplies them), one
+    all-reduce for both."""
+
+    def __init__(self, chunks: int = 1) -> None:
+        super().__init__()
+        self.chunks = chunks
+
+    def _partition(self, name: str, module: nn.Module, device_mesh: Any) -> None:
+        if name:
+            return
+        (first_name, first), (second_name, second) = module.named_parameters(recurse=False)
+        rows = _StridedShard(1, split_factor=self.chunks) if self.chunks > 1 else Shard(1)
+        for key, param, placement in ((first_name, first, rows), (second_name, second, Shard(2))):
+            module.register_parameter(key, nn.Parameter(distribute_tensor(param, device_mesh, [placement]),
+                                                        requires_grad=param.requires_grad))
+
+    def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
+        group = device_mesh.get_group()
+        return distribute_module(
+            module, device_mesh, self._partition,
+            input_fn=lambda mod, inputs, mesh: (*_SumGradients.apply(group, inputs[0], inputs[1]), *inputs[2:]),
+            output_fn=lambda mod, output, mesh: _SumOutputs.apply(output, group))
 
 
 def meshes(mesh: Any, tp: bool | None = None, fsdp: bool | None = None) -> tuple[Any, Any]:
@@ -98,8 +162,9 @@ def parallelize(model: nn.Module, mesh: Any, graph: Graph, *, tp: bool | None = 
 def _fsdp_placement(param: nn.Parameter) -> Any:
     """FSDP splits a tensor's rows; one whose rows are already split in strided blocks over the
     tensor-parallel ranks (fused q/k/v) is split by columns instead: a rank's rows of every block,
-    halved by rows, would not be a part that a placement can describe."""
-    return Shard(1) if _blocks_split(param) else None
+    halved by rows, would not be a part that a placement can describe. (Stacked experts' blocks are
+    along dim 1: FSDP splits the experts.)"""
+    return Shard(1) if _blocks_split(param) and param.ndim <= 2 else None
 
 
 def _kept_whole(model: nn.Module, mesh: Any) -> set[nn.Parameter]:
@@ -172,5 +237,5 @@ def init_weights(model: nn.Module, device: torch.device | str = "cpu") -> nn.Mod
     return model
 
 
-__all__ = ["FusedColwiseParallel", "checkpoint_state_dict", "init_weights", "load_checkpoint_state_dict", "meshes",
+__all__ = ["ExpertsParallel", "FusedColwiseParallel", "checkpoint_state_dict", "init_weights", "load_checkpoint_state_dict", "meshes",
            "parallelize", "plan_parallel"]

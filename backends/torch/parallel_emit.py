@@ -4,7 +4,7 @@ PyTorch calls. `archc build --target torch --parallel` appends it to the model's
 
 Module paths are spec text: they reach the code only as string constants (quote.py_str). The
 helpers that torch has no public spelling for (the strided column split of a fused q/k/v
-projection, FSDP's placement for it, the tensors FSDP2 cannot split) are copied from
+projection, the split of stacked experts, FSDP's placement for them, the tensors FSDP2 cannot split) are copied from
 backends/torch/parallel.py, where they are tested as they are.
 """
 
@@ -24,10 +24,10 @@ from torch import nn
 _IMPORTS = """from typing import Any
 
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, PrepareModuleInputOutput,
-                                               PrepareModuleOutput, RowwiseParallel, SequenceParallel,
-                                               parallelize_module)
+from torch.distributed.tensor import Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor.parallel import (ColwiseParallel, ParallelStyle, PrepareModuleInput,
+                                               PrepareModuleInputOutput, PrepareModuleOutput, RowwiseParallel,
+                                               SequenceParallel, parallelize_module)
 from torch.distributed.tensor.placement_types import _StridedShard
 """
 
@@ -36,6 +36,7 @@ from torch.distributed.tensor.placement_types import _StridedShard
 STYLES = {
     "colwise": "ColwiseParallel()",
     "fused": "FusedColwiseParallel({chunks})",
+    "experts": "ExpertsParallel({chunks})",
     "rowwise": "RowwiseParallel()",
     "rowwise_seq": "RowwiseParallel(output_layouts=Shard({seq}))",
     "embedding": "RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())",
@@ -61,7 +62,8 @@ def _spell(p: Placement) -> str:
 def _helpers() -> str:
     from archc.backends.torch import parallel
 
-    parts = [parallel.FusedColwiseParallel, parallel.meshes, parallel._blocks_split, parallel._fsdp_placement,
+    parts = [parallel.FusedColwiseParallel, parallel._SumGradients, parallel._SumOutputs, parallel.ExpertsParallel,
+             parallel.meshes, parallel._blocks_split, parallel._fsdp_placement,
              parallel._kept_whole]
     return "\n\n".join(inspect.getsource(f) for f in parts)
 
