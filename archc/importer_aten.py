@@ -710,7 +710,7 @@ class Emitter:
         return Unit([self.resolve(x), self.resolve(indices[at[0]])], [node], func("take", f"dim={fmt(at[0])}"))
 
     def _op_expand(self, node: Any) -> Unit:
-        if sizes(node) == sizes(node.args[0]) or all(packet(u) in BROADCASTING for u in node.users):
+        if sizes(node) == sizes(node.args[0]) or _broadcast_later(node):
             self.alias[node] = node.args[0]
             return None  # type: ignore[return-value]
         a, b = sizes(node.args[0]), sizes(node)
@@ -972,6 +972,27 @@ class Flow:
             if out is not None:
                 self.values[out] = (name, ATOM)
         self.lines.append(f"{', '.join(names)} = {text}")
+
+
+ROW_WISE = {"linear", "softmax", "_softmax", *UNARY_OPS}  # ops that treat the leading axis as a batch
+
+
+def _broadcast_later(node: Any) -> bool:
+    """Whether an expanded value reaches only broadcasting ops, through ops that keep its leading
+    axes where they are (ConViT's `rel_indices.expand(B, ...)` >> linear >> permute >> softmax,
+    then `*` with the scores): the expand changes nothing and is dropped."""
+    rank = len(sizes(node))
+    for user in node.users:
+        kind = packet(user)
+        if kind in BROADCASTING:
+            continue
+        dims = user.args[1] if kind == "permute" else None
+        if kind == "softmax" or kind == "_softmax":
+            dims = None if _dim(user.args[1], rank) != 0 else [1]
+        if kind not in ROW_WISE | {"permute"} or (dims is not None and _dim(dims[0], rank) != 0) \
+                or not _broadcast_later(user):
+            return False
+    return bool(node.users)
 
 
 def _has_param(module: Any, target: str) -> bool:

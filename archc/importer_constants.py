@@ -11,6 +11,8 @@ compared exactly, and writes the matching one with `arange`, `rearrange` and ari
   self-attention); the index of a learned bias per offset.
 - **Relative positions** (Swin): `index[q, k] = (y_q - y_k + H - 1) * (2W - 1) + x_q - x_k + W - 1`
   over an H x W window.
+- **Distances** (ConViT's `rel_indices`, [1, N, N, 3] floats): `x_k - x_q`, `y_k - y_q` and the
+  squared distance.
 
 An index is computed in f32 (exact for these sizes: every value is a small integer, and `sqrt`
 of a square is exact) and cast to i64, since archc's arithmetic with a number gives a float.
@@ -36,62 +38,91 @@ class Grid:
         """(dy, dx): the offsets [Hq, Wq, H, W] from each key to each query, as floats."""
         ky, kx = torch.arange(self.h, dtype=torch.float32), torch.arange(self.w, dtype=torch.float32)
         qy, qx = ky[::self.stride], kx[::self.stride]
-        return qy[:, None, None, None] - ky[None, None, :, None], qx[None, :, None, None] - kx[None, None, None, :]
+        dy = qy[:, None, None, None] - ky[None, None, :, None]
+        dx = qx[None, :, None, None] - kx[None, None, None, :]
+        return torch.broadcast_tensors(dy, dx)
+
+    @property
+    def queries(self) -> int:
+        return -(-self.h // self.stride) * -(-self.w // self.stride)
 
 
 def _offsets(torch: Any, g: Grid) -> Any:
     dy, dx = g.axes(torch)
-    return dy.abs() * g.w + dx.abs()
+    return (dy.abs() * g.w + dx.abs()).reshape(g.queries, g.h * g.w).long()
 
 
 def _relative(torch: Any, g: Grid) -> Any:
     dy, dx = g.axes(torch)
-    return (dy + g.h - 1) * (2 * g.w - 1) + dx + g.w - 1
+    return ((dy + g.h - 1) * (2 * g.w - 1) + dx + g.w - 1).reshape(g.queries, g.h * g.w).long()
 
 
-# name -> (the index as torch computes it, the formula in spec text over `dy` and `dx`, a comment)
+def _distances(torch: Any, g: Grid) -> Any:
+    dy, dx = g.axes(torch)
+    return torch.stack([-dx, -dy, dx * dx + dy * dy], dim=-1).reshape(1, g.queries, g.h * g.w, 3)
+
+
+FLAT = fmt("a b c d -> (a b) (c d)")
+COLUMN = fmt("a b c d -> 1 (a b) (c d) 1")
+
+
+def _cast(expr: str) -> str:
+    return f"cast({expr}, dtype={fmt('i64')}) >> rearrange({FLAT})"
+
+
+# name -> (the tensor as torch computes it, the spec expression of it over `dy` and `dx`, a comment)
 KINDS: dict[str, tuple[Callable[[Any, Grid], Any], Callable[[Grid, str, str], str], str]] = {
-    "offsets": (_offsets, lambda g, dy, dx: f"sqrt({dy} * {dy}) * {fmt(g.w)} + sqrt({dx} * {dx})",
+    "offsets": (_offsets, lambda g, dy, dx: _cast(f"sqrt({dy} * {dy}) * {fmt(g.w)} + sqrt({dx} * {dx})"),
                 "the offset |dy| * W + |dx| between each query and key position"),
-    "relative": (_relative, lambda g, dy, dx: f"({dy} + {fmt(g.h - 1)}) * {fmt(2 * g.w - 1)} + {dx} + {fmt(g.w - 1)}",
+    "relative": (_relative, lambda g, dy, dx: _cast(f"({dy} + {fmt(g.h - 1)}) * {fmt(2 * g.w - 1)} + {dx} + "
+                                                    f"{fmt(g.w - 1)}"),
                  "the relative position (dy + H - 1) * (2W - 1) + dx + W - 1 of each key to each query"),
+    "distances": (_distances, lambda g, dy, dx: f"concat(rearrange(-{dx}, {COLUMN}), rearrange(-{dy}, {COLUMN}), "
+                                                f"rearrange({dx} * {dx} + {dy} * {dy}, {COLUMN}), dim=3)",
+                  "-dx, -dy and dx^2 + dy^2 from each query to each key position"),
 }
 
 
 def recognize(value: Any) -> tuple[str, Grid] | None:
-    """The construction and grid that give the integer tensor `value` [Nq, Nk] exactly, or None."""
+    """The construction and grid that give `value` exactly ([Nq, Nk] integers, or [1, N, N, 3]
+    floats), or None."""
     import torch
 
-    if value.dtype not in (torch.int64, torch.int32) or value.dim() != 2:
+    if value.dim() == 2 and value.dtype in (torch.int64, torch.int32):
+        nq, nk = value.shape
+    elif value.dim() == 4 and value.shape[0] == 1 and value.shape[3] == 3 and value.dtype == torch.float32:
+        nq, nk = value.shape[1:3]
+    else:
         return None
-    nq, nk = value.shape
     for h in range(1, nk + 1):
         if nk % h:
             continue
         for stride in range(1, max(h, nk // h) + 1):
             g = Grid(h, nk // h, stride)
-            if -(-g.h // stride) * -(-g.w // stride) != nq:
+            if g.queries != nq:
                 continue
             for kind, (compute, _, _) in KINDS.items():
-                if torch.equal(compute(torch, g).reshape(nq, nk).to(value.dtype), value):
+                want = compute(torch, g)
+                if want.shape == value.shape and torch.equal(want.to(value.dtype), value):
                     return kind, g
     return None
 
 
 def index_lines(kind: str, g: Grid, device: str, names: Callable[[str], str], target: str) -> list[str]:
-    """Spec lines that compute the index named `target`: `dy` and `dx` as broadcast differences
-    of `arange`s on the device of the value `device`, then the formula, cast to i64 and flattened
-    to [Nq, Nk]. `names` gives a fresh value name for a base name."""
+    """Spec lines that compute the tensor named `target`: `dy` and `dx` as broadcast differences
+    of `arange`s [Hq, Wq, H, W] on the device of the value `device`, then the formula (an index
+    cast to i64 and flattened to [Nq, Nk]). `names` gives a fresh value name for a base name."""
     _, formula, comment = KINDS[kind]
 
-    def positions(size: int, step: int, pattern: str) -> str:
+    def positions(size: int, step: int, pattern: str, other: int) -> str:
         steps = f", {fmt(step)}" if step != 1 else ""
-        return f"rearrange(arange({device}, 0, {fmt(size)}{steps}, dtype={fmt('f32')}), {fmt(pattern)})"
+        return f"repeat(arange({device}, 0, {fmt(size)}{steps}, dtype={fmt('f32')}), {fmt(pattern)}, n={fmt(other)})"
 
     dy, dx = names("dy"), names("dx")
+    wq, hq = -(-g.w // g.stride), -(-g.h // g.stride)
     return [
         f"# {target}: {comment}",
-        f"{dy} = {positions(g.h, g.stride, 'i -> i 1 1 1')} - {positions(g.h, 1, 'j -> 1 1 j 1')}",
-        f"{dx} = {positions(g.w, g.stride, 'i -> 1 i 1 1')} - {positions(g.w, 1, 'j -> 1 1 1 j')}",
-        f"{target} = cast({formula(g, dy, dx)}, dtype={fmt('i64')}) >> rearrange({fmt('a b c d -> (a b) (c d)')})",
+        f"{dy} = {positions(g.h, g.stride, 'i -> i n 1 1', wq)} - {positions(g.h, 1, 'j -> 1 1 j n', g.w)}",
+        f"{dx} = {positions(g.w, g.stride, 'i -> n i 1 1', hq)} - {positions(g.w, 1, 'j -> 1 1 n j', g.h)}",
+        f"{target} = {formula(g, dy, dx)}",
     ]
