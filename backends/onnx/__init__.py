@@ -80,14 +80,20 @@ def _register_symbolics() -> None:
 
 
 def export_onnx(graph: Graph, module: Any = None, opset: int = OPSET) -> bytes:
-    """The model (a fresh torch-target module, or `module` with its weights) as ONNX bytes."""
+    """The model (a fresh torch-target module, or `module` with its weights) as ONNX bytes.
+
+    What is exported is the module written `whole`: sizes that a tensor-parallel rank would read
+    from its tensors (heads) are written down. Read at run time, they become shape arithmetic that
+    onnxruntime's graph optimizer folds into a Reshape with a 0 (copy) and a -1 (infer), which an
+    input with no rows leaves undecided (an expert that gets no token). `module`'s weights are
+    loaded into it; a module whose state_dict is not the graph's (wrapped by PEFT, say) is exported
+    as it is."""
     import torch
 
-    from archc.backends.torch import build_module
     from archc.backends.torch.inputs import example_inputs
 
     _register_symbolics()
-    module = (module if module is not None else build_module(graph)).eval()
+    module = _whole(graph, module).eval()
     buffer = io.BytesIO()
     inputs, outputs = port_names(graph)
     with warnings.catch_warnings(), torch.no_grad():
@@ -96,6 +102,21 @@ def export_onnx(graph: Graph, module: Any = None, opset: int = OPSET) -> bytes:
                           input_names=inputs, output_names=outputs,
                           dynamic_axes=_dynamic_axes(graph))
     return buffer.getvalue()
+
+
+def _whole(graph: Graph, module: Any) -> Any:
+    """A module of `graph` built whole, with `module`'s weights (or `module` itself, see export_onnx)."""
+    from archc.backends.torch import build_module
+
+    whole = build_module(graph, whole=True)
+    if module is None:
+        return whole
+    try:
+        whole.load_state_dict(module.state_dict(), strict=True)
+    except RuntimeError:
+        return module
+    first = next((p for p in module.parameters() if p.is_floating_point()), None)
+    return whole.to(first.dtype) if first is not None else whole
 
 
 def max_diff(graph: Graph, module: Any, data: bytes, sizes: dict[str, int] | None = None) -> float:

@@ -82,7 +82,7 @@ class ClassText:
 class Emitter:
     """Writes one class per distinct callable instance of a plan, children first."""
 
-    def __init__(self, graph: Graph, labels: dict[str, str], model_name: str) -> None:
+    def __init__(self, graph: Graph, labels: dict[str, str], model_name: str, whole: bool = False) -> None:
         self.graph, self.labels = graph, labels
         self.root = module_tree(graph)
         self.plan = plan(graph, self.root)
@@ -90,7 +90,9 @@ class Emitter:
         self.class_of: dict[str, str] = {}  # path -> class name
         self.class_names = Namer(RESERVED | {model_name})
         self.inplace = overwrites(graph)
-        self.local = local_axes(graph)  # axes a tensor-parallel rank holds part of: sizes read at run time
+        # axes a tensor-parallel rank holds part of: sizes read at run time (none for a model that
+        # is never split: `whole`)
+        self.local = {} if whole else local_axes(graph)
         self.reads = Counter(v for node in graph.nodes for v in node.inputs)
         self.model_name = model_name
         self.node_scopes = {n.scope for n in graph.nodes}

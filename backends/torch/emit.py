@@ -37,11 +37,14 @@ def class_name(graph: Graph) -> str:
     return name if name not in RESERVED else f"{name}Model"
 
 
-def emit_python(graph: Graph) -> str:
-    """The model as the text of a standalone `.py` file that needs only torch."""
+def emit_python(graph: Graph, whole: bool = False) -> str:
+    """The model as the text of a standalone `.py` file that needs only torch. By default the
+    axes a tensor-parallel rank holds part of (heads) are read from the tensors at run time, so
+    the same module runs whole and split (backends/torch/local.py); `whole` writes their sizes
+    down, for a model that is never split (the ONNX export)."""
     labels = source_labels(graph)
     name = class_name(graph)
-    emitter = Emitter(graph, labels, name)
+    emitter = Emitter(graph, labels, name, whole)
     classes = emitter.emit()
     model = next(c for c in classes if c.name == name)
     model.forward = guard_lines(graph, [a.split(":")[0].strip() for a in model.args.split(",")]) + model.forward
@@ -93,18 +96,23 @@ def _size_py(size: Size, reads: dict[str, str]) -> str:
 # ops whose spelling calls a helper of backends/torch/conditional.py: op -> the function it calls
 CONDITIONAL_OPS = {"fff": "fff", "fff_neurons": "fff_neurons", "moe_router": "moe_route", "moe_load": "moe_load",
                    "moe_experts": "moe_experts", "moe_select": "moe_select", "moe_combine": "moe_combine"}
+# ops whose spelling calls a helper of backends/torch/fused.py (chains fused by a pass): op -> its function
+FUSED_OPS = {"pool_mixer_residual": "pool_mixer_residual"}
 HELPERS = {"masks.py": "Sparse weights (@sparse): masks by magnitude, and torch's layers times a mask",
-           "conditional.py": "Conditional computation: fast feedforward trees, mixtures of experts"}
+           "conditional.py": "Conditional computation: fast feedforward trees, mixtures of experts",
+           "fused.py": "Fused elementwise chains (-O2): fewer passes over memory than the chain"}
 
 
 def helpers(graph: Graph) -> list[str]:
     """The helper files (next to this one) that the model's file carries: masks.py for sparse
-    weights (@sparse), conditional.py for fast feedforward."""
+    weights (@sparse), conditional.py for fast feedforward, fused.py for fused chains."""
     out = []
     if any(init_args(p.init)[0] in MASK_INITS for p in graph.params.values()):
         out.append("masks.py")
     if any(n.op in CONDITIONAL_OPS for n in graph.nodes):
         out.append("conditional.py")
+    if any(n.op in FUSED_OPS for n in graph.nodes):
+        out.append("fused.py")
     return out
 
 
@@ -132,5 +140,5 @@ def spec_strings(graph: Graph) -> tuple[str, ...]:
     return tuple(dict.fromkeys(s for s in found if s))
 
 
-__all__ = ["FILE_GLOBALS", "TUPLE_OPS", "class_name", "emit_python", "expression", "last_uses", "overwrites",
+__all__ = ["FILE_GLOBALS", "FUSED_OPS", "TUPLE_OPS", "class_name", "emit_python", "expression", "last_uses", "overwrites",
            "signature", "source_labels"]

@@ -21,7 +21,7 @@ def load_source(source: str) -> types.ModuleType:
     return generated.load(source)
 
 
-def build_module(graph: Graph) -> Any:
-    """A freshly initialized `nn.Module` for `graph`."""
-    module = load_source(emit_python(graph))
+def build_module(graph: Graph, whole: bool = False) -> Any:
+    """A freshly initialized `nn.Module` for `graph` (`whole`: see `emit_python`)."""
+    module = load_source(emit_python(graph, whole))
     return getattr(module, class_name(graph))()
