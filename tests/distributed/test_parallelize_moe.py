@@ -10,7 +10,8 @@ CPU processes on a 1-D "tp" mesh, against the one-process model with the same we
 - The block-expert spec (specs/examples/moe_any_expert.arch, Qwen2-MoE's sparse block: SwiGLU
   experts in an nn.ModuleList, a shared expert and its scalar gate): each expert's linears split as
   a dense MLP's; the same comparisons.
-- Mixtral under FSDP alone (a 1-D "dp" mesh, each rank half the batch): the mean of the halves'
+- Mixtral under FSDP alone (a 1-D "dp" mesh), and Mixtral and the block-expert spec under FSDP x TP
+  (a 2 x 2 mesh, 4 processes), each data-parallel rank half the batch: the mean of the halves'
   gradients.
 
 The parent makes the initial weights and the data, the workers run, and the parent compares with
@@ -47,6 +48,7 @@ MODELS: dict[str, tuple[Path, dict[str, Any]]] = {
     **{f"mixtral_{impl}": (MIXTRAL, {**MIXTRAL_TINY, "experts_impl": impl}) for impl in ("loop", "grouped", "batched")},
     "shared": (ANY, {"vocab": 64, "dim": 32, "depth": 2, "heads": 2, "max_len": 16, "ff": "shared", "num_experts": 4}),
 }
+HALVES = ("mixtral_loop", "shared")  # also under FSDP x TP (a 2 x 2 mesh), each data-parallel rank half the batch
 EXPERTS = "model.layers.0.mlp.experts"  # Mixtral's stacked experts of layer 0
 PRELOAD = ["torch", "torch._dynamo", "torch.distributed.fsdp", "torch.distributed.tensor.parallel",
            "archc.elaborate", "archc.backends.torch", "archc.backends.torch.parallel"]
@@ -139,6 +141,28 @@ def _worker(rank: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
+def _worker4(rank: int, folder: str) -> None:
+    """A 2 x 2 ("dp", "tp") mesh: FSDP over the halves of the batch, tensor parallelism inside."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store4", rank=rank, world_size=2 * WORLD,
+                            timeout=timedelta(seconds=120))
+    try:
+        out: dict[str, Any] = {}
+        mesh = init_device_mesh("cpu", (WORLD, WORLD), mesh_dim_names=("dp", "tp"))
+        for name in HALVES:
+            init, data = (torch.load(Path(folder) / f"{name}_{k}.pt", weights_only=True) for k in ("init", "data"))
+            model = _compile(name)
+            model.load_state_dict(init)
+            archc.parallelize(model, mesh)
+            out[name] = _step(model, data, mesh["dp"].get_local_rank(), WORLD)["grads"]
+        if rank == 0:
+            torch.save(out, Path(folder) / "result_2d.pt")
+    finally:
+        dist.destroy_process_group()
+
+
 # --- in the parent ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -154,18 +178,19 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         torch.save(copy.deepcopy(model.state_dict()), folder / f"{name}_init.pt")
         torch.save(data, folder / f"{name}_data.pt")
         refs[name] = _step(model, data, 0, 1)
-        if name == "mixtral_loop":  # FSDP: the mean of the gradients of each rank's half (aux is not linear in the batch)
+        if name in HALVES:  # FSDP: the mean of the gradients of each rank's half (aux is not linear in the batch)
             halves = []
             for part in range(WORLD):
                 model.zero_grad()
                 halves.append(_step(model, data, part, WORLD)["grads"])
-            refs["fsdp"] = {k: sum(h[k] for h in halves) / WORLD for k in halves[0]}
+            refs[f"{name}_halves"] = {k: sum(h[k] for h in halves) / WORLD for k in halves[0]}
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         mp.get_context("forkserver").set_forkserver_preload(PRELOAD)
         mp.start_processes(_worker, args=(str(folder),), nprocs=WORLD, join=True, start_method="forkserver")
+        mp.start_processes(_worker4, args=(str(folder),), nprocs=2 * WORLD, join=True, start_method="forkserver")
     got = [torch.load(folder / f"result{rank}.pt", weights_only=False) for rank in range(WORLD)]
-    return {"refs": refs, "got": got}
+    return {"refs": refs, "got": got, "2d": torch.load(folder / "result_2d.pt", weights_only=False)}
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
@@ -210,10 +235,12 @@ def test_each_rank_holds_its_slice_of_every_expert(runs: dict[str, Any], impl: s
         _close(grad, want[f"{EXPERTS}.down_proj"][:, :, part], f"{name} rank {rank} down_proj slice")
 
 
-def test_fsdp_moe_equals_one_process(runs: dict[str, Any]) -> None:
-    """Each rank's loss on its half of the batch; FSDP averages the gradients of the halves."""
-    want = runs["refs"]["fsdp"]
-    got = runs["got"][0]["mixtral_loop_fsdp"]["grads"]
+@pytest.mark.parametrize(("name", "scheme"), [("mixtral_loop", "fsdp"), *((name, "fsdp_tp") for name in HALVES)])
+def test_fsdp_moe_equals_one_process(runs: dict[str, Any], name: str, scheme: str) -> None:
+    """Each data-parallel rank's loss on its half of the batch; FSDP averages the gradients of the
+    halves (under FSDP x TP the experts are split by FSDP along E, by TP along their hidden features)."""
+    want = runs["refs"][f"{name}_halves"]
+    got = runs["got"][0][f"{name}_fsdp"]["grads"] if scheme == "fsdp" else runs["2d"][name]
     assert got.keys() == want.keys()
     for k, v in want.items():
-        _close(got[k], v, f"fsdp gradient of {k}")
+        _close(got[k], v, f"{name} under {scheme}: gradient of {k}")
