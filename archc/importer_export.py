@@ -262,7 +262,7 @@ def func(name: str, attrs: str = "") -> Callable[[list[tuple[str, int]]], tuple[
 def export_spec_text(module: Any, inputs: Sequence[Any], source: str) -> str:
     from archc.importer_aten import Emitter
 
-    graph = Graph(capture(module, inputs), module)
+    graph = Graph(inline_autocast(capture(module, inputs)), module)
     graph.example = list(inputs)
     return Emitter(graph).spec(source)
 
@@ -290,6 +290,33 @@ def capture(module: Any, inputs: Sequence[Any]) -> Any:
         for cache, saved in caches:
             cache.clear()
             cache.update(saved)
+
+
+def inline_autocast(ep: Any) -> Any:
+    """The exported program with each region that turns autocast off (`with torch.autocast(...,
+    enabled=False)`: EfficientViT's attention in f32) inlined: in an f32 model it changes nothing.
+    A region that turns it on is refused."""
+    gm = ep.graph_module
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or getattr(node.target, "__name__", "") != "wrap_with_autocast":
+            continue
+        enabled, submodule, args = node.args[2], node.args[4], node.args[5:]
+        if enabled:
+            raise Unmapped("an autocast region that turns autocast on (archc's dtypes are the build's)")
+        sub = getattr(gm, submodule.target)
+        env = dict(zip([n for n in sub.graph.nodes if n.op == "placeholder"], args))
+        with gm.graph.inserting_before(node):
+            results = gm.graph.graph_copy(sub.graph, env)
+        for user in list(node.users):
+            if user.target is not operator.getitem:
+                raise Unmapped("an autocast region whose results are used as a list")
+            user.replace_all_uses_with(results[user.args[1]])
+            gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
+        if not submodule.users:
+            gm.graph.erase_node(submodule)
+    gm.graph.lint()
+    return ep
 
 
 def _tensor_caches(module: Any) -> list[tuple[dict[Any, Any], dict[Any, Any]]]:
