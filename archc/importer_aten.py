@@ -3,6 +3,7 @@ expressions; the table from ATen ops to archc ops is `Emitter.aten`."""
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from typing import Any
@@ -407,8 +408,7 @@ class Emitter:
                 raise Unmapped(f"{self._at(node)}: the op {what} (tensors) has no archc op (yet)")
             return None  # symbolic sizes and asserts: the types carry them
         handler = getattr(self, f"_op_{name}", None)
-        if name in ALIASES or (name == "to" and dtype_of(node) == dtype_of(node.args[0])) \
-                :
+        if name in ALIASES or (name in ("to", "type_as") and dtype_of(node) == dtype_of(node.args[0])):
             self.alias[node] = node.args[0]
             return None
         if name in UNARY_OPS:
@@ -456,8 +456,19 @@ class Emitter:
 
     def _op_linear(self, node: Any) -> Unit:
         x, w, b = (list(node.args) + [None])[:3]
+        if b is not None and not self.g.is_param(b) and self.g.is_param(w):
+            return self._biased_linear(node, x, w, b)
         return self._weighted(node, x, "linear", {"weight": w, "bias": b},
                               call("linear", sizes(w)[0], bias=b is not None, defaults={"bias": True}))
+
+    def _biased_linear(self, node: Any, x: Any, w: Any, b: Any) -> Unit:
+        """A linear whose bias is computed (EVA's `cat(q_bias, k_bias, v_bias)`): the linear of
+        its weight without a bias, plus that bias."""
+        path = self.weights(node, "linear", {"weight": w})
+        text = call("linear", sizes(w)[0], bias=False)
+        unit = Unit([self.resolve(x), self.resolve(b)], [node], None, path, text, True)  # type: ignore[arg-type]
+        unit.plus = True
+        return unit
 
     def _op_conv2d(self, node: Any, op: str = "conv2d") -> Unit:
         args = list(node.args) + [None] * 7
@@ -466,10 +477,32 @@ class Emitter:
         if isinstance(padding, str) and padding == "valid":
             padding = 0
         kernel = sizes(w)[2:]
+        if op == "conv2d" and w.name in self.g.nonpersistent and b is None:
+            return self._blur(node, x, w, stride, padding, dilation, groups)
         text = call(op, sizes(w)[0], tuple(kernel), stride=_tuple(stride), padding=_tuple(padding),
                     dilation=_tuple(dilation), groups=int(groups), bias=b is not None,
                     defaults={"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": True})
         return self._weighted(node, x, op, {"weight": w, "bias": b}, text)
+
+    def _blur(self, node: Any, x: Any, w: Any, stride: Any, padding: Any, dilation: Any, groups: Any) -> Unit:
+        """A depthwise conv2d with a fixed binomial filter (timm's BlurPool2d: [1, 2, 1] x [1, 2, 1] / 16
+        in a non-persistent buffer) as what it is: k - 1 averages over 2 x 2 windows, then every
+        `stride`-th row and column."""
+        import torch
+
+        target = self.g.params[w.name]
+        filt = self.g.module.get_buffer(target)
+        c, _, k, k2 = filt.shape
+        taps = torch.tensor([math.comb(k - 1, i) for i in range(k)], dtype=torch.float64)
+        want = (taps[:, None] * taps[None, :] / taps.sum() ** 2).to(filt.dtype).expand(c, 1, k, k)
+        if k != k2 or k < 2 or groups != c or _tuple(padding) != 0 or _tuple(dilation) != 1 \
+                or not torch.allclose(filt, want, rtol=0, atol=1e-7):
+            raise Unmapped(f"{self._at(node)}: conv2d uses the tensor '{target}' as its weight")
+        stride = _tuple(stride)
+        text = " >> ".join([call("avgpool2d", 2, stride=1)] * (k - 1))
+        if stride != 1:
+            text += " >> " + " >> ".join(call("slice", d, step=stride) for d in (2, 3))
+        return pipe_unit([self.resolve(x)], node, text)
 
     def _op_conv1d(self, node: Any) -> Unit:
         return self._op_conv2d(node, "conv1d")
@@ -929,6 +962,9 @@ class Flow:
         from archc.importer_constants import index_lines, recognize
 
         value = self.g.module.get_buffer(target)
+        if self.device is not None and value.dim() and not value.any() and dtype_of(node) in ("f32", "i64"):
+            dtype = f", dtype={fmt(dtype_of(node))}" if dtype_of(node) != "f32" else ""
+            return f"full({self.device}, {fmt([int(d) for d in value.shape])}, 0.0{dtype})", ATOM
         found = recognize(value)
         if found is None or self.device is None:
             raise Unmapped(f"the buffer '{target}' is not persistent (not in the state_dict, so no spec can load it) "
@@ -952,7 +988,10 @@ class Flow:
         base = ""
         if unit.declare:
             name = base = self.declare(unit.path, unit.callable_text)
-            if len(args) == 1:
+            if unit.plus:  # an op with weights, then a computed tensor added: `x >> qkv + bias`
+                bias = args[1][0] if args[1][1] > ADD else f"({args[1][0]})"
+                text, prec = f"({args[0][0]} >> {name}) + {bias}", ADD
+            elif len(args) == 1:
                 text, prec = f"{args[0][0]} >> {name}", PIPE
             else:
                 text, prec = f"{name}(" + ", ".join(a for a, _ in args) + ")", ATOM

@@ -240,6 +240,7 @@ class Unit:
     callable_text: str = ""  # what the instance is: `linear(64)`, `Mlp()`, `stack(2) { ... }`
     declare: bool = False  # declared as a named instance (ops with weights, blocks, stacks)
     pattern: tuple[list[str], list[str], dict[str, int]] | None = None  # a rearrange's sides and sizes
+    plus: bool = False  # a declared op applied to ins[0], then ins[1] added (a computed bias)
 
 
 def pipe_unit(ins: list[Any], out: Any, text: str, path: str = "", declare: bool = False) -> Unit:
