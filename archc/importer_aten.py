@@ -646,8 +646,12 @@ class Emitter:
             return None  # type: ignore[return-value]
         if len(a) >= 2 and b == a[:1] + [_product(a[1:])]:
             return pipe_unit([self.resolve(x)], node, "flatten()")
-        left, _, right = _view_pattern(a, b, self._at(node)).partition(" -> ")
-        keys = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", _split_sizes(a, b))}
+        try:
+            left, _, right = _view_pattern(a, b, self._at(node)).partition(" -> ")
+            keys = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", _split_sizes(a, b))}
+        except Unmapped:
+            left_els, right_els, keys = _regrouped(a, b, self._at(node))
+            return rearrange_unit(self.resolve(x), node, left_els, right_els, keys)
         return rearrange_unit(self.resolve(x), node, _elements(left), _elements(right), keys)
 
     _op_view = _op_reshape = _op__unsafe_view = _op_unsqueeze = _op_squeeze = _op_reshape_as = _op_flatten
@@ -1142,6 +1146,54 @@ def _groups(a: list[Any], b: list[Any], where: str) -> list[tuple[list[str], lis
                 raise Unmapped(f"{where}: a reshape from {a} to {b}")
         out.append((ga, gb))
     return out
+
+
+def _regrouped(a: list[Any], b: list[Any], where: str) -> tuple[list[str], list[str], dict[str, int]]:
+    """A reshape that splits axes and merges the parts across them (MobileViT's unfolding:
+    [B, 64, 8, 8] -> [256 * B, 2, 4, 2]) as a rearrange over the common refinement of the two
+    shapes: `a0 a1 (a2 a3) (a4 a5) -> (a0 a1 a2) a3 a4 a5`, with the sizes of the split parts
+    but one per axis (size-1 axes written `1`)."""
+    import sympy
+
+    atoms: list[Any] = []
+    sides: list[list[list[int]]] = [[[] for _ in a], [[] for _ in b]]
+    i = j = 0
+    rest_a, rest_b = (a[0] if a else 1), (b[0] if b else 1)
+    while i < len(a) or j < len(b):
+        if i < len(a) and a[i] == 1:
+            i, rest_a = i + 1, (a[i + 1] if i + 1 < len(a) else 1)
+            continue
+        if j < len(b) and b[j] == 1:
+            j, rest_b = j + 1, (b[j + 1] if j + 1 < len(b) else 1)
+            continue
+        if i >= len(a) or j >= len(b):
+            raise Unmapped(f"{where}: a reshape from {a} to {b}")
+        ratio = sympy.cancel(sympy.sympify(rest_a) / rest_b)
+        num, den = sympy.fraction(ratio)
+        if den == 1 and not (num.is_Integer and num == 1):  # rest_a is a multiple of rest_b: the atom is rest_b
+            atom, rest_a, rest_b = rest_b, num, 1
+        elif num == 1:  # rest_b is a multiple of rest_a (or they are equal)
+            atom, rest_a, rest_b = rest_a, 1, den
+        else:
+            raise Unmapped(f"{where}: a reshape from {a} to {b} that regroups axes")
+        sides[0][i].append(len(atoms))
+        sides[1][j].append(len(atoms))
+        atoms.append(atom)
+        if rest_a == 1:
+            i, rest_a = i + 1, (a[i + 1] if i + 1 < len(a) else 1)
+        if rest_b == 1:
+            j, rest_b = j + 1, (b[j + 1] if j + 1 < len(b) else 1)
+
+    def text(groups: list[list[int]]) -> list[str]:
+        return ["1" if not g else f"a{g[0]}" if len(g) == 1 else "(" + " ".join(f"a{k}" for k in g) + ")"
+                for g in groups]
+
+    keys: dict[str, int] = {}
+    for group in sides[0]:
+        known = [k for k in group if isinstance(atoms[k], int) or getattr(atoms[k], "is_Integer", False)]
+        if len(group) > 1:
+            keys.update({f"a{k}": int(atoms[k]) for k in known[: len(group) - 1]})
+    return text(sides[0]), text(sides[1]), keys
 
 
 def _split_sizes(a: list[Any], b: list[Any]) -> str:
