@@ -89,6 +89,7 @@ RULES: dict[str, str] = {
     "mean": "removes the axes `dims` (keeps them as size 1 with `keepdim`)",
     "mul": "x * y, broadcast like numpy; with no `y`, x * `other`",
     "pad": "each axis grows by its (before, after) pair of `pads`, last axis first, as torch's pad",
+    "pool_mixer_residual": "same shape; `x + s * (avgpool(n) - n)`, `n = groupnorm(x)`: PoolFormer's mixer and residual (made by `fuse_pool_mixer`)",
     "parameter": "a learned tensor of shape `shape`, owned by the instance; `init` is an initializer "
                  "(`normal(0.02)`, `zeros`, ..., see [initialization](#initialization)) or a number",
     "positions": "`[..., T]` -> `[T, dim]`: the first T rows of a learned `[max_len, dim]` table",
@@ -163,6 +164,7 @@ SAMPLES: dict[str, Sample] = {
     "mean": Sample("x: [B, T, 32]", "mean(x, [1])"),
     "mul": Sample("x: [B, T, 32]", "mul(x, other=0.5)"),
     "pad": Sample("x: [B, 8, H, W]", "pad(x, [1, 1, 1, 1])"),
+    "pool_mixer_residual": Sample("x: [B, 8, H, W], s: [8, 1, 1]", "pool_mixer_residual(x, s)"),
     "buffer": Sample("x: [B, T, 32]", "buffer([1], dtype=\"i64\")"),
     "parameter": Sample("x: [B, T, 32]", "parameter([1, 1, 32], init=\"normal(0.02)\")"),
     "positions": Sample("tokens: i64[B, T]", "positions(tokens, 1024, 64)"),

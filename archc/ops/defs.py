@@ -1,3 +1,3 @@
 """Import every op family so each registers itself."""
 
-from archc.ops import conditional, create, elementwise, nn, pool, resize, shape  # noqa: F401
+from archc.ops import conditional, create, elementwise, fused, nn, pool, resize, shape  # noqa: F401

@@ -4,7 +4,7 @@ the IR after each, composes the weight transforms, and prints the IR after a pas
     -O0  nothing
     -O1  clean-up, valid in training and eval: fold_constants, cse, dce, hoist_constants
     -O2  -O1, then the eval/deploy rewrites: strip_dropout, fold_bn, reparam, merge_parallel,
-         mark_epilogues, dce, hoist_constants. The result computes the eval-mode function of the
+         fuse_pool_mixer, mark_epilogues, dce, hoist_constants. The result computes the eval-mode function of the
          model (BatchNorm folded with its running statistics, dropout removed); its weights follow
          through the composed transform.
 
@@ -26,6 +26,7 @@ from archc.passes.cse import cse
 from archc.passes.dce import dce
 from archc.passes.fold_bn import fold_bn
 from archc.passes.fold_constants import fold_constants
+from archc.passes.fuse_pool_mixer import fuse_pool_mixer
 from archc.passes.hoist_constants import hoist_constants
 from archc.passes.mark_epilogues import mark_epilogues
 from archc.passes.merge_parallel import merge_parallel
@@ -44,6 +45,7 @@ PASSES: dict[str, Pass] = {
     "fold_bn": fold_bn,
     "reparam": reparam,
     "merge_parallel": merge_parallel,
+    "fuse_pool_mixer": fuse_pool_mixer,
     "mark_epilogues": mark_epilogues,
     "prune": prune,
     "hoist_constants": hoist_constants,
@@ -55,7 +57,7 @@ LEVELS: dict[int, tuple[str, ...]] = {
     0: (),
     1: ("fold_constants", "cse", "dce", "hoist_constants"),
     2: ("fold_constants", "cse", "dce", "strip_dropout", "fold_bn", "reparam", "merge_parallel",
-        "mark_epilogues", "dce", "hoist_constants"),
+        "fuse_pool_mixer", "mark_epilogues", "dce", "hoist_constants"),
 }
 
 # the passes `archc deploy` runs: every pass that changes weights for inference, then clean-up

@@ -16,7 +16,7 @@ import jinja2
 
 from archc.backends.kernels.partition import Partition, Region
 from archc.backends.quote import PY_GLOBALS, c_comment, is_identifier, py_comment, py_docstring, verify_python
-from archc.backends.torch.emit import CONDITIONAL_OPS, TUPLE_OPS, class_name, expression, signature, source_labels
+from archc.backends.torch.emit import CONDITIONAL_OPS, FUSED_OPS, TUPLE_OPS, class_name, expression, signature, source_labels
 from archc.backends.torch.naming import RESERVED, value_names
 from archc.backends.torch.tree import module_tree
 from archc.ir.graph import Graph
@@ -187,7 +187,7 @@ def model_py(ctx: Context, calls: dict[int, Call], target: str, title: str, kern
         cls=ctx.cls, torch_module="torch_model", kernel_module="kernels",
         inputs=", ".join(f"{n}: torch.Tensor" for n in inputs), input_names=", ".join(inputs),
         forward_lines=forward_lines(ctx, calls), returns=", ".join(ctx.names[p.value] for p in ctx.graph.outputs),
-        helpers=sorted({CONDITIONAL_OPS[n.op] for n in ctx.graph.nodes if n.op in CONDITIONAL_OPS}))
+        helpers=sorted({calls[n.op] for calls in (CONDITIONAL_OPS, FUSED_OPS) for n in ctx.graph.nodes if n.op in calls}))
 
 
 def init_py(ctx: Context, target: str) -> str:

@@ -21,7 +21,8 @@ FILE_GLOBALS = frozenset({"torch", "nn", "F", "drop_path", "Scope", "self",
                           "fff", "fff_neurons", "node_entropy", "ACTIVATIONS", "_mixture", "_descend",  # conditional.py
                           "_fff_descend", "_reach", "_grouped_mm", "FULL_LOGITS", "moe_route", "moe_load",
                           "moe_experts", "_expert_ffn", "_hidden", "_positions", "_kept", "_moe_loop", "_moe_grouped", "_moe_batched",
-                          "moe_select", "moe_combine"})
+                          "moe_select", "moe_combine",
+                          "pool_mixer_residual", "_pool_mixer_plain"})  # fused.py
 RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins)) | FILE_GLOBALS
 
 

@@ -50,6 +50,18 @@ def _ln_channels_first(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: f
     return (x - mu) / torch.sqrt(var + eps) * w[:, None, None] + b[:, None, None]
 
 
+def _pool_mixer_ref(x: torch.Tensor, s: torch.Tensor, w: torch.Tensor, b: torch.Tensor, groups: int,
+                    k: tuple[int, int]) -> torch.Tensor:
+    """x + s * (pool(n) - n), n the group norm written out, pool the mean over each window's own values."""
+    g = x.reshape(x.shape[0], groups, -1)
+    n = ((g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + 1e-5)).reshape(x.shape)
+    n = n * w[:, None, None] + b[:, None, None]
+    pad = (k[1] // 2, k[1] // 2, k[0] // 2, k[0] // 2)
+    total = F.conv2d(F.pad(n, pad), torch.ones(x.shape[1], 1, *k), groups=x.shape[1])
+    count = F.conv2d(F.pad(torch.ones(1, 1, *x.shape[2:]), pad), torch.ones(1, 1, *k))
+    return x + s * (total / count - n)
+
+
 def _fff_ref(x: torch.Tensor, sd: Sd, depth: int) -> torch.Tensor:
     """The hard form, input by input: descend, then the leaf's MLP (relu)."""
     out = []
@@ -194,6 +206,11 @@ CASES = [
          lambda i, sd: (i[0].sum((2, 3)) / 30, i[0].sum((2, 3), keepdim=True) / 30)),
     Case("groupnorm", "axis B\nmodel M (x: [B, 8, 3, 3]) -> [B, 8, 3, 3] { return groupnorm(x, 2) }",
          lambda i, sd: _module(nn.GroupNorm(2, 8), sd, "groupnorm")(i[0])),
+    Case("pool_mixer_residual", """axis B
+         model M (x: [B, 8, 6, 7], s: [8, 1, 1]) -> [B, 8, 6, 7] {
+             return pool_mixer_residual(x, s, groups=2, kernel=[3, 5], padding=[1, 2])
+         }""", lambda i, sd: _pool_mixer_ref(i[0], i[1], sd["pool_mixer_residual.weight"],
+                                            sd["pool_mixer_residual.bias"], 2, (3, 5))),
     Case("identity", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return identity(x) * 2.0 }", lambda i, sd: i[0] * 2),
     Case("interpolate", """axis B, H, W
          model M (x: [B, 3, H, W]) -> ([B, 3, 2 * H, 2 * W], [B, 3, 7, 9]) {

@@ -45,6 +45,7 @@ def test_epilogue_marks_print_back() -> None:
 GOLDEN_CASES = [
     ("dce", "cleanup"), ("cse", "cleanup"), ("fold_constants", "cleanup"), ("strip_dropout", "cleanup"),
     ("fold_bn", "convbn"), ("merge_parallel", "qkv"), ("mark_epilogues", "qkv"), ("hoist_constants", "rotary"),
+    ("fuse_pool_mixer", "poolmixer"),
     *[("reparam", n) for n in ("repvgg", "acnet", "dbb", "mobileone", "unireplknet", "repmlp", "linears",
                                "convbn")],
 ]

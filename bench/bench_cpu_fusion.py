@@ -1,0 +1,62 @@
+"""-O2 with and without one of its CPU passes, side by side (issue #17): eager, -O2 without the
+pass, -O2, in one process on the same weights and inputs, interleaved rounds, medians and
+per-round ratios. `archc bench` compares -O2 with torch.compile; this isolates what one pass buys.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_cpu_fusion.py poolformer_s12 --pass fuse_pool_mixer \
+        --batch 1 --rounds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+
+import torch
+
+from archc.api import build
+from archc.backends.torch.inputs import example_inputs
+from archc.elaborate import elaborate_file
+from archc.passes.manager import LEVELS, run_pipeline
+from archc.registry import resolve_spec
+
+from timing import interleaved, median, ratio
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model")
+    p.add_argument("--pass", dest="name", default="fuse_pool_mixer", help="the -O2 pass to leave out")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=30)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    graph = elaborate_file(resolve_spec(args.model))
+    torch.manual_seed(0)
+    eager = build(graph).eval()
+    inputs = example_inputs(graph, {"B": args.batch}, seed=0)
+    fns = {"eager": eager}
+    for label, names in (("O2 without", [n for n in LEVELS[2] if n != args.name]), ("O2", list(LEVELS[2]))):
+        pipeline = run_pipeline(graph, names)
+        model = build(pipeline.graph).eval()
+        model.load_state_dict(pipeline.weights(eager.state_dict()))
+        fns[label] = model
+    with torch.inference_mode():
+        ref = eager(*inputs)
+        for k in ("O2 without", "O2"):
+            out = fns[k](*inputs)
+            torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+        times = interleaved({k: (lambda m=m: m(*inputs)) for k, m in fns.items()}, args.rounds)
+    print(f"{args.model} batch {args.batch}, {args.threads} thread(s), {args.rounds} rounds, "
+          f"load {os.getloadavg()[0]:.2f}; -O2 {'with' if args.name in LEVELS[2] else 'and'} {args.name}")
+    for k in fns:
+        q = statistics.quantiles([a / b for a, b in zip(times["eager"], times[k])], n=4)
+        print(f"  {k:<11} {median(times, k):8.2f} ms  {ratio(times, 'eager', k):.3f}x of eager ({q[0]:.2f}-{q[2]:.2f})")
+    per = [a / b for a, b in zip(times["O2"], times["O2 without"])]
+    q = statistics.quantiles(per, n=4)
+    print(f"  -O2 / -O2 without {args.name}: {statistics.median(per):.3f} per round ({q[0]:.3f}-{q[2]:.3f})")
+
+
+if __name__ == "__main__":
+    main()
