@@ -9,7 +9,7 @@ CPU processes on a 1-D "tp" mesh, against the one-process model with the same we
   expert weight's gradient is the matching slice of the one-process gradient.
 - The block-expert spec (specs/examples/moe_any_expert.arch, Qwen2-MoE's sparse block: SwiGLU
   experts in an nn.ModuleList, a shared expert and its scalar gate): each expert's linears split as
-  a dense MLP's; the same comparisons.
+  a dense MLP's; the same comparisons. Both also with idle experts (2 tokens, 8 experts).
 - Mixtral under FSDP alone (a 1-D "dp" mesh), and Mixtral and the block-expert spec under FSDP x TP
   (a 2 x 2 mesh, 4 processes), each data-parallel rank half the batch: the mean of the halves'
   gradients.
@@ -47,7 +47,11 @@ MIXTRAL_TINY: dict[str, Any] = {"vocab_size": 64, "hidden_size": 32, "intermedia
 MODELS: dict[str, tuple[Path, dict[str, Any]]] = {
     **{f"mixtral_{impl}": (MIXTRAL, {**MIXTRAL_TINY, "experts_impl": impl}) for impl in ("loop", "grouped", "batched")},
     "shared": (ANY, {"vocab": 64, "dim": 32, "depth": 2, "heads": 2, "max_len": 16, "ff": "shared", "num_experts": 4}),
+    # 2 tokens, 8 experts, top 2: at least 4 experts idle on every rank (no tokens, empty tensors)
+    "idle_mixtral": (MIXTRAL, {**MIXTRAL_TINY, "num_local_experts": 8, "experts_impl": "grouped"}),
+    "idle_shared": (ANY, {"vocab": 64, "dim": 32, "depth": 2, "heads": 2, "max_len": 16, "ff": "shared", "num_experts": 8}),
 }
+BATCH = {"idle_mixtral": (1, 2), "idle_shared": (1, 2)}  # [batch, tokens]; the others (4, 8)
 HALVES = ("mixtral_loop", "shared")  # also under FSDP x TP (a 2 x 2 mesh), each data-parallel rank half the batch
 EXPERTS = "model.layers.0.mlp.experts"  # Mixtral's stacked experts of layer 0
 PRELOAD = ["torch", "torch._dynamo", "torch.distributed.fsdp", "torch.distributed.tensor.parallel",
@@ -174,7 +178,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             torch.manual_seed(seed)
             model = _compile(name)
         gen = torch.Generator().manual_seed(10 + seed)
-        data = {"x": torch.randint(0, 64, (4, 8), generator=gen), "y": torch.randint(0, 64, (4, 8), generator=gen)}
+        shape = BATCH.get(name, (4, 8))
+        data = {"x": torch.randint(0, 64, shape, generator=gen), "y": torch.randint(0, 64, shape, generator=gen)}
         torch.save(copy.deepcopy(model.state_dict()), folder / f"{name}_init.pt")
         torch.save(data, folder / f"{name}_data.pt")
         refs[name] = _step(model, data, 0, 1)
