@@ -40,15 +40,14 @@ from typing import Any, Iterator, Mapping
 from archc.errors import ArchError
 from archc.frontend.fmt import format_module
 from archc.frontend.holes import Hole, fill, find_holes
-from archc.space_probe import Cost, Outer, Prober, Verdict
 from archc.frontend.parser import parse
+from archc.space_groups import Region, find_regions
+from archc.space_probe import Outer, Prober, Unsealed, Verdict
+from archc.space_tree import ZERO, Allowed, Alt, Choice, Cost, Counts, Part, restrict
+from archc.space_tree import paths as tree_paths
 
 MAX_COMBINATIONS = 20_000  # combinations of the outer holes' options (each one is elaborated)
 MAX_ENUMERATE = 1_000_000  # completions that enumerate() lists
-MAX_STATES = 2_000_000  # partial cost sums the budget's dynamic programming keeps, over all layers
-
-Choice = dict[str, int]  # hole path -> index of the chosen option (a per-layer hole: one path per layer)
-Allowed = Mapping[str, set[int]]  # hole path -> the options a restricted count or draw may pick
 
 
 # ---- budgets -----------------------------------------------------------------------------------
@@ -111,9 +110,12 @@ class Space:
         self.max_combinations = max_combinations
         self.prober = Prober(self.module, self._holes, self.file, self.folder, model, self.includes, self.budget,
                              self.axes)
-        self._outers: list[Outer] | None = None
-        self._tables: dict[tuple[int, ...], list[dict[Cost, int]]] = {}  # outer key -> suffix counts
-        self._weights: list[int] | None = None  # completions per outer combination (no restriction)
+        self.regions: list[Region] = find_regions(self.module, self._holes, model)
+        self._tree: Part | None = None
+        self._counts: Counts | None = None
+        self._tried = 0
+        self._first_error: ArchError | None = None
+        self._scale = 1
 
     # -- the holes --
     def holes(self) -> list[tuple[str, tuple[str, ...]]]:
@@ -121,17 +123,26 @@ class Space:
         as `stack[*]`)."""
         return [(h.path, h.options) for h in self._holes]
 
+    def groups(self) -> list[list[str]]:
+        """The holes by independent group (archc/space_groups.py): the outer group first, then each
+        region's (a per-layer family as `stack[*]`); counted and drawn group by group."""
+        self._built()
+        inner = {id(h) for r in self.regions for h in r.all_holes}
+        outer = [h.path for h in self._holes if id(h) not in inner]
+        return [outer] + [[h.path for h in r.all_holes] for r in self.regions]
+
     def combinations(self) -> int:
         """Completions before type-checking: the outer holes' combinations, each times the per-layer
         options over the layers it gives (a combination that fails before its stacks are built
         counts once)."""
-        return sum(o.tried for o in self._probed())
+        self._built()
+        return self._tried
 
     # -- counting, enumerating, sampling --
     def count(self, allowed: Allowed | None = None) -> int:
         """The exact number of completions that type-check (and meet the budget); with `allowed`,
         of those that pick only allowed options (path -> option indices; other holes are free)."""
-        return sum(self._count(o, allowed) for o in self._probed())
+        return self._counter(allowed).count()
 
     def enumerate(self) -> list[Choice]:
         """Every well-typed completion: outer holes in the order of their options (the last varies
@@ -140,24 +151,15 @@ class Space:
         if n > MAX_ENUMERATE:
             raise ArchError(f"this space has {n:,} well-typed completions; enumerate() lists at most "
                             f"{MAX_ENUMERATE:,}: count or sample it instead")
-        return [c for o in self._probed() for c in self._completions_of(o)]
+        return list(self._counter(None).completions())
 
     def sample(self, rng: random.Random, allowed: Allowed | None = None) -> Choice:
         """One well-typed completion, uniformly: each is drawn with probability 1 / count()."""
-        outers = self._probed()
-        if allowed is None and self._weights is None:
-            self._weights = [self._count(o, None) for o in outers]
-        weights = self._weights if allowed is None else [self._count(o, allowed) for o in outers]
-        total = sum(weights)
-        if not total:
+        counts = self._counter(allowed)
+        if not counts.count():
             raise ArchError(self._none_message() if allowed is None else
                             "no well-typed completion picks only the allowed options")
-        pick = rng.randrange(total)
-        for o, w in zip(outers, weights):
-            if pick < w:
-                return self._draw(o, rng, allowed)
-            pick -= w
-        raise AssertionError(pick)
+        return counts.sample(rng)
 
     def mutate(self, choice: Choice, rng: random.Random) -> Choice:
         """A well-typed neighbour of `choice`: one hole (one layer's, for a per-layer hole) on
@@ -192,12 +194,18 @@ class Space:
         picks: Choice = {}
         for h in self._outer_holes:
             self._suggest_one(trial, h, h.path, picks)
-        outer = next(o for o in self._probed() if o.key == tuple(picks[h.path] for h in self._outer_holes))
-        for st in outer.stacks:
-            for i in range(st.depth):
-                for h in st.holes:
-                    self._suggest_one(trial, h, h.at(i), picks)
+        for hole, path in self._layer_holes(self._built(), picks):
+            self._suggest_one(trial, hole, path, picks)
         return picks
+
+    def _layer_holes(self, part: Part, picks: Choice) -> Iterator[tuple[Hole, str]]:
+        """The per-layer holes of the completions that the outer picks give, in order."""
+        alt = next(a for a in part.alts if all(picks.get(p) == k for p, k in tree_paths(a, part.layer)))
+        for p in alt.parts:
+            if p.layer is not None:
+                yield from ((h, h.at(p.layer)) for h, _ in p.alts[0].picks)
+            else:
+                yield from self._layer_holes(p, picks)
 
     def _suggest_one(self, trial: Any, hole: Hole, path: str, picks: Choice) -> None:
         option = trial.suggest_categorical(path, list(hole.options))
@@ -212,7 +220,7 @@ class Space:
 
     def verdict(self, choice: Choice) -> Verdict:
         """Elaborate one completion as its concrete spec stands (uncached)."""
-        return self.prober.judge(fill(self.module, choice, self._holes), ())
+        return self.prober.judge(fill(self.module, choice, self._holes), (), whole=True)
 
     # -- concrete specs --
     def concrete(self, choice: Choice) -> str:
@@ -230,103 +238,116 @@ class Space:
         """path -> the chosen option as written."""
         return {p: self._hole_of(p).options[k] for p, k in choice.items()}
 
-    # -- probing the outer holes --
-    def _probed(self) -> list[Outer]:
-        if self._outers is None:
-            sizes = [len(h.choice.options) for h in self._outer_holes]
-            n = math.prod(sizes)
-            if n > self.max_combinations:
-                raise ArchError(f"the holes outside per-layer choices have {n:,} combinations of options; archc "
-                                f"space checks at most {self.max_combinations:,} jointly: narrow some choice(...), "
-                                "or make a choice in a stack's body per_layer=true",
-                                self._outer_holes[0].span)
-            self._outers = [self.prober.probe(key) for key in itertools.product(*(range(s) for s in sizes))]
-        return self._outers
+    # -- the tree of independent choices (archc/space_tree.py) --
+    def _counter(self, allowed: Allowed | None) -> Counts:
+        tree = self._built()
+        within = self._within if self.budget is not None else None
+        text = self.budget.text if self.budget else ""
+        if allowed is not None:
+            return Counts(restrict(tree, allowed), within, text)
+        if self._counts is None:
+            self._counts = Counts(tree, within, text)
+        return self._counts
 
-    def _layers(self, o: Outer, allowed: Allowed | None) -> list[list[tuple[tuple[int, ...], Cost]]]:
-        """Each layer's allowed options, stacks in order."""
-        out = []
+    def _built(self) -> Part:
+        while self._tree is None:
+            try:
+                self._tree = self._build()
+            except Unsealed as err:  # that stack is not independent of the rest: it joins the outer group
+                self.regions = [r for r in self.regions if r.stack is not err.stack]
+        return self._tree
+
+    def _build(self) -> Part:
+        regions = self.regions if len(self.regions) > 1 else []  # one region alone saves no probe
+        inner = {id(h) for r in regions for h in r.holes}
+        outer = [h for h in self._outer_holes if id(h) not in inner]
+        sizes = [math.prod(len(h.choice.options) for h in r.holes) for r in regions]
+        n = math.prod(len(h.choice.options) for h in outer)
+        probes = n * (1 + sum(sizes)) if regions else n
+        if probes > self.max_combinations:
+            where = outer[0].span if outer else regions[0].holes[0].span
+            raise ArchError(f"the holes outside per-layer choices have {probes:,} combinations of options to check "
+                            f"(each independent group's on its own); archc space checks at most "
+                            f"{self.max_combinations:,}: narrow some choice(...), or make a choice in a stack's body "
+                            "per_layer=true", where)
+        self.regions = regions
+        v0 = self.prober.variant(regions)
+        variants = [self.prober.variant([o for o in regions if o is not r], r) for r in regions]
+        alts: list[tuple[Alt, Fraction, list[tuple[Alt, Fraction, Fraction]]]] = []
+        self._tried, self._first_error = 0, None
+        for key in itertools.product(*(range(len(h.choice.options)) for h in outer)):
+            picks = {h.path: k for h, k in zip(outer, key)}
+            o = self.prober.probe(v0, picks)
+            if o.error is not None:
+                self._tried += o.tried * math.prod(self._untried(r, picks) for r in regions)
+                self._first_error = self._first_error or o.error
+                continue
+            fixed = {h.path: k for g, t in zip(v0.families, o.ref) for h, k in zip(g, t)}
+            alt = Alt(tuple((h, k) for h, k in zip(outer, key)), ZERO, self._layer_parts(o))
+            base = (Fraction(o.base[0], o.scale), Fraction(o.base[1], o.scale))
+            costs = [(alt, base)]
+            tried = o.tried
+            for r, v in zip(regions, variants):
+                part, region_tried = Part([]), 0
+                for rkey in itertools.product(*(range(len(h.choice.options)) for h in r.holes)):
+                    ro = self.prober.probe(v, picks | {h.path: k for h, k in zip(r.holes, rkey)} | fixed)
+                    region_tried += ro.tried
+                    if ro.error is not None:
+                        self._first_error = self._first_error or ro.error
+                        continue
+                    ralt = Alt(tuple(zip(r.holes, rkey)), ZERO, self._layer_parts(ro))
+                    part.alts.append(ralt)
+                    costs.append((ralt, (Fraction(ro.base[0], ro.scale) - base[0],
+                                         Fraction(ro.base[1], ro.scale) - base[1])))
+                alt.parts.append(part)
+                tried *= region_tried
+            self._tried += tried
+            alts.append(costs)
+        return self._scaled(alts)
+
+    def _layer_parts(self, o: Outer) -> list[Part]:
+        """One part per layer of each per-layer stack; costs times o.scale for now (see _scaled)."""
+        parts = []
         for st in o.stacks:
-            for i in range(st.depth):
-                paths = [h.at(i) for h in st.holes]
-                out.append([(t, c) for t, c in st.options
-                            if allowed is None or all(k in allowed.get(p, (k,)) for p, k in zip(paths, t))])
-        return out
+            options = [Alt(tuple(zip(st.holes, t)), (Fraction(c[0], o.scale), Fraction(c[1], o.scale)))
+                       for t, c in st.options]
+            parts.extend(Part(options, i) for i in range(st.depth))
+        return parts
 
-    def _outer_allowed(self, o: Outer, allowed: Allowed | None) -> bool:
-        return o.error is None and (allowed is None or all(
-            k in allowed.get(h.path, (k,)) for h, k in zip(self._outer_holes, o.key)))
+    def _scaled(self, alts: list[list[tuple[Alt, tuple[Fraction, Fraction]]]]) -> Part:
+        """The tree with every cost an exact int pair, times one scale (the least common multiple of
+        the denominators)."""
+        def leaves(alt: Alt) -> Iterator[Alt]:
+            for p in alt.parts:
+                for a in p.alts:
+                    yield a
+                    yield from leaves(a)
 
-    def _count(self, o: Outer, allowed: Allowed | None) -> int:
-        if not self._outer_allowed(o, allowed):
-            return 0
-        layers = self._layers(o, allowed)
-        if self.budget is None:
-            return math.prod(len(options) for options in layers)
-        return self._suffix(o, layers, allowed is None)[0].get(o.base, 0)
+        every: list[tuple[Alt, tuple[Fraction, Fraction]]] = [x for costs in alts for x in costs]
+        for costs in alts:
+            for a in leaves(costs[0][0]):
+                if isinstance(a.cost[0], Fraction):
+                    every.append((a, a.cost))  # type: ignore[arg-type]
+        scale = math.lcm(*(x.denominator for _, c in every for x in c)) if every else 1
+        for a, c in every:
+            a.cost = (int(c[0] * scale), int(c[1] * scale))
+        self._scale = scale
+        return Part([costs[0][0] for costs in alts])
 
-    def _suffix(self, o: Outer, layers: list[list[tuple[tuple[int, ...], Cost]]], keep: bool) -> list[dict[Cost, int]]:
-        """suffix[i][s]: the completions of layers i.. within the budget, given the cost s so far."""
-        if keep and o.key in self._tables:
-            return self._tables[o.key]
-        reach = [{o.base}]
-        for options in layers:  # the cost sums each layer can start from
-            nxt = {_add(s, c) for s in reach[-1] for _, c in options}
-            reach.append(nxt)
-            if sum(len(r) for r in reach) > MAX_STATES:
-                raise ArchError(f"the budget '{self.budget.text if self.budget else ''}' splits this space into more "
-                                f"than {MAX_STATES:,} partial costs over its layers: narrow the per-layer choices")
-        assert self.budget is not None
-        suffix = [dict.fromkeys(reach[-1], 0)]
-        for s in reach[-1]:
-            suffix[0][s] = int(self._within(s, o.scale))
-        for options, starts in zip(reversed(layers), reversed(reach[:-1])):
-            after = suffix[0]
-            suffix.insert(0, {s: sum(after[_add(s, c)] for _, c in options) for s in starts})
-        if keep:
-            self._tables[o.key] = suffix
-        return suffix
-
-    def _draw(self, o: Outer, rng: random.Random, allowed: Allowed | None) -> Choice:
-        choice = {h.path: k for h, k in zip(self._outer_holes, o.key)}
-        layers = self._layers(o, allowed)
-        picked = []
-        if self.budget is None:
-            picked = [options[rng.randrange(len(options))][0] for options in layers]
-        else:
-            suffix, state = self._suffix(o, layers, allowed is None), o.base
-            for i, options in enumerate(layers):
-                weights = [suffix[i + 1].get(_add(state, c), 0) for _, c in options]
-                t, c = options[_pick(weights, rng)]
-                picked.append(t)
-                state = _add(state, c)
-        return choice | self._layer_choice(o, picked)
-
-    def _layer_choice(self, o: Outer, picked: list[tuple[int, ...]]) -> Choice:
-        out, it = {}, iter(picked)
-        for st in o.stacks:
-            for i in range(st.depth):
-                out.update({h.at(i): k for h, k in zip(st.holes, next(it))})
-        return out
-
-    def _completions_of(self, o: Outer) -> Iterator[Choice]:
-        if not self._count(o, None):
-            return
-        choice = {h.path: k for h, k in zip(self._outer_holes, o.key)}
-        layers = self._layers(o, None)
-        for combo in itertools.product(*layers):
-            if self.budget is not None:
-                total = o.base
-                for _, c in combo:
-                    total = _add(total, c)
-                if not self._within(total, o.scale):
-                    continue
-            yield choice | self._layer_choice(o, [t for t, _ in combo])
+    def _untried(self, r: Region, picks: Choice) -> int:
+        """A region's combinations before type-checking, when the outer combination fails first: its
+        per-layer options over the depth its stack is written with (a depth that is not a literal
+        or a hole counts once)."""
+        total = 0
+        for rkey in itertools.product(*(range(len(h.choice.options)) for h in r.holes)):
+            depth = _written_depth(r.stack, picks | {h.path: k for h, k in zip(r.holes, rkey)}, r.holes)
+            total += math.prod(len(h.choice.options) for h in r.families) ** depth
+        return total
 
     # -- helpers --
-    def _within(self, cost: Cost, scale: int) -> bool:
+    def _within(self, cost: Cost) -> bool:
         assert self.budget is not None
-        return self.budget.holds({"params": Fraction(cost[0], scale), "flops": Fraction(cost[1], scale)})
+        return self.budget.holds({"params": Fraction(cost[0], self._scale), "flops": Fraction(cost[1], self._scale)})
 
     def _hole_of(self, path: str) -> Hole:
         for h in self._holes:
@@ -340,20 +361,17 @@ class Space:
 
     def _none_message(self) -> str:
         budget = f" within the budget '{self.budget.text}'" if self.budget else ""
-        first = next((o.error for o in self._probed() if o.error), None)
+        self._built()
+        first = self._first_error
         why = f"; the first completion fails with: {first.message}" if first is not None else ""
         return f"none of the {self.combinations():,} completions of this space type-checks{budget}{why}"
 
 
-def _add(a: Cost, b: Cost) -> Cost:
-    return (a[0] + b[0], a[1] + b[1])
+def _written_depth(stack: Any, picks: Choice, holes: tuple[Hole, ...]) -> int:
+    from archc.frontend import ast as A
 
-
-def _pick(weights: list[int], rng: random.Random) -> int:
-    """An index drawn with probability weights[i] / sum(weights) (exact for big ints)."""
-    r = rng.randrange(sum(weights))
-    for i, w in enumerate(weights):
-        if r < w:
-            return i
-        r -= w
-    raise AssertionError(weights)
+    expr = stack.args[0] if stack.args else next((k.value for k in stack.kwargs if k.name == "depth"), None)
+    hole = next((h for h in holes if h.choice is expr), None)
+    if hole is not None:
+        expr = hole.choice.options[picks[hole.path]]
+    return expr.value if isinstance(expr, A.Const) and type(expr.value) is int and expr.value >= 0 else 1

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from archc.elaborate.stacks import STACK_APPLIED
 from archc.errors import ArchError
 from archc.frontend import ast as A
 from archc.frontend.holes import Hole, fill, substitute
@@ -47,12 +48,35 @@ class LayerOptions:
 class Outer:
     """One combination of the outer holes' options, probed."""
 
-    key: tuple[int, ...]
+    key: dict[str, int]  # hole path -> option index
     error: ArchError | None = None
     base: Cost = (0, 0)
     stacks: list[LayerOptions] = field(default_factory=list)
     tried: int = 1  # combinations before type-checking: the per-layer options over all layers
     scale: int = 1  # costs are kept times this (a multiple of each probed depth), as exact ints
+    ref: tuple[tuple[int, ...], ...] = ()  # the per-layer options (one per family) `base` was measured on
+
+
+class Unsealed(Exception):
+    """A region's stack changed its input's type in a probe: its holes are not independent of the
+    others (archc/space_groups.py), so the space is planned again without it."""
+
+    def __init__(self, stack: A.Stack) -> None:
+        super().__init__("a region's stack changes its input's type")
+        self.stack = stack
+
+
+@dataclass(eq=False)
+class Variant:
+    """The module a kind of probe elaborates: the regions it does not vary taken out (each stack
+    at depth 0, which keeps its input's type as each region does), and what it varies."""
+
+    key: tuple[int, ...]  # ids of the stacks taken out: probes of one variant share a cache
+    module: A.Module
+    holes: list[Hole]  # the holes left in `module`
+    families: list[list[Hole]]  # the per-layer families it probes, by stack
+    depth_holes: list[Hole | None]  # each family's depth hole, when its stack's depth is one
+    sealed: A.Stack | None = None  # the region's stack, whose applications must keep their types
 
 
 class Prober:
@@ -64,94 +88,106 @@ class Prober:
         self.budget, self.axes = budget, axes
         self._holes = holes
         self._outer_holes = [h for h in holes if not h.per_layer]
-        self._families: list[list[Hole]] = []  # per-layer holes by stack, stacks in source order
-        for h in holes:
-            if h.per_layer:
-                group = next((g for g in self._families if g[0].stack is h.stack), None)
-                group.append(h) if group is not None else self._families.append([h])
-        self._depth_holes = [self._depth_hole(g[0].stack) for g in self._families]
         self._verdicts: dict[tuple[Any, ...], Verdict] = {}
         self._loader: Any = None
-        self._shallow: dict[tuple[int | None, ...], A.Module] = {}  # the module at probe depths
+        self._shallow: dict[tuple[Any, ...], A.Module] = {}  # a variant's module at probe depths
 
     @property
     def elaborated(self) -> int:
         """How many probes were elaborated so far."""
         return len(self._verdicts)
 
-    def probe(self, key: tuple[int, ...]) -> Outer:
-        picks = {h.path: k for h, k in zip(self._outer_holes, key)}
-        if not self._families:
-            v = self._verdict(picks)
-            return Outer(key, v.error, _cost(v))
-        per_stack = [list(itertools.product(*(range(len(h.choice.options)) for h in g))) for g in self._families]
+    def variant(self, removed: list[Any], sealed: Any = None) -> Variant:
+        """The variant with the regions `removed` taken out, probing the per-layer families left
+        (all but the regions' when `sealed` is None, else the region `sealed`'s)."""
+        table: dict[int, A.Expr] = {}
+        gone = set()
+        for r in removed:
+            fills = {id(h.choice): h.choice.options[0] for h in r.all_holes}
+            zero = A.Const(0, r.stack.span, "0")
+            table[id(r.stack)] = replace(substitute(r.stack, fills), args=(zero,), kwargs=())
+            table.update(fills)  # a parameter's default that only the region reads
+            gone.update(id(h) for h in r.all_holes)
+        holes = [h for h in self._holes if id(h) not in gone]
+        families = _families(list(sealed.families) if sealed is not None else [h for h in holes if h.per_layer])
+        module = substitute(self.module, table) if table else self.module
+        key = tuple(sorted(id(r.stack) for r in removed))
+        return Variant(key, module, holes, families, [self._depth_hole(g[0].stack) for g in families],
+                       sealed.stack if sealed is not None else None)
+
+    def probe(self, v: Variant, picks: dict[str, int]) -> Outer:
+        """Probe the outer picks (and fixed picks of families `v` does not vary: their `[*]` paths)."""
+        if not v.families:
+            vd = self._verdict(v, picks)
+            return Outer(picks, vd.error, _cost(vd))
+        per_stack = [list(itertools.product(*(range(len(h.choice.options)) for h in g))) for g in v.families]
         # a stack whose depth is a hole is probed with one layer (none at depth 0): its layers'
         # options type-check and cost the same at any depth, so the probes serve every depth
-        shallow = tuple(None if h is None else min(self._depth(h, picks), 1) for h in self._depth_holes)
+        shallow = tuple(None if h is None else min(self._depth(h, picks), 1) for h in v.depth_holes)
         ref, first = None, None
         for combo in itertools.product(*per_stack):  # the first combination of per-layer options that checks
-            v = self._verdict(picks, combo, shallow)
-            if v.error is None:
+            vd = self._verdict(v, picks, combo, shallow)
+            if vd.error is None:
                 ref = combo
                 break
-            first = first or v
+            first = first or vd
         if ref is None:
             assert first is not None
-            depths = [1 if h is None else self._depth(h, picks) for h in self._depth_holes]
-            return Outer(key, first.error, tried=math.prod(len(o) ** d for o, d in zip(per_stack, depths)))
-        rv = self._verdict(picks, ref, shallow)
-        depths = [d if h is None else self._depth(h, picks) * d for h, d in zip(self._depth_holes, rv.depths)]
+            depths = [1 if h is None else self._depth(h, picks) for h in v.depth_holes]
+            return Outer(picks, first.error, tried=math.prod(len(o) ** d for o, d in zip(per_stack, depths)))
+        rv = self._verdict(v, picks, ref, shallow)
+        depths = [d if h is None else self._depth(h, picks) * d for h, d in zip(v.depth_holes, rv.depths)]
         base = _cost(rv)
         if any(d is not None for d in shallow) and self.budget is not None:  # the cost at the real depths
-            full = self._verdict(picks, ref, (None,) * len(shallow))
+            full = self._verdict(v, picks, ref, (None,) * len(shallow))
             if full.error is not None:
-                return Outer(key, full.error, tried=math.prod(len(o) ** d for o, d in zip(per_stack, depths)))
+                return Outer(picks, full.error, tried=math.prod(len(o) ** d for o, d in zip(per_stack, depths)))
             base = _cost(full)
         # a layer on t costs (P(t) - P(ref)) / probed more than on ref: kept times `scale`, as ints
         scale = math.lcm(*(d or 1 for d in rv.depths))
         stacks = []
-        for s, (group, options) in enumerate(zip(self._families, per_stack)):
+        for s, (group, options) in enumerate(zip(v.families, per_stack)):
             stack = LayerOptions(group, depths[s])
             probed = rv.depths[s]  # the layers each probe has: 1 for a shallow probe, else the depth
             for t in options:
-                v = self._verdict(picks, ref[:s] + (t,) + ref[s + 1:], shallow)
-                if v.error is not None:
+                vd = self._verdict(v, picks, ref[:s] + (t,) + ref[s + 1:], shallow)
+                if vd.error is not None:
                     continue
-                if v.depths[s] != probed:
+                if vd.depths[s] != probed:
                     raise ArchError(f"this stack's depth depends on its per-layer choices ({probed} and "
-                                    f"{v.depths[s]} layers)", group[0].stack.span if group[0].stack else None)
+                                    f"{vd.depths[s]} layers)", group[0].stack.span if group[0].stack else None)
                 per = scale // (probed or 1)
-                stack.options.append((t, ((v.params - rv.params) * per, ((v.flops or 0) - (rv.flops or 0)) * per)))
+                stack.options.append((t, ((vd.params - rv.params) * per, ((vd.flops or 0) - (rv.flops or 0)) * per)))
             stacks.append(stack)
         tried = math.prod(len(o) ** st.depth for o, st in zip(per_stack, stacks))
-        return Outer(key, None, (base[0] * scale, base[1] * scale), stacks, tried, scale)
+        return Outer(picks, None, (base[0] * scale, base[1] * scale), stacks, tried, scale, ref)
 
     def _depth(self, hole: Hole, picks: dict[str, int]) -> int:
         option = hole.choice.options[picks[hole.path]]
         assert isinstance(option, A.Const) and isinstance(option.value, int)
         return option.value
 
-    def _verdict(self, picks: dict[str, int], combo: tuple[tuple[int, ...], ...] = (),
+    def _verdict(self, v: Variant, picks: dict[str, int], combo: tuple[tuple[int, ...], ...] = (),
                  shallow: tuple[int | None, ...] = ()) -> Verdict:
         """Elaborate the outer picks with every layer of stack s on the options combo[s], and stack s
         at depth shallow[s] where that is not None (cached)."""
-        module, holes = self.module, self._holes
+        module, holes = v.module, v.holes
         if any(d is not None for d in shallow):  # the depth holes stand at 0 or 1 layer: one probe for every depth
-            table = {id(h.choice): A.Const(d, h.span, str(d)) for h, d in zip(self._depth_holes, shallow)
+            table = {id(h.choice): A.Const(d, h.span, str(d)) for h, d in zip(v.depth_holes, shallow)
                      if h is not None and d is not None}
-            module, holes = self._shallow_module(shallow, table), [h for h in holes if id(h.choice) not in table]
+            module, holes = self._shallow_module(v, shallow, table), [h for h in holes if id(h.choice) not in table]
             picks = {h.path: picks[h.path] for h in holes if h.path in picks}
-        key = (tuple(picks.items()), combo, shallow)
+        key = (v.key, tuple(picks.items()), combo, shallow)
         if key not in self._verdicts:
-            uniform = {h.path: k for g, t in zip(self._families, combo) for h, k in zip(g, t)}
-            stacks = [g[0].stack for g in self._families]
-            self._verdicts[key] = self.judge(fill(module, {**picks, **uniform}, holes), stacks)
+            uniform = {h.path: k for g, t in zip(v.families, combo) for h, k in zip(g, t)}
+            stacks = [g[0].stack for g in v.families]
+            self._verdicts[key] = self.judge(fill(module, {**picks, **uniform}, holes), stacks, v.sealed)
         return self._verdicts[key]
 
-    def _shallow_module(self, shallow: tuple[int | None, ...], table: dict[int, A.Expr]) -> A.Module:
-        if shallow not in self._shallow:
-            self._shallow[shallow] = substitute(self.module, table)
-        return self._shallow[shallow]
+    def _shallow_module(self, v: Variant, shallow: tuple[int | None, ...], table: dict[int, A.Expr]) -> A.Module:
+        if (v.key, shallow) not in self._shallow:
+            self._shallow[(v.key, shallow)] = substitute(v.module, table)
+        return self._shallow[(v.key, shallow)]
 
     def _depth_hole(self, stack: A.Stack | None) -> Hole | None:
         """The outer hole that is this stack's depth and nothing else, when its options are ints:
@@ -173,15 +209,21 @@ class Prober:
             return None
         return next((h for h in self._outer_holes if h.choice is choice), None)
 
-    def judge(self, module: A.Module, stacks: list[Any]) -> Verdict:
+    def judge(self, module: A.Module, stacks: list[Any], sealed: A.Stack | None = None,
+              whole: bool = False) -> Verdict:
+        """Elaborate a filled module; `whole`: it is a completion, checked against the budget too."""
+        token = STACK_APPLIED.set(_watch(sealed, self.file)) if sealed is not None else None
         try:
             graph = self._elaborate(module)
         except ArchError as err:
             return Verdict(error=err)
+        finally:
+            if token is not None:
+                STACK_APPLIED.reset(token)
         depths = tuple(_layers_of(graph, st, self.file) for st in stacks)  # an error of the space, not of this probe
         params = graph.param_count()  # a missing --axis is an error of the command, not of this completion
         flops = self._flops(graph) if self.budget and self.budget.needs_flops else None
-        if self.budget and not stacks and not self.budget.holds({"params": params, "flops": flops or 0}):
+        if whole and self.budget and not self.budget.holds({"params": params, "flops": flops or 0}):
             return Verdict(params, flops, ArchError(f"outside the budget '{self.budget.text}': "
                                                      f"{params:,} parameters, {flops or 0:,} FLOPs"))
         return Verdict(params, flops, None, depths)
@@ -202,19 +244,46 @@ class Prober:
 
 
 
+def _families(holes: list[Hole]) -> list[list[Hole]]:
+    """Per-layer holes by stack, stacks in source order."""
+    out: list[list[Hole]] = []
+    for h in holes:
+        group = next((g for g in out if g[0].stack is h.stack), None)
+        group.append(h) if group is not None else out.append([h])
+    return out
+
+
 def _cost(v: Verdict) -> Cost:
     return (v.params, v.flops or 0)
+
+
+def _applications(graph: Any, stack: A.Stack, file: str) -> list[tuple[str, Any]]:
+    """The scopes of `stack`'s applications in the graph (path, scope info)."""
+    return [(path, info) for path, info in graph.scopes.items() if info.kind == "stack" and info.span is not None
+            and (info.span.file, info.span.line, info.span.col) == (file, stack.span.line, stack.span.col)]
+
+
+def _watch(stack: A.Stack, file: str) -> Any:
+    """A hook that raises Unsealed as soon as an application of `stack` gives a value of another
+    type than its input: before anything downstream can fail on it, so a probe that fails did not
+    fail because of that (the failure is the region's own, or the outer group's)."""
+    where = (file, stack.span.line, stack.span.col)
+
+    def watch(span: Any, inputs: list[Any], out: Any) -> None:
+        if span is None or (span.file, span.line, span.col) != where:
+            return
+        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        if [getattr(v, "type", v) for v in inputs] != [getattr(v, "type", v) for v in outs]:
+            raise Unsealed(stack)
+
+    return watch
 
 
 def _layers_of(graph: Any, stack: A.Stack, file: str) -> int:
     """The depth of `stack` in the graph (0 when it is never applied); an error unless each of its
     layers keeps its input's type (what makes per-layer choices independent of each other)."""
     depths = set()
-    for path, info in graph.scopes.items():
-        span = info.span
-        if info.kind != "stack" or span is None or (span.file, span.line, span.col) != (file, stack.span.line,
-                                                                                      stack.span.col):
-            continue
+    for path, info in _applications(graph, stack, file):
         depth = int(info.args.get("depth", 0))
         depths.add(depth)
         for i in range(depth):

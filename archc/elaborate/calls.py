@@ -9,6 +9,7 @@ from typing import Any
 from archc.elaborate.builtins import call_builtin
 from archc.elaborate.consteval import plain
 from archc.elaborate.inits import as_init, init_keyword, is_init_key
+from archc.elaborate.stacks import STACK_APPLIED
 from archc.elaborate.state import State
 from archc.elaborate.values import (CALLABLES, BlockFn, BlockTemplate, Builtin, Callable, Frame, InterfaceRef, MoeFn, OpFn,
                                     PipeFn, ResidualFn, SlotFn, StackFn, Tensor, describe, join_scope, named, snake)
@@ -142,21 +143,11 @@ class Calls(State):
                                    frame, span, inner)
             return value
         if isinstance(fn, StackFn):
-            scope = fn.scope or self.fresh(prefix, "stack")
-            self.record_scope(scope, "stack", {"depth": fn.count, **({"connect": str(fn.connect)} if fn.connect
-                                                                      else {})}, fn.span)
-            if fn.connect is not None:
-                return self.connected_stack(fn, inputs, frame, span, scope)
-            value = inputs
-            smallest: int | None = None
-            for i in range(fn.count):
-                layer = self.stack_layer(fn, i, span)
-                before = len(self.nodes)
-                value = self.apply(named(layer, join_scope(scope, str(i))), list(value) if isinstance(value, (tuple, list))
-                                   else [value], frame, span, scope)
-                smallest = self.expect_nodes(len(self.nodes) - before, smallest, fn.count - 1 - i, fn.span or span,
-                                              "layers")
-            return value if not isinstance(value, list) else (value[0] if len(value) == 1 else tuple(value))
+            out = self.apply_stack(fn, inputs, frame, span, prefix)
+            watch = STACK_APPLIED.get()
+            if watch is not None:  # a search space's probe (archc/space_probe.py)
+                watch(fn.span, inputs, out)
+            return out
         if isinstance(fn, SlotFn):
             return self.apply_slot(fn, inputs, frame, span, prefix)
         if isinstance(fn, MoeFn):

@@ -3,8 +3,9 @@ hyper-connections, DenseFormer averaging, dense concatenation, MUDD)."""
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable as Fn
 
 from archc.elaborate import connect as C
 from archc.elaborate.state import State
@@ -12,6 +13,12 @@ from archc.elaborate.values import BlockFn, Callable, Frame, StackFn, Tensor, de
 from archc.errors import ArchError, Span
 from archc.frontend import ast as A
 from archc.sizes import Size
+
+
+# Called after each stack's application with (the stack's span, its inputs, its output), when set:
+# a search space's probe checks there that a stack keeps its input's type (archc/space_probe.py).
+STACK_APPLIED: ContextVar[Fn[[Span | None, list[Any], Any], None] | None] = ContextVar("archc_stack_applied",
+                                                                                         default=None)
 
 
 class Stacks(State):
@@ -41,6 +48,23 @@ class Stacks(State):
                                 next(k.span for k in e.kwargs if k.name == "connect"))
             connect = replace(policy, span=next(k.span for k in e.kwargs if k.name == "connect"))
         return StackFn(depth, e.var, e.body, frame, connect, None, e.span)
+
+    def apply_stack(self, fn: StackFn, inputs: list[Any], frame: Frame, span: Span | None, prefix: str) -> Any:
+        scope = fn.scope or self.fresh(prefix, "stack")
+        self.record_scope(scope, "stack", {"depth": fn.count, **({"connect": str(fn.connect)} if fn.connect
+                                                                  else {})}, fn.span)
+        if fn.connect is not None:
+            return self.connected_stack(fn, inputs, frame, span, scope)
+        value: Any = inputs
+        smallest: int | None = None
+        for i in range(fn.count):
+            layer = self.stack_layer(fn, i, span)
+            before = len(self.nodes)
+            value = self.apply(named(layer, join_scope(scope, str(i))), list(value) if isinstance(value, (tuple, list))
+                               else [value], frame, span, scope)
+            smallest = self.expect_nodes(len(self.nodes) - before, smallest, fn.count - 1 - i, fn.span or span,
+                                         "layers")
+        return value if not isinstance(value, list) else (value[0] if len(value) == 1 else tuple(value))
 
     def stack_layer(self, fn: StackFn, i: int, span: Span | None) -> Callable:
         # a child frame per layer: a stack nested in the body keeps seeing this layer's index

@@ -187,14 +187,17 @@ def _fresh_var(stack: A.Stack) -> str:
                 if v not in used)
 
 
-def substitute(module: A.Module, table: dict[int, A.Expr]) -> A.Module:
-    """`module` with the holes in `table` (by id of their choice) replaced; the others stay holes."""
-    return _fill(module, table, {})
+def substitute(node: Any, table: dict[int, A.Expr]) -> Any:
+    """`node` (a module or any part of one) with the holes and stacks in `table` (by id of their
+    choice or stack node) replaced; the other holes stay holes."""
+    return _fill(node, table, {})
 
 
 def _fill(node: Any, table: dict[int, A.Expr], indexed: dict[int, str]) -> Any:
+    if isinstance(node, (A.Choice, A.Stack)) and id(node) in table:
+        return table[id(node)]
     if isinstance(node, A.Choice):
-        return table.get(id(node), node)
+        return node
     if isinstance(node, A.Stack) and id(node) in indexed and node.var is None:
         return replace(_fill_fields(node, table, indexed), var=indexed[id(node)])
     return _fill_fields(node, table, indexed)
