@@ -376,11 +376,14 @@ def _kept(path: str, replicate: tuple[str, ...]) -> bool:
 def _layer_pattern(path: str, layers: list[str], graph: Graph | None = None) -> str:
     """`path` with its layer's number as `*` (`blocks.*.attn.qkv`), and an expert's number in a
     mixture (`moe(E, Block)`) too, for a hint that covers every layer and expert."""
-    parts = path.split(".")
     if graph is not None:  # experts.3.up -> experts.*.up
-        parts = [("*" if part.isdigit() and k and graph.scopes.get(".".join(parts[:k]), None) is not None
-                  and graph.scopes[".".join(parts[:k])].kind == MOE_SCOPE else part) for k, part in enumerate(parts)]
-    path = ".".join(parts)
+        parts = path.split(".")
+        starred = list(parts)
+        for k in range(1, len(parts)):
+            mixture = graph.scopes.get(".".join(parts[:k]))
+            if mixture is not None and mixture.kind == MOE_SCOPE and parts[k].isdigit():
+                starred[k] = "*"
+        path = ".".join(starred)
     layer = next((lay for lay in layers if within(path, lay)), "")
     if not layer:
         return path
