@@ -66,6 +66,8 @@ class Emitter:
             if not hasattr(node, "op") or node in live:
                 continue
             live.add(node)
+            if self._encoding(node):
+                continue  # computed by the spec's own code: what made it is not needed
             args = _flat(node.args) + _flat(list(node.kwargs.values()))
             if packet(node) == "scaled_dot_product_attention":
                 mask = node.kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
@@ -74,6 +76,21 @@ class Emitter:
                     args = [a for a in args if a is not mask]
             todo += args
         return live
+
+    def _encoding(self, node: Any) -> bool:
+        """Whether `node` is a position encoding computed from sizes alone that archc writes as
+        code (XCiT's and EdgeNeXt's Fourier encodings), evaluated on the example to know which;
+        recorded in `self.g.computed`."""
+        from archc.importer_constants import fourier
+
+        if node.op != "call_function" or not is_tensor(node) or len(sizes(node)) != 4 \
+                or dtype_of(node) != "f32" or not self._shape_only(node):
+            return False
+        value = _evaluate(node, {n: t for n, t in zip(self.g.user_inputs, self.g.example)}, {})
+        found = fourier(value)
+        if found is not None:
+            self.g.computed[node] = found
+        return found is not None
 
     def _shape_only(self, node: Any, seen: dict[Any, bool] | None = None) -> bool:
         """Whether a value depends on the inputs' sizes only (not their values, nor weights)."""
@@ -153,7 +170,7 @@ class Emitter:
             if isinstance(item, Scope):
                 if not item.nodes & self.live:
                     continue
-                if self.inlined(item):
+                if self.inlined(item) or not self.boundary(item)[0]:  # no tensor input: no block of its own
                     start = len(result)
                     self._collect(item, item, result)
                     self._name_leaf(item, result, start)
@@ -396,6 +413,8 @@ class Emitter:
 
     def aten(self, node: Any) -> Unit | None:
         """The unit of one graph node; None for what computes nothing (an alias, an assert)."""
+        if node in self.g.computed:
+            return None  # the spec computes it where it is used (Flow.value)
         if node.target is operator.getitem:
             if is_tensor(node.args[0]):
                 raise Unmapped(f"indexing '{node.args[0].name}' with [{node.args[1]}]")
@@ -746,6 +765,38 @@ class Emitter:
                            "with one integer tensor)")
         return Unit([self.resolve(x), self.resolve(indices[at[0]])], [node], func("take", f"dim={fmt(at[0])}"))
 
+    def _op_linalg_vector_norm(self, node: Any) -> Unit:
+        """The 2-norm over some axes: `sqrt(mean(x * x) * count)`."""
+        x = node.args[0]
+        order = node.args[1] if len(node.args) > 1 else node.kwargs.get("ord", 2)
+        shape = sizes(x)
+        dims = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+        dims = [_dim(d, len(shape)) for d in (dims if dims is not None else range(len(shape)))]
+        keep = bool(node.args[3]) if len(node.args) > 3 else bool(node.kwargs.get("keepdim", False))
+        count = _product([shape[d] for d in dims])
+        if order != 2 or not isinstance(count, int) or node.kwargs.get("dtype") is not None:
+            raise Unmapped(f"{self._at(node)}: a vector norm other than the 2-norm over axes of known size")
+        mean = call("mean", list(dims), keepdim=keep, defaults={"keepdim": False})
+        return Unit([self.resolve(x), self.resolve(x)], [node],
+                    lambda a: (f"sqrt(({a[0][0]} * {a[0][0]} >> {mean}) * {fmt(count)})", ATOM))
+
+    def _op_clamp_min(self, node: Any) -> Unit:
+        """max(x, low) as `relu(x - low) + low`."""
+        x, low = node.args[:2]
+        if hasattr(low, "op"):
+            raise Unmapped(f"{self._at(node)}: clamp_min with a tensor bound")
+        low_text = fmt(float(low))
+        return Unit([self.resolve(x)], [node], lambda a: (f"relu({a[0][0]} - {low_text}) + {low_text}", ADD))
+
+    def _op_repeat(self, node: Any) -> Unit:
+        """`x.repeat(B, 1, ...)` of a size-1 leading axis that only broadcasting ops read: nothing."""
+        x, times = node.args[:2]
+        if len(times) == len(sizes(x)) and all(t == 1 for t in times[1:]) and sizes(x)[0] == 1 \
+                and _broadcast_later(node):
+            self.alias[node] = x
+            return None  # type: ignore[return-value]
+        raise Unmapped(f"{self._at(node)}: repeat {list(times)} (tiling)")
+
     def _op_expand(self, node: Any) -> Unit:
         if sizes(node) == sizes(node.args[0]) or _broadcast_later(node):
             self.alias[node] = node.args[0]
@@ -766,6 +817,8 @@ class Emitter:
                 raise Unmapped(f"{self._at(node)}: expand to {b} (a size-1 axis to the batch, not for a broadcasting op)")
         pattern = " ".join(left) + " -> " + " ".join(right)
         return pipe_unit([self.resolve(node.args[0])], node, f"repeat({fmt(pattern)}{''.join(keys)})")
+
+    _op_expand_as = _op_expand
 
     def _op_scaled_dot_product_attention(self, node: Any) -> Unit:
         args = list(node.args) + [None, 0.0, False][len(node.args) - 3:]
@@ -935,6 +988,13 @@ class Flow:
             return self.values[node]
         if self.g.is_param(node):
             return self.parameter(node)
+        if node in self.g.computed and self.device is not None:
+            from archc.importer_constants import fourier_lines
+
+            name = self.fresh("pos")
+            self.lines += fourier_lines(self.g.computed[node], self.device, self.fresh, name)
+            self.values[node] = (name, ATOM)
+            return name, ATOM
         if getattr(node, "op", None) == "placeholder" and node.name in self.g.constants:
             raise Unmapped(f"the tensor constant '{node.name}' (a tensor the forward makes, not a parameter or buffer)")
         raise Unmapped(f"the value '{getattr(node, 'name', node)}' (made by an op that was not imported)")
@@ -1017,7 +1077,8 @@ class Flow:
         self.lines.append(f"{', '.join(names)} = {text}")
 
 
-ROW_WISE = {"linear", "softmax", "_softmax", *UNARY_OPS}  # ops that treat the leading axis as a batch
+ROW_WISE = {"linear", "conv2d", "softmax", "_softmax", *UNARY_OPS}  # ops that treat the leading axis as a batch
+VIEWS = {"view", "reshape", "_unsafe_view", "flatten"}
 
 
 def _broadcast_later(node: Any) -> bool:
@@ -1032,6 +1093,8 @@ def _broadcast_later(node: Any) -> bool:
         dims = user.args[1] if kind == "permute" else None
         if kind == "softmax" or kind == "_softmax":
             dims = None if _dim(user.args[1], rank) != 0 else [1]
+        if kind in VIEWS and sizes(user)[:1] == sizes(node)[:1]:
+            kind = "linear"  # a view that keeps the leading axis is row-wise
         if kind not in ROW_WISE | {"permute"} or (dims is not None and _dim(dims[0], rank) != 0) \
                 or not _broadcast_later(user):
             return False

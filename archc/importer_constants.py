@@ -20,6 +20,7 @@ of a square is exact) and cast to i64, since archc's arithmetic with a number gi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -125,4 +126,64 @@ def index_lines(kind: str, g: Grid, device: str, names: Callable[[str], str], ta
         f"{dy} = {positions(g.h, g.stride, 'i -> i n 1 1', wq)} - {positions(g.h, 1, 'j -> 1 1 j n', g.w)}",
         f"{dx} = {positions(g.w, g.stride, 'i -> n i 1 1', hq)} - {positions(g.w, 1, 'j -> 1 1 n j', g.h)}",
         f"{target} = {formula(g, dy, dx)}",
+    ]
+
+
+@dataclass(frozen=True)
+class Fourier:
+    """DETR's sine position encoding as XCiT and EdgeNeXt compute it: on an h x w grid, channels
+    [0, c) of y and [c, 2c) of x, each the sin (even channels) and cos (odd) of the position
+    (1-based, divided by its count + eps, times 2 pi) over the frequencies
+    temperature ** (2i / c)."""
+
+    c: int
+    h: int
+    w: int
+    temperature: float = 10000.0
+    eps: float = 1e-6
+
+    def compute(self, torch: Any) -> Any:
+        freqs = self.temperature ** (torch.arange(0, self.c, 2, dtype=torch.float32) / self.c)
+
+        def axis(n: int) -> Any:
+            t = torch.arange(1, n + 1, dtype=torch.float32) / (n + self.eps) * (2 * math.pi)
+            t = t[:, None] / freqs
+            return torch.stack([t.sin(), t.cos()], dim=2).flatten(1)  # [n, c]
+
+        ys = axis(self.h).T[:, :, None].expand(self.c, self.h, self.w)
+        xs = axis(self.w).T[:, None, :].expand(self.c, self.h, self.w)
+        return torch.cat([ys, xs])[None]
+
+
+def fourier(value: Any) -> Fourier | None:
+    """The Fourier encoding that `value` ([n, 2c, h, w] floats, every entry of axis 0 alike) is
+    within 1e-6, or None."""
+    import torch
+
+    if value.dim() != 4 or not value.is_floating_point() or value.shape[1] % 4 or not bool((value == value[:1]).all()):
+        return None
+    f = Fourier(value.shape[1] // 2, value.shape[2], value.shape[3])
+    return f if torch.allclose(f.compute(torch), value[:1].float(), rtol=0, atol=1e-6) else None
+
+
+def fourier_lines(f: Fourier, device: str, names: Callable[[str], str], target: str) -> list[str]:
+    """Spec lines that compute the encoding `f` as `target` [1, 2c, h, w]."""
+    freqs, ys, xs = names("freqs"), names("ys"), names("xs")
+    two_pi = fmt(2 * math.pi)
+
+    def angles(n: int, axis: str) -> str:
+        pos = f"arange({device}, 1, {fmt(n + 1)}, dtype={fmt('f32')}) / {fmt(n + f.eps)} * {two_pi}"
+        return f"rearrange({pos}, {fmt(f'{axis} -> {axis} 1')}) / {freqs}"
+
+    def sin_cos(t: str, axis: str, other: str, size: int) -> str:
+        pair = f"concat(rearrange(sin({t}), {fmt(f'{axis} i -> {axis} i 1')}), " \
+               f"rearrange(cos({t}), {fmt(f'{axis} i -> {axis} i 1')}), dim=2)"
+        return f"repeat({pair}, {fmt(f'{axis} i k -> 1 (i k) h w')}, {other}={fmt(size)})"
+
+    return [
+        f"# {target}: the Fourier position encoding of the {f.h} x {f.w} grid (sin and cos of y, then of x)",
+        f"{freqs} = {fmt(f.temperature)} ** (arange({device}, 0, {fmt(f.c)}, 2, dtype={fmt('f32')}) / {fmt(f.c)})",
+        f"{ys} = {angles(f.h, 'h')}",
+        f"{xs} = {angles(f.w, 'w')}",
+        f"{target} = concat({sin_cos(ys, 'h', 'w', f.w)}, {sin_cos(xs, 'w', 'h', f.h)}, dim=1)",
     ]

@@ -149,6 +149,7 @@ class Graph:
             else:
                 self.constants.add(name)
         self.output = next(n for n in ep.graph.nodes if n.op == "output")
+        self.computed: dict[Any, Any] = {}  # node -> a constant the spec computes (archc/importer_constants.py)
         self.symbols: dict[Any, str] = {}
         for node in self.user_inputs:
             val = node.meta.get("val")
