@@ -244,7 +244,7 @@ class Emitter:
                 fresh = iter(n for n in (f"a{i}" for i in range(100, 200)) if n not in first.pattern[0])
                 for el in u.pattern[1]:
                     for name in re.findall(r"\w+", el):
-                        if name not in rename:
+                        if name not in rename and not name.isdigit():  # `1`: a size-1 axis
                             rename[name] = next(fresh)
                 right = [re.sub(r"\w+", lambda m: rename.get(m.group(0), m.group(0)), el) for el in u.pattern[1]]
                 keys = {**first.pattern[2], **{rename[k]: v for k, v in u.pattern[2].items()}}
