@@ -178,7 +178,9 @@ class Emitter:
                     result.append(self.child(item))
             elif item in self.live:
                 unit = self.aten(item)
-                if unit is not None:
+                if isinstance(unit, list):  # steps of one op (a roll along two axes)
+                    result += unit
+                elif unit is not None:
                     result.append(unit)
 
     def _name_leaf(self, s: Scope, result: list[Unit], start: int) -> None:
@@ -788,6 +790,28 @@ class Emitter:
         low_text = fmt(float(low))
         return Unit([self.resolve(x)], [node], lambda a: (f"relu({a[0][0]} - {low_text}) + {low_text}", ADD))
 
+    def _op_roll(self, node: Any) -> list[Unit]:
+        """`torch.roll` along axes of known size, one axis at a time: the last `k` entries, then
+        the rest (Swin's shifted windows)."""
+        x, shifts = node.args[:2]
+        dims = node.args[2] if len(node.args) > 2 else []
+        shape = sizes(x)
+        if len(shifts) != len(dims) or not all(isinstance(shape[_dim(d, len(shape))], int) for d in dims):
+            raise Unmapped(f"{self._at(node)}: roll of a flattened tensor or along an axis of unknown size")
+        moves = [(_dim(d, len(shape)), k % shape[_dim(d, len(shape))]) for d, k in zip(dims, shifts)]
+        moves = [(d, shape[d] - k) for d, k in moves if k]
+        if not moves:
+            self.alias[node] = x
+            return []
+        units, value = [], self.resolve(x)
+        for n, (d, cut) in enumerate(moves):
+            out = node if n == len(moves) - 1 else Step(f"{node.name}_{n}")
+            units.append(Unit([value, value], [out], lambda a, d=d, cut=cut: (
+                f"concat(slice({a[0][0]}, {fmt(d)}, {fmt(cut)}), slice({a[0][0]}, {fmt(d)}, 0, {fmt(cut)}), "
+                f"dim={fmt(d)})", ATOM)))
+            value = out
+        return units
+
     def _op_repeat(self, node: Any) -> Unit:
         """`x.repeat(B, 1, ...)` of a size-1 leading axis that only broadcasting ops read: nothing."""
         x, times = node.args[:2]
@@ -937,6 +961,9 @@ class Emitter:
 
     def _op_constant_pad_nd(self, node: Any) -> Unit:
         x, pads = node.args[:2]
+        if not any(pads):
+            self.alias[node] = x  # Swin pads to a multiple of the window: nothing at this size
+            return None  # type: ignore[return-value]
         value = float(node.args[2]) if len(node.args) > 2 else 0.0
         return pipe_unit([self.resolve(x)], node, call("pad", list(pads), value=value, defaults={"value": 0.0}))
 
@@ -1023,19 +1050,22 @@ class Flow:
     def computed(self, node: Any, target: str) -> tuple[str, int]:
         """A non-persistent buffer (not in the state_dict, so no spec can load it) as the code that
         computes it, where its value is a construction archc/importer_constants.py knows."""
-        from archc.importer_constants import index_lines, recognize
+        from archc.importer_constants import index_lines, recognize, shifted_windows, window_lines
 
         value = self.g.module.get_buffer(target)
         if self.device is not None and value.dim() and not value.any() and dtype_of(node) in ("f32", "i64"):
             dtype = f", dtype={fmt(dtype_of(node))}" if dtype_of(node) != "f32" else ""
             return f"full({self.device}, {fmt([int(d) for d in value.shape])}, 0.0{dtype})", ATOM
-        found = recognize(value)
-        if found is None or self.device is None:
+        found, mask = recognize(value), shifted_windows(value)
+        if (found is None and mask is None) or self.device is None:
             raise Unmapped(f"the buffer '{target}' is not persistent (not in the state_dict, so no spec can load it) "
                            "and is no index archc knows how to compute")
         leaf = target.rpartition(".")[2]
         name = self.fresh(leaf if is_name(leaf) else "index")
-        self.lines += index_lines(*found, self.device, self.fresh, name)
+        if found is not None:
+            self.lines += index_lines(*found, self.device, self.fresh, name)
+        else:
+            self.lines += window_lines(mask, self.device, self.fresh, name)
         self.values[node] = (name, ATOM)
         return name, ATOM
 
@@ -1075,6 +1105,13 @@ class Flow:
             if out is not None:
                 self.values[out] = (name, ATOM)
         self.lines.append(f"{', '.join(names)} = {text}")
+
+
+class Step:
+    """A value between the units of one graph node (a roll along its first axis)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 ROW_WISE = {"linear", "conv2d", "softmax", "_softmax", *UNARY_OPS}  # ops that treat the leading axis as a batch

@@ -187,3 +187,67 @@ def fourier_lines(f: Fourier, device: str, names: Callable[[str], str], target: 
         f"{xs} = {angles(f.w, 'w')}",
         f"{target} = concat({sin_cos(ys, 'h', 'w', f.w)}, {sin_cos(xs, 'w', 'h', f.h)}, dim=1)",
     ]
+
+
+@dataclass(frozen=True)
+class ShiftedWindows:
+    """Swin's mask for windows of `size` x `size` over an h x w map rolled by `shift`: each
+    position's region (3 x 3 regions: before the last window, within it before the shift, the
+    rolled-in part), -100 between two positions of a window from different regions, else 0."""
+
+    h: int
+    w: int
+    size: int
+    shift: int
+
+    def regions(self, torch: Any, n: int) -> Any:
+        return torch.cat([torch.zeros(n - self.size), torch.ones(self.size - self.shift), torch.full((self.shift,), 2.0)])
+
+    def compute(self, torch: Any) -> Any:
+        ids = self.regions(torch, self.h)[:, None] * 3 + self.regions(torch, self.w)[None, :]
+        s = self.size
+        ids = ids.reshape(self.h // s, s, self.w // s, s).permute(0, 2, 1, 3).reshape(-1, s * s)
+        diff = ids[:, None, :] - ids[:, :, None]
+        return (torch.relu(1.0 - diff * diff) - 1.0) * 100.0
+
+
+def shifted_windows(value: Any) -> ShiftedWindows | None:
+    """The shifted-window mask that `value` ([windows, N, N] floats) is exactly, or None."""
+    import torch
+
+    if value.dim() != 3 or not value.is_floating_point() or value.shape[1] != value.shape[2]:
+        return None
+    size = math.isqrt(value.shape[1])
+    windows = value.shape[0]
+    if size * size != value.shape[1]:
+        return None
+    for rows in range(1, windows + 1):
+        if windows % rows:
+            continue
+        for shift in range(1, size):
+            m = ShiftedWindows(rows * size, windows // rows * size, size, shift)
+            if torch.equal(m.compute(torch).to(value.dtype), value):
+                return m
+    return None
+
+
+def window_lines(m: ShiftedWindows, device: str, names: Callable[[str], str], target: str) -> list[str]:
+    """Spec lines that compute the mask `m` as `target` [windows, N, N]."""
+    rows, cols, diff = names("rows"), names("cols"), names("regions")
+
+    def regions(n: int) -> str:
+        parts = [f"full({device}, [{fmt(k)}], {fmt(v)})" for k, v in
+                 ((n - m.size, 0.0), (m.size - m.shift, 1.0), (m.shift, 2.0))]
+        return f"concat({', '.join(parts)}, dim=0)"
+
+    partition = fmt("(h a) (w b) -> (h w) (a b)")
+    return [
+        f"# {target}: -100 between positions of a window that come from different regions of the map "
+        f"rolled by {m.shift}, else 0",
+        f"{rows} = {regions(m.h)}",
+        f"{cols} = {regions(m.w)}",
+        f"{diff} = rearrange(rearrange({rows}, {fmt('h -> h 1')}) * 3.0 + rearrange({cols}, {fmt('w -> 1 w')}), "
+        f"{partition}, a={fmt(m.size)}, b={fmt(m.size)})",
+        f"{target} = (relu(1.0 - (rearrange({diff}, {fmt('n k -> n 1 k')}) - rearrange({diff}, {fmt('n q -> n q 1')})) ** 2)"
+        f" - 1.0) * 100.0",
+    ]

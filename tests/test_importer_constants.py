@@ -248,3 +248,37 @@ def test_an_unknown_index_buffer_is_a_clear_error() -> None:
         archc.import_module(Shuffled(), torch.randn(2, 4, 2))
     assert "the buffer 'index' is not persistent" in err.value.message
     assert "no index archc knows how to compute" in err.value.message
+
+
+class ShiftedWindowAttention(nn.Module):
+    """Swin's shifted windows on a 4 x 4 map: roll by one, attend within 2 x 2 windows with the
+    mask between regions that the roll brought together, roll back."""
+
+    def __init__(self, dim: int = 4, size: int = 2, shift: int = 1) -> None:
+        super().__init__()
+        self.size, self.shift = size, shift
+        self.qkv = nn.Linear(dim, 3 * dim)
+        region = torch.zeros(4, 4)
+        cuts = (slice(0, -size), slice(-size, -shift), slice(-shift, None))
+        for n, (rows, cols) in enumerate(itertools.product(cuts, cuts)):
+            region[rows, cols] = n
+        windows = region.view(2, size, 2, size).permute(0, 2, 1, 3).reshape(4, size * size)
+        same = windows[:, None, :] == windows[:, :, None]
+        self.register_buffer("attn_mask", torch.where(same, 0.0, -100.0), persistent=False)
+
+    def forward(self, x: Any) -> Any:
+        b, h, w, c = x.shape
+        s = self.size
+        shifted = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        win = shifted.view(b, h // s, s, w // s, s, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s, c)
+        q, k, v = self.qkv(win).chunk(3, dim=-1)
+        attn = (q @ k.transpose(-2, -1)).view(b, -1, s * s, s * s) + self.attn_mask[None]
+        out = (attn.view(-1, s * s, s * s).softmax(-1) @ v).view(b, h // s, w // s, s, s, c)
+        out = out.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return torch.roll(out, shifts=(self.shift, self.shift), dims=(1, 2))
+
+
+def test_shifted_windows_roll_and_mask() -> None:
+    text = _round_trip(ShiftedWindowAttention(), torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1)))
+    assert "roll = concat(slice(x, 1, 1), slice(x, 1, 0, 1), dim=1)\n" in text
+    assert "    # attn_mask: -100 between positions of a window that come from different regions" in text
