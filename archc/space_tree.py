@@ -38,6 +38,7 @@ class Alt:
     picks: tuple[tuple[Hole, int], ...]  # a per-layer hole's picks take their layer from the part
     cost: Cost
     parts: list["Part"] = field(default_factory=list)
+    named: dict[int | None, list[tuple[str, int]]] = field(default_factory=dict)  # paths(): by layer
 
 
 @dataclass(eq=False)
@@ -46,20 +47,29 @@ class Part:
     layer: int | None = None  # the layer, for a per-layer stack's part
 
 
-def paths(alt: Alt, layer: int | None) -> Iterator[tuple[str, int]]:
-    for h, k in alt.picks:
-        yield (h.at(layer) if layer is not None and h.per_layer else h.path), k
+def paths(alt: Alt, layer: int | None) -> list[tuple[str, int]]:
+    """The holes `alt` picks, by path (a per-layer hole's in `layer`), and their options."""
+    named = alt.named.get(layer)
+    if named is None:
+        named = alt.named[layer] = [(h.at(layer) if layer is not None and h.per_layer else h.path, k)
+                                    for h, k in alt.picks]
+    return named
 
 
 def restrict(part: Part, allowed: Allowed) -> Part:
-    """The tree with only the alternatives whose picks are allowed (and whose parts keep one)."""
-    alts = []
+    """The tree with only the alternatives whose picks are allowed (and whose parts keep one);
+    a part that keeps everything is the part itself."""
+    alts, same = [], True
     for a in part.alts:
         if all(k in allowed.get(p, (k,)) for p, k in paths(a, part.layer)):
             parts = [restrict(p, allowed) for p in a.parts]
             if all(p.alts for p in parts):
-                alts.append(Alt(a.picks, a.cost, parts))
-    return Part(alts, part.layer)
+                kept = all(p is q for p, q in zip(parts, a.parts))
+                alts.append(a if kept else Alt(a.picks, a.cost, parts, a.named))
+                same = same and kept
+                continue
+        same = False
+    return part if same else Part(alts, part.layer)
 
 
 class Counts:
@@ -78,7 +88,7 @@ class Counts:
     def count(self) -> int:
         if self.within is None:
             return self._count_part(self.top)
-        return sum(self._top_table()[i][1][-1] if self._top_table()[i][1] else 0 for i in range(len(self.top.alts)))
+        return sum(cum[-1] for _, cum in self._top_table() if cum)
 
     def _count_part(self, part: Part) -> int:
         if id(part) not in self._n:
@@ -151,22 +161,23 @@ class Counts:
             self._draw_part(self.top, rng, out)
             return out
         table = self._top_table()
-        i = _pick(self._cumulative(id(self.top), [t[1][-1] if t[1] else 0 for t in table]), rng)
+        top = self._cum.get(id(self.top))
+        if top is None:
+            top = self._cum[id(self.top)] = list(itertools.accumulate(cum[-1] if cum else 0 for _, cum in table))
+        i = _pick(top, rng)
         costs, cum = table[i]
         cost = costs[_pick(cum, rng)]
         self._draw_alt_at(self.top.alts[i], None, cost, rng, out)
         return out
 
-    def _cumulative(self, key: int, weights: list[int]) -> list[int]:
-        if key not in self._cum:
-            self._cum[key] = list(itertools.accumulate(weights))
-        return self._cum[key]
-
     def _draw_part(self, part: Part, rng: random.Random, out: Choice) -> None:
-        if all(not a.parts for a in part.alts):  # a layer: each option one completion
+        if part.layer is not None:  # a layer: each option one completion
             alt = part.alts[rng.randrange(len(part.alts))]
         else:
-            alt = part.alts[_pick(self._cumulative(id(part), [self._count_alt(a) for a in part.alts]), rng)]
+            cum = self._cum.get(id(part))
+            if cum is None:
+                cum = self._cum[id(part)] = list(itertools.accumulate(self._count_alt(a) for a in part.alts))
+            alt = part.alts[_pick(cum, rng)]
         out.update(paths(alt, part.layer))
         for p in alt.parts:
             self._draw_part(p, rng, out)
@@ -178,6 +189,13 @@ class Counts:
         suffix = self._suffixes(alt) if alt.parts else [{ZERO: 1}]
         for j, part in enumerate(alt.parts):
             after = suffix[j + 1]
+            if part.layer is not None:  # a layer: each option one completion of its own cost
+                weights = list(itertools.accumulate(after.get((left[0] - a.cost[0], left[1] - a.cost[1]), 0)
+                                                    for a in part.alts))
+                pick = part.alts[_pick(weights, rng)]
+                out.update(paths(pick, part.layer))
+                left = (left[0] - pick.cost[0], left[1] - pick.cost[1])
+                continue
             options = [(c, n * after.get((left[0] - c[0], left[1] - c[1]), 0))
                        for c, n in self._dist_part(part).items()]
             c = options[_pick(list(itertools.accumulate(w for _, w in options)), rng)][0]
