@@ -282,3 +282,30 @@ def test_shifted_windows_roll_and_mask() -> None:
     text = _round_trip(ShiftedWindowAttention(), torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1)))
     assert "roll = concat(slice(x, 1, 1), slice(x, 1, 0, 1), dim=1)\n" in text
     assert "    # attn_mask: -100 between positions of a window that come from different regions" in text
+
+
+def test_take_and_strided_slices_export_to_onnx() -> None:
+    """The imported LeViT-like attention (take, slices with a step) as ONNX: a Gather, and the same
+    outputs in onnxruntime at another batch size."""
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from archc.backends.onnx import export_onnx, max_diff
+    from archc.backends.torch import build_module
+    from archc.elaborate import elaborate_text
+
+    text = _round_trip(OffsetBiasAttention(stride=2), torch.randn(2, 12, 8, generator=torch.Generator().manual_seed(1)))
+    graph = elaborate_text(text, "imported.arch")
+    module = build_module(graph)
+    data = export_onnx(graph, module)
+    assert max_diff(graph, module, data) < 1e-4
+    assert "Gather" in {n.op_type for n in onnx.load_from_string(data).graph.node}
+
+
+def test_take_with_a_float_index_is_a_located_error() -> None:
+    from archc.elaborate import elaborate_text
+
+    spec = "axis B\nmodel M (x: [B, 8], i: [B, 2]) -> [B, B, 2] {\n    return take(x, i)\n}\n"
+    with pytest.raises(ArchError) as err:
+        elaborate_text(spec, "take.arch")
+    assert "take: the index must be an i64 or i32 tensor, got f32[B, 2]" in err.value.message
+    assert err.value.span is not None and (err.value.span.line, err.value.span.col) == (3, 12)
