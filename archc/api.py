@@ -93,11 +93,13 @@ def _as_spec_value(value: Any) -> Any:
 
 
 def parallelize(model: Any, mesh: Any, *, tp: bool | None = None, fsdp: bool | None = None,
-                sp: bool = False, loss_parallel: bool = False, mp_policy: Any = None, norms_fp32: bool = True,
-                replicate: tuple[str, ...] = (), graph: Graph | None = None, **fsdp_options: Any) -> Any:
+                sp: bool = False, ep: bool = False, loss_parallel: bool = False, mp_policy: Any = None,
+                norms_fp32: bool = True, replicate: tuple[str, ...] = (), graph: Graph | None = None,
+                **fsdp_options: Any) -> Any:
     """Split a model that archc built over a torch DeviceMesh, in place, and return the plan
     (archc/analysis/parallel.py): tensor parallelism derived from the IR's axes over the mesh's
-    "tp" dimension, then FSDP2 (`fully_shard` per stack layer, then the root) over "dp". A model
+    "tp" dimension, then FSDP2 (`fully_shard` per stack layer, then the root) over "dp"; `ep`
+    splits stacked experts over "dp" (expert parallelism, all-to-all) instead of over "tp". A model
     made on the meta device gets its weights afterwards with `archc.init_weights(model)`. See
     docs/parallel.md."""
     from archc.backends.torch.parallel import parallelize as apply
@@ -106,7 +108,7 @@ def parallelize(model: Any, mesh: Any, *, tp: bool | None = None, fsdp: bool | N
     if graph is None:
         raise ArchError("parallelize needs the IR of the model: pass graph= (a model from archc.compile "
                         "or archc.build carries its own)")
-    return apply(model, mesh, graph, tp=tp, fsdp=fsdp, sp=sp, loss_parallel=loss_parallel, mp_policy=mp_policy,
+    return apply(model, mesh, graph, tp=tp, fsdp=fsdp, sp=sp, ep=ep, loss_parallel=loss_parallel, mp_policy=mp_policy,
                  norms_fp32=norms_fp32, replicate=tuple(replicate), **fsdp_options)
 
 

@@ -87,6 +87,8 @@ class ParallelPlan:
     layers: tuple[str, ...] = ()  # the stack layers (repeated blocks), in order
     local_axes: dict[int, frozenset[str]] = field(default_factory=dict)  # rearrange node -> axes split per rank
     sp: bool = False  # sequence parallelism inside the stacks
+    ep: int = 1  # expert parallelism: stacked experts split over this many data-parallel ranks
+    experts: tuple[str, ...] = ()  # with ep > 1: the stacked experts it splits (module paths)
 
     def styles(self) -> dict[str, Placement]:
         return {p.path: p for p in self.placements}
@@ -442,12 +444,13 @@ def _divides(graph: Graph, tp: int, i: int, size: int, what: str, pad: bool = Fa
 
 
 def plan_parallel(graph: Graph, tp: int = 1, loss_parallel: bool = False,
-                  replicate: tuple[str, ...] = (), sp: bool = False) -> ParallelPlan:
+                  replicate: tuple[str, ...] = (), sp: bool = False, ep: int = 1) -> ParallelPlan:
     """The tensor-parallel placements (over `tp` ranks) and FSDP units of `graph`'s module tree;
     with `sp`, the residual stream inside each stack is split along its sequence axis (Megatron
-    sequence parallelism, Korthikanti et al. 2022)."""
-    if tp < 1:
-        raise ArchError(f"tensor parallelism needs at least one rank, got tp={tp}")
+    sequence parallelism, Korthikanti et al. 2022); with `ep` > 1, stacked experts are split over
+    `ep` data-parallel ranks (expert parallelism, GShard) instead of by tensor parallelism."""
+    if tp < 1 or ep < 1:
+        raise ArchError(f"parallelism needs at least one rank, got tp={tp}, ep={ep}")
     layers = _layers(graph)
     tied = tied_uses(graph)
     home = homes(graph)
@@ -468,7 +471,8 @@ def plan_parallel(graph: Graph, tp: int = 1, loss_parallel: bool = False,
         names = ", ".join(cols[:-1]) + " and " + cols[-1] if len(cols) > 1 else cols[0]
         placements += [Placement(graph.nodes[k].scope, "rowwise", why=f"contracts the split of {names}")
                        for k in r.rows]
-    placements += _experts(graph, tp, tuple(replicate))
+    split = _expert_parallel(graph, ep, tuple(replicate)) if ep > 1 else ()
+    placements += [] if ep > 1 else _experts(graph, tp, tuple(replicate))
     placements += _vocab(graph, tp, loss_parallel, tuple(replicate), home, tied)
     if sp:
         from archc.analysis.sequence_parallel import sequence_placements
@@ -483,7 +487,7 @@ def plan_parallel(graph: Graph, tp: int = 1, loss_parallel: bool = False,
             local.setdefault(k, set()).update(v)
     norms = tuple(p for p, info in graph.scopes.items() if info.kind in ("layernorm", "rmsnorm", "batchnorm"))
     return ParallelPlan(tp, loss_parallel, tuple(placements), _fsdp_units(layers, home, tied, graph), norms, tuple(layers),
-                        {k: frozenset(v) for k, v in local.items()}, sp)
+                        {k: frozenset(v) for k, v in local.items()}, sp, ep, split)
 
 
 def _first_nodes(graph: Graph) -> dict[str, int]:
@@ -546,6 +550,26 @@ def _experts(graph: Graph, tp: int, replicate: tuple[str, ...]) -> list[Placemen
         why = f"{a.experts} experts of {a.hidden} hidden features" + (", gate and up split alike" if chunks > 1 else "")
         out.append(Placement(node.scope, "experts", chunks, why=why))
     return out
+
+
+def _expert_parallel(graph: Graph, ep: int, replicate: tuple[str, ...]) -> tuple[str, ...]:
+    """The stacked experts that expert parallelism splits over `ep` ranks (E / ep each); a number
+    of experts `ep` does not divide, or a capacity (it counts an expert's tokens from every rank),
+    is a located error."""
+    out = []
+    for i, node in enumerate(graph.nodes):
+        if node.op != "moe_experts" or not _owned(graph, node, "moe_experts") or _kept(node.scope, replicate):
+            continue
+        a = registry.get(node.op).make_attrs(node.attrs)
+        if a.experts % ep:
+            raise ArchError(f"expert parallelism over {ep} ranks splits the {a.experts} experts of '{node.scope}', "
+                            f"which {ep} does not divide", _span(graph, i), f"choose a degree that divides {a.experts}")
+        if a.capacity is not None:
+            raise ArchError(f"expert parallelism: the experts of '{node.scope}' have a capacity, which counts each "
+                            "expert's tokens over every rank; it runs only dropless", _span(graph, i),
+                            "drop the capacity, or split the experts by tensor parallelism (ep=False)")
+        out.append(node.scope)
+    return tuple(dict.fromkeys(out))
 
 
 def _feeder(graph: Graph, value: str) -> str:

@@ -119,6 +119,71 @@ class ExpertsParallel(ParallelStyle):
             output_fn=lambda mod, output, mesh: _SumOutputs.apply(output, group))
 
 
+class ExpertParallel(ParallelStyle):
+    """Expert parallelism (GShard, Lepikhin et al. 2021; torchtitan's ExpertParallel): the E stacked
+    experts split over the data-parallel ranks (E / n each, `Shard(0)`). Each rank sends every
+    choice of its tokens (the token and its routing weight) to the rank that holds the chosen
+    expert (all-to-all), runs its experts on what it receives (one choice per row), sends the
+    outputs back (all-to-all) and sums each token's k choices."""
+
+    def _partition(self, name: str, module: nn.Module, device_mesh: Any) -> None:
+        if name:
+            return
+        for key, param in list(module.named_parameters(recurse=False)):
+            module.register_parameter(key, nn.Parameter(distribute_tensor(param, device_mesh, [Shard(0)]),
+                                                        requires_grad=param.requires_grad))
+
+    def _dispatch(self, module: nn.Module, inputs: Any, device_mesh: Any) -> Any:
+        import torch.distributed._functional_collectives as funcol
+
+        x, weights, indices = inputs
+        group, ranks = device_mesh.get_group(), device_mesh.size()
+        local = next(module.parameters()).shape[0] // ranks  # experts per rank
+        k = indices.shape[-1]
+        flat = indices.reshape(-1)
+        order = torch.argsort(flat, stable=True)  # the choices by expert, so by rank
+        send = torch.bincount(flat // local, minlength=ranks)
+        recv = torch.empty_like(send)
+        torch.distributed.all_to_all_single(recv, send, group=group)
+        send, recv = send.tolist(), recv.tolist()
+        rows = x.reshape(-1, x.shape[-1])[order // k]
+        rows = torch.cat([rows, weights.reshape(-1)[order].to(rows.dtype).unsqueeze(1)], dim=1)
+        got = funcol.all_to_all_single_autograd(rows, recv, send, group)
+        expert = torch.empty(sum(recv), dtype=flat.dtype, device=flat.device)
+        torch.distributed.all_to_all_single(expert, (flat[order] % local).contiguous(), recv, send, group=group)
+        module._expert_route = (order, k, send, recv, x.shape)
+        return got[:, :-1], got[:, -1:], expert.unsqueeze(1)
+
+    def _combine(self, module: nn.Module, output: torch.Tensor, device_mesh: Any) -> torch.Tensor:
+        import torch.distributed._functional_collectives as funcol
+
+        order, k, send, recv, shape = module._expert_route
+        back = funcol.all_to_all_single_autograd(output, send, recv, device_mesh.get_group())
+        y = back.new_zeros(order.shape[0] // k, back.shape[-1]).index_add(0, order // k, back)
+        return y.reshape(shape[:-1] + y.shape[-1:])
+
+    def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
+        return distribute_module(module, device_mesh, self._partition, input_fn=self._dispatch,
+                                 output_fn=self._combine)
+
+
+def _expert_params(model: nn.Module, paths: tuple[str, ...], mesh: Any) -> set[nn.Parameter]:
+    """The parameters of experts split by expert parallelism: FSDP leaves them (each rank holds its
+    experts whole), and their gradients, sums over every rank's tokens, are divided by the number
+    of ranks (FSDP's mean over the data-parallel ranks)."""
+    size = mesh.size()
+
+    def mean(p: torch.Tensor) -> None:
+        assert p.grad is not None
+        p.grad.div_(size)
+
+    params = {p for path in paths for p in model.get_submodule(path).parameters()}
+    for p in params:
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(mean)
+    return params
+
+
 def meshes(mesh: Any, tp: bool | None = None, fsdp: bool | None = None) -> tuple[Any, Any]:
     """(the data-parallel mesh or None, the tensor-parallel mesh or None) of a 1-D or 2-D mesh."""
     names = tuple(mesh.mesh_dim_names or ())
@@ -138,8 +203,9 @@ def meshes(mesh: Any, tp: bool | None = None, fsdp: bool | None = None) -> tuple
 
 
 def parallelize(model: nn.Module, mesh: Any, graph: Graph, *, tp: bool | None = None, fsdp: bool | None = None,
-                loss_parallel: bool = False, sp: bool = False, mp_policy: Any = None, norms_fp32: bool = True,
-                replicate: tuple[str, ...] = (), reshard_after_forward: bool = True) -> ParallelPlan:
+                loss_parallel: bool = False, sp: bool = False, ep: bool = False, mp_policy: Any = None,
+                norms_fp32: bool = True, replicate: tuple[str, ...] = (),
+                reshard_after_forward: bool = True) -> ParallelPlan:
     """Split `model` (built from `graph`) over `mesh`, in place; returns the plan it applied. The
     plan runs as the function `archc build --parallel` writes (one spelling: the code a user can
     read is the code that runs)."""
@@ -151,8 +217,11 @@ def parallelize(model: nn.Module, mesh: Any, graph: Graph, *, tp: bool | None = 
         dp_mesh, tp_mesh = meshes(mesh, tp, fsdp)
     except ValueError as err:
         raise ArchError(str(err)) from None
+    if ep and dp_mesh is None:
+        raise ArchError("expert parallelism splits the experts over the data-parallel ('dp') ranks; the mesh has none")
     plan = plan_parallel(graph, tp=tp_mesh.size() if tp_mesh is not None else 1, loss_parallel=loss_parallel,
-                         replicate=tuple(replicate), sp=sp and tp_mesh is not None)
+                         replicate=tuple(replicate), sp=sp and tp_mesh is not None,
+                         ep=dp_mesh.size() if ep and dp_mesh is not None else 1)
     module = generated.load(parallel_source(plan, standalone=True))
     module.parallelize(model, mesh, tp=tp_mesh is not None, fsdp=dp_mesh is not None, loss_parallel=loss_parallel,
                        mp_policy=mp_policy, norms_fp32=norms_fp32, reshard_after_forward=reshard_after_forward)
@@ -237,5 +306,5 @@ def init_weights(model: nn.Module, device: torch.device | str = "cpu") -> nn.Mod
     return model
 
 
-__all__ = ["ExpertsParallel", "FusedColwiseParallel", "checkpoint_state_dict", "init_weights", "load_checkpoint_state_dict", "meshes",
+__all__ = ["ExpertParallel", "ExpertsParallel", "FusedColwiseParallel", "checkpoint_state_dict", "init_weights", "load_checkpoint_state_dict", "meshes",
            "parallelize", "plan_parallel"]

@@ -63,7 +63,7 @@ def _helpers() -> str:
     from archc.backends.torch import parallel
 
     parts = [parallel.FusedColwiseParallel, parallel._SumGradients, parallel._SumOutputs, parallel.ExpertsParallel,
-             parallel.meshes, parallel._blocks_split, parallel._fsdp_placement,
+             parallel.ExpertParallel, parallel._expert_params, parallel.meshes, parallel._blocks_split, parallel._fsdp_placement,
              parallel._kept_whole]
     return "\n\n".join(inspect.getsource(f) for f in parts)
 
@@ -142,10 +142,15 @@ def parallelize_function(plan: ParallelPlan, model_name: str) -> str:
         lines.append(f"        parallelize_module(model, tp_mesh, {_spell(p)})  # {py_comment(p.why)}")
     if not plan.placements:
         lines.append("        pass  # nothing to split")
-    lines += ["    if dp_mesh is not None:",
-              "        policy = mp_policy or MixedPrecisionPolicy()",
+    lines += ["    if dp_mesh is not None:"]
+    if plan.experts:
+        lines += [f"        experts = {_paths(plan.experts, ' ' * 19)}  # expert parallelism: {plan.ep} ranks",
+                  "        for path in experts:",
+                  "            parallelize_module(model.get_submodule(path), dp_mesh, ExpertParallel())"]
+    kept = "_kept_whole(model, dp_mesh)" + (" | _expert_params(model, experts, dp_mesh)" if plan.experts else "")
+    lines += ["        policy = mp_policy or MixedPrecisionPolicy()",
               "        options = {'mesh': dp_mesh, 'reshard_after_forward': reshard_after_forward,",
-              "                   'ignored_params': _kept_whole(model, dp_mesh), 'shard_placement_fn': _fsdp_placement}",
+              f"                   'ignored_params': {kept}, 'shard_placement_fn': _fsdp_placement}}",
               "        if mp_policy is not None and norms_fp32 and policy.param_dtype not in (None, torch.float32):",
               "            fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32,",
               "                                        output_dtype=policy.param_dtype)",
@@ -167,7 +172,7 @@ def parallel_source(plan: ParallelPlan, model_name: str = "model", standalone: b
     adds the imports of the model file's head (torch, nn), for running it on its own."""
     text = (_HEADER + "\n" if standalone else "") + _IMPORTS + "\n\n" + _helpers() + "\n\n" + \
         parallelize_function(plan, model_name)
-    paths = tuple(p.path for p in plan.placements if p.path) + plan.norms + plan.fsdp_units[:-1]
+    paths = tuple(p.path for p in plan.placements if p.path) + plan.norms + plan.fsdp_units[:-1] + plan.experts
     verify_python(text, "<archc: parallelize>", strings=tuple(dict.fromkeys(paths)))
     return text
 

@@ -109,3 +109,32 @@ def test_sequence_parallel_mixtral_is_a_located_error() -> None:
     with pytest.raises(ArchError) as err:
         plan_parallel(elaborate_file(MIXTRAL, overrides=MIXTRAL_TINY), tp=2, sp=True)
     assert err.value.message.startswith("sequence parallelism: the stack 'model.layers'") and err.value.span is not None
+
+
+def test_expert_parallel_plan_splits_the_experts_over_the_data_parallel_ranks() -> None:
+    """With ep, the stacked experts leave the tensor-parallel plan; the written function gives them
+    ExpertParallel over "dp" and keeps them out of FSDP."""
+    from archc.backends.torch.parallel_emit import parallel_source
+
+    plan = plan_parallel(elaborate_file(MIXTRAL, overrides=MIXTRAL_TINY), tp=2, ep=2)
+    assert plan.experts == ("model.layers.0.mlp.experts", "model.layers.1.mlp.experts") and plan.ep == 2
+    assert all(p.style != "experts" for p in plan.placements)
+    text = parallel_source(plan, "MixtralForCausalLM")
+    assert "experts = ('model.layers.0.mlp.experts', 'model.layers.1.mlp.experts')  # expert parallelism: 2 ranks" in text
+    assert "parallelize_module(model.get_submodule(path), dp_mesh, ExpertParallel())" in text
+    assert "'ignored_params': _kept_whole(model, dp_mesh) | _expert_params(model, experts, dp_mesh)" in text
+
+
+def test_expert_parallel_refusals_are_located(tmp_path: Path) -> None:
+    with pytest.raises(ArchError) as err:
+        plan_parallel(elaborate_file(MIXTRAL, overrides=MIXTRAL_TINY), ep=3)
+    assert "splits the 4 experts of 'model.layers.0.mlp.experts', which 3 does not divide" in err.value.message
+    assert err.value.span is not None and err.value.span.line == 31
+    spec = tmp_path / "capacity.arch"
+    spec.write_text("axis B, T, D\n\nmodel M (x: [B, T, 16]) -> [B, T, 16] {\n"
+                    "    gate = linear(4, bias=false)\n    experts = moe_experts(4, 8, capacity=1.25)\n"
+                    "    weights, index = moe_router(gate(x), 2)\n    return experts(x, weights, index)\n}\n")
+    with pytest.raises(ArchError) as err:
+        plan_parallel(elaborate_file(spec), ep=2)
+    assert "have a capacity" in err.value.message and err.value.span is not None and err.value.span.line == 7
+    assert plan_parallel(elaborate_file(spec), tp=2).styles()["experts"].style == "experts"  # tensor parallelism takes it

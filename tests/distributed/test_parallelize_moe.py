@@ -13,6 +13,9 @@ CPU processes on a 1-D "tp" mesh, against the one-process model with the same we
 - Mixtral under FSDP alone (a 1-D "dp" mesh), and Mixtral and the block-expert spec under FSDP x TP
   (a 2 x 2 mesh, 4 processes), each data-parallel rank half the batch: the mean of the halves'
   gradients.
+- Mixtral under expert parallelism (`ep=True` on a "dp" mesh: E / 2 experts per rank, tokens sent
+  by all-to-all; loop and grouped lowerings, and idle experts): each rank's logits and aux loss,
+  and the mean of the halves' gradients.
 
 The parent makes the initial weights and the data, the workers run, and the parent compares with
 its own one-process runs, so each assertion reads as a plain pytest failure.
@@ -51,8 +54,10 @@ MODELS: dict[str, tuple[Path, dict[str, Any]]] = {
     "idle_mixtral": (MIXTRAL, {**MIXTRAL_TINY, "num_local_experts": 8, "experts_impl": "grouped"}),
     "idle_shared": (ANY, {"vocab": 64, "dim": 32, "depth": 2, "heads": 2, "max_len": 16, "ff": "shared", "num_experts": 8}),
 }
-BATCH = {"idle_mixtral": (1, 2), "idle_shared": (1, 2)}  # [batch, tokens]; the others (4, 8)
-HALVES = ("mixtral_loop", "shared")  # also under FSDP x TP (a 2 x 2 mesh), each data-parallel rank half the batch
+BATCH = {"idle_mixtral": (2, 1), "idle_shared": (2, 1)}  # [batch, tokens]; the others (4, 8)
+TWO_D = ("mixtral_loop", "shared")  # also under FSDP x TP (a 2 x 2 mesh), each data-parallel rank half the batch
+EP = ("mixtral_loop", "mixtral_grouped", "idle_mixtral")  # also under expert parallelism (a "dp" mesh, ep=True)
+HALVES = tuple(dict.fromkeys(TWO_D + EP))  # models also run on half the batch per data-parallel rank
 EXPERTS = "model.layers.0.mlp.experts"  # Mixtral's stacked experts of layer 0
 PRELOAD = ["torch", "torch._dynamo", "torch.distributed.fsdp", "torch.distributed.tensor.parallel",
            "archc.elaborate", "archc.backends.torch", "archc.backends.torch.parallel"]
@@ -134,12 +139,15 @@ def _worker(rank: int, folder: str) -> None:
                 result["local"] = {k: (p.to_local().detach().clone(), p.grad.to_local().clone())
                                    for k, p in experts.named_parameters() if isinstance(p, DTensor)}
             out[f"{name}_tp"] = result
-        init, data = (torch.load(Path(folder) / f"mixtral_loop_{k}.pt", weights_only=True) for k in ("init", "data"))
-        model = _compile("mixtral_loop")
-        model.load_state_dict(init)
-        archc.parallelize(model, dp_mesh)
-        result = _step(model, data, rank, WORLD)
-        out["mixtral_loop_fsdp"] = {"grads": result["grads"]}
+        for name, ep in (("mixtral_loop", False), *((name, True) for name in EP)):
+            init, data = (torch.load(Path(folder) / f"{name}_{k}.pt", weights_only=True) for k in ("init", "data"))
+            model = _compile(name)
+            model.load_state_dict(init)
+            archc.parallelize(model, dp_mesh, ep=ep)
+            result = _step(model, data, rank, WORLD)
+            if ep:
+                result["local"] = model.get_submodule(EXPERTS).gate_up_proj.to_local().shape
+            out[f"{name}_{'ep' if ep else 'fsdp'}"] = result
         torch.save(out, Path(folder) / f"result{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -155,7 +163,7 @@ def _worker4(rank: int, folder: str) -> None:
     try:
         out: dict[str, Any] = {}
         mesh = init_device_mesh("cpu", (WORLD, WORLD), mesh_dim_names=("dp", "tp"))
-        for name in HALVES:
+        for name in TWO_D:
             init, data = (torch.load(Path(folder) / f"{name}_{k}.pt", weights_only=True) for k in ("init", "data"))
             model = _compile(name)
             model.load_state_dict(init)
@@ -187,8 +195,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             halves = []
             for part in range(WORLD):
                 model.zero_grad()
-                halves.append(_step(model, data, part, WORLD)["grads"])
-            refs[f"{name}_halves"] = {k: sum(h[k] for h in halves) / WORLD for k in halves[0]}
+                halves.append(_step(model, data, part, WORLD))
+            refs[f"{name}_halves"] = {"grads": {k: sum(h["grads"][k] for h in halves) / WORLD for k in halves[0]["grads"]},
+                                      "logits": [h["logits"] for h in halves], "aux": [h["aux"] for h in halves]}
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         mp.get_context("forkserver").set_forkserver_preload(PRELOAD)
@@ -240,12 +249,30 @@ def test_each_rank_holds_its_slice_of_every_expert(runs: dict[str, Any], impl: s
         _close(grad, want[f"{EXPERTS}.down_proj"][:, :, part], f"{name} rank {rank} down_proj slice")
 
 
-@pytest.mark.parametrize(("name", "scheme"), [("mixtral_loop", "fsdp"), *((name, "fsdp_tp") for name in HALVES)])
+@pytest.mark.parametrize(("name", "scheme"), [("mixtral_loop", "fsdp"), *((name, "fsdp_tp") for name in TWO_D)])
 def test_fsdp_moe_equals_one_process(runs: dict[str, Any], name: str, scheme: str) -> None:
     """Each data-parallel rank's loss on its half of the batch; FSDP averages the gradients of the
     halves (under FSDP x TP the experts are split by FSDP along E, by TP along their hidden features)."""
-    want = runs["refs"][f"{name}_halves"]
+    want = runs["refs"][f"{name}_halves"]["grads"]
     got = runs["got"][0][f"{name}_fsdp"]["grads"] if scheme == "fsdp" else runs["2d"][name]
     assert got.keys() == want.keys()
     for k, v in want.items():
         _close(got[k], v, f"{name} under {scheme}: gradient of {k}")
+
+
+@pytest.mark.parametrize("name", EP)
+def test_expert_parallel_moe_equals_one_process(runs: dict[str, Any], name: str) -> None:
+    """Expert parallelism over 2 data-parallel ranks: each holds E / 2 whole experts, its tokens go
+    to the experts' ranks by all-to-all and back. Each rank's logits and aux loss are the one-process
+    model's on its half of the batch, and the gradients are the mean of the halves' (the experts'
+    summed over both ranks' tokens, then halved)."""
+    want = runs["refs"][f"{name}_halves"]
+    experts = MODELS[name][1]["num_local_experts"]
+    for rank, got in enumerate(runs["got"]):
+        got = got[f"{name}_ep"]
+        assert got["local"][0] * WORLD == experts
+        _close(got["logits"], want["logits"][rank], f"{name} rank {rank} logits")
+        _close(got["aux"], want["aux"][rank], f"{name} rank {rank} aux loss")
+        assert got["grads"].keys() == want["grads"].keys()
+        for k, v in want["grads"].items():
+            _close(got["grads"][k], v, f"{name} under ep, rank {rank}: gradient of {k}")
