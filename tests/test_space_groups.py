@@ -335,3 +335,46 @@ def test_a_stack_that_reads_a_local_name_stays_outer(tmp_path: Path) -> None:
             continue
         brute += 1
     assert space.count() == brute
+
+
+class FakeTrial:
+    """What the Optuna bridge uses of a trial: suggest_categorical(name, choices)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.asked: dict[str, list[str]] = {}
+
+    def suggest_categorical(self, name: str, choices: list[str]) -> str:
+        assert name not in self.asked
+        self.asked[name] = list(choices)
+        return self.rng.choice(choices)
+
+
+def test_mutate_crossover_and_suggest_on_groups(tmp_path: Path) -> None:
+    """The search-loop operations keep types on a space counted group by group: every child,
+    mutant and suggested completion is one that the enumeration lists, and the Optuna bridge asks
+    once for each hole of the completion it makes (the per-layer holes of the depth chosen)."""
+    space = Space(write(tmp_path, UNIFORM))
+    assert len(space.groups()) == 3
+    valid = keys(space.enumerate())
+    rng = random.Random(2)
+    population = [space.sample(rng) for _ in range(4)]
+    for _ in range(25):
+        a, b = rng.sample(population, 2)
+        child = space.crossover(a, b, rng)
+        assert tuple(sorted(child.items())) in valid
+        assert all(child[p] in (a[p], b[p]) for p in child if p in a and p in b)
+        mutant = space.mutate(child, rng)
+        assert tuple(sorted(mutant.items())) in valid and mutant != child
+        population[rng.randrange(len(population))] = mutant
+    made = 0
+    for seed in range(20):
+        trial = FakeTrial(seed)
+        try:
+            choice = space.suggest(trial)
+        except Exception as err:  # optuna.TrialPruned, or ArchError without optuna
+            assert "no well-typed completion has" in str(err)
+            continue
+        made += 1
+        assert tuple(sorted(choice.items())) in valid and set(trial.asked) == set(choice)
+    assert made
