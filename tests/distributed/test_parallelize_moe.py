@@ -11,8 +11,8 @@ CPU processes on a 1-D "tp" mesh, against the one-process model with the same we
   experts in an nn.ModuleList, a shared expert and its scalar gate): each expert's linears split as
   a dense MLP's; the same comparisons. Both also with idle experts (2 tokens, 8 experts).
 - Mixtral under FSDP alone (a 1-D "dp" mesh), and Mixtral and the block-expert spec under FSDP x TP
-  (a 2 x 2 mesh, 4 processes), each data-parallel rank half the batch: the mean of the halves'
-  gradients.
+  (a 2 x 2 mesh, 4 processes; Mixtral also with expert parallelism over "dp"), each data-parallel
+  rank half the batch: the mean of the halves' gradients.
 - Mixtral under expert parallelism (`ep=True` on a "dp" mesh: E / 2 experts per rank, tokens sent
   by all-to-all; loop and grouped lowerings, and idle experts): each rank's logits and aux loss,
   and the mean of the halves' gradients.
@@ -163,12 +163,12 @@ def _worker4(rank: int, folder: str) -> None:
     try:
         out: dict[str, Any] = {}
         mesh = init_device_mesh("cpu", (WORLD, WORLD), mesh_dim_names=("dp", "tp"))
-        for name in TWO_D:
+        for name, ep in (*((name, False) for name in TWO_D), ("mixtral_loop", True)):
             init, data = (torch.load(Path(folder) / f"{name}_{k}.pt", weights_only=True) for k in ("init", "data"))
             model = _compile(name)
             model.load_state_dict(init)
-            archc.parallelize(model, mesh)
-            out[name] = _step(model, data, mesh["dp"].get_local_rank(), WORLD)["grads"]
+            archc.parallelize(model, mesh, ep=ep)
+            out[f"{name}_ep" if ep else name] = _step(model, data, mesh["dp"].get_local_rank(), WORLD)["grads"]
         if rank == 0:
             torch.save(out, Path(folder) / "result_2d.pt")
     finally:
@@ -249,12 +249,15 @@ def test_each_rank_holds_its_slice_of_every_expert(runs: dict[str, Any], impl: s
         _close(grad, want[f"{EXPERTS}.down_proj"][:, :, part], f"{name} rank {rank} down_proj slice")
 
 
-@pytest.mark.parametrize(("name", "scheme"), [("mixtral_loop", "fsdp"), *((name, "fsdp_tp") for name in TWO_D)])
+@pytest.mark.parametrize(("name", "scheme"), [("mixtral_loop", "fsdp"), *((name, "fsdp_tp") for name in TWO_D),
+                                               ("mixtral_loop", "ep_tp")])
 def test_fsdp_moe_equals_one_process(runs: dict[str, Any], name: str, scheme: str) -> None:
     """Each data-parallel rank's loss on its half of the batch; FSDP averages the gradients of the
-    halves (under FSDP x TP the experts are split by FSDP along E, by TP along their hidden features)."""
+    halves (under FSDP x TP the experts are split by FSDP along E, by TP along their hidden features;
+    under "ep_tp", expert parallelism over "dp" and tensor parallelism for the rest)."""
     want = runs["refs"][f"{name}_halves"]["grads"]
-    got = runs["got"][0][f"{name}_fsdp"]["grads"] if scheme == "fsdp" else runs["2d"][name]
+    got = runs["got"][0][f"{name}_fsdp"]["grads"] if scheme == "fsdp" else \
+        runs["2d"][f"{name}_ep" if scheme == "ep_tp" else name]
     assert got.keys() == want.keys()
     for k, v in want.items():
         _close(got[k], v, f"{name} under {scheme}: gradient of {k}")
