@@ -92,20 +92,15 @@ class Emitter:
             self.g.computed[node] = found
         return found is not None
 
-    def _shape_only(self, node: Any, seen: dict[Any, bool] | None = None) -> bool:
+    def _shape_only(self, node: Any) -> bool:
         """Whether a value depends on the inputs' sizes only (not their values, nor weights)."""
-        seen = {} if seen is None else seen
-        if node in seen:
-            return seen[node]
-        if node.op == "placeholder":
-            result = False
-        elif packet(node) == "sym_size":
-            result = True
-        else:
-            result = all(self._shape_only(a, seen) for a in _flat(node.args) + _flat(list(node.kwargs.values()))
-                         if hasattr(a, "op"))
-        seen[node] = result
-        return result
+        if not hasattr(self, "sizes_only"):  # once, in graph order (no recursion down deep graphs)
+            self.sizes_only: set[Any] = set()
+            for n in self.g.ep.graph.nodes:
+                if n.op != "placeholder" and (packet(n) == "sym_size" or all(
+                        a in self.sizes_only for a in _flat(n.args) + _flat(list(n.kwargs.values())) if hasattr(a, "op"))):
+                    self.sizes_only.add(n)
+        return node in self.sizes_only
 
     def _is_causal(self, mask: Any) -> bool:
         """Evaluate a size-only mask on the example inputs: the lower triangle (True, or 0 with
