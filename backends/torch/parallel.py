@@ -88,7 +88,7 @@ class _SumOutputs(torch.autograd.Function):
         return grad, None
 
 
-class ExpertsParallel(ParallelStyle):
+class ExpertsTensorParallel(ParallelStyle):
     """Tensor parallelism inside stacked experts (moe_experts), as in a dense MLP: every expert's
     hidden features are split over the ranks, its first weight [E, h, D] by rows (`chunks` 2: gate
     and up, each split, `_StridedShard(1, split_factor=2)`) and its second [E, D, h] by columns. The
@@ -306,5 +306,5 @@ def init_weights(model: nn.Module, device: torch.device | str = "cpu") -> nn.Mod
     return model
 
 
-__all__ = ["ExpertParallel", "ExpertsParallel", "FusedColwiseParallel", "checkpoint_state_dict", "init_weights", "load_checkpoint_state_dict", "meshes",
+__all__ = ["ExpertParallel", "ExpertsTensorParallel", "FusedColwiseParallel", "checkpoint_state_dict", "init_weights", "load_checkpoint_state_dict", "meshes",
            "parallelize", "plan_parallel"]

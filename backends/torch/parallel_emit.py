@@ -36,7 +36,7 @@ from torch.distributed.tensor.placement_types import _StridedShard
 STYLES = {
     "colwise": "ColwiseParallel()",
     "fused": "FusedColwiseParallel({chunks})",
-    "experts": "ExpertsParallel({chunks})",
+    "experts": "ExpertsTensorParallel({chunks})",
     "rowwise": "RowwiseParallel()",
     "rowwise_seq": "RowwiseParallel(output_layouts=Shard({seq}))",
     "embedding": "RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())",
@@ -62,7 +62,7 @@ def _spell(p: Placement) -> str:
 def _helpers() -> str:
     from archc.backends.torch import parallel
 
-    parts = [parallel.FusedColwiseParallel, parallel._SumGradients, parallel._SumOutputs, parallel.ExpertsParallel,
+    parts = [parallel.FusedColwiseParallel, parallel._SumGradients, parallel._SumOutputs, parallel.ExpertsTensorParallel,
              parallel.ExpertParallel, parallel._expert_params, parallel.meshes, parallel._blocks_split, parallel._fsdp_placement,
              parallel._kept_whole]
     return "\n\n".join(inspect.getsource(f) for f in parts)

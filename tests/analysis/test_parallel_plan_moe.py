@@ -44,8 +44,8 @@ def test_mixtral_written_plan() -> None:
     from archc.backends.torch.parallel_emit import parallel_source
 
     text = parallel_source(plan_parallel(elaborate_file(MIXTRAL, overrides=MIXTRAL_TINY), tp=2), "MixtralForCausalLM")
-    assert "'mlp.experts': ExpertsParallel(2),  # 4 experts of 64 hidden features, gate and up split alike" in text
-    assert "'mlp.gate'" not in text and "class ExpertsParallel(ParallelStyle)" in text
+    assert "'mlp.experts': ExpertsTensorParallel(2),  # 4 experts of 64 hidden features, gate and up split alike" in text
+    assert "'mlp.gate'" not in text and "class ExpertsTensorParallel(ParallelStyle)" in text
 
 
 def test_plain_mlp_experts_split_in_one_block(tmp_path: Path) -> None:
