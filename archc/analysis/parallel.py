@@ -348,8 +348,9 @@ def _regions(graph: Graph, nodes: list[int], skip: set[int], replicate: tuple[st
         except _Fail as f:
             if not strict:
                 continue
+            pattern = _layer_pattern(node.scope, layers, graph)
             raise ArchError(f"tensor parallelism: {f.message}", _span(graph, f.node),
-                            f"keep it whole with parallelize(..., replicate=[{_layer_pattern(node.scope, layers, graph)!r}])",
+                            f"keep it whole with parallelize(..., replicate=[{pattern!r}])",
                             notes=[(f"the split starts at '{node.scope}'", _span(graph, i))]) from None
         rows.update(region.rows)
         out.append(region)
@@ -471,8 +472,11 @@ def plan_parallel(graph: Graph, tp: int = 1, loss_parallel: bool = False,
         names = ", ".join(cols[:-1]) + " and " + cols[-1] if len(cols) > 1 else cols[0]
         placements += [Placement(graph.nodes[k].scope, "rowwise", why=f"contracts the split of {names}")
                        for k in r.rows]
-    split = _expert_parallel(graph, ep, tuple(replicate)) if ep > 1 else ()
-    placements += [] if ep > 1 else _experts(graph, tp, tuple(replicate))
+    split: tuple[str, ...] = ()
+    if ep > 1:  # the experts split over the data-parallel ranks, whole on the tensor-parallel ones
+        split = _expert_parallel(graph, ep, tuple(replicate))
+    else:
+        placements += _experts(graph, tp, tuple(replicate))
     placements += _vocab(graph, tp, loss_parallel, tuple(replicate), home, tied)
     if sp:
         from archc.analysis.sequence_parallel import sequence_placements

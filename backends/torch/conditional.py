@@ -205,8 +205,9 @@ def _kept(indices: torch.Tensor, experts: int, capacity: float | None) -> torch.
 
 
 def _local(weight: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a weight that tensor parallelism split (a DTensor: archc.parallelize
-    splits stacked experts by their hidden features, docs/parallel.md); any other weight as it is."""
+    """This rank's part of a weight that archc.parallelize split (a DTensor: stacked experts split by
+    their hidden features or, with expert parallelism, by experts; docs/parallel.md); any other
+    weight as it is."""
     if type(weight) in (torch.Tensor, torch.nn.Parameter):  # the common case: nothing to import
         return weight
     from torch.distributed.tensor import DTensor  # a tensor subclass: made by torch.distributed, if a DTensor

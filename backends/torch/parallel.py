@@ -2,7 +2,8 @@
 tensor parallelism with `parallelize_module`, then FSDP2's `fully_shard` per unit, as torchtitan's
 `parallelize_llama` does by hand. `archc.parallelize(model, mesh, ...)` is the entry point; it
 runs the function that backends/torch/parallel_emit.py writes for the plan, and the helpers below
-(the fused column split, stacked experts' split, FSDP's placements, the tensors kept whole) are copied into that text.
+(the fused column split, the splits of stacked experts, FSDP's placements, the tensors kept whole)
+are copied into that text.
 
     mesh            a 1-D DeviceMesh (named "tp" or "dp", or say which with tp=/fsdp=) or a 2-D
                     one named ("dp", "tp"): FSDP over "dp", tensor parallelism over "tp"
@@ -11,6 +12,8 @@ runs the function that backends/torch/parallel_emit.py writes for the plan, and 
                     dtype on (MixedPrecisionPolicy's output_dtype)
     sp              sequence parallelism: inside each stack the stream is split along the sequence
                     between the tensor-parallel blocks (norms SequenceParallel)
+    ep              expert parallelism: stacked experts split over "dp" (E / n each), their tokens
+                    sent by all-to-all (otherwise tensor parallelism splits their hidden features)
     loss_parallel   the logits stay split on the vocabulary (a DTensor, Shard(-1)): compute the
                     loss under `torch.distributed.tensor.parallel.loss_parallel()`
 
@@ -306,5 +309,5 @@ def init_weights(model: nn.Module, device: torch.device | str = "cpu") -> nn.Mod
     return model
 
 
-__all__ = ["ExpertParallel", "ExpertsTensorParallel", "FusedColwiseParallel", "checkpoint_state_dict", "init_weights", "load_checkpoint_state_dict", "meshes",
-           "parallelize", "plan_parallel"]
+__all__ = ["ExpertParallel", "ExpertsTensorParallel", "FusedColwiseParallel", "checkpoint_state_dict", "init_weights",
+           "load_checkpoint_state_dict", "meshes", "parallelize", "plan_parallel"]

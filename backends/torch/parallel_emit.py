@@ -4,8 +4,8 @@ PyTorch calls. `archc build --target torch --parallel` appends it to the model's
 
 Module paths are spec text: they reach the code only as string constants (quote.py_str). The
 helpers that torch has no public spelling for (the strided column split of a fused q/k/v
-projection, the split of stacked experts, FSDP's placement for them, the tensors FSDP2 cannot split) are copied from
-backends/torch/parallel.py, where they are tested as they are.
+projection, the splits of stacked experts, FSDP's placement for them, the tensors FSDP2 cannot
+split) are copied from backends/torch/parallel.py, where they are tested as they are.
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ def _spell(p: Placement) -> str:
 def _helpers() -> str:
     from archc.backends.torch import parallel
 
-    parts = [parallel.FusedColwiseParallel, parallel._SumGradients, parallel._SumOutputs, parallel.ExpertsTensorParallel,
-             parallel.ExpertParallel, parallel._expert_params, parallel.meshes, parallel._blocks_split, parallel._fsdp_placement,
-             parallel._kept_whole]
+    parts = [parallel.FusedColwiseParallel, parallel._SumGradients, parallel._SumOutputs,
+             parallel.ExpertsTensorParallel, parallel.ExpertParallel, parallel._expert_params, parallel.meshes,
+             parallel._blocks_split, parallel._fsdp_placement, parallel._kept_whole]
     return "\n\n".join(inspect.getsource(f) for f in parts)
 
 

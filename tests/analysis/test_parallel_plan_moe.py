@@ -44,7 +44,8 @@ def test_mixtral_written_plan() -> None:
     from archc.backends.torch.parallel_emit import parallel_source
 
     text = parallel_source(plan_parallel(elaborate_file(MIXTRAL, overrides=MIXTRAL_TINY), tp=2), "MixtralForCausalLM")
-    assert "'mlp.experts': ExpertsTensorParallel(2),  # 4 experts of 64 hidden features, gate and up split alike" in text
+    assert "'mlp.experts': ExpertsTensorParallel(2),  # 4 experts of 64 hidden features, gate and up split alike" \
+        in text
     assert "'mlp.gate'" not in text and "class ExpertsTensorParallel(ParallelStyle)" in text
 
 
@@ -120,7 +121,8 @@ def test_expert_parallel_plan_splits_the_experts_over_the_data_parallel_ranks() 
     assert plan.experts == ("model.layers.0.mlp.experts", "model.layers.1.mlp.experts") and plan.ep == 2
     assert all(p.style != "experts" for p in plan.placements)
     text = parallel_source(plan, "MixtralForCausalLM")
-    assert "experts = ('model.layers.0.mlp.experts', 'model.layers.1.mlp.experts')  # expert parallelism: 2 ranks" in text
+    assert "experts = ('model.layers.0.mlp.experts', 'model.layers.1.mlp.experts')  # expert parallelism: 2 ranks" \
+        in text
     assert "parallelize_module(model.get_submodule(path), dp_mesh, ExpertParallel())" in text
     assert "'ignored_params': _kept_whole(model, dp_mesh) | _expert_params(model, experts, dp_mesh)" in text
 
@@ -137,4 +139,4 @@ def test_expert_parallel_refusals_are_located(tmp_path: Path) -> None:
     with pytest.raises(ArchError) as err:
         plan_parallel(elaborate_file(spec), ep=2)
     assert "have a capacity" in err.value.message and err.value.span is not None and err.value.span.line == 7
-    assert plan_parallel(elaborate_file(spec), tp=2).styles()["experts"].style == "experts"  # tensor parallelism takes it
+    assert plan_parallel(elaborate_file(spec), tp=2).styles()["experts"].style == "experts"  # TP splits it

@@ -47,12 +47,13 @@ ANY = specs_root() / "examples" / "moe_any_expert.arch"
 MIXTRAL_TINY: dict[str, Any] = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                                 "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 16,
                                 "num_local_experts": 4, "num_experts_per_tok": 2}
+ANY_TINY: dict[str, Any] = {"vocab": 64, "dim": 32, "depth": 2, "heads": 2, "max_len": 16, "ff": "shared"}
 MODELS: dict[str, tuple[Path, dict[str, Any]]] = {
     **{f"mixtral_{impl}": (MIXTRAL, {**MIXTRAL_TINY, "experts_impl": impl}) for impl in ("loop", "grouped", "batched")},
-    "shared": (ANY, {"vocab": 64, "dim": 32, "depth": 2, "heads": 2, "max_len": 16, "ff": "shared", "num_experts": 4}),
+    "shared": (ANY, {**ANY_TINY, "num_experts": 4}),
     # 2 tokens, 8 experts, top 2: at least 4 experts idle on every rank (no tokens, empty tensors)
     "idle_mixtral": (MIXTRAL, {**MIXTRAL_TINY, "num_local_experts": 8, "experts_impl": "grouped"}),
-    "idle_shared": (ANY, {"vocab": 64, "dim": 32, "depth": 2, "heads": 2, "max_len": 16, "ff": "shared", "num_experts": 8}),
+    "idle_shared": (ANY, {**ANY_TINY, "num_experts": 8}),
 }
 BATCH = {"idle_mixtral": (2, 1), "idle_shared": (2, 1)}  # [batch, tokens]; the others (4, 8)
 TWO_D = ("mixtral_loop", "shared")  # also under FSDP x TP (a 2 x 2 mesh), each data-parallel rank half the batch
@@ -196,8 +197,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             for part in range(WORLD):
                 model.zero_grad()
                 halves.append(_step(model, data, part, WORLD))
-            refs[f"{name}_halves"] = {"grads": {k: sum(h["grads"][k] for h in halves) / WORLD for k in halves[0]["grads"]},
-                                      "logits": [h["logits"] for h in halves], "aux": [h["aux"] for h in halves]}
+            mean = {k: sum(h["grads"][k] for h in halves) / WORLD for k in halves[0]["grads"]}
+            refs[f"{name}_halves"] = {"grads": mean, "logits": [h["logits"] for h in halves],
+                                      "aux": [h["aux"] for h in halves]}
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         mp.get_context("forkserver").set_forkserver_preload(PRELOAD)
@@ -235,7 +237,7 @@ def test_each_rank_holds_its_slice_of_every_expert(runs: dict[str, Any], impl: s
     h = MIXTRAL_TINY["intermediate_size"] // WORLD
     for rank, got in enumerate(runs["got"]):
         got = got[f"{name}_tp"]
-        assert got["all_reduces"] == (MIXTRAL_TINY["num_hidden_layers"],) * 2  # per MoE layer: one forward, one backward
+        assert got["all_reduces"] == (MIXTRAL_TINY["num_hidden_layers"],) * 2  # per layer: one forward, one backward
         local = got["local"]
         assert local.keys() == {"gate_up_proj", "down_proj"}
         gate_up = want[f"{EXPERTS}.gate_up_proj"]
