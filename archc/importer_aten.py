@@ -1045,22 +1045,19 @@ class Flow:
     def computed(self, node: Any, target: str) -> tuple[str, int]:
         """A non-persistent buffer (not in the state_dict, so no spec can load it) as the code that
         computes it, where its value is a construction archc/importer_constants.py knows."""
-        from archc.importer_constants import index_lines, recognize, shifted_windows, window_lines
+        from archc import importer_constants as known
 
         value = self.g.module.get_buffer(target)
         if self.device is not None and value.dim() and not value.any() and dtype_of(node) in ("f32", "i64"):
             dtype = f", dtype={fmt(dtype_of(node))}" if dtype_of(node) != "f32" else ""
             return f"full({self.device}, {fmt([int(d) for d in value.shape])}, 0.0{dtype})", ATOM
-        found, mask = recognize(value), shifted_windows(value)
-        if (found is None and mask is None) or self.device is None:
-            raise Unmapped(f"the buffer '{target}' is not persistent (not in the state_dict, so no spec can load it) "
-                           "and is no index archc knows how to compute")
         leaf = target.rpartition(".")[2]
-        name = self.fresh(leaf if is_name(leaf) else "index")
-        if found is not None:
-            self.lines += index_lines(*found, self.device, self.fresh, name)
-        else:
-            self.lines += window_lines(mask, self.device, self.fresh, name)
+        name = self.fresh(leaf if is_name(leaf) else "table")
+        lines = known.constant_lines(value, self.device, self.fresh, name) if self.device is not None else None
+        if lines is None:
+            raise Unmapped(f"the buffer '{target}' is not persistent (not in the state_dict, so no spec can load "
+                           "it) and is no index archc knows how to compute")
+        self.lines += lines
         self.values[node] = (name, ATOM)
         return name, ATOM
 

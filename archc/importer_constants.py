@@ -251,3 +251,91 @@ def window_lines(m: ShiftedWindows, device: str, names: Callable[[str], str], ta
         f"{target} = (relu(1.0 - (rearrange({diff}, {fmt('n k -> n 1 k')}) - rearrange({diff}, {fmt('n q -> n q 1')})) ** 2)"
         f" - 1.0) * 100.0",
     ]
+
+
+@dataclass(frozen=True)
+class Rotary:
+    """An axial rotary table as EVA keeps it ([h * w, 8 * bands]): the sin, then the cos, of each
+    position's y and x (times `ref / size` when the model was made for another grid) times the
+    frequencies 1 / temperature ** (j / bands), each angle twice (the interleaved layout)."""
+
+    h: int
+    w: int
+    bands: int
+    ref_h: int | None = None
+    ref_w: int | None = None
+    temperature: float = 10000.0
+
+    def compute(self, torch: Any) -> Any:
+        freqs = 1.0 / self.temperature ** (torch.arange(self.bands, dtype=torch.float32) / self.bands)
+
+        def axis(n: int, ref: int | None) -> Any:
+            t = torch.arange(n, dtype=torch.float32)
+            return (t / n * ref if ref is not None else t)[:, None] * freqs
+
+        ys = axis(self.h, self.ref_h)[:, None, :].expand(self.h, self.w, self.bands)
+        xs = axis(self.w, self.ref_w)[None, :, :].expand(self.h, self.w, self.bands)
+        angles = torch.cat([ys, xs], dim=-1).reshape(self.h * self.w, -1).repeat_interleave(2, -1)
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def rotary(value: Any) -> Rotary | None:
+    """The rotary table that `value` ([N, 8 * bands] floats) is exactly, or None."""
+    import torch
+
+    if value.dim() != 2 or value.dtype != torch.float32 or value.shape[1] % 8:
+        return None
+    n, bands = value.shape[0], value.shape[1] // 8
+    for h in range(1, n + 1):
+        if n % h:
+            continue
+        w = n // h
+        refs: list[tuple[int | None, int | None]] = [(None, None)]
+        if h > 1 and w > 1 and bands > 1:  # the slowest frequency's angle is small: asin gives the scaled position
+            slow = 1.0 / 10000.0 ** ((bands - 1) / bands)
+            ref_h = round(float(torch.asin(value[w, 2 * (bands - 1)])) / slow * h)
+            ref_w = round(float(torch.asin(value[1, 2 * (2 * bands - 1)])) / slow * w)
+            refs.append((ref_h, ref_w))
+        for ref_h, ref_w in refs:
+            r = Rotary(h, w, bands, ref_h, ref_w)
+            if torch.equal(r.compute(torch), value):
+                return r
+    return None
+
+
+def rotary_lines(r: Rotary, device: str, names: Callable[[str], str], target: str) -> list[str]:
+    """Spec lines that compute the table `r` as `target`."""
+    freqs, ys, xs, angles = names("freqs"), names("ys"), names("xs"), names("angles")
+
+    def positions(n: int, ref: int | None, axis: str) -> str:
+        pos = f"arange({device}, 0, {fmt(n)}, dtype={fmt('f32')})"
+        pos = f"{pos} / {fmt(n)} * {fmt(ref)}" if ref is not None else pos
+        return f"rearrange({pos}, {fmt(f'{axis} -> {axis} 1')}) * {freqs}"
+
+    scaled = f" (scaled to a {r.ref_h} x {r.ref_w} grid)" if r.ref_h is not None else ""
+    return [
+        f"# {target}: the rotary table of the {r.h} x {r.w} grid{scaled}: sin, then cos, of y and x times "
+        f"{r.bands} frequencies, each angle twice",
+        f"{freqs} = 1.0 / {fmt(r.temperature)} ** (arange({device}, 0, {fmt(r.bands)}, dtype={fmt('f32')}) / "
+        f"{fmt(r.bands)})",
+        f"{ys} = {positions(r.h, r.ref_h, 'h')}",
+        f"{xs} = {positions(r.w, r.ref_w, 'w')}",
+        f"{angles} = concat(repeat({ys}, {fmt('h j -> (h w) (j r)')}, w={fmt(r.w)}, r=2), "
+        f"repeat({xs}, {fmt('w j -> (h w) (j r)')}, h={fmt(r.h)}, r=2), dim=1)",
+        f"{target} = concat(sin({angles}), cos({angles}), dim=1)",
+    ]
+
+
+def constant_lines(value: Any, device: str, names: Callable[[str], str], target: str) -> list[str] | None:
+    """The spec lines that compute the non-persistent buffer `value` as `target`, or None when it is
+    no construction known here."""
+    index = recognize(value)
+    if index is not None:
+        return index_lines(*index, device, names, target)
+    mask = shifted_windows(value)
+    if mask is not None:
+        return window_lines(mask, device, names, target)
+    table = rotary(value)
+    if table is not None:
+        return rotary_lines(table, device, names, target)
+    return None

@@ -309,3 +309,32 @@ def test_take_with_a_float_index_is_a_located_error() -> None:
         elaborate_text(spec, "take.arch")
     assert "take: the index must be an i64 or i32 tensor, got f32[B, 2]" in err.value.message
     assert err.value.span is not None and (err.value.span.line, err.value.span.col) == (3, 12)
+
+
+class RotaryAttention(nn.Module):
+    """EVA-02's axial rotary embedding on a 2 x 3 grid made for a 4 x 6 one: a table [N, 8 * bands]
+    (sin, then cos, of y and x times the frequencies, each angle twice) in a non-persistent buffer,
+    applied to the queries as x * cos + rotate(x) * sin."""
+
+    def __init__(self, dim: int = 8, h: int = 2, w: int = 3) -> None:
+        super().__init__()
+        self.q = nn.Linear(dim, dim)
+        bands = dim // 4
+        freqs = 1.0 / 10000.0 ** (torch.arange(bands, dtype=torch.float32) / bands)
+        ys = (torch.arange(h, dtype=torch.float32) / h * (2 * h))[:, None, None] * freqs
+        xs = (torch.arange(w, dtype=torch.float32) / w * (2 * w))[None, :, None] * freqs
+        grid = torch.cat([ys.expand(h, w, bands), xs.expand(h, w, bands)], dim=-1).reshape(h * w, 2 * bands)
+        angles = grid.repeat_interleave(2, -1)
+        self.register_buffer("pos_embed", torch.cat([angles.sin(), angles.cos()], dim=-1), persistent=False)
+
+    def forward(self, x: Any) -> Any:
+        q = self.q(x)
+        sin, cos = self.pos_embed.chunk(2, dim=-1)
+        rotated = torch.stack([-q[..., 1::2], q[..., ::2]], dim=-1).reshape(q.shape)
+        return q * cos + rotated * sin
+
+
+def test_rotary_table_is_computed_in_the_spec() -> None:
+    text = _round_trip(RotaryAttention(), torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(1)))
+    assert "    # pos_embed: the rotary table of the 2 x 3 grid (scaled to a 4 x 6 grid)" in text
+    assert "pos_embed = concat(sin(angles), cos(angles), dim=1)" in text
