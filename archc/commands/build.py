@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "(blocks.*.adaLN_modulation) (repeatable)")
     p.add_argument("--sp", action="store_true",
                    help="with --parallel: sequence parallelism inside the stacks (norms SequenceParallel)")
+    p.add_argument("--ep", type=int, default=1, metavar="N",
+                   help="with --parallel: expert parallelism, stacked experts split over N data-parallel ranks "
+                        "(tokens sent by all-to-all) instead of by tensor parallelism (default 1: off)")
     p.add_argument("-o", "--output",
                    help="the .py file to write, or a folder (default: print the code to stdout)")
     add_pass_args(p)
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
         text = emit_python(graph)
         if args.parallel:
-            text = with_parallel(text, graph, args.tp, args.sp, tuple(args.replicate))
+            text = with_parallel(text, graph, args.tp, args.sp, tuple(args.replicate), args.ep)
     else:
         text = fx_source(graph)
     path = output_path(args)
@@ -92,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def with_parallel(text: str, graph: object, tp: int, sp: bool = False, replicate: tuple[str, ...] = ()) -> str:
+def with_parallel(text: str, graph: object, tp: int, sp: bool = False, replicate: tuple[str, ...] = (),
+                  ep: int = 1) -> str:
     """The model's file followed by its parallel plan as `def parallelize(model, mesh, ...)`."""
     from archc.analysis.parallel import plan_parallel
     from archc.backends.quote import verify_python
@@ -100,7 +104,8 @@ def with_parallel(text: str, graph: object, tp: int, sp: bool = False, replicate
     from archc.backends.torch.parallel_emit import parallel_source
 
     name = class_name(graph)  # type: ignore[arg-type]
-    text = text + "\n\n" + parallel_source(plan_parallel(graph, tp=tp, sp=sp, replicate=replicate), name)  # type: ignore[arg-type]
+    plan = plan_parallel(graph, tp=tp, sp=sp, replicate=replicate, ep=ep)  # type: ignore[arg-type]
+    text = text + "\n\n" + parallel_source(plan, name)
     verify_python(text, f"<archc: {name}>")
     return text
 

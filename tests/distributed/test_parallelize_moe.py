@@ -149,9 +149,24 @@ def _worker(rank: int, folder: str) -> None:
             if ep:
                 result["local"] = model.get_submodule(EXPERTS).gate_up_proj.to_local().shape
             out[f"{name}_{'ep' if ep else 'fsdp'}"] = result
+        built = _load_file(Path(folder) / "mixtral_ep.py")  # `archc build --parallel --ep 2`: needs only torch
+        model = built.MixtralForCausalLM()
+        model.load_state_dict(torch.load(Path(folder) / "mixtral_loop_init.pt", weights_only=True))
+        built.parallelize(model, dp_mesh)
+        out["mixtral_loop_file_ep"] = _step(model, torch.load(Path(folder) / "mixtral_loop_data.pt"), rank, WORLD)
         torch.save(out, Path(folder) / f"result{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _load_file(path: Path) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _worker4(rank: int, folder: str) -> None:
@@ -200,6 +215,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             mean = {k: sum(h["grads"][k] for h in halves) / WORLD for k in halves[0]["grads"]}
             refs[f"{name}_halves"] = {"grads": mean, "logits": [h["logits"] for h in halves],
                                       "aux": [h["aux"] for h in halves]}
+    from archc.cli import main
+
+    sets = [a for k, v in MODELS["mixtral_loop"][1].items()
+            for a in ("--set", f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}")]
+    assert main(["build", str(MIXTRAL), *sets, "--target", "torch", "--parallel", "--ep", str(WORLD),
+                 "-o", str(folder / "mixtral_ep.py")]) == 0
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         mp.get_context("forkserver").set_forkserver_preload(PRELOAD)
@@ -265,17 +286,18 @@ def test_fsdp_moe_equals_one_process(runs: dict[str, Any], name: str, scheme: st
         _close(got[k], v, f"{name} under {scheme}: gradient of {k}")
 
 
-@pytest.mark.parametrize("name", EP)
+@pytest.mark.parametrize("name", [*EP, "mixtral_loop_file"])
 def test_expert_parallel_moe_equals_one_process(runs: dict[str, Any], name: str) -> None:
     """Expert parallelism over 2 data-parallel ranks: each holds E / 2 whole experts, its tokens go
     to the experts' ranks by all-to-all and back. Each rank's logits and aux loss are the one-process
     model's on its half of the batch, and the gradients are the mean of the halves' (the experts'
-    summed over both ranks' tokens, then halved)."""
-    want = runs["refs"][f"{name}_halves"]
-    experts = MODELS[name][1]["num_local_experts"]
+    summed over both ranks' tokens, then halved). "mixtral_loop_file": the .py file of `archc build
+    --parallel --ep 2` (its own model class and parallelize)."""
+    want = runs["refs"][f"{name.removesuffix('_file')}_halves"]
     for rank, got in enumerate(runs["got"]):
         got = got[f"{name}_ep"]
-        assert got["local"][0] * WORLD == experts
+        if "local" in got:
+            assert got["local"][0] * WORLD == MODELS[name][1]["num_local_experts"]
         _close(got["logits"], want["logits"][rank], f"{name} rank {rank} logits")
         _close(got["aux"], want["aux"][rank], f"{name} rank {rank} aux loss")
         assert got["grads"].keys() == want["grads"].keys()
