@@ -140,3 +140,30 @@ def test_expert_parallel_refusals_are_located(tmp_path: Path) -> None:
         plan_parallel(elaborate_file(spec), ep=2)
     assert "have a capacity" in err.value.message and err.value.span is not None and err.value.span.line == 7
     assert plan_parallel(elaborate_file(spec), tp=2).styles()["experts"].style == "experts"  # TP splits it
+
+
+def _doc_block(after: str) -> list[str]:
+    """The lines of the first ```python block after `after` in docs/parallel.md, stripped."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "parallel.md").read_text(encoding="utf-8")
+    block = doc.split(after, 1)[1].split("```python\n", 1)[1].split("\n```", 1)[0]
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(("heading", "ep"), [("### Mixtures of experts", 1), ("The written `parallelize`", 2)])
+def test_the_moe_plans_in_the_docs_are_the_ones_built(heading: str, ep: int) -> None:
+    from archc.backends.torch.parallel_emit import parallel_source
+
+    built = parallel_source(plan_parallel(elaborate_file(MIXTRAL, overrides=MIXTRAL_TINY), tp=2, ep=ep), "M")
+    lines = {line.strip() for line in built.splitlines()}
+    assert [line for line in _doc_block(heading) if line not in lines] == []
+
+
+def test_expert_parallelism_needs_a_data_parallel_mesh() -> None:
+    import archc
+
+    class Mesh:  # what parallelize reads of a DeviceMesh before it splits anything
+        mesh_dim_names, ndim = ("tp",), 1
+
+    model = archc.compile(MIXTRAL, **MIXTRAL_TINY)
+    with pytest.raises(ArchError, match="expert parallelism splits the experts over the data-parallel"):
+        archc.parallelize(model, Mesh(), ep=True)
