@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from archc.errors import ArchError
 from archc.ir.blocks import homes, tied_uses, within
@@ -542,7 +543,7 @@ def _experts(graph: Graph, tp: int, replicate: tuple[str, ...]) -> list[Placemen
     for i, node in enumerate(graph.nodes):
         if node.op != "moe_experts" or not _owned(graph, node, "moe_experts") or _kept(node.scope, replicate):
             continue
-        a = registry.get(node.op).make_attrs(node.attrs)
+        a: Any = registry.get(node.op).make_attrs(node.attrs)  # MoeExpertsAttrs
         _divides(graph, tp, i, a.hidden, f"the hidden features of each expert of '{node.scope}'")
         width = a.hidden // tp * _BYTES.get(graph.values[node.inputs[0]].dtype, 4)
         if a.impl == "grouped" and width % 16:
@@ -564,7 +565,7 @@ def _expert_parallel(graph: Graph, ep: int, replicate: tuple[str, ...]) -> tuple
     for i, node in enumerate(graph.nodes):
         if node.op != "moe_experts" or not _owned(graph, node, "moe_experts") or _kept(node.scope, replicate):
             continue
-        a = registry.get(node.op).make_attrs(node.attrs)
+        a: Any = registry.get(node.op).make_attrs(node.attrs)  # MoeExpertsAttrs
         if a.experts % ep:
             raise ArchError(f"expert parallelism over {ep} ranks splits the {a.experts} experts of '{node.scope}', "
                             f"which {ep} does not divide", _span(graph, i), f"choose a degree that divides {a.experts}")
