@@ -559,8 +559,8 @@ def _experts(graph: Graph, tp: int, replicate: tuple[str, ...]) -> list[Placemen
 
 def _expert_parallel(graph: Graph, ep: int, replicate: tuple[str, ...]) -> tuple[str, ...]:
     """The stacked experts that expert parallelism splits over `ep` ranks (E / ep each); a number
-    of experts `ep` does not divide, or a capacity (it counts an expert's tokens from every rank),
-    is a located error."""
+    of experts `ep` does not divide, a capacity (it counts an expert's tokens from every rank), or
+    no stacked experts at all, is a located error."""
     out = []
     for i, node in enumerate(graph.nodes):
         if node.op != "moe_experts" or not _owned(graph, node, "moe_experts") or _kept(node.scope, replicate):
@@ -574,6 +574,12 @@ def _expert_parallel(graph: Graph, ep: int, replicate: tuple[str, ...]) -> tuple
                             "expert's tokens over every rank; it runs only dropless", _span(graph, i),
                             "drop the capacity, or split the experts by tensor parallelism (ep=False)")
         out.append(node.scope)
+    if not out:  # nothing to split: say so rather than run as plain FSDP
+        mixture = next((info for info in graph.scopes.values() if info.kind == MOE_SCOPE), None)
+        raise ArchError("expert parallelism splits stacked experts (moe_experts), and this model has none"
+                        + (" (a mixture of block experts, moe(E, Block), is not split by it)" if mixture else ""),
+                        mixture.span.to_span() if mixture is not None and mixture.span else None,
+                        "split them by tensor parallelism instead (ep=False)" if mixture else "drop ep")
     return tuple(dict.fromkeys(out))
 
 

@@ -140,6 +140,9 @@ def test_expert_parallel_refusals_are_located(tmp_path: Path) -> None:
         plan_parallel(elaborate_file(spec), ep=2)
     assert "have a capacity" in err.value.message and err.value.span is not None and err.value.span.line == 7
     assert plan_parallel(elaborate_file(spec), tp=2).styles()["experts"].style == "experts"  # TP splits it
+    with pytest.raises(ArchError) as err:  # block experts: nothing ep splits
+        plan_parallel(elaborate_file(ANY, overrides=ANY_TINY), ep=2)
+    assert "this model has none (a mixture of block experts" in err.value.message and err.value.span is not None
 
 
 def _doc_block(after: str) -> list[str]:
