@@ -282,7 +282,12 @@ class Space:
                 self._tried += o.tried * math.prod(self._untried(r, picks) for r in regions)
                 self._first_error = self._first_error or o.error
                 continue
-            fixed = {h.path: k for g, t in zip(v0.families, o.ref) for h, k in zip(g, t)}
+            fixed = {}  # the outer group's per-layer stacks stay on their reference options
+            for g, t in zip(v0.families, o.ref):
+                if t and isinstance(t[0], tuple):  # layers that read their index: one option each
+                    fixed.update((h.at(i), k) for i, ti in enumerate(t) for h, k in zip(g, ti))
+                else:
+                    fixed.update((h.path, k) for h, k in zip(g, t))
             alt = Alt(tuple((h, k) for h, k in zip(outer, key)), ZERO, self._layer_parts(o))
             base = (Fraction(o.base[0], o.scale), Fraction(o.base[1], o.scale))
             costs = [(alt, base)]
@@ -308,10 +313,16 @@ class Space:
     def _layer_parts(self, o: Outer) -> list[Part]:
         """One part per layer of each per-layer stack; costs times o.scale for now (see _scaled)."""
         parts = []
+        def alts(options: list[tuple[tuple[int, ...], Cost]]) -> list[Alt]:
+            return [Alt(tuple(zip(st.holes, t)), (Fraction(c[0], o.scale), Fraction(c[1], o.scale)))
+                    for t, c in options]
+
         for st in o.stacks:
-            options = [Alt(tuple(zip(st.holes, t)), (Fraction(c[0], o.scale), Fraction(c[1], o.scale)))
-                       for t, c in st.options]
-            parts.extend(Part(options, i) for i in range(st.depth))
+            if st.by_layer is not None:
+                parts.extend(Part(alts(options), i) for i, options in enumerate(st.by_layer))
+            else:
+                shared = alts(st.options)
+                parts.extend(Part(shared, i) for i in range(st.depth))
         return parts
 
     def _scaled(self, alts: list[list[tuple[Alt, tuple[Fraction, Fraction]]]]) -> Part:

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from archc.elaborate.stacks import STACK_APPLIED
 from archc.errors import ArchError
 from archc.frontend import ast as A
-from archc.frontend.holes import Hole, fill, substitute
+from archc.frontend.holes import Hole, fill, reads_index, substitute
 
 Cost = tuple[int, int]  # (parameters, FLOPs), times the outer combination's scale
 
@@ -42,6 +42,7 @@ class LayerOptions:
     holes: list[Hole]
     depth: int = 0
     options: list[tuple[tuple[int, ...], Cost]] = field(default_factory=list)
+    by_layer: list[list[tuple[tuple[int, ...], Cost]]] | None = None  # layers that read their index: each its own
 
 
 @dataclass
@@ -64,6 +65,14 @@ class Unsealed(Exception):
     def __init__(self, stack: A.Stack) -> None:
         super().__init__("a region's stack changes its input's type")
         self.stack = stack
+
+
+class LayerTypeChange(Exception):
+    """A layer of a per-layer stack changed its input's type in a probe (the space's error)."""
+
+    def __init__(self, message: str, span: Any) -> None:
+        super().__init__(message)
+        self.message, self.span = message, span
 
 
 @dataclass(eq=False)
@@ -91,6 +100,7 @@ class Prober:
         self._verdicts: dict[tuple[Any, ...], Verdict] = {}
         self._loader: Any = None
         self._shallow: dict[tuple[Any, ...], A.Module] = {}  # a variant's module at probe depths
+        self._variants: dict[tuple[Any, ...], Variant] = {}  # variants with stacks cut (_resized)
 
     @property
     def elaborated(self) -> int:
@@ -112,8 +122,9 @@ class Prober:
         families = _families(list(sealed.families) if sealed is not None else [h for h in holes if h.per_layer])
         module = substitute(self.module, table) if table else self.module
         key = tuple(sorted(id(r.stack) for r in removed))
-        return Variant(key, module, holes, families, [self._depth_hole(g[0].stack) for g in families],
-                       sealed.stack if sealed is not None else None)
+        # layers that read their index are probed at their real depth, one layer at a time
+        depth_holes = [None if reads_index(g[0].stack) else self._depth_hole(g[0].stack) for g in families]
+        return Variant(key, module, holes, families, depth_holes, sealed.stack if sealed is not None else None)
 
     def probe(self, v: Variant, picks: dict[str, int]) -> Outer:
         """Probe the outer picks (and fixed picks of families `v` does not vary: their `[*]` paths)."""
@@ -124,18 +135,31 @@ class Prober:
         # a stack whose depth is a hole is probed with one layer (none at depth 0): its layers'
         # options type-check and cost the same at any depth, so the probes serve every depth
         shallow = tuple(None if h is None else min(self._depth(h, picks), 1) for h in v.depth_holes)
+        # layers that read their index are found layer by layer below; meanwhile their stacks are empty
+        indexed = [s for s, g in enumerate(v.families) if reads_index(g[0].stack)]
+        empty = self._resized(v, dict.fromkeys(indexed, 0))
         ref, first = None, None
-        for combo in itertools.product(*per_stack):  # the first combination of per-layer options that checks
-            vd = self._verdict(v, picks, combo, shallow)
+        for combo in itertools.product(*([o[0]] if s in indexed else o for s, o in enumerate(per_stack))):
+            vd = self._verdict(empty, picks, combo, shallow)  # the first per-layer options that check
             if vd.error is None:
                 ref = combo
                 break
             first = first or vd
+        untried = [1 if h is None else self._depth(h, picks) for h in v.depth_holes]
+        for s in indexed:
+            untried[s] = self._static_depth(v.families[s][0].stack, picks)
         if ref is None:
             assert first is not None
-            depths = [1 if h is None else self._depth(h, picks) for h in v.depth_holes]
-            return Outer(picks, first.error, tried=math.prod(len(o) ** d for o, d in zip(per_stack, depths)))
+            return Outer(picks, first.error, tried=math.prod(len(o) ** d for o, d in zip(per_stack, untried)))
+        grown: dict[int, list[list[tuple[tuple[int, ...], Cost]]]] = {}
+        for s in indexed:
+            layers, ref, failed = self._grow(v, picks, ref, shallow, s, untried[s], indexed)
+            if failed is not None:
+                return Outer(picks, failed, tried=math.prod(len(o) ** d for o, d in zip(per_stack, untried)))
+            grown[s] = layers
         rv = self._verdict(v, picks, ref, shallow)
+        if rv.error is not None:
+            return Outer(picks, rv.error, tried=math.prod(len(o) ** d for o, d in zip(per_stack, untried)))
         depths = [d if h is None else self._depth(h, picks) * d for h, d in zip(v.depth_holes, rv.depths)]
         base = _cost(rv)
         if any(d is not None for d in shallow) and self.budget is not None:  # the cost at the real depths
@@ -149,6 +173,11 @@ class Prober:
         for s, (group, options) in enumerate(zip(v.families, per_stack)):
             stack = LayerOptions(group, depths[s])
             probed = rv.depths[s]  # the layers each probe has: 1 for a shallow probe, else the depth
+            if s in grown:  # each layer its own options, costs from the layer's reference
+                stack.by_layer = [[(t, ((c[0] - opts[0][1][0]) * scale, (c[1] - opts[0][1][1]) * scale))
+                                   for t, c in opts] for opts in grown[s][:depths[s]]]
+                stacks.append(stack)
+                continue
             for t in options:
                 vd = self._verdict(v, picks, ref[:s] + (t,) + ref[s + 1:], shallow)
                 if vd.error is not None:
@@ -161,6 +190,69 @@ class Prober:
             stacks.append(stack)
         tried = math.prod(len(o) ** st.depth for o, st in zip(per_stack, stacks))
         return Outer(picks, None, (base[0] * scale, base[1] * scale), stacks, tried, scale, ref)
+
+    def _grow(self, v: Variant, picks: dict[str, int], ref: tuple[Any, ...], shallow: tuple[int | None, ...],
+              s: int, depth: int, indexed: list[int]) -> tuple[list[list[tuple[tuple[int, ...], Cost]]],
+                                                              tuple[Any, ...], ArchError | None]:
+        """The options of each layer of family s, whose layers read their index: the stack cut to
+        k layers, layers 0..k-2 on options found to check, layer k-1 on each option (the other such
+        stacks empty). Each layer keeps its input's type (checked while elaborating) and does what
+        its index and option say, so its options are those that check here, whatever the other
+        layers pick; its cost is what it adds to the stack cut before it. Returns the layers'
+        options with their costs (the first, the reference), `ref` with family s on the references,
+        or the error when some layer has no option that checks."""
+        others = {o: 0 for o in indexed if o != s}
+        before = _cost(self._verdict(self._resized(v, {**others, s: 0}), picks, ref, shallow))
+        refs: list[tuple[int, ...]] = []
+        layers = []
+        for k in range(1, depth + 1):
+            cut = self._resized(v, {**others, s: k})
+            options, failed = [], None
+            for t in itertools.product(*(range(len(h.choice.options)) for h in v.families[s])):
+                vd = self._verdict(cut, picks, ref[:s] + (tuple(refs) + (t,),) + ref[s + 1:], shallow)
+                if vd.error is not None:
+                    failed = failed or vd.error
+                    continue
+                options.append((t, (vd.params - before[0], (vd.flops or 0) - before[1])))
+            if not options:
+                return layers, ref, failed
+            refs.append(options[0][0])
+            before = (before[0] + options[0][1][0], before[1] + options[0][1][1])
+            layers.append(options)
+        return layers, ref[:s] + (tuple(refs),) + ref[s + 1:], None
+
+    def _resized(self, v: Variant, sizes: dict[int, int]) -> Variant:
+        """`v` with the stack of family s cut to sizes[s] layers (its connection policy kept)."""
+        if not sizes:
+            return v
+        key = v.key + (("sizes",) + tuple(sorted(sizes.items())),)  # type: ignore[operator]
+        if key not in self._variants:
+            at = {(v.families[s][0].stack.span.line, v.families[s][0].stack.span.col): n for s, n in sizes.items()}
+            table: dict[int, A.Expr] = {}
+            for n in A.walk(v.module):
+                if isinstance(n, A.Stack) and (n.span.line, n.span.col) in at:
+                    depth = A.Const(at[(n.span.line, n.span.col)], n.span, str(at[(n.span.line, n.span.col)]))
+                    table[id(n)] = replace(n, args=(depth,) + n.args[1:], kwargs=tuple(
+                        replace(k, value=depth) if k.name == "depth" else k for k in n.kwargs))
+            self._variants[key] = replace(v, key=key, module=substitute(v.module, table))
+        return self._variants[key]
+
+    def _static_depth(self, stack: A.Stack, picks: dict[str, int]) -> int:
+        """The depth of a stack whose layers read their index: a number, a choice of numbers, or
+        a parameter of the model whose default is one."""
+        expr = stack.args[0] if stack.args else next((k.value for k in stack.kwargs if k.name == "depth"), None)
+        if isinstance(expr, A.Name):
+            model = next((b for b in self.module.items if isinstance(b, A.BlockDef) and b.kind == "model"
+                          and any(n is stack for n in A.walk(b))), None)
+            formal = next((f for f in model.params if f.name == expr.id), None) if model else None
+            expr = formal.default if formal is not None else None
+        hole = next((h for h in self._outer_holes if h.choice is expr), None)
+        if hole is not None:
+            expr = hole.choice.options[picks[hole.path]] if hole.path in picks else None
+        if not (isinstance(expr, A.Const) and type(expr.value) is int and expr.value >= 0):
+            raise ArchError("per-layer choices in layers that read their index need the stack's depth written as a "
+                            "number, a choice of numbers, or a model parameter with one as its default", stack.span)
+        return expr.value
 
     def _depth(self, hole: Hole, picks: dict[str, int]) -> int:
         option = hole.choice.options[picks[hole.path]]
@@ -179,7 +271,12 @@ class Prober:
             picks = {h.path: picks[h.path] for h in holes if h.path in picks}
         key = (v.key, tuple(picks.items()), combo, shallow)
         if key not in self._verdicts:
-            uniform = {h.path: k for g, t in zip(v.families, combo) for h, k in zip(g, t)}
+            uniform = {}
+            for g, t in zip(v.families, combo):
+                if t and isinstance(t[0], tuple):  # one option per layer
+                    uniform.update((h.at(i), k) for i, ti in enumerate(t) for h, k in zip(g, ti))
+                else:
+                    uniform.update((h.path, k) for h, k in zip(g, t))
             stacks = [g[0].stack for g in v.families]
             self._verdicts[key] = self.judge(fill(module, {**picks, **uniform}, holes), stacks, v.sealed)
         return self._verdicts[key]
@@ -212,11 +309,13 @@ class Prober:
     def judge(self, module: A.Module, stacks: list[Any], sealed: A.Stack | None = None,
               whole: bool = False) -> Verdict:
         """Elaborate a filled module; `whole`: it is a completion, checked against the budget too."""
-        token = STACK_APPLIED.set(_watch(sealed, self.file)) if sealed is not None else None
+        token = STACK_APPLIED.set(_watch(sealed, list(stacks), self.file)) if sealed is not None or stacks else None
         try:
             graph = self._elaborate(module)
         except ArchError as err:
             return Verdict(error=err)
+        except LayerTypeChange as err:  # an error of the space, not of this probe
+            raise ArchError(err.message, err.span) from None
         finally:
             if token is not None:
                 STACK_APPLIED.reset(token)
@@ -263,41 +362,42 @@ def _applications(graph: Any, stack: A.Stack, file: str) -> list[tuple[str, Any]
             and (info.span.file, info.span.line, info.span.col) == (file, stack.span.line, stack.span.col)]
 
 
-def _watch(stack: A.Stack, file: str) -> Any:
-    """A hook that raises Unsealed as soon as an application of `stack` gives a value of another
-    type than its input: before anything downstream can fail on it, so a probe that fails did not
-    fail because of that (the failure is the region's own, or the outer group's)."""
-    where = (file, stack.span.line, stack.span.col)
+def _watch(sealed: A.Stack | None, stacks: list[A.Stack], file: str) -> Any:
+    """A hook that stops a probe as soon as a per-layer stack's layer, or an application of the
+    region's stack `sealed`, gives a value of another type than its input: before anything
+    downstream can fail on it, so that a probe that fails did not fail because of that (the
+    failure is the option's own, or the outer group's)."""
+    where = {(file, st.span.line, st.span.col): st for st in stacks}
+    region = (file, sealed.span.line, sealed.span.col) if sealed is not None else None
 
-    def watch(span: Any, inputs: list[Any], out: Any) -> None:
-        if span is None or (span.file, span.line, span.col) != where:
+    def watch(span: Any, layer: int | None, inputs: list[Any], out: Any) -> None:
+        if span is None:
+            return
+        at = (span.file, span.line, span.col)
+        if at != region and (layer is None or at not in where):
             return
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
-        if [getattr(v, "type", v) for v in inputs] != [getattr(v, "type", v) for v in outs]:
-            raise Unsealed(stack)
+        ins, got = [getattr(v, "type", v) for v in inputs], [getattr(v, "type", v) for v in outs]
+        if ins == got:
+            return
+        if layer is None:
+            raise Unsealed(sealed)  # type: ignore[arg-type]
+        if at in where:
+            raise LayerTypeChange(f"per-layer choices need layers that keep their input's type: layer {layer} of "
+                                  f"this stack maps {_sizes(ins)} to {_sizes(got)}", where[at].span)
 
     return watch
 
 
+def _sizes(types: list[Any]) -> str:
+    return ", ".join(str(t) for t in types)
+
+
 def _layers_of(graph: Any, stack: A.Stack, file: str) -> int:
-    """The depth of `stack` in the graph (0 when it is never applied); an error unless each of its
-    layers keeps its input's type (what makes per-layer choices independent of each other)."""
-    depths = set()
-    for path, info in _applications(graph, stack, file):
-        depth = int(info.args.get("depth", 0))
-        depths.add(depth)
-        for i in range(depth):
-            layer = graph.scopes.get(f"{path}.{i}")
-            calls = layer.calls if layer is not None else ()
-            if not calls:
-                raise ArchError("per-layer choices need layers that are block instances, so that archc can see "
-                                "each keep its input's type", stack.span)
-            for call in calls:
-                ins = [graph.values[v].sizes for v in call.inputs]
-                outs = [graph.values[v].sizes for v in call.outputs]
-                if ins != outs:
-                    raise ArchError(f"per-layer choices need layers that keep their input's type: layer {i} of "
-                                    f"this stack maps {ins} to {outs}", stack.span)
+    """The depth of `stack` in the graph (0 when it is never applied). That each of its layers
+    keeps its input's type (what makes per-layer choices independent of each other) is checked
+    while the probe elaborates (`_watch`)."""
+    depths = {int(info.args.get("depth", 0)) for _, info in _applications(graph, stack, file)}
     if len(depths) > 1:
         raise ArchError(f"per-layer choices need one depth for every use of this stack, got {sorted(depths)}",
                         stack.span)

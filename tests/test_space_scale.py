@@ -293,9 +293,10 @@ model M(w: int = choice(8, 16)) (x: [B, 8]) -> [B, 8] {{
 
 
 @pytest.mark.parametrize("body, message", [
-    ("i => linear(choice(8, 16, per_layer=true) + i)", "do not read their index 'i'"),
+    ("i => linear(choice(8, 16, per_layer=true) + i)", "layer 0 of this stack maps f32\\[B, 8\\] to f32\\[B, 16\\]"),
     ("stack(2) { linear(choice(8, 16, per_layer=true)) }", "inside another stack"),
-    ("linear(choice(8, 16, per_layer=true))", "layers that are block instances"),
+    ("linear(choice(8, 16, per_layer=true))", "keep their input's type"),
+    ("i => linear(8 + i * choice(0, 1, per_layer=true))", "keep their input's type"),
 ])
 def test_per_layer_choices_that_cannot_be_counted_are_located_errors(tmp_path: Path, body: str, message: str) -> None:
     path = write(tmp_path, LAYERS.format(body=body))
@@ -318,6 +319,83 @@ def test_layers_that_change_the_type_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ArchError, match="keep their input's type") as info:
         Space(write(tmp_path, text)).count()
     assert info.value.span is not None and info.value.span.line == 6
+
+
+def test_layers_that_change_the_type_and_back_are_refused(tmp_path: Path) -> None:
+    """8 -> 16 -> 8 checks though a layer on 16 changes the type; with every layer on 16 the output
+    is refused. archc stops a probe where a layer changes the type (before the output fails), so
+    the space is refused rather than counted as if option 16 never checked."""
+    text = ("axis B, D\nblock Lin(d: int) (x: [B, D]) -> [B, d] {\n    return x >> linear(d)\n}\n"
+            "model M() (x: [B, 8]) -> [B, 8] {\n    return x >> stack(2) { Lin(choice(8, 16, per_layer=true)) }\n}\n")
+    elaborate_text(text.replace("choice(8, 16, per_layer=true)", "[16, 8][i]").replace("{ Lin", "{ i => Lin"), "m.arch")
+    with pytest.raises(ArchError, match="layer 0 of this stack maps f32\\[B, 8\\] to f32\\[B, d=16\\]") as info:
+        Space(write(tmp_path, text)).count()
+    assert info.value.span is not None and info.value.span.line == 6
+
+
+INDEXED = """axis B, D
+
+block Two(h: int, m: int) (x: [B, D]) -> [B, D] {
+    return residual(x, rearrange("b (h e) -> b h e", h=h) >> flatten() >> linear(m) >> linear(D))
+}
+
+model Net(width: int = choice(24, 30, 22)) (x: [B, 16]) -> [B, width] {
+    embed = linear(width)
+    s = stack(3, connect=choice(residual, dwa)) {
+        i => Two(choice(2, 3, per_layer=true) + i, m=choice(4, 8, per_layer=true) * (i + 1))
+    }
+    return x >> embed >> s
+}
+"""
+
+
+def test_layers_that_read_their_index_match_brute_force(tmp_path: Path) -> None:
+    """Layers that read their index are checked one at a time (the stack cut after each): heads
+    2 + i or 3 + i in layer i. At width 24, 2 + i checks in every layer (3 + i not in layer 2); at
+    30 neither checks in all three layers (2 + i fails in layer 2, 3 + i in layer 1) but mixes do;
+    at 22 no option checks in layer 1. Counts, lists and a budget (DenseFormer's weights grow with
+    the layer) equal the brute force."""
+    path = write(tmp_path, INDEXED)
+    space = Space(path)
+    truth = {}
+    for w, c, hs, ms in itertools.product(range(3), range(2), itertools.product(range(2), repeat=3),
+                                          itertools.product(range(2), repeat=3)):
+        text = (INDEXED.replace("choice(24, 30, 22)", ["24", "30", "22"][w])
+                .replace("choice(residual, dwa)", ["residual", "dwa"][c])
+                .replace("choice(2, 3, per_layer=true)", f"[{', '.join('23'[h] for h in hs)}][i]")
+                .replace("choice(4, 8, per_layer=true)", f"[{', '.join(['4', '8'][m] for m in ms)}][i]"))
+        try:
+            graph = elaborate_text(text, "b.arch")
+        except ArchError:
+            continue
+        key = {"Net.width": w, "Net.s.connect": c} | {f"Net.s[{i}]": h for i, h in enumerate(hs)} | {
+            f"Net.s[{i}].m": m for i, m in enumerate(ms)}
+        truth[tuple(sorted(key.items()))] = graph.param_count()
+    widths = Counter(dict(k)["Net.width"] for k in truth)
+    assert (widths[0], widths[1], widths[2]) == (2 * 4 * 8, 2 * 2 * 8, 0)  # x 2 policies x 8 choices of m
+    assert space.count() == len(truth)
+    assert {tuple(sorted(c.items())) for c in space.enumerate()} == set(truth)
+    bound = sorted(truth.values())[len(truth) // 3]
+    within = Space(path, where=f"params <= {bound}")
+    inside = {k for k, p in truth.items() if p <= bound}
+    assert 0 < within.count() == len(inside)
+    assert {tuple(sorted(c.items())) for c in within.enumerate()} == inside
+    rng = random.Random(6)
+    assert all(tuple(sorted(within.sample(rng).items())) in inside for _ in range(30))
+
+
+def test_bare_ops_as_layers(tmp_path: Path) -> None:
+    """Layers that are ops, not block instances: each layer's activation on its own."""
+    text = ("axis B\nmodel M(w: int = choice(8, 16)) (x: [B, 8]) -> [B, w] {\n"
+            "    y = x >> stack(3) { choice(gelu, relu, tanh, per_layer=true) }\n    return y >> linear(w)\n}\n")
+    space = Space(write(tmp_path, text))
+    assert space.count() == 2 * 3 ** 3
+    rng = random.Random(1)
+    for _ in range(3):
+        choice = space.sample(rng)
+        graph = elaborate_text(space.concrete(choice), "s.arch")
+        acts = [n.op for n in graph.nodes if n.op in ("gelu", "relu", "tanh")]
+        assert acts == [["gelu", "relu", "tanh"][choice[f"M.y[{i}]"]] for i in range(3)]
 
 
 def well_typed(space: Space, choice: dict[str, int]) -> bool:

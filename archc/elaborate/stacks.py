@@ -15,10 +15,11 @@ from archc.frontend import ast as A
 from archc.sizes import Size
 
 
-# Called after each stack's application with (the stack's span, its inputs, its output), when set:
-# a search space's probe checks there that a stack keeps its input's type (archc/space_probe.py).
-STACK_APPLIED: ContextVar[Fn[[Span | None, list[Any], Any], None] | None] = ContextVar("archc_stack_applied",
-                                                                                         default=None)
+# Called after each layer of a stack (with its index) and after the whole stack (index None) with
+# (the stack's span, the index, the inputs, the output), when set: a search space's probe checks
+# there that a stack or a layer keeps its input's type (archc/space_probe.py).
+STACK_APPLIED: ContextVar[Fn[[Span | None, int | None, list[Any], Any], None] | None] = ContextVar(
+    "archc_stack_applied", default=None)
 
 
 class Stacks(State):
@@ -57,11 +58,14 @@ class Stacks(State):
             return self.connected_stack(fn, inputs, frame, span, scope)
         value: Any = inputs
         smallest: int | None = None
+        watch = STACK_APPLIED.get()
         for i in range(fn.count):
             layer = self.stack_layer(fn, i, span)
             before = len(self.nodes)
-            value = self.apply(named(layer, join_scope(scope, str(i))), list(value) if isinstance(value, (tuple, list))
-                               else [value], frame, span, scope)
+            given = list(value) if isinstance(value, (tuple, list)) else [value]
+            value = self.apply(named(layer, join_scope(scope, str(i))), given, frame, span, scope)
+            if watch is not None:
+                watch(fn.span, i, given, value)
             smallest = self.expect_nodes(len(self.nodes) - before, smallest, fn.count - 1 - i, fn.span or span,
                                          "layers")
         return value if not isinstance(value, list) else (value[0] if len(value) == 1 else tuple(value))
@@ -129,6 +133,8 @@ class Stacks(State):
                     if isinstance(layer, BlockFn) else 1
                 mixes = [x] * ways if i == 0 else con.mudd_mix(ctx, i, outputs, ways)
                 out = self.apply(layer, mixes, frame, span, scope)
+                if STACK_APPLIED.get() is not None:
+                    STACK_APPLIED.get()(fn.span, i, mixes[:1], out)
                 if not isinstance(out, Tensor):
                     raise ArchError(f"connect={policy}: each layer must return one tensor", where)
                 _check_same(outputs[0], out, policy, where)
@@ -139,6 +145,8 @@ class Stacks(State):
             self.connect.append(ctx if per_residual else C.Context(policy, scope))
             try:
                 out = self.apply(layer, [inp], frame, span, scope)
+                if STACK_APPLIED.get() is not None:
+                    STACK_APPLIED.get()(fn.span, i, [inp], out)
             except ArchError as err:
                 if policy.name == "dense" and not err.hint:
                     err.hint = (f"dense(growth={policy.args['growth']}) feeds layer {i} the concatenation of all "

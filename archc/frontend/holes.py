@@ -82,11 +82,12 @@ def _layer_stack(choice: A.Choice, stacks: tuple[tuple[A.Stack, int], ...]) -> t
                         "needs layers", choice.span)
     if len(stacks) > 1:
         raise ArchError("a per-layer choice in a stack inside another stack's body is not supported", choice.span)
-    stack, at = stacks[0]
-    if stack.var and any(isinstance(n, A.Name) and n.id == stack.var for n in A.walk(stack.body)):
-        raise ArchError(f"a per-layer choice needs layers that do not read their index '{stack.var}' (each "
-                        "layer is then checked on its own once)", choice.span)
-    return stack, at
+    return stacks[0]
+
+
+def reads_index(stack: A.Stack) -> bool:
+    """Whether the layers of `stack` read their index (`i => ...`): each layer may then differ."""
+    return bool(stack.var) and any(isinstance(n, A.Name) and n.id == stack.var for n in A.walk(stack.body))
 
 
 def _collect_def(item: A.BlockDef | A.InterfaceDef, found: Found) -> None:
