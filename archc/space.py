@@ -41,7 +41,7 @@ from archc.errors import ArchError
 from archc.frontend.fmt import format_module
 from archc.frontend.holes import Hole, fill, find_holes
 from archc.frontend.parser import parse
-from archc.space_groups import Region, find_regions
+from archc.space_groups import Region, find_regions, shared_with_layers
 from archc.space_probe import Outer, Prober, Unsealed, Verdict
 from archc.space_tree import ZERO, Allowed, Alt, Choice, Cost, Counts, Part, restrict
 from archc.space_tree import paths as tree_paths
@@ -111,6 +111,11 @@ class Space:
         self.prober = Prober(self.module, self._holes, self.file, self.folder, model, self.includes, self.budget,
                              self.axes)
         self.regions: list[Region] = find_regions(self.module, self._holes, model)
+        shared = shared_with_layers(self.module, self._holes) if self.budget is not None else None
+        if shared is not None:
+            raise ArchError(f"a budget over per-layer choices needs layers that add up: this stack's layers read "
+                            f"'{shared[1]}', which the block binds (weights they would share count once)",
+                            shared[0].span)
         self._tree: Part | None = None
         self._counts: Counts | None = None
         self._tried = 0

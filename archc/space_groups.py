@@ -77,6 +77,21 @@ def find_regions(module: A.Module, holes: list[Hole], model: str | None) -> list
     return regions
 
 
+def shared_with_layers(module: A.Module, holes: list[Hole]) -> tuple[A.Stack, str] | None:
+    """A per-layer stack whose body reads a name its block binds (a named instance: weights its
+    layers share, whose parameters count once however many layers use them), and the name."""
+    for stack in {id(h.stack): h.stack for h in holes if h.stack is not None}.values():
+        block = next((b for b in module.items if isinstance(b, A.BlockDef) and any(n is stack for n in A.walk(b))),
+                     None)
+        bound = _bound(block, module) if block is not None else None
+        if bound is None:
+            continue
+        names = sorted(_reads(stack) & bound - ({stack.var} if stack.var else set()))
+        if names:
+            return stack, names[0]
+    return None
+
+
 def _entry(module: A.Module, model: str | None) -> A.BlockDef | None:
     blocks = [b for b in module.items if isinstance(b, A.BlockDef)]
     if model is not None:

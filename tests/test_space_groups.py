@@ -378,3 +378,16 @@ def test_mutate_crossover_and_suggest_on_groups(tmp_path: Path) -> None:
         made += 1
         assert tuple(sorted(choice.items())) in valid and set(trial.asked) == set(choice)
     assert made
+
+
+def test_a_budget_over_layers_that_share_weights_is_refused(tmp_path: Path) -> None:
+    """Layers that may use one named instance share its weights, which count once however many
+    layers pick it: their costs do not add up, so a budget over them is a located error (counting
+    without one stays exact)."""
+    spec = ("axis B\nmodel M(w: int = choice(8, 16)) (x: [B, 8]) -> [B, 8] {\n    shared = linear(8)\n"
+            "    y = x >> stack(3) { choice(shared, relu, per_layer=true) }\n    return y >> linear(8)\n}\n")
+    path = write(tmp_path, spec)
+    assert Space(path).count() == 2 * 2 ** 3
+    with pytest.raises(ArchError, match="read 'shared', which the block binds") as info:
+        Space(path, where="params <= 100")
+    assert info.value.span is not None and (info.value.span.line, info.value.span.col) == (4, 14)
