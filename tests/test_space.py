@@ -25,25 +25,7 @@ from archc.frontend.parser import parse
 from archc.ir.verify import verify
 from archc.space import Space, parse_budget
 
-TEMPLATE = """\
-# A MetaFormer-style search space.
-import "std/transformer.arch"
-
-axis B, T
-
-block Mix() : TokenMixer {{
-    fc = linear(D)
-    return fc(x)
-}}
-
-model Net(width: int = {width}, depth: int = {depth}) (x: [B, T, 16]) -> [B, T, width] {{
-    embed = linear(width)
-    blocks = stack(depth, connect={connect}) {{
-        TransformerBlock({mixer}, mlp_ratio=2, norm={norm})
-    }}
-    return x >> embed >> blocks
-}}
-"""
+from _space_specs import metaformer
 
 # hole path -> options, in source order; Attention(heads=3) does not divide widths 32 and 40
 OPTIONS = {
@@ -59,7 +41,7 @@ AXES = {"T": 8}
 
 
 def space_text() -> str:
-    return TEMPLATE.format(**{FIELDS[p]: f"choice({', '.join(o)})" for p, o in OPTIONS.items()})
+    return metaformer(**{FIELDS[p]: f"choice({', '.join(o)})" for p, o in OPTIONS.items()})
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +56,7 @@ def brute_force() -> dict[tuple[int, ...], tuple[int, int]]:
     """Every combination that type-checks -> (parameters, FLOPs at batch 1, T=8), by brute force."""
     out = {}
     for key in itertools.product(*(range(len(o)) for o in OPTIONS.values())):
-        text = TEMPLATE.format(**{FIELDS[p]: o[k] for (p, o), k in zip(OPTIONS.items(), key)})
+        text = metaformer(**{FIELDS[p]: o[k] for (p, o), k in zip(OPTIONS.items(), key)})
         try:
             graph = elaborate_text(text, "brute.arch")
         except ArchError:
@@ -136,7 +118,7 @@ def test_every_completion_builds_and_runs(space: Space) -> None:
 
 def test_residual_policy_builds(tmp_path: Path) -> None:
     path = tmp_path / "r.arch"
-    path.write_text(TEMPLATE.format(width=24, depth=1, connect="residual", mixer="Mix()", norm="layernorm"))
+    path.write_text(metaformer(width=24, depth=1, connect="residual", mixer="Mix()", norm="layernorm"))
     assert _build(elaborate_file(path))(torch.randn(2, 8, 16)).shape == (2, 8, 24)
 
 

@@ -12,6 +12,7 @@ import itertools
 import math
 import os
 import random
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -25,24 +26,8 @@ from archc.frontend.parser import parse
 from archc.ir.verify import verify
 from archc.space import Space
 
-TEMPLATE = """\
-import "std/transformer.arch"
+from _space_specs import metaformer
 
-axis B, T
-
-block Mix() : TokenMixer {{
-    fc = linear(D)
-    return fc(x)
-}}
-
-model Net(width: int = {width}, depth: int = {depth}) (x: [B, T, 16]) -> [B, T, width] {{
-    embed = linear(width)
-    blocks = stack(depth, connect={connect}) {{
-        {var}TransformerBlock({mixer}, mlp_ratio=2, norm={norm})
-    }}
-    return x >> embed >> blocks
-}}
-"""
 WIDTHS = ["24", "32", "40"]
 DEPTHS = ["1", "2"]
 CONNECTS = ["rezero", "hyper(n=2)", "residual"]
@@ -68,7 +53,7 @@ def hole(options: list[str], per_layer: bool = False) -> str:
 
 
 def space_text(space: dict) -> str:
-    return TEMPLATE.format(width=hole(space["width"]), depth=hole(space["depth"]), connect=hole(space["connect"]),
+    return metaformer(width=hole(space["width"]), depth=hole(space["depth"]), connect=hole(space["connect"]),
                            mixer=hole(space["mixer"], space["mixer_per_layer"]),
                            norm=hole(space["norm"], space["norm_per_layer"]), var="")
 
@@ -86,7 +71,7 @@ def brute_completions(space: dict):
                     else {"Net.blocks": m[0]}
                 picks |= {f"Net.blocks[{i}].norm": k for i, k in enumerate(n)} if space["norm_per_layer"] \
                     else {"Net.blocks.norm": n[0]}
-                yield picks, TEMPLATE.format(
+                yield picks, metaformer(
                     width=space["width"][w], depth=depth, connect=space["connect"][c],
                     mixer=written(space["mixer"], m, space["mixer_per_layer"]),
                     norm=written(space["norm"], n, space["norm_per_layer"]), var="i => ")
@@ -147,7 +132,7 @@ def test_layer_policies_match_brute_force(tmp_path: Path) -> None:
     assert {tuple(sorted(c.items())) for c in within.enumerate()} == {k for k, p in truth.items() if p <= bound}
 
 
-BIG = TEMPLATE.format(width="choice(24, 32)", depth="12", connect="rezero", var="",
+BIG = metaformer(width="choice(24, 32)", depth="12", connect="rezero", var="",
                       mixer=hole(["Attention(heads=3)", "Attention(heads=4)", "Attention(heads=6)", "Mix()"], True),
                       norm=hole(NORMS, True))
 
@@ -156,7 +141,7 @@ def layer_options(width: str) -> dict[tuple[str, str], int]:
     """The (mixer, norm) options of one layer that type-check at `width`, each with the parameters
     one layer adds, measured on one-layer and no-layer models written out."""
     def params(depth: int, mixer: str, norm: str) -> int:
-        return elaborate_text(TEMPLATE.format(width=width, depth=depth, connect="rezero", mixer=mixer, norm=norm,
+        return elaborate_text(metaformer(width=width, depth=depth, connect="rezero", mixer=mixer, norm=norm,
                                               var=""), "layer.arch").param_count()
 
     out = {}
@@ -180,7 +165,7 @@ def test_a_space_of_more_than_a_billion_combinations_is_counted_exactly(tmp_path
     assert space.combinations() == 2 * 8 ** 12 >= 1e9
     assert space.count() == sum(len(o) ** 12 for o in per_width.values()) == 8 ** 12 + 4 ** 12
 
-    base = {w: elaborate_text(TEMPLATE.format(width=w, depth=0, connect="rezero", mixer="Mix()", norm="layernorm",
+    base = {w: elaborate_text(metaformer(width=w, depth=0, connect="rezero", mixer="Mix()", norm="layernorm",
                                               var=""), "base.arch").param_count() for w in per_width}
     bound = base["24"] + 12 * sorted(per_width["24"].values())[3]
     expected = 0
@@ -200,7 +185,7 @@ def test_a_space_of_more_than_a_billion_combinations_is_counted_exactly(tmp_path
         assert elaborate_text(within.concrete(within.sample(rng)), "s.arch").param_count() <= bound
 
 
-UNIFORM = TEMPLATE.format(width="choice(24, 32)", depth="2", connect="rezero", var="",
+UNIFORM = metaformer(width="choice(24, 32)", depth="2", connect="rezero", var="",
                           mixer=hole(["Attention(heads=3)", "Attention(heads=4)", "Mix()"], True),
                           norm=hole(NORMS, True))
 
@@ -229,7 +214,7 @@ def test_a_flops_budget_is_exact_over_layers(tmp_path: Path) -> None:
     equals the completions whose concrete specs measure within it."""
     from archc.analysis.summary import summarize
 
-    path = write(tmp_path, TEMPLATE.format(width="choice(24, 32)", depth="2", connect="rezero", var="",
+    path = write(tmp_path, metaformer(width="choice(24, 32)", depth="2", connect="rezero", var="",
                                            mixer=hole(["Attention(heads=3)", "Attention(heads=4)", "Mix()"], True),
                                            norm="layernorm"))
     everything = Space(path)
@@ -511,6 +496,11 @@ def _check_samples(space: Space, n_check: int, n_build: int) -> None:
                 verify(elaborate_text(text, "sample.arch"))
         except (ArchError, AssertionError) as err:
             failed.append((choice, err))
+            if n_check >= 1000:
+                print(f"sample {i} failed: {choice}: {err}", file=sys.stderr, flush=True)
+        if n_check >= 1000 and (i + 1) % 100 == 0:  # a long run says how far it got (pytest -s)
+            print(f"{i + 1} checked, {min(i + 1, n_build)} built and run, {len(failed)} failed", file=sys.stderr,
+                  flush=True)
     assert not failed, failed[:3]
 
 
