@@ -45,6 +45,9 @@ def test_set_values_are_spec_expressions(tmp_path: Path) -> None:
     assert r.returncode == 1 and "must be an int" in r.stderr
     r = run("check", str(spec), "--set", "depth=3")
     assert r.returncode == 1 and "has no parameter 'depth'" in r.stderr
+    r = run("check", str(spec), "--set", "width=loop")  # the shell took the quotes off "loop"
+    assert r.returncode == 1 and "--set:1:1: error: unknown name 'loop'" in r.stderr
+    assert 'hint: a string is written in quotes: --set \'NAME="loop"\'' in r.stderr
 
 
 def test_ir_json_loads_back(tmp_path: Path) -> None:

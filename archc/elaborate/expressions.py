@@ -42,7 +42,10 @@ class Expressions(State):
             raise ArchError(f"axis '{name}' has no size here", span,
                             "an axis gets its size from an input type of the block that uses it")
         candidates = list(frame.vars) + list(env.names) + registry.names() + list(BUILTINS)
-        raise ArchError(f"unknown name '{name}'", span, did_you_mean(name, candidates))
+        hint = did_you_mean(name, candidates)
+        if span is not None and span.file == "--set":  # a shell ate the quotes: say how to keep them
+            hint = f"a string is written in quotes: --set 'NAME=\"{name}\"'" + (f"; or {hint}" if hint else "")
+        raise ArchError(f"unknown name '{name}'", span, hint)
 
     def let_value(self, let: LazyLet, env: ModuleEnv) -> Any:
         if let.state == "running":
