@@ -4,6 +4,10 @@ per-round ratios. `archc bench` compares -O2 with torch.compile; this isolates w
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_cpu_fusion.py poolformer_s12 --pass fuse_pool_mixer \
         --batch 1 --rounds 30
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_cpu_fusion.py --mixer --batch 1 --rounds 40
+
+`--mixer` times the fused op alone (backends/torch/fused.py's pool_mixer_residual) against the
+chain it replaces on PoolFormer-S12's four shapes, channels-last as the convolutions leave them.
 """
 
 from __future__ import annotations
@@ -23,15 +27,46 @@ from archc.registry import resolve_spec
 from timing import interleaved, median, ratio
 
 
+def mixer(batch: int, rounds: int) -> None:
+    import torch.nn.functional as F
+
+    from archc.backends.torch.fused import pool_mixer_residual
+
+    def chain(x: torch.Tensor, s: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        n = F.group_norm(x, 1, w, b, 1e-5)
+        return x + (F.avg_pool2d(n, 3, 1, 1, count_include_pad=False) - n) * s
+
+    print(f"pool_mixer_residual against the chain, batch {batch}, {rounds} rounds, load {os.getloadavg()[0]:.2f}")
+    g = torch.Generator().manual_seed(0)
+    for c, h in ((64, 56), (128, 28), (320, 14), (512, 7)):
+        x = torch.randn(batch, c, h, h, generator=g).contiguous(memory_format=torch.channels_last)
+        s, w, b = torch.rand(c, 1, 1, generator=g), torch.randn(c, generator=g), torch.randn(c, generator=g)
+        with torch.inference_mode():
+            torch.testing.assert_close(pool_mixer_residual(x, s, w, b, 1, 1e-5, [3, 3], [1, 1]), chain(x, s, w, b),
+                                       rtol=1e-5, atol=1e-5)
+            fns = {"chain": lambda: chain(x, s, w, b),
+                   "fused": lambda: pool_mixer_residual(x, s, w, b, 1, 1e-5, [3, 3], [1, 1])}
+            for _ in range(5):  # the allocator's first touches
+                for fn in fns.values():
+                    fn()
+            times = interleaved(fns, rounds)
+        print(f"  [{batch}, {c}, {h}, {h}]: chain {median(times, 'chain') * 1e3:7.0f} us, fused "
+              f"{median(times, 'fused') * 1e3:7.0f} us, fused / chain {ratio(times, 'fused', 'chain'):.3f} per round")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model")
+    p.add_argument("model", nargs="?", default="poolformer_s12")
+    p.add_argument("--mixer", action="store_true", help="time pool_mixer_residual alone against its chain")
     p.add_argument("--pass", dest="name", default="fuse_pool_mixer", help="the -O2 pass to leave out")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=30)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.mixer:
+        mixer(args.batch, args.rounds)
+        return
     graph = elaborate_file(resolve_spec(args.model))
     torch.manual_seed(0)
     eager = build(graph).eval()
