@@ -6,24 +6,25 @@ completion counts only when its concrete spec (the holes replaced by the chosen 
 by `archc fmt`'s printer) type-checks on its own and meets the budget (`where`), so `count()` is
 exact and `sample()` never returns a spec that fails.
 
-How it counts without trying every combination:
+How it counts without trying every combination (docs/language.md, "How counting scales"):
 
-- the *outer* holes (every hole but the per-layer ones) are checked jointly: each combination of
-  their options is elaborated (at most MAX_COMBINATIONS of them);
+- the holes but the per-layer ones fall into independent groups (archc/space_groups.py): the
+  model's stacks that nothing but their input crosses into, each with its holes, and the outer
+  group of the rest; each combination of the outer group's options is elaborated, and each
+  stack's group once per combination of its own, the other such stacks taken out (depth 0); an
+  application that changes its input's type makes the stack join the outer group;
 - a per-layer hole (`choice(..., per_layer=true)`, one hole per layer of its stack) is checked once
-  per option, with every layer of its stack on that option: the layers of such a stack must keep
-  their input's type (checked on the IR of each probe), so layer i sees the same type whatever
-  the other layers chose, and a mixed choice type-checks exactly when each layer's option does
-  on its own (the layers must not read their index: archc/frontend/holes.py refuses that). The
-  per-layer holes of different stacks are independent for the same reason;
-- the static costs add up over layers: a layer on option t costs (P(t) - P(r)) / depth more than
-  the reference r, where P is the whole model's cost with every layer on one option, so a budget
-  is a sum over layers, and the completions within it are counted by dynamic programming over
-  the layers with the partial sums as states (exact rationals).
+  per option, with every layer of its stack on that option (layers that read their index: one
+  layer at a time, the stack cut after it); each layer must keep its input's type (watched while
+  the probe elaborates), so layer i sees the same type whatever the other layers chose, and a
+  mixed choice type-checks exactly when each layer's option does (archc/space_probe.py);
+- the static costs add up over groups and layers, so a budget is counted by convolving their cost
+  distributions (exact ints, archc/space_tree.py).
 
-Sampling draws an outer combination with probability proportional to its number of completions,
-then each layer with probability proportional to the completions of the layers after it: uniform
-over all well-typed completions, with no rejection and no backtracking.
+Sampling draws an outer combination (within a budget: and a total cost) with probability
+proportional to its number of completions, then each group and layer in proportion to the
+completions of the rest: uniform over all well-typed completions, with no rejection and no
+backtracking.
 """
 
 from __future__ import annotations

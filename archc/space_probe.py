@@ -1,10 +1,13 @@
 """Probing a search space: elaborating the completions that archc.space counts from.
 
-A probe fills the outer holes (every hole but the per-layer ones) with one combination of options
-and every layer of each per-layer stack with one option, elaborates it, and reads from the IR the
-depth of each per-layer stack, checking that each of its layers keeps its input's type (what
-makes the layers' choices independent). `Prober.probe` turns the probes of one outer combination
-into its per-layer options and their costs (see archc/space.py for how they are counted).
+A probe fills the outer holes with one combination of options and every layer of each per-layer
+stack with one option, elaborates it, and reads from the IR the depth of each per-layer stack.
+While it elaborates, a hook (archc.elaborate.stacks.STACK_APPLIED) watches each layer of a
+per-layer stack, and each application of the region's stack (archc/space_groups.py): one that
+changes its input's type stops the probe there, before anything downstream can fail, so a probe
+that fails says that its options fail. A `Variant` is the module a kind of probe elaborates (the
+other regions taken out). `Prober.probe` turns the probes of one outer combination into its
+per-layer options and their costs (see archc/space.py for how they are counted).
 """
 
 from __future__ import annotations
