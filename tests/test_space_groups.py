@@ -391,3 +391,36 @@ def test_a_budget_over_layers_that_share_weights_is_refused(tmp_path: Path) -> N
     with pytest.raises(ArchError, match="read 'shared', which the block binds") as info:
         Space(path, where="params <= 100")
     assert info.value.span is not None and (info.value.span.line, info.value.span.col) == (4, 14)
+
+
+def test_combinations_when_the_outer_group_fails(tmp_path: Path) -> None:
+    """An outer combination that fails is not probed group by group; the combinations before
+    type-checking still count each group's (a per-layer stack's at the depth its hole gives)."""
+    spec = HEADER + """model Net(width: int = choice(24, 32), split: int = choice(3, 4)) (x: [B, 16]) -> [B, width] {
+    embed = linear(width)
+    a = stack(choice(1, 2)) {
+        Heads(choice(4, 6, per_layer=true))
+    }
+    b = stack(choice(0, 1)) {
+        Heads(choice(3, 4), act=choice(gelu, relu))
+    }
+    y = x >> embed >> rearrange("b (h e) -> b h e", h=split) >> flatten()
+    return y >> a >> b
+}
+"""
+    space = Space(write(tmp_path, spec))
+    assert len(space.groups()) == 3
+    assert space.combinations() == 2 * 2 * (2 + 4) * (2 * 2 * 2)
+    brute = set()
+    for w, sp, d, h0, h1, e, bh, act in itertools.product((0, 1), (0, 1), (0, 1), (0, 1), (0, 1), (0, 1), (0, 1),
+                                                          (0, 1)):
+        if d == 0 and h1:
+            continue  # one layer: no second layer's hole
+        choice = {"Net.width": w, "Net.split": sp, "Net.a": d, "Net.a[0]": h0, "Net.b": e, "Net.b#2": bh,
+                  "Net.b.act": act} | ({"Net.a[1]": h1} if d else {})
+        try:
+            elaborate_text(space.concrete(choice), "b.arch")
+        except ArchError:
+            continue
+        brute.add(tuple(sorted(choice.items())))
+    assert keys(space.enumerate()) == brute and space.count() == len(brute)
