@@ -24,10 +24,11 @@ def pool_mixer_residual(x: torch.Tensor, scale: torch.Tensor, weight: torch.Tens
     a * pool(x) + b; `pool(n) - n` is a * (pool(x) - x), and the whole branch is
     lerp(x, pool(x), scale * a): the normalization's statistics, one pooling, one lerp written into
     the pooling's buffer, where the chain normalizes, pools, subtracts, scales and adds. Inference
-    only (no autograd, no tracing: a compiler fuses the chain itself)."""
+    only (no autograd, no tracing: a compiler fuses the chain itself, an exporter records it)."""
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or
                                               (weight is not None and weight.requires_grad))
-    if needs_grad or torch.compiler.is_compiling() or x.dim() != 4 or not x.is_floating_point():
+    if needs_grad or torch.compiler.is_compiling() or torch.jit.is_tracing() or x.dim() != 4 or \
+            not x.is_floating_point():
         return _pool_mixer_plain(x, scale, weight, bias, groups, eps, kernel, padding)
     b, c = x.shape[0], x.shape[1]
     _, _, rstd = torch.native_group_norm(x, None, None, b, c, x.numel() // max(b * c, 1), groups, eps)

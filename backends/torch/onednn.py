@@ -42,8 +42,8 @@ def fusable(training: bool, weight: torch.Tensor, x: torch.Tensor) -> bool:
         return False
     if x.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False  # no bf16 instructions here: oneDNN would emulate them slowly
-    if weight.dtype != x.dtype or not _MKLDNN or torch.compiler.is_compiling():
-        return False
+    if weight.dtype != x.dtype or not _MKLDNN or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False  # a tracer (ONNX's TorchScript exporter too) records torch's own layers
     return not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
 
 

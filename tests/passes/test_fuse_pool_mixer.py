@@ -127,3 +127,15 @@ def test_poolformer_O2_equals_O0_every_way(poolformer: tuple, tmp_path: Path) ->
     with torch.no_grad():
         compiled = torch.compile(fast, backend="aot_eager")  # the plain chain under a compiler
         torch.testing.assert_close(compiled(*x), want, **TOL)
+
+
+def test_poolformer_O2_exports_to_onnx(poolformer: tuple) -> None:
+    """The ONNX exporter traces the module: the fused op and the oneDNN calls record torch's own
+    ops (they took the fast paths under the tracer and failed before), and onnxruntime computes
+    what the -O2 module computes."""
+    pytest.importorskip("onnxruntime")
+    from archc.backends.onnx import export_onnx, max_diff
+
+    _, pipeline, _, _, fast = poolformer
+    data = export_onnx(pipeline.graph, fast)
+    assert max_diff(pipeline.graph, fast, data) < 1e-4
