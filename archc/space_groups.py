@@ -34,7 +34,7 @@ class Region:
 
     stack: A.Stack
     holes: tuple[Hole, ...]  # its holes but the per-layer ones, in source order
-    families: tuple[Hole, ...]  # its per-layer holes (one family: the stack's)
+    families: tuple[Hole, ...]  # the per-layer holes of it and of the stacks inside it
 
     @property
     def all_holes(self) -> tuple[Hole, ...]:
@@ -70,7 +70,7 @@ def find_regions(module: A.Module, holes: list[Hole], model: str | None) -> list
         if shared:
             continue
         own.extend(h for h in holes if not h.per_layer and id(h.choice) in inside)
-        family = tuple(h for h in holes if h.stack is stack)
+        family = tuple(h for h in holes if h.stack is not None and id(h.stack) in inside)
         if own or family:
             order = {id(h): i for i, h in enumerate(holes)}
             regions.append(Region(stack, tuple(sorted(own, key=lambda h: order[id(h)])), family))

@@ -279,7 +279,7 @@ model M(w: int = choice(8, 16)) (x: [B, 8]) -> [B, 8] {{
 
 @pytest.mark.parametrize("body, message", [
     ("i => linear(choice(8, 16, per_layer=true) + i)", "layer 0 of this stack maps f32\\[B, 8\\] to f32\\[B, 16\\]"),
-    ("stack(2) { linear(choice(8, 16, per_layer=true)) }", "inside another stack"),
+    ("stack(2) { linear(choice(8, 16, per_layer=true)) }", "keep their input's type"),
     ("linear(choice(8, 16, per_layer=true))", "keep their input's type"),
     ("i => linear(8 + i * choice(0, 1, per_layer=true))", "keep their input's type"),
 ])
@@ -367,6 +367,49 @@ def test_layers_that_read_their_index_match_brute_force(tmp_path: Path) -> None:
     assert {tuple(sorted(c.items())) for c in within.enumerate()} == inside
     rng = random.Random(6)
     assert all(tuple(sorted(within.sample(rng).items())) in inside for _ in range(30))
+
+
+NESTED = """axis B, D
+
+block Heads(h: int, act: fn = gelu) (x: [B, D]) -> [B, D] {
+    return residual(x, rearrange("b (h e) -> b h e", h=h) >> act >> flatten() >> linear(D))
+}
+
+model Net(width: int = choice(24, 32)) (x: [B, 16]) -> [B, width] {
+    embed = linear(width)
+    blocks = stack(2) {
+        j => stack(choice(1, 2)) { Heads(choice(3, 4, 6, per_layer=true), act=[gelu, relu][j]) }
+    }
+    return x >> embed >> blocks
+}
+"""
+
+
+def test_per_layer_choices_in_a_nested_stack_match_brute_force(tmp_path: Path) -> None:
+    """A per-layer hole in a stack inside another stack's body is one hole per layer of the inner
+    stack, picked alike in each outer layer (whose layers read their index): counts, lists and a
+    budget equal the brute force."""
+    path = write(tmp_path, NESTED)
+    space = Space(path)
+    assert [p for p, _ in space.holes()] == ["Net.width", "Net.blocks", "Net.blocks[*]"]
+    truth = {}
+    for w, d in itertools.product(range(2), range(2)):
+        for hs in itertools.product(range(3), repeat=d + 1):
+            text = (NESTED.replace("choice(24, 32)", ["24", "32"][w]).replace("choice(1, 2)", str(d + 1))
+                    .replace("{ Heads(choice(3, 4, 6, per_layer=true)",
+                             f"{{ i => Heads([{', '.join('346'[h] for h in hs)}][i]"))
+            try:
+                graph = elaborate_text(text, "b.arch")
+            except ArchError:
+                continue
+            key = {"Net.width": w, "Net.blocks": d} | {f"Net.blocks[{i}]": h for i, h in enumerate(hs)}
+            truth[tuple(sorted(key.items()))] = graph.param_count()
+    assert len(truth) == (3 + 9) + (1 + 1)  # 3 and 6 heads do not divide 32
+    assert space.count() == len(truth) and space.combinations() == 2 * (3 + 9)
+    assert {tuple(sorted(c.items())) for c in space.enumerate()} == set(truth)
+    bound = sorted(truth.values())[len(truth) // 2]
+    within = Space(path, where=f"params <= {bound}")
+    assert {tuple(sorted(c.items())) for c in within.enumerate()} == {k for k, p in truth.items() if p <= bound}
 
 
 def test_bare_ops_as_layers(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ A hole's path is where it stands, written from the outside in:
 - then `.k` for each keyword argument the hole stands in, outermost first:
   `layers = stack(4, connect=choice(residual, rezero))` in `Net` is `Net.layers.connect`;
 - the second and later holes with the same path get `#2`, `#3`, ... in source order;
-- a per-layer hole (`choice(..., per_layer=true)` in a stack's body) is one hole per layer, with
+- a per-layer hole (`choice(..., per_layer=true)` in a stack's body) is one hole per layer of the
+  innermost stack around it (in each layer of an outer stack, its layer i picks the same), with
   `[i]` after the stack's path: `blocks = stack(4) { Block(choice(a, b, per_layer=true), norm=...) }`
   in `Net` is `Net.blocks[0]` ... `Net.blocks[3]` (the family is listed as `Net.blocks[*]`), and
   a per-layer `norm=` in the same body is `Net.blocks[i].norm`.
@@ -80,9 +81,7 @@ def _layer_stack(choice: A.Choice, stacks: tuple[tuple[A.Stack, int], ...]) -> t
     if not stacks:
         raise ArchError("choice(..., per_layer=true) stands outside any stack's body: a per-layer choice "
                         "needs layers", choice.span)
-    if len(stacks) > 1:
-        raise ArchError("a per-layer choice in a stack inside another stack's body is not supported", choice.span)
-    return stacks[0]
+    return stacks[0]  # the innermost: in a stack inside another's body, its layer i picks in every outer layer
 
 
 def reads_index(stack: A.Stack) -> bool:
