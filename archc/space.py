@@ -279,7 +279,7 @@ class Space:
         self.regions = regions
         v0 = self.prober.variant(regions)
         variants = [self.prober.variant([o for o in regions if o is not r], r) for r in regions]
-        alts: list[tuple[Alt, Fraction, list[tuple[Alt, Fraction, Fraction]]]] = []
+        alts: list[list[tuple[Alt, tuple[Fraction, Fraction]]]] = []  # per outer combination: its alternatives' costs
         self._tried, self._first_error = 0, None
         for key in itertools.product(*(range(len(h.choice.options)) for h in outer)):
             picks = {h.path: k for h, k in zip(outer, key)}
@@ -317,14 +317,14 @@ class Space:
         return self._scaled(alts)
 
     def _layer_parts(self, o: Outer) -> list[Part]:
-        """One part per layer of each per-layer stack; costs times o.scale for now (see _scaled)."""
+        """One part per layer of each per-layer stack; costs as exact fractions for now (_scaled)."""
         parts = []
-        def alts(options: list[tuple[tuple[int, ...], Cost]]) -> list[Alt]:
-            return [Alt(tuple(zip(st.holes, t)), (Fraction(c[0], o.scale), Fraction(c[1], o.scale)))
-                    for t, c in options]
-
         for st in o.stacks:
-            if st.by_layer is not None:
+            def alts(options: list[tuple[tuple[int, ...], Cost]], holes: list[Hole] = st.holes) -> list[Alt]:
+                return [Alt(tuple(zip(holes, t)), (Fraction(c[0], o.scale), Fraction(c[1], o.scale)))  # type: ignore[arg-type]
+                        for t, c in options]
+
+            if st.by_layer is not None:  # layers that read their index: each its own options
                 parts.extend(Part(alts(options), i) for i, options in enumerate(st.by_layer))
             else:
                 shared = alts(st.options)
@@ -333,20 +333,17 @@ class Space:
 
     def _scaled(self, alts: list[list[tuple[Alt, tuple[Fraction, Fraction]]]]) -> Part:
         """The tree with every cost an exact int pair, times one scale (the least common multiple of
-        the denominators)."""
-        def leaves(alt: Alt) -> Iterator[Alt]:
-            for p in alt.parts:
+        the denominators): the outer and group alternatives' costs are given, the layers' are theirs."""
+        every = {id(a): (a, c) for costs in alts for a, c in costs}
+        todo = [costs[0][0] for costs in alts]
+        while todo:
+            for p in todo.pop().parts:
                 for a in p.alts:
-                    yield a
-                    yield from leaves(a)
-
-        every: list[tuple[Alt, tuple[Fraction, Fraction]]] = [x for costs in alts for x in costs]
-        for costs in alts:
-            for a in leaves(costs[0][0]):
-                if isinstance(a.cost[0], Fraction):
-                    every.append((a, a.cost))  # type: ignore[arg-type]
-        scale = math.lcm(*(x.denominator for _, c in every for x in c)) if every else 1
-        for a, c in every:
+                    if id(a) not in every and isinstance(a.cost[0], Fraction):
+                        every[id(a)] = (a, a.cost)  # type: ignore[assignment]
+                    todo.append(a)
+        scale = math.lcm(*(x.denominator for _, c in every.values() for x in c)) if every else 1
+        for a, c in every.values():
             a.cost = (int(c[0] * scale), int(c[1] * scale))
         self._scale = scale
         return Part([costs[0][0] for costs in alts])
