@@ -802,8 +802,8 @@ class Emitter:
         for n, (d, cut) in enumerate(moves):
             out = node if n == len(moves) - 1 else Step(f"{node.name}_{n}")
             units.append(Unit([value, value], [out], lambda a, d=d, cut=cut: (
-                f"concat(slice({a[0][0]}, {fmt(d)}, {fmt(cut)}), slice({a[0][0]}, {fmt(d)}, 0, {fmt(cut)}), "
-                f"dim={fmt(d)})", ATOM)))
+                (f"concat(slice({a[0][0]}, {fmt(d)}, {fmt(cut)}), slice({a[0][0]}, {fmt(d)}, 0, {fmt(cut)}), "
+                 f"dim={fmt(d)})"), ATOM)))
             value = out
         return units
 
@@ -867,8 +867,9 @@ class Emitter:
 
         def render(a: list[tuple[str, int]]) -> tuple[str, int]:
             bias_text = a[3][0] if a[3][1] > ADD else f"({a[3][0]})"
-            return (f"einsum(softmax(einsum({a[0][0]}, {a[1][0]}, {scores}) * {fmt(scale)} + {bias_text}, "
-                    f"dim={fmt(rank - 1)}), {a[2][0]}, {mix})", ATOM)
+            text = (f"einsum(softmax(einsum({a[0][0]}, {a[1][0]}, {scores}) * {fmt(scale)} + {bias_text}, "
+                    f"dim={fmt(rank - 1)}), {a[2][0]}, {mix})")
+            return text, ATOM
         return Unit([self.resolve(q), self.resolve(k), self.resolve(v), self.resolve(bias)], [node], render)
 
     def _op_matmul(self, node: Any) -> Unit:

@@ -1,10 +1,13 @@
-"""Non-persistent buffers the importer writes as spec code (issue #19).
+"""Constants the importer writes as spec code (issue #19): non-persistent buffers, and values
+the forward computes from sizes alone.
 
 A non-persistent buffer is not in the `state_dict`, so a spec cannot load it: the spec has to
 compute it. The importer sees only its value (the module computed it in `__init__`), so it
 matches that value against the constructions timm uses, each evaluated here in torch and
-compared exactly, and writes the matching one with `arange`, `rearrange` and arithmetic. The
-`hoist_constants` pass then makes it a build-time constant again.
+compared exactly, and writes the matching one with `arange`, `repeat`, `rearrange`, `full` and
+arithmetic (`constant_lines`). The `hoist_constants` pass then makes it a build-time constant
+again. A value computed in the forward from sizes alone is evaluated on the example and matched
+the same way (`fourier`).
 
 - **Offsets between positions** (TinyViT, LeViT): `index[q, k] = |y_q - y_k| * W + |x_q - x_k|`
   over an H x W grid of keys and the grid of queries every `stride` positions (1 for
@@ -13,6 +16,10 @@ compared exactly, and writes the matching one with `arange`, `rearrange` and ari
   over an H x W window.
 - **Distances** (ConViT's `rel_indices`, [1, N, N, 3] floats): `x_k - x_q`, `y_k - y_q` and the
   squared distance.
+- **Shifted windows** (Swin's `attn_mask`): -100 between positions of a window from different
+  regions of the rolled map, else 0.
+- **Rotary tables** (EVA's `rope.pos_embed`) and **Fourier encodings** (XCiT, EdgeNeXt): sin and
+  cos of positions times frequencies.
 
 An index is computed in f32 (exact for these sizes: every value is a small integer, and `sqrt`
 of a square is exact) and cast to i64, since archc's arithmetic with a number gives a float.
@@ -21,8 +28,9 @@ of a square is exact) and cast to i64, since archc's arithmetic with a number gi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from archc.importer_export import fmt
 
@@ -242,14 +250,14 @@ def window_lines(m: ShiftedWindows, device: str, names: Callable[[str], str], ta
 
     partition = fmt("(h a) (w b) -> (h w) (a b)")
     return [
-        f"# {target}: -100 between positions of a window that come from different regions of the map "
-        f"rolled by {m.shift}, else 0",
+        (f"# {target}: -100 between positions of a window that come from different regions of the map "
+         f"rolled by {m.shift}, else 0"),
         f"{rows} = {regions(m.h)}",
         f"{cols} = {regions(m.w)}",
-        f"{diff} = rearrange(rearrange({rows}, {fmt('h -> h 1')}) * 3.0 + rearrange({cols}, {fmt('w -> 1 w')}), "
-        f"{partition}, a={fmt(m.size)}, b={fmt(m.size)})",
-        f"{target} = (relu(1.0 - (rearrange({diff}, {fmt('n k -> n 1 k')}) - rearrange({diff}, {fmt('n q -> n q 1')})) ** 2)"
-        f" - 1.0) * 100.0",
+        (f"{diff} = rearrange(rearrange({rows}, {fmt('h -> h 1')}) * 3.0 + rearrange({cols}, {fmt('w -> 1 w')}), "
+         f"{partition}, a={fmt(m.size)}, b={fmt(m.size)})"),
+        (f"{target} = (relu(1.0 - (rearrange({diff}, {fmt('n k -> n 1 k')}) - "
+         f"rearrange({diff}, {fmt('n q -> n q 1')})) ** 2) - 1.0) * 100.0"),
     ]
 
 
@@ -314,14 +322,14 @@ def rotary_lines(r: Rotary, device: str, names: Callable[[str], str], target: st
 
     scaled = f" (scaled to a {r.ref_h} x {r.ref_w} grid)" if r.ref_h is not None else ""
     return [
-        f"# {target}: the rotary table of the {r.h} x {r.w} grid{scaled}: sin, then cos, of y and x times "
-        f"{r.bands} frequencies, each angle twice",
-        f"{freqs} = 1.0 / {fmt(r.temperature)} ** (arange({device}, 0, {fmt(r.bands)}, dtype={fmt('f32')}) / "
-        f"{fmt(r.bands)})",
+        (f"# {target}: the rotary table of the {r.h} x {r.w} grid{scaled}: sin, then cos, of y and x times "
+         f"{r.bands} frequencies, each angle twice"),
+        (f"{freqs} = 1.0 / {fmt(r.temperature)} ** (arange({device}, 0, {fmt(r.bands)}, dtype={fmt('f32')}) / "
+         f"{fmt(r.bands)})"),
         f"{ys} = {positions(r.h, r.ref_h, 'h')}",
         f"{xs} = {positions(r.w, r.ref_w, 'w')}",
-        f"{angles} = concat(repeat({ys}, {fmt('h j -> (h w) (j r)')}, w={fmt(r.w)}, r=2), "
-        f"repeat({xs}, {fmt('w j -> (h w) (j r)')}, h={fmt(r.h)}, r=2), dim=1)",
+        (f"{angles} = concat(repeat({ys}, {fmt('h j -> (h w) (j r)')}, w={fmt(r.w)}, r=2), "
+         f"repeat({xs}, {fmt('w j -> (h w) (j r)')}, h={fmt(r.h)}, r=2), dim=1)"),
         f"{target} = concat(sin({angles}), cos({angles}), dim=1)",
     ]
 

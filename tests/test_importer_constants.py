@@ -131,7 +131,7 @@ class DistanceGating(nn.Module):
         self.register_buffer("rel_indices", rel, persistent=False)
 
     def forward(self, x: Any) -> Any:
-        b, n, c = x.shape
+        b, n, _ = x.shape
         q, k = self.qk(x).reshape(b, n, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         scores = (q @ k.transpose(-2, -1)).softmax(-1)
         pos = self.pos_proj(self.rel_indices.expand(b, -1, -1, -1)).permute(0, 3, 1, 2).softmax(-1)
@@ -291,6 +291,7 @@ def test_take_and_strided_slices_export_to_onnx() -> None:
     onnx = pytest.importorskip("onnx")
     from archc.backends.onnx import export_onnx, max_diff
     from archc.backends.torch import build_module
+
     from archc.elaborate import elaborate_text
 
     text = _round_trip(OffsetBiasAttention(stride=2), torch.randn(2, 12, 8, generator=torch.Generator().manual_seed(1)))
