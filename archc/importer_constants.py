@@ -189,7 +189,7 @@ def fourier_lines(f: Fourier, device: str, names: Callable[[str], str], target: 
         return f"repeat({pair}, {fmt(f'{axis} i k -> 1 (i k) h w')}, {other}={fmt(size)})"
 
     return [
-        f"# {target}: the Fourier position encoding of the {f.h} x {f.w} grid (sin and cos of y, then of x)",
+        f"# {target}: the Fourier position encoding of the {fmt(f.h)} x {fmt(f.w)} grid (sin and cos of y, then of x)",
         f"{freqs} = {fmt(f.temperature)} ** (arange({device}, 0, {fmt(f.c)}, 2, dtype={fmt('f32')}) / {fmt(f.c)})",
         f"{ys} = {angles(f.h, 'h')}",
         f"{xs} = {angles(f.w, 'w')}",
@@ -251,7 +251,7 @@ def window_lines(m: ShiftedWindows, device: str, names: Callable[[str], str], ta
     partition = fmt("(h a) (w b) -> (h w) (a b)")
     return [
         (f"# {target}: -100 between positions of a window that come from different regions of the map "
-         f"rolled by {m.shift}, else 0"),
+         f"rolled by {fmt(m.shift)}, else 0"),
         f"{rows} = {regions(m.h)}",
         f"{cols} = {regions(m.w)}",
         (f"{diff} = rearrange(rearrange({rows}, {fmt('h -> h 1')}) * 3.0 + rearrange({cols}, {fmt('w -> 1 w')}), "
@@ -320,10 +320,10 @@ def rotary_lines(r: Rotary, device: str, names: Callable[[str], str], target: st
         pos = f"{pos} / {fmt(n)} * {fmt(ref)}" if ref is not None else pos
         return f"rearrange({pos}, {fmt(f'{axis} -> {axis} 1')}) * {freqs}"
 
-    scaled = f" (scaled to a {r.ref_h} x {r.ref_w} grid)" if r.ref_h is not None else ""
+    scaled = f" (scaled to a {fmt(r.ref_h)} x {fmt(r.ref_w)} grid)" if r.ref_h is not None else ""
     return [
-        (f"# {target}: the rotary table of the {r.h} x {r.w} grid{scaled}: sin, then cos, of y and x times "
-         f"{r.bands} frequencies, each angle twice"),
+        (f"# {target}: the rotary table of the {fmt(r.h)} x {fmt(r.w)} grid{scaled}: sin, then cos, of y and x times "
+         f"{fmt(r.bands)} frequencies, each angle twice"),
         (f"{freqs} = 1.0 / {fmt(r.temperature)} ** (arange({device}, 0, {fmt(r.bands)}, dtype={fmt('f32')}) / "
          f"{fmt(r.bands)})"),
         f"{ys} = {positions(r.h, r.ref_h, 'h')}",
