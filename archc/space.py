@@ -69,7 +69,7 @@ class Budget:
     def needs_flops(self) -> bool:
         return any(m == "flops" for m, _, _ in self.clauses)
 
-    def holds(self, measures: Mapping[str, int]) -> bool:
+    def holds(self, measures: Mapping[str, int | Fraction]) -> bool:
         return all(_COMPARE[op](measures[m], bound) for m, op, bound in self.clauses)
 
 
@@ -217,12 +217,12 @@ class Space:
         option = trial.suggest_categorical(path, list(hole.options))
         picks[path] = hole.options.index(option)
         if not self.count({p: {k} for p, k in picks.items()}):
+            why = f"no well-typed completion has {' '.join(f'{p}={o}' for p, o in self.describe(picks).items())}"
             try:
                 from optuna import TrialPruned
             except ImportError:
-                TrialPruned = None  # noqa: N806
-            why = f"no well-typed completion has {' '.join(f'{p}={o}' for p, o in self.describe(picks).items())}"
-            raise TrialPruned(why) if TrialPruned is not None else ArchError(why)
+                raise ArchError(why) from None
+            raise TrialPruned(why)
 
     def verdict(self, choice: Choice) -> Verdict:
         """Elaborate one completion as its concrete spec stands (uncached)."""
@@ -288,7 +288,7 @@ class Space:
                 self._tried += o.tried * math.prod(self._untried(r, picks) for r in regions)
                 self._first_error = self._first_error or o.error
                 continue
-            fixed = {}  # the outer group's per-layer stacks stay on their reference options
+            fixed: dict[str, int] = {}  # the outer group's per-layer stacks stay on their reference options
             for g, t in zip(v0.families, o.ref):
                 if t and isinstance(t[0], tuple):  # layers that read their index: one option each
                     fixed.update((h.at(i), k) for i, ti in enumerate(t) for h, k in zip(g, ti))
@@ -318,7 +318,7 @@ class Space:
 
     def _layer_parts(self, o: Outer) -> list[Part]:
         """One part per layer of each per-layer stack; costs as exact fractions for now (_scaled)."""
-        parts = []
+        parts: list[Part] = []
         for st in o.stacks:
             def alts(options: list[tuple[tuple[int, ...], Cost]], holes: list[Hole] = st.holes) -> list[Alt]:
                 return [Alt(tuple(zip(holes, t)), (Fraction(c[0], o.scale), Fraction(c[1], o.scale)))  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ import itertools
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from archc.elaborate.stacks import STACK_APPLIED
 from archc.errors import ArchError
@@ -83,7 +83,7 @@ class Variant:
     """The module a kind of probe elaborates: the regions it does not vary taken out (each stack
     at depth 0, which keeps its input's type as each region does), and what it varies."""
 
-    key: tuple[int, ...]  # ids of the stacks taken out: probes of one variant share a cache
+    key: tuple[Any, ...]  # ids of the stacks taken out (and cut sizes): probes of one variant share a cache
     module: A.Module
     holes: list[Hole]  # the holes left in `module`
     families: list[list[Hole]]  # the per-layer families it probes, by stack
@@ -114,7 +114,7 @@ class Prober:
         """The variant with the regions `removed` taken out, probing the per-layer families left
         (all but the regions' when `sealed` is None, else the region `sealed`'s)."""
         table: dict[int, A.Expr] = {}
-        gone = set()
+        gone: set[int] = set()
         for r in removed:
             fills = {id(h.choice): h.choice.options[0] for h in r.all_holes}
             zero = A.Const(0, r.stack.span, "0")
@@ -126,7 +126,7 @@ class Prober:
         module = substitute(self.module, table) if table else self.module
         key = tuple(sorted(id(r.stack) for r in removed))
         # layers that read their index are probed at their real depth, one layer at a time
-        depth_holes = [None if reads_index(g[0].stack) else self._depth_hole(g[0].stack) for g in families]
+        depth_holes = [None if reads_index(_stack(g)) else self._depth_hole(_stack(g)) for g in families]
         return Variant(key, module, holes, families, depth_holes, sealed.stack if sealed is not None else None)
 
     def probe(self, v: Variant, picks: dict[str, int]) -> Outer:
@@ -139,7 +139,7 @@ class Prober:
         # options type-check and cost the same at any depth, so the probes serve every depth
         shallow = tuple(None if h is None else min(self._depth(h, picks), 1) for h in v.depth_holes)
         # layers that read their index are found layer by layer below; meanwhile their stacks are empty
-        indexed = [s for s, g in enumerate(v.families) if reads_index(g[0].stack)]
+        indexed = [s for s, g in enumerate(v.families) if reads_index(_stack(g))]
         empty = self._resized(v, dict.fromkeys(indexed, 0))
         ref, first = None, None
         for combo in itertools.product(*([o[0]] if s in indexed else o for s, o in enumerate(per_stack))):
@@ -150,7 +150,7 @@ class Prober:
             first = first or vd
         untried = [1 if h is None else self._depth(h, picks) for h in v.depth_holes]
         for s in indexed:
-            untried[s] = self._static_depth(v.families[s][0].stack, picks)
+            untried[s] = self._static_depth(_stack(v.families[s]), picks)
         if ref is None:
             assert first is not None
             return Outer(picks, first.error, tried=math.prod(len(o) ** d for o, d in zip(per_stack, untried)))
@@ -207,7 +207,7 @@ class Prober:
         others = {o: 0 for o in indexed if o != s}
         before = _cost(self._verdict(self._resized(v, {**others, s: 0}), picks, ref, shallow))
         refs: list[tuple[int, ...]] = []
-        layers = []
+        layers: list[list[tuple[tuple[int, ...], Cost]]] = []
         for k in range(1, depth + 1):
             cut = self._resized(v, {**others, s: k})
             options, failed = [], None
@@ -228,9 +228,9 @@ class Prober:
         """`v` with the stack of family s cut to sizes[s] layers (its connection policy kept)."""
         if not sizes:
             return v
-        key = v.key + (("sizes",) + tuple(sorted(sizes.items())),)  # type: ignore[operator]
+        key = v.key + (("sizes",) + tuple(sorted(sizes.items())),)
         if key not in self._variants:
-            at = {(v.families[s][0].stack.span.line, v.families[s][0].stack.span.col): n for s, n in sizes.items()}
+            at = {(_stack(v.families[s]).span.line, _stack(v.families[s]).span.col): n for s, n in sizes.items()}
             table: dict[int, A.Expr] = {}
             for n in A.walk(v.module):
                 if isinstance(n, A.Stack) and (n.span.line, n.span.col) in at:
@@ -268,13 +268,13 @@ class Prober:
         at depth shallow[s] where that is not None (cached)."""
         module, holes = v.module, v.holes
         if any(d is not None for d in shallow):  # the depth holes stand at 0 or 1 layer: one probe for every depth
-            table = {id(h.choice): A.Const(d, h.span, str(d)) for h, d in zip(v.depth_holes, shallow)
-                     if h is not None and d is not None}
+            table: dict[int, A.Expr] = {id(h.choice): A.Const(d, h.span, str(d)) for h, d in zip(v.depth_holes, shallow)
+                                        if h is not None and d is not None}
             module, holes = self._shallow_module(v, shallow, table), [h for h in holes if id(h.choice) not in table]
             picks = {h.path: picks[h.path] for h in holes if h.path in picks}
         key = (v.key, tuple(picks.items()), combo, shallow)
         if key not in self._verdicts:
-            uniform = {}
+            uniform: dict[str, int] = {}
             for g, t in zip(v.families, combo):
                 if t and isinstance(t[0], tuple):  # one option per layer
                     uniform.update((h.at(i), k) for i, ti in enumerate(t) for h, k in zip(g, ti))
@@ -309,7 +309,7 @@ class Prober:
             return None
         return next((h for h in self._outer_holes if h.choice is choice), None)
 
-    def judge(self, module: A.Module, stacks: list[Any], sealed: A.Stack | None = None,
+    def judge(self, module: A.Module, stacks: Sequence[Any], sealed: A.Stack | None = None,
               whole: bool = False) -> Verdict:
         """Elaborate a filled module; `whole`: it is a completion, checked against the budget too."""
         token = STACK_APPLIED.set(_watch(sealed, list(stacks), self.file)) if sealed is not None or stacks else None
@@ -344,6 +344,12 @@ class Prober:
 
         return summarize(graph, batch=1, axes=self.axes).total.flops
 
+
+
+def _stack(family: list[Hole]) -> A.Stack:
+    """The stack a family of per-layer holes repeats in."""
+    assert family[0].stack is not None
+    return family[0].stack
 
 
 def _families(holes: list[Hole]) -> list[list[Hole]]:
