@@ -64,8 +64,11 @@ class Placement:
             replicated DTensor) | gather_output (the module whose output is a tied head's: gathered);
             with sequence parallelism: split_stream (a stack: its input split along the sequence,
             its output gathered) | sequence (a norm on the split stream) | gather_input (a block
-            that holds a column split: its input gathered); experts (stacked experts: each expert's
-            hidden features split, the module's output all-reduced)
+            that holds a column split: its input gathered) | split_layers (the first layer of a stack
+            that is no module splits the stream it reads, its last gathers the stream it returns) |
+            gathered (a mixture of experts: its input gathered, its stream outputs split again);
+            experts (stacked experts: each expert's hidden features split, the module's output
+            all-reduced)
     chunks  colwise over a fused projection: its rows are `chunks` blocks, each split over the ranks
             (experts: the blocks of each expert's first weight, swiglu's gate and up)
     """
@@ -76,6 +79,9 @@ class Placement:
     shard_output: bool = False  # head / gather_output: leave the logits split (loss parallel)
     why: str = ""
     seq: int | None = None  # sequence parallelism: the sequence axis of the stream (rowwise: of its output)
+    inputs: tuple[bool, ...] = ()  # sequence parallelism: which of the module's inputs are the stream
+    outputs: tuple[bool, ...] = ()  # ... and which of its outputs
+    where: str = ""  # split_layers: the stack's place in the spec (file:line:col), for a runtime error
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,16 @@ Transformer Models"; torchtitan's `apply_tp`) on top of a tensor-parallel plan
 is split along its sequence axis, so norms, dropout and residual adds run on 1/tp of the tokens.
 
     the stack                 its input sliced along the sequence, its output gathered
-                              (PrepareModuleInputOutput: Replicate -> Shard(seq) -> Replicate)
+                              (PrepareModuleInputOutput: Replicate -> Shard(seq) -> Replicate);
+                              a stack whose layers take more than the stream (Llama's rotary
+                              tables) is no module: its first layer slices the stream, its last
+                              gathers it (SequenceSplit), the other inputs pass whole
     a norm on the stream      SequenceParallel(sequence_dim=seq)
-    a block around a column   PrepareModuleInput: Shard(seq) -> Replicate (all-gather)
-    split
+    a block around a column   PrepareModuleInput: Shard(seq) -> Replicate (all-gather); its other
+    split                     inputs (rotary tables, masks) pass whole
     its row split             RowwiseParallel(output_layouts=Shard(seq)) (reduce-scatter)
+    a block around a mixture  PrepareModuleInputOutput: its input gathered, its outputs shaped as
+    of experts (moe_router)   the stream sliced again (torchtitan gathers before its MoE too)
 
 Other ops on the split stream must be elementwise and own no parameters; anything else is a
 located error (a parameter there would need its gradients summed over the ranks).
@@ -17,9 +22,11 @@ located error (a parameter there would need its gradients summed over the ranks)
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 from archc.analysis.parallel import _PASS_THROUGH, Placement, _owned, _Region, _span
-from archc.errors import ArchError
+from archc.errors import ArchError, Span
 from archc.ir.graph import Graph, Node
 from archc.ops import registry
 
@@ -27,77 +34,156 @@ _NORMS = ("layernorm", "rmsnorm")
 
 
 def sequence_placements(graph: Graph, regions: list[_Region], layers: list[str], tp: int,
-              placements: list[Placement]) -> list[Placement]:
+                        placements: list[Placement]) -> list[Placement]:
     """Sequence parallelism inside each stack: its input split along the sequence axis (the one
     before the features), norms on the split stream `SequenceParallel`, each block around a column
-    split gathers its input, each row split reduce-scatters its output along the sequence, and the
-    stack's output is gathered. Any other op on the split stream must leave the sequence axis
-    alone and own no parameters (a parameter there would need its gradients summed over the ranks)."""
+    split gathers its input, each row split reduce-scatters its output along the sequence, a block
+    around a mixture of experts runs on the gathered sequence and splits its output again, and the
+    stack's output is gathered. The stack's other inputs (rotary tables, a load accumulator) stay
+    whole on every rank. Any other op on the split stream must leave the sequence axis alone and
+    own no parameters (a parameter there would need its gradients summed over the ranks)."""
     out = list(placements)
-    rows = {graph.nodes[k].scope: k for r in regions for k in r.rows}
+    scattered: set[str] = set()  # the row splits whose output is reduce-scattered along the sequence
     for stack in dict.fromkeys(layer.rpartition(".")[0] for layer in layers):
         info = graph.scopes[stack]
         span = info.span.to_span() if info.span else None
-        if len(info.calls) != 1 or len(info.calls[0].inputs) != 1 or len(info.calls[0].outputs) != 1:
-            raise ArchError(f"sequence parallelism: the stack '{stack}' is not one call of one tensor in, one out", span)
+        if len(info.calls) != 1:
+            raise ArchError(f"sequence parallelism: the stack '{stack}' is called {len(info.calls)} times, "
+                            "not once", span)
         call = info.calls[0]
         x = graph.values[call.inputs[0]]
         if x.rank < 3:
-            raise ArchError(f"sequence parallelism: the stack '{stack}' takes {x}, not a [batch, sequence, "
+            raise ArchError(f"sequence parallelism: the stack '{stack}' takes {x} first, not a [batch, sequence, "
                             "features] stream", span)
         length = x.shape[-2].size
         if length.is_const and int(length.value) % tp:
             raise ArchError(f"sequence parallelism over {tp} ranks splits the {length.value} positions of the "
                             f"stream of '{stack}', which {tp} does not divide", span)
-        mixers = _mixers(graph, regions, call.start, call.stop)
-        state: dict[str, int] = {call.inputs[0]: -2}
-        skip_to = -1
-        for i in range(call.start, call.stop):
-            if i < skip_to:
-                continue
-            if i in mixers:
-                path, mixer = mixers[i]
-                skip_to = mixer.stop
-                if state.get(mixer.inputs[0]) != -2:
-                    raise ArchError(f"sequence parallelism: '{path}' does not read the split stream", _span(graph, i))
-                out.append(Placement(path, "gather_input", seq=graph.values[mixer.inputs[0]].rank - 2,
-                                     why="gathers the sequence for its column split"))
-                state.update({v: -2 for v in mixer.outputs})
-                continue
-            node = graph.nodes[i]
-            if any(v in state for v in node.inputs):
-                for v, dim in zip(node.outputs, _sequence_rule(graph, i, node, state)):
-                    state[v] = dim
-                if node.op in _NORMS:
-                    rank = graph.values[node.inputs[0]].rank
-                    out.append(Placement(node.scope, "sequence", seq=rank + state[node.inputs[0]],
-                                         why="norm on the split stream"))
-        out.append(Placement(stack, "split_stream", seq=x.rank - 2, why="the stream split along the sequence"))
-    return [replace(p, seq=graph.values[graph.nodes[rows[p.path]].outputs[0]].rank - 2)
-            if p.style == "rowwise" and p.path in rows else p for p in out]
+        state = _trace(graph, regions, call.start, call.stop, call.inputs[0], out, scattered)
+        seq = x.rank - 2
+        if len(call.inputs) == 1 and len(call.outputs) == 1:  # one module (nn.Sequential) in and out
+            if state.get(call.outputs[0]) != -2:
+                raise ArchError(f"sequence parallelism: the stack '{stack}' does not return the split stream", span)
+            out.append(Placement(stack, "split_stream", seq=seq, why="the stream split along the sequence"))
+            continue
+        out += _layer_ends(graph, stack, [lay for lay in layers if lay.rpartition(".")[0] == stack], call,
+                           state, seq, span)
+    return [replace(p, seq=graph.values[graph.nodes[_rows(graph, regions)[p.path]].outputs[0]].rank - 2)
+            if p.style == "rowwise" and p.path in scattered else p for p in out]
 
 
-def _mixers(graph: Graph, regions: list[_Region], start: int, stop: int) -> dict[int, tuple[str, object]]:
-    """First node -> (path, call) of the block around each column split in [start, stop): the
-    innermost callable block that holds the split and whose one input is the column linear's."""
-    out: dict[int, tuple[str, object]] = {}
+def _rows(graph: Graph, regions: list[_Region]) -> dict[str, int]:
+    return {graph.nodes[k].scope: k for r in regions for k in r.rows}
+
+
+def _trace(graph: Graph, regions: list[_Region], start: int, stop: int, stream: str, out: list[Placement],
+           scattered: set[str]) -> dict[str, int]:
+    """Follow the split stream through nodes [start, stop): which values are split along which
+    axis (negative, from the last); appends the placements of the norms and blocks it meets."""
+    mixers = _mixers(graph, regions, start, stop)
+    rows = _rows(graph, regions)
+    state: dict[str, int] = {stream: -2}
+    skip_to = -1
+    for i in range(start, stop):
+        if i < skip_to:
+            continue
+        if i in mixers:
+            path, mixer, kind = mixers[i]
+            skip_to = mixer.stop
+            if state.get(mixer.inputs[0]) != -2:
+                raise ArchError(f"sequence parallelism: '{path}' does not read the split stream first", _span(graph, i))
+            if any(v in state for v in mixer.inputs[1:]):
+                raise ArchError(f"sequence parallelism: '{path}' reads the split stream in more than its first "
+                                "input", _span(graph, i))
+            flags = tuple(v == mixer.inputs[0] for v in mixer.inputs)
+            seq = graph.values[mixer.inputs[0]].rank - 2
+            if kind == "moe":  # gathered, run whole on every rank, split again (torchtitan's MoE)
+                like = graph.values[mixer.inputs[0]]
+                back = tuple(graph.values[v].shape == like.shape for v in mixer.outputs)
+                out.append(Placement(path, "gathered", seq=seq, inputs=flags, outputs=back,
+                                     why="a mixture of experts runs on the gathered sequence"))
+                state.update({v: -2 for v, split in zip(mixer.outputs, back) if split})
+                continue
+            out.append(Placement(path, "gather_input", seq=seq, inputs=flags,
+                                 why="gathers the sequence for its column split"))
+            scattered.update(p for p, k in rows.items() if mixer.start <= k < mixer.stop)
+            if len(mixer.outputs) != 1:
+                raise ArchError(f"sequence parallelism: '{path}' returns {len(mixer.outputs)} values; a block "
+                                "around a column split returns its row split's output alone", _span(graph, i))
+            state[mixer.outputs[0]] = -2
+            continue
+        node = graph.nodes[i]
+        if any(v in state for v in node.inputs):
+            for v, dim in zip(node.outputs, _sequence_rule(graph, i, node, state)):
+                state[v] = dim
+            if node.op in _NORMS:
+                rank = graph.values[node.inputs[0]].rank
+                out.append(Placement(node.scope, "sequence", seq=rank + state[node.inputs[0]],
+                                     why="norm on the split stream"))
+    return state
+
+
+def _layer_ends(graph: Graph, stack: str, members: list[str], call: Any, state: dict[str, int], seq: int,
+                span: object) -> list[Placement]:
+    """A stack of layers that take more than the stream (rotary tables, masks; an nn.ModuleList,
+    no module of its own): its first layer splits the stream it reads, its last layer gathers the
+    stream it returns; the other inputs and outputs pass whole."""
+    first, last = (graph.scopes[members[k]] for k in (0, -1))
+    if len(first.calls) != 1 or len(last.calls) != 1:
+        raise ArchError(f"sequence parallelism: the layers of the stack '{stack}' are not called once each", span)
+    stream = call.inputs[0]
+    inputs = tuple(v == stream for v in first.calls[0].inputs)
+    outputs = tuple(state.get(v) == -2 for v in last.calls[0].outputs)
+    if sum(inputs) != 1:
+        raise ArchError(f"sequence parallelism: the first layer of '{stack}' does not read the stream once", span)
+    if any(state.get(v) == -2 and v not in last.calls[0].outputs for v in call.outputs) or not any(outputs):
+        raise ArchError(f"sequence parallelism: the stack '{stack}' does not return the split stream from its "
+                        "last layer", span)
+    where = f"{Path(span.file).name}:{span.line}:{span.col}" if isinstance(span, Span) else stack
+    if members[0] == members[-1]:
+        return [Placement(members[0], "split_layers", seq=seq, inputs=inputs, outputs=outputs, where=where,
+                          why="splits the stream along the sequence and gathers it")]
+    return [Placement(members[0], "split_layers", seq=seq, inputs=inputs, where=where,
+                      why="splits the stream along the sequence"),
+            Placement(members[-1], "split_layers", seq=seq, outputs=outputs, where=where,
+                      why="gathers the stream")]
+
+
+def _mixers(graph: Graph, regions: list[_Region], start: int, stop: int) -> dict[int, tuple[str, Any, str]]:
+    """First node -> (path, call, kind) of each block in [start, stop) that runs on the gathered
+    sequence: kind "moe", the innermost callable block around a mixture's router (`moe_router`);
+    kind "column", the innermost callable block that holds a column split and whose first input is
+    the column linear's (a split inside a mixture is the mixture's)."""
+    out: dict[int, tuple[str, Any, str]] = {}
+    for i in range(start, stop):
+        if graph.nodes[i].op == "moe_router":
+            found = _around(graph, graph.nodes[i].scope + ".", [i])  # its own scope or one above
+            if found is not None:
+                out[found[1].start] = (*found, "moe")
+    moe = [(call.start, call.stop) for _, call, _ in out.values()]
     for r in regions:
-        if not start <= r.cols[0] < stop:
+        if not start <= r.cols[0] < stop or any(a <= r.cols[0] < b for a, b in moe):
             continue
         col = graph.nodes[r.cols[0]]
-        path = col.scope
-        while path:
-            path = path.rpartition(".")[0]
-            info = graph.scopes.get(path)
-            if info is not None and len(info.calls) == 1 and \
-                    all(info.calls[0].start <= k < info.calls[0].stop for k in r.cols + r.rows):
-                call = info.calls[0]
-                if call.inputs[0] != col.inputs[0]:
-                    raise ArchError(f"sequence parallelism: the block '{path}' around the column split "
-                                    f"'{col.scope}' does not take that linear's input first", _span(graph, r.cols[0]))
-                out[call.start] = (path, call)
-                break
+        found = _around(graph, col.scope, r.cols + r.rows)
+        if found is not None:
+            path, call = found
+            if call.inputs[0] != col.inputs[0]:
+                raise ArchError(f"sequence parallelism: the block '{path}' around the column split "
+                                f"'{col.scope}' does not take that linear's input first", _span(graph, r.cols[0]))
+            out[call.start] = (path, call, "column")
     return out
+
+
+def _around(graph: Graph, path: str, nodes: list[int]) -> tuple[str, Any] | None:
+    """The innermost block above `path` that is called once and runs all of `nodes`."""
+    while path:
+        path = path.rpartition(".")[0]
+        info = graph.scopes.get(path)
+        if info is not None and len(info.calls) == 1 and all(info.calls[0].start <= k < info.calls[0].stop
+                                                              for k in nodes):
+            return path, info.calls[0]
+    return None
 
 
 def _sequence_rule(graph: Graph, i: int, node: Node, state: dict[str, int]) -> list[int]:

@@ -122,6 +122,47 @@ class ExpertsTensorParallel(ParallelStyle):
             output_fn=lambda mod, output, mesh: _SumOutputs.apply(output, group))
 
 
+class SequenceSplit(ParallelStyle):
+    """Sequence parallelism's ends for a stack that is no module of its own (its layers take more
+    than the stream: Llama's rotary tables): on the first layer, the inputs flagged in `inputs` are
+    sliced along `sequence_dim` (each rank keeps its part, no communication; the backward pass
+    gathers the gradient); on the last layer, the outputs flagged in `outputs` are gathered. A
+    length the ranks do not divide is an error that names the stack's place in the spec (`where`)."""
+
+    def __init__(self, sequence_dim: int, *, inputs: tuple[bool, ...] = (), outputs: tuple[bool, ...] = (),
+                 where: str = "") -> None:
+        super().__init__()
+        self.dim, self.inputs, self.outputs, self.where = sequence_dim, inputs, outputs, where
+
+    def _split(self, x: torch.Tensor, mesh: Any) -> torch.Tensor:
+        from torch.distributed.tensor import DTensor
+
+        if x.shape[self.dim] % mesh.size():
+            raise ValueError(f"{self.where}: error: sequence parallelism over {mesh.size()} ranks splits the "
+                             f"{x.shape[self.dim]} positions of the stream, which {mesh.size()} does not divide")
+        whole = DTensor.from_local(x, mesh, [Replicate()], run_check=False)
+        return whole.redistribute(placements=[Shard(self.dim)]).to_local()
+
+    def _gather(self, x: torch.Tensor, mesh: Any) -> torch.Tensor:
+        from torch.distributed.tensor import DTensor
+
+        part = DTensor.from_local(x, mesh, [Shard(self.dim)], run_check=False)
+        return part.redistribute(placements=[Replicate()]).to_local()
+
+    def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
+        if self.inputs:
+            module.register_forward_pre_hook(lambda mod, args: tuple(
+                self._split(a, device_mesh) if split else a for a, split in zip(args, self.inputs)))
+        if self.outputs:
+            def gather(mod: nn.Module, args: Any, out: Any) -> Any:
+                many = isinstance(out, tuple)
+                got = tuple(self._gather(o, device_mesh) if split else o
+                            for o, split in zip(out if many else (out,), self.outputs))
+                return got if many else got[0]
+            module.register_forward_hook(gather)
+        return module
+
+
 class ExpertParallel(ParallelStyle):
     """Expert parallelism (GShard, Lepikhin et al. 2021; torchtitan's ExpertParallel): the E stacked
     experts split over the data-parallel ranks (E / n each, `Shard(0)`). Each rank sends every
@@ -309,5 +350,5 @@ def init_weights(model: nn.Module, device: torch.device | str = "cpu") -> nn.Mod
     return model
 
 
-__all__ = ["ExpertParallel", "ExpertsTensorParallel", "FusedColwiseParallel", "checkpoint_state_dict", "init_weights",
+__all__ = ["ExpertParallel", "ExpertsTensorParallel", "FusedColwiseParallel", "SequenceSplit", "checkpoint_state_dict", "init_weights",
            "load_checkpoint_state_dict", "meshes", "parallelize", "plan_parallel"]

@@ -48,22 +48,34 @@ STYLES = {
     "split_stream": "PrepareModuleInputOutput(input_layouts=(Replicate(),), desired_input_layouts=(Shard({seq}),), "
                     "use_local_input=True, output_layouts=(Shard({seq}),), desired_output_layouts=(Replicate(),))",
     "sequence": "SequenceParallel(sequence_dim={seq}, use_local_output=True)",
-    "gather_input": "PrepareModuleInput(input_layouts=(Shard({seq}),), desired_input_layouts=(Replicate(),), "
-                    "use_local_output=True)",
+    "gather_input": "PrepareModuleInput(input_layouts={ins}, desired_input_layouts={ins_whole}, use_local_output=True)",
+    "gathered": "PrepareModuleInputOutput(input_layouts={ins}, desired_input_layouts={ins_whole}, use_local_input=True, "
+                "output_layouts={outs_whole}, desired_output_layouts={outs}, use_local_output=True)",
+    "split_layers": "SequenceSplit({seq}, inputs={inputs}, outputs={outputs}, where={where})",
 }
+
+
+def _layouts(flags: tuple[bool, ...], layout: str) -> str:
+    """`(Shard(1), None, None)`: `layout` for the stream, None (passed as it is) for the rest."""
+    items = [layout if f else "None" for f in flags]
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
 
 def _spell(p: Placement) -> str:
     style = "fused" if p.style == "colwise" and p.chunks > 1 else \
         "rowwise_seq" if p.style == "rowwise" and p.seq is not None else p.style
-    return STYLES[style].format(chunks=p.chunks, seq=p.seq)
+    shard = f"Shard({p.seq})"
+    return STYLES[style].format(chunks=p.chunks, seq=p.seq, ins=_layouts(p.inputs, shard),
+                                ins_whole=_layouts(p.inputs, "Replicate()"), outs=_layouts(p.outputs, shard),
+                                outs_whole=_layouts(p.outputs, "Replicate()"), inputs=p.inputs, outputs=p.outputs,
+                                where=py_str(p.where))
 
 
 def _helpers() -> str:
     from archc.backends.torch import parallel
 
     parts = [parallel.FusedColwiseParallel, parallel._SumGradients, parallel._SumOutputs,
-             parallel.ExpertsTensorParallel, parallel.ExpertParallel, parallel._expert_params, parallel.meshes,
+             parallel.ExpertsTensorParallel, parallel.SequenceSplit, parallel.ExpertParallel, parallel._expert_params, parallel.meshes,
              parallel._blocks_split, parallel._fsdp_placement, parallel._kept_whole]
     return "\n\n".join(inspect.getsource(f) for f in parts)
 

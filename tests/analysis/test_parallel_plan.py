@@ -17,6 +17,7 @@ from archc.resources import specs_root
 
 GPT2 = specs_root() / "models" / "gpt2.arch"
 VIT = specs_root() / "models" / "vit_small_patch16_224.arch"
+LLAMA = specs_root() / "models" / "llama.arch"
 GPT2_TINY = {"vocab": 64, "dim": 32, "depth": 2, "heads": 2, "max_len": 16, "pdrop": 0.0}
 VIT_TINY = {"img_size": 32, "patch": 16, "D": 32, "depth": 2, "heads": 2, "num_classes": 8}
 
@@ -115,6 +116,27 @@ def test_sequence_parallel_gpt2_plan_is_torchtitans() -> None:
         assert {(f"transformer.h.{i}.{n}", "gather_input", 1) for n in ("attn", "mlp")} <= styles
         assert {(f"transformer.h.{i}.{n}.c_proj", "rowwise", 1) for n in ("attn", "mlp")} <= styles
     assert plan.sp
+
+
+def test_sequence_parallel_llama_plan_is_torchtitans() -> None:
+    """Llama's layers also take the rotary tables (an nn.ModuleList, no stack module): the first
+    layer slices the stream, the last gathers it; attention gathers the stream and takes the
+    tables whole; norms SequenceParallel; o_proj and down_proj reduce-scatter."""
+    overrides = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
+                 "num_attention_heads": 4, "num_key_value_heads": 2}
+    plan = plan_parallel(elaborate_file(LLAMA, overrides=overrides), tp=2, sp=True)
+    styles = {p.path: p for p in plan.placements}
+    assert (styles["model.layers.0"].style, styles["model.layers.0"].inputs) == ("split_layers", (True, False, False))
+    assert (styles["model.layers.2"].style, styles["model.layers.2"].outputs) == ("split_layers", (True,))
+    assert "model.layers.1" not in styles and "model.layers" not in styles
+    for i in range(3):
+        layer = f"model.layers.{i}"
+        assert (styles[f"{layer}.self_attn"].style, styles[f"{layer}.self_attn"].inputs) == \
+            ("gather_input", (True, False, False))
+        assert (styles[f"{layer}.mlp"].style, styles[f"{layer}.mlp"].inputs) == ("gather_input", (True,))
+        assert {styles[f"{layer}.{n}"].seq for n in ("self_attn.o_proj", "mlp.down_proj")} == {1}
+        assert {styles[f"{layer}.{n}"].style for n in ("input_layernorm", "post_attention_layernorm")} == {"sequence"}
+    assert "model.norm" not in styles  # after the gather: whole
 
 
 def test_sequence_parallel_refusals_are_located() -> None:

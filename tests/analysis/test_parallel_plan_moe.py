@@ -105,11 +105,24 @@ def test_single_neuron_experts_are_refused_with_a_hint_for_every_expert() -> Non
     assert not any(".experts." in p.path for p in plan.placements)
 
 
-def test_sequence_parallel_mixtral_is_a_located_error() -> None:
-    """Mixtral's layers take the rotary tables and the load statistics besides the stream."""
-    with pytest.raises(ArchError) as err:
-        plan_parallel(elaborate_file(MIXTRAL, overrides=MIXTRAL_TINY), tp=2, sp=True)
-    assert err.value.message.startswith("sequence parallelism: the stack 'model.layers'") and err.value.span is not None
+def test_sequence_parallel_mixtral_gathers_around_the_mixture() -> None:
+    """Mixtral's layers take the rotary tables and the load statistics besides the stream: the
+    first layer splits the stream (its first input) and the last gathers it (its first output),
+    the others pass whole; the mixture runs on the gathered sequence (torchtitan's MoE plan gathers
+    before it too) and splits its output again, its load statistics whole."""
+    plan = plan_parallel(elaborate_file(MIXTRAL, overrides=MIXTRAL_TINY), tp=2, sp=True)
+    styles = {p.path: p for p in plan.placements}
+    first, last = styles["model.layers.0"], styles["model.layers.1"]
+    assert (first.style, first.inputs, first.outputs) == ("split_layers", (True, False, False, False), ())
+    assert (last.style, last.inputs, last.outputs) == ("split_layers", (), (True, False))
+    assert first.where == "mixtral.arch:54:14"
+    for i in range(2):
+        moe = styles[f"model.layers.{i}.mlp"]
+        assert (moe.style, moe.seq, moe.inputs, moe.outputs) == ("gathered", 1, (True,), (True, False))
+        assert styles[f"model.layers.{i}.mlp.experts"].style == "experts"
+        assert f"model.layers.{i}.mlp.gate" not in styles  # the router stays whole
+        assert styles[f"model.layers.{i}.self_attn.o_proj"].seq == 1  # reduce-scattered
+        assert styles[f"model.layers.{i}.post_attention_layernorm"].style == "sequence"
 
 
 def test_expert_parallel_plan_splits_the_experts_over_the_data_parallel_ranks() -> None:
