@@ -7,7 +7,8 @@ the spec, shares nothing with the rest of the model but its input:
   so no tensor or named instance (shared weights) crosses into it;
 - the model's parameters it reads are ints, floats, bools or strings, or read nowhere else; a
   top-level `let` it reads is a literal (or a choice of literals);
-- nothing else instantiates the model (so its stacks are elaborated once per model).
+- nothing else instantiates the model (so its stacks are elaborated once per model), and the
+  model gives no explicit paths (`@scope`: two uses of a path share their weights).
 
 Its holes are the holes inside it (its depth, `connect=`, its body) and the defaults of the
 model's parameters that only it reads; its per-layer holes go with it. The other holes form the
@@ -26,6 +27,7 @@ from archc.frontend import ast as A
 from archc.frontend.holes import Hole
 
 SCALARS = {"int", "float", "bool", "str"}
+TYING = {"scope"}  # annotations that give an explicit path: the model then has no regions
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,8 +50,8 @@ def find_regions(module: A.Module, holes: list[Hole], model: str | None) -> list
                             if item is not entry for n in A.walk(item)):
         return []
     bound = _bound(entry, module)
-    if bound is None:
-        return []
+    if bound is None or any(isinstance(n, A.Annotation) and n.name in TYING for n in A.walk(entry)):
+        return []  # an explicit path may tie weights across stacks (two uses of a path share them)
     params = {f.name: f for f in entry.params}
     lets = {item.name: item for item in module.items if isinstance(item, A.Let)}
     regions = []

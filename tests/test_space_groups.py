@@ -424,3 +424,23 @@ def test_combinations_when_the_outer_group_fails(tmp_path: Path) -> None:
             continue
         brute.add(tuple(sorted(choice.items())))
     assert keys(space.enumerate()) == brute and space.count() == len(brute)
+
+
+def test_explicit_paths_keep_the_stacks_together(tmp_path: Path) -> None:
+    """`@scope` in the model may tie weights across stacks (two uses of a path share them): such
+    a model's stacks are not counted on their own, and the count is the joint one."""
+    spec = HEADER + """model Net(width: int = choice(24, 32)) (x: [B, 16]) -> [B, width] {
+    @scope("embed")
+    y = x >> linear(width)
+    a = stack(choice(0, 1)) {
+        Heads(choice(3, 4))
+    }
+    b = stack(choice(0, 1)) {
+        Heads(choice(4, 6))
+    }
+    return y >> a >> b
+}
+"""
+    space = Space(write(tmp_path, spec))
+    assert len(space.groups()) == 1
+    assert space.count() == (2 + 2) ** 2 + (2 + 1) ** 2  # at 32 only 4 heads divide
