@@ -146,7 +146,7 @@ class Calls(State):
             out = self.apply_stack(fn, inputs, frame, span, prefix)
             watch = STACK_APPLIED.get()
             if watch is not None:  # a search space's probe (archc/space_probe.py)
-                watch(fn.span, inputs, out)
+                watch(fn.span, None, inputs, out)
             return out
         if isinstance(fn, SlotFn):
             return self.apply_slot(fn, inputs, frame, span, prefix)
