@@ -76,7 +76,8 @@ class Placement:
     path: str
     style: str
     chunks: int = 1
-    shard_output: bool = False  # head / gather_output: leave the logits split (loss parallel)
+    shard_output: bool = False  # head / gather_output: leave the logits split (loss parallel); experts,
+    # gathered: the experts' partial sums left to the block around, which reduce-scatters them
     why: str = ""
     seq: int | None = None  # sequence parallelism: the sequence axis of the stream (rowwise: of its output)
     inputs: tuple[bool, ...] = ()  # sequence parallelism: which of the module's inputs are the stream

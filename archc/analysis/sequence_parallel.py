@@ -100,8 +100,10 @@ def _trace(graph: Graph, regions: list[_Region], start: int, stop: int, stream: 
             if kind == "moe":  # gathered, run whole on every rank, split again (torchtitan's MoE)
                 like = graph.values[mixer.inputs[0]]
                 back = tuple(graph.values[v].shape == like.shape for v in mixer.outputs)
-                out.append(Placement(path, "gathered", seq=seq, inputs=flags, outputs=back,
-                                     why="a mixture of experts runs on the gathered sequence"))
+                partial = _partial_experts(graph, mixer, back, out)
+                out.append(Placement(path, "gathered", seq=seq, inputs=flags, outputs=back, shard_output=partial,
+                                     why="a mixture of experts on the gathered sequence"
+                                     + (", its experts' partial sums reduce-scattered" if partial else "")))
                 state.update({v: -2 for v, split in zip(mixer.outputs, back) if split})
                 continue
             out.append(Placement(path, "gather_input", seq=seq, inputs=flags,
@@ -121,6 +123,22 @@ def _trace(graph: Graph, regions: list[_Region], start: int, stop: int, stream: 
                 out.append(Placement(node.scope, "sequence", seq=rank + state[node.inputs[0]],
                                      why="norm on the split stream"))
     return state
+
+
+def _partial_experts(graph: Graph, mixer: Any, back: tuple[bool, ...], out: list[Placement]) -> bool:
+    """When the mixture's one stream output is its tensor-parallel experts' output as it is, the
+    experts leave their partial sums (no all-reduce) and the block reduce-scatters them along the
+    sequence (torchtitan's `output_layouts=Partial()`, `desired_output_layouts=Shard(1)`)."""
+    split = [v for v, b in zip(mixer.outputs, back) if b]
+    node = next((k for k in range(mixer.start, mixer.stop) if graph.nodes[k].op == "moe_experts"
+                 and graph.nodes[k].outputs[0] in split), None)
+    if len(split) != 1 or node is None or any(split[0] in graph.nodes[k].inputs for k in range(node, mixer.stop)):
+        return False  # read inside the block too: whole sums needed there
+    for k, p in enumerate(out):
+        if p.path == graph.nodes[node].scope and p.style == "experts":
+            out[k] = replace(p, shard_output=True)
+            return True
+    return False
 
 
 def _layer_ends(graph: Graph, stack: str, members: list[str], call: Any, state: dict[str, int], seq: int,

@@ -99,11 +99,12 @@ class ExpertsTensorParallel(ParallelStyle):
     of its experts (backends/torch/conditional.py reads the DTensors' local parts); the partial sums
     are all-reduced once, after the combine, and in the backward pass the gradients of the input
     and of the routing weights (each rank's part of every expert's output multiplies them), one
-    all-reduce for both."""
+    all-reduce for both. `reduce=False` leaves the partial sums to the module around (sequence
+    parallelism: its output `Partial()`, reduce-scattered along the sequence)."""
 
-    def __init__(self, chunks: int = 1) -> None:
+    def __init__(self, chunks: int = 1, reduce: bool = True) -> None:
         super().__init__()
-        self.chunks = chunks
+        self.chunks, self.reduce = chunks, reduce
 
     def _partition(self, name: str, module: nn.Module, device_mesh: Any) -> None:
         if name:
@@ -119,7 +120,7 @@ class ExpertsTensorParallel(ParallelStyle):
         return distribute_module(
             module, device_mesh, self._partition,
             input_fn=lambda mod, inputs, mesh: (*_SumGradients.apply(group, inputs[0], inputs[1]), *inputs[2:]),
-            output_fn=lambda mod, output, mesh: _SumOutputs.apply(output, group))
+            output_fn=lambda mod, output, mesh: _SumOutputs.apply(output, group) if self.reduce else output)
 
 
 class SequenceSplit(ParallelStyle):

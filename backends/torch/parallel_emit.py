@@ -24,7 +24,7 @@ from torch import nn
 _IMPORTS = """from typing import Any
 
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor import Partial, Replicate, Shard, distribute_module, distribute_tensor
 from torch.distributed.tensor.parallel import (ColwiseParallel, ParallelStyle, PrepareModuleInput,
                                                PrepareModuleInputOutput, PrepareModuleOutput, RowwiseParallel,
                                                SequenceParallel, parallelize_module)
@@ -37,6 +37,7 @@ STYLES = {
     "colwise": "ColwiseParallel()",
     "fused": "FusedColwiseParallel({chunks})",
     "experts": "ExpertsTensorParallel({chunks})",
+    "experts_partial": "ExpertsTensorParallel({chunks}, reduce=False)",
     "rowwise": "RowwiseParallel()",
     "rowwise_seq": "RowwiseParallel(output_layouts=Shard({seq}))",
     "embedding": "RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())",
@@ -63,11 +64,12 @@ def _layouts(flags: tuple[bool, ...], layout: str) -> str:
 
 def _spell(p: Placement) -> str:
     style = "fused" if p.style == "colwise" and p.chunks > 1 else \
-        "rowwise_seq" if p.style == "rowwise" and p.seq is not None else p.style
+        "rowwise_seq" if p.style == "rowwise" and p.seq is not None else \
+        "experts_partial" if p.style == "experts" and p.shard_output else p.style
     shard = f"Shard({p.seq})"
     return STYLES[style].format(chunks=p.chunks, seq=p.seq, ins=_layouts(p.inputs, shard),
                                 ins_whole=_layouts(p.inputs, "Replicate()"), outs=_layouts(p.outputs, shard),
-                                outs_whole=_layouts(p.outputs, "Replicate()"), inputs=p.inputs, outputs=p.outputs,
+                                outs_whole=_layouts(p.outputs, "Partial()" if p.shard_output else "Replicate()"), inputs=p.inputs, outputs=p.outputs,
                                 where=py_str(p.where))
 
 
@@ -75,7 +77,8 @@ def _helpers() -> str:
     from archc.backends.torch import parallel
 
     parts = [parallel.FusedColwiseParallel, parallel._SumGradients, parallel._SumOutputs,
-             parallel.ExpertsTensorParallel, parallel.SequenceSplit, parallel.ExpertParallel, parallel._expert_params, parallel.meshes,
+             parallel.ExpertsTensorParallel, parallel.SequenceSplit, parallel.ExpertParallel, parallel._expert_params,
+             parallel.meshes,
              parallel._blocks_split, parallel._fsdp_placement, parallel._kept_whole]
     return "\n\n".join(inspect.getsource(f) for f in parts)
 

@@ -108,8 +108,8 @@ def test_single_neuron_experts_are_refused_with_a_hint_for_every_expert() -> Non
 def test_sequence_parallel_mixtral_gathers_around_the_mixture() -> None:
     """Mixtral's layers take the rotary tables and the load statistics besides the stream: the
     first layer splits the stream (its first input) and the last gathers it (its first output),
-    the others pass whole; the mixture runs on the gathered sequence (torchtitan's MoE plan gathers
-    before it too) and splits its output again, its load statistics whole."""
+    the others pass whole; the mixture runs on the gathered sequence and reduce-scatters its
+    experts' partial sums (torchtitan's MoE plan), its load statistics whole."""
     plan = plan_parallel(elaborate_file(MIXTRAL, overrides=MIXTRAL_TINY), tp=2, sp=True)
     styles = {p.path: p for p in plan.placements}
     first, last = styles["model.layers.0"], styles["model.layers.1"]
@@ -119,7 +119,8 @@ def test_sequence_parallel_mixtral_gathers_around_the_mixture() -> None:
     for i in range(2):
         moe = styles[f"model.layers.{i}.mlp"]
         assert (moe.style, moe.seq, moe.inputs, moe.outputs) == ("gathered", 1, (True,), (True, False))
-        assert styles[f"model.layers.{i}.mlp.experts"].style == "experts"
+        experts = styles[f"model.layers.{i}.mlp.experts"]  # partial sums, reduce-scattered by the block
+        assert (experts.style, experts.shard_output, moe.shard_output) == ("experts", True, True)
         assert f"model.layers.{i}.mlp.gate" not in styles  # the router stays whole
         assert styles[f"model.layers.{i}.self_attn.o_proj"].seq == 1  # reduce-scattered
         assert styles[f"model.layers.{i}.post_attention_layernorm"].style == "sequence"
