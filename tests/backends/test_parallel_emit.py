@@ -66,6 +66,21 @@ def test_the_plan_in_the_docs_is_the_one_built(tmp_path: Path) -> None:
     assert shown == text[text.index("def parallelize("):].rstrip("\n")
 
 
+@pytest.mark.parametrize(("name", "extra"), [("llama", []), ("mixtral", ["--set", "num_local_experts=4"])])
+def test_the_sequence_parallel_plans_in_the_docs_are_the_ones_built(tmp_path: Path, name: str,
+                                                                  extra: list[str]) -> None:
+    """docs/parallel.md prints the tensor-parallel part of Llama's and Mixtral's plans (tp=2, sp)."""
+    import textwrap
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "parallel.md").read_text(encoding="utf-8")
+    shown = doc.split(f"```python emitted={name}-tp2-sp\n", 1)[1].split("\n```", 1)[0]
+    sets = [a for kv in ("vocab_size=64", "hidden_size=32", "intermediate_size=64", "num_hidden_layers=2",
+                         "num_attention_heads=4", "num_key_value_heads=2") for a in ("--set", kv)]
+    text = _build(tmp_path, specs_root() / "models" / f"{name}.arch", *sets, *extra, "--tp", "2", "--sp")
+    part = text.split("    if tp_mesh is not None:\n", 1)[1].split("    if dp_mesh is not None:", 1)[0]
+    assert shown == textwrap.dedent(part).rstrip("\n")
+
+
 class _Mesh:
     """What parallelize reads of a DeviceMesh before it splits anything."""
 
