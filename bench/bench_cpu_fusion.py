@@ -4,15 +4,20 @@ per-round ratios. `archc bench` compares -O2 with torch.compile; this isolates w
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_cpu_fusion.py poolformer_s12 --pass fuse_pool_mixer \
         --batch 1 --rounds 30
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_cpu_fusion.py poolformer_s12 --freeze --rounds 40
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_cpu_fusion.py --mixer --batch 1 --rounds 40
 
-`--mixer` times the fused op alone (backends/torch/fused.py's pool_mixer_residual) against the
-chain it replaces on PoolFormer-S12's four shapes, channels-last as the convolutions leave them.
+`--freeze` adds torch.compile with freezing (cold, as `archc bench` compiles it): -O2 with and
+without the pass against it in the same rounds. `--mixer` times the fused op alone
+(backends/torch/fused.py's pool_mixer_residual) against the chain it replaces on PoolFormer-S12's
+four shapes, channels-last as the convolutions leave them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import os
 import statistics
 
@@ -20,6 +25,7 @@ import torch
 
 from archc.api import build
 from archc.backends.torch.inputs import example_inputs
+from archc.commands.bench import _first_call, _fresh_entry, cold_inductor
 from archc.elaborate import elaborate_file
 from archc.passes.manager import LEVELS, run_pipeline
 from archc.registry import resolve_spec
@@ -62,6 +68,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--freeze", action="store_true",
+                   help="also torch.compile with freezing (a cold compile, as archc bench makes it)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.mixer:
@@ -77,9 +85,13 @@ def main() -> None:
         model = build(pipeline.graph).eval()
         model.load_state_dict(pipeline.weights(eager.state_dict()))
         fns[label] = model
-    with torch.inference_mode():
+    with contextlib.ExitStack() as stack, torch.inference_mode():
+        if args.freeze:
+            stack.enter_context(cold_inductor())
+            fns["freezing"] = torch.compile(_fresh_entry(copy.deepcopy(eager)))
+            _first_call("freeze", fns["freezing"], inputs)
         ref = eager(*inputs)
-        for k in ("O2 without", "O2"):
+        for k in fns:
             out = fns[k](*inputs)
             torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
         times = interleaved({k: (lambda m=m: m(*inputs)) for k, m in fns.items()}, args.rounds)
@@ -91,6 +103,10 @@ def main() -> None:
     per = [a / b for a, b in zip(times["O2"], times["O2 without"])]
     q = statistics.quantiles(per, n=4)
     print(f"  -O2 / -O2 without {args.name}: {statistics.median(per):.3f} per round ({q[0]:.3f}-{q[2]:.3f})")
+    for k in ("O2 without", "O2") if args.freeze else ():
+        per = [a / b for a, b in zip(times[k], times["freezing"])]
+        q = statistics.quantiles(per, n=4)
+        print(f"  {k} / freezing: {statistics.median(per):.3f} per round ({q[0]:.3f}-{q[2]:.3f})")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ from archc.ops import registry
 from archc.ops.conditional import MOE_SCOPE
 from archc.passes.hoist_constants import constant_nodes
 
+# ops that never return a view of an input: a value read by one of them may be overwritten later
+NEW_STORAGE = ("groupnorm", "layernorm", "batchnorm", "rmsnorm")
+
 
 def _init_call(t: TensorEntry, expr: str, graph: Graph) -> str:
     try:
@@ -102,6 +105,10 @@ class Emitter:
             if unit.kind == "sequential" and any(i in self.cpu for c in unit.calls for i in range(c.start, c.stop)):
                 del self.plan.units[path]  # calls them, so the group is one call there
         self.made_by = {v: i for i, node in enumerate(graph.nodes) for v in node.outputs}
+        self.readers: dict[str, list[int]] = {}  # value -> the nodes that read it
+        for i, node in enumerate(graph.nodes):
+            for v in dict.fromkeys(node.inputs):
+                self.readers.setdefault(v, []).append(i)
         self.uses_onednn = False  # did a forward spell a group (the file then holds onednn.py's functions)
         self.constant = constant_nodes(graph)  # hoist_constants' @constant nodes are read from buffers
         self.hoist = Hoist()  # the forward being written: its constants
@@ -306,16 +313,28 @@ class Emitter:
             return None
         return None if any(self.plan.owner(unit, j) is not None for j in group.members) else group
 
+    def read_before(self, value: str, group: Group) -> bool:
+        """Does every other reader of `value` run before the group and return a tensor of its own
+        (no view of `value` that could be read after the group overwrites it)?"""
+        for j in self.readers.get(value, []):
+            if j == group.members[0]:  # the add that takes it (a convolution of it is a reader like any)
+                continue
+            node = self.graph.nodes[j]
+            if j >= group.anchor or not (registry.get(node.op).fresh or node.op in NEW_STORAGE or j in self.cpu):
+                return False
+        return True
+
     def group_stmt(self, unit: Unit, call: BlockCall, group: Group) -> _Stmt:
         """The group as one call of onednn.py's functions; the add overwrites its other input where
-        nothing else reads it and a fresh op made it in this forward."""
+        a fresh op made it in this forward and nothing reads it after the group (PoolFormer's MLP
+        residual: the norm before the MLP read it first), as freezing's sum post-op does."""
         graph, entry = self.graph, unit.entry
         leaf = self.plan.owner(unit, group.anchor)
         self.uses_onednn = True
         anchor, last = graph.nodes[group.anchor], graph.nodes[group.last]
         reads = [anchor.inputs[0]] + ([group.other] if group.other is not None else [])
         other, maker = group.other, self.made_by.get(group.other or "")
-        overwrite = other is not None and maker is not None and self.reads[other] == 1 and \
+        overwrite = other is not None and maker is not None and self.read_before(other, group) and \
             other not in call.inputs and other not in call.outputs and maker not in self.constant and \
             (registry.get(graph.nodes[maker].op).fresh or self.cpu.get(maker) is not None)
         params = {role: _tensor_expr(self.tensors[p], entry) for role, p in anchor.params.items()}

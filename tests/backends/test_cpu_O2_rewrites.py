@@ -134,3 +134,40 @@ def test_the_helper_files_a_generated_file_carries_define_no_name_twice() -> Non
             for t in targets:
                 defined = getattr(t, "name", None) or getattr(t, "id", None)
                 assert defined is None or seen.setdefault(defined, name) == name, f"{defined}: {seen[defined]} and {name}"
+
+
+OVERWRITE = """
+axis B
+model Over(C: int = 8) (x: [B, C, 6, 6]) -> ([B, C, 6, 6], [B, C, 6, 6]) {
+    a = conv2d(x, C, 1)
+    p = conv2d(groupnorm(a, 1), C, 1) + a    # a: read by the norm first, then taken by the add
+    b = conv2d(p, C, 1)
+    q = conv2d(groupnorm(b, 1), C, 1) + b    # b is read again after the group
+    c = conv2d(q, C, 1)
+    r = conv2d(c, C, 1) + c                  # the convolution reads c: the add may not write into it
+    v = conv2d(r, C, 3, padding=1)
+    w = conv2d(rearrange(v, "b c h w -> b c w h"), C, 1) + v    # a view of v was read first
+    return w, b * 2.0
+}
+"""
+
+
+def test_the_add_writes_into_a_tensor_whose_other_readers_ran_before_it() -> None:
+    """PoolFormer's MLP residual: the tensor the add takes was read by the norm before the MLP and
+    nothing reads it after, so the sum post-op writes into it (as freezing does); never where a
+    later op, the group's own convolution or a view reads it."""
+    graph = elaborate_text(OVERWRITE, "over.arch")
+    pipeline = run_pipeline(graph, LEVELS[2])
+    text = emit_python(pipeline.graph)
+    calls = [line.strip() for line in text.splitlines() if "= conv_add_act(" in line]
+    assert len(calls) == 4 and ["overwrite=True" in c for c in calls] == [True, False, False, False], calls
+    torch.manual_seed(0)
+    plain = build(graph).eval()
+    g = torch.Generator().manual_seed(4)
+    plain.load_state_dict({k: torch.randn(v.shape, generator=g) * 0.3 for k, v in plain.state_dict().items()})
+    fast = build(pipeline.graph).eval()
+    fast.load_state_dict(pipeline.weights(plain.state_dict()))
+    x = torch.randn(2, 8, 6, 6, generator=g)
+    with torch.inference_mode():
+        for got, want in zip(fast(x), plain(x)):
+            torch.testing.assert_close(got, want, **TOL)
