@@ -13,6 +13,10 @@ against the one-process model with the same weights:
 The logits (and Mixtral's auxiliary loss) and every gradient equal the one-process model's
 (rtol = atol = 1e-5), each rank's norms see half of the positions, and a length that 2 does not
 divide is an error naming the stack's place in the spec.
+
+Also both under FSDP x TP x SP on a 2 x 2 ("dp", "tp") mesh (4 processes),
+Mixtral also with expert parallelism over "dp", each data-parallel rank half the batch: the mean
+of the halves' one-process gradients.
 """
 
 from __future__ import annotations
@@ -167,6 +171,49 @@ def test_the_built_file_equals_one_process(runs: dict[str, Any]) -> None:
     assert "SequenceSplit(1, inputs=(True, False, False), outputs=()" in text
     for rank, got in enumerate(runs["got"]):
         _same(got["llama_file"], runs["refs"]["llama"], f"llama from its built file, rank {rank}")
+
+
+def _worker4(rank: int, folder: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store4", rank=rank, world_size=4,
+                            timeout=timedelta(seconds=120))
+    try:
+        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+        part = mesh["dp"].get_local_rank()
+        out: dict[str, Any] = {}
+        for name, ep in (("llama", False), ("mixtral", False), ("mixtral", True)):
+            init, data = (torch.load(Path(folder) / f"{name}_{k}.pt", weights_only=True) for k in ("init", "data"))
+            model = _compile(name)
+            model.load_state_dict(init)
+            archc.parallelize(model, mesh, sp=True, ep=ep)
+            out[f"{name}_ep" if ep else name] = _step(model, data["x"].chunk(2)[part], data["y"].chunk(2)[part])
+        if rank == 0:
+            torch.save(out, Path(folder) / "result4.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp_tp_sp_equals_the_mean_of_the_halves(runs: dict[str, Any]) -> None:
+    folder = runs["folder"]
+    want = {}
+    for seed, name in enumerate(MODELS):
+        data = torch.load(folder / f"{name}_data.pt", weights_only=True)
+        halves = []
+        for part in range(2):
+            model = _compile(name)
+            model.load_state_dict(torch.load(folder / f"{name}_init.pt", weights_only=True))
+            halves.append(_step(model, data["x"].chunk(2)[part], data["y"].chunk(2)[part])["grads"])
+        want[name] = {k: (halves[0][k] + halves[1][k]) / 2 for k in halves[0]}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        mp.start_processes(_worker4, args=(str(folder),), nprocs=4, join=True, start_method="forkserver")
+    got = torch.load(folder / "result4.pt", weights_only=False)
+    for key, name in (("llama", "llama"), ("mixtral", "mixtral"), ("mixtral_ep", "mixtral")):
+        assert got[key]["grads"].keys() == want[name].keys(), key
+        for k, v in want[name].items():
+            assert_close(got[key]["grads"][k], v, rtol=TOL, atol=TOL, msg=lambda m, k=k, key=key: f"{key} {k}: {m}")
 
 
 @pytest.mark.parametrize(("name", "line"), [("llama", "llama.arch:78:14"), ("mixtral", "mixtral.arch:54:14")])
