@@ -61,13 +61,13 @@ def sequence_placements(graph: Graph, regions: list[_Region], layers: list[str],
                             f"stream of '{stack}', which {tp} does not divide", span)
         state = _trace(graph, regions, call.start, call.stop, call.inputs[0], out, scattered)
         seq = x.rank - 2
-        if len(call.inputs) == 1 and len(call.outputs) == 1:  # one module (nn.Sequential) in and out
+        members = [lay for lay in layers if lay.rpartition(".")[0] == stack]
+        if _chained(graph, members, call):  # one module (nn.Sequential) in and out
             if state.get(call.outputs[0]) != -2:
                 raise ArchError(f"sequence parallelism: the stack '{stack}' does not return the split stream", span)
             out.append(Placement(stack, "split_stream", seq=seq, why="the stream split along the sequence"))
             continue
-        out += _layer_ends(graph, stack, [lay for lay in layers if lay.rpartition(".")[0] == stack], call,
-                           state, seq, span)
+        out += _layer_ends(graph, stack, members, call, state, seq, span)
     return [replace(p, seq=graph.values[graph.nodes[_rows(graph, regions)[p.path]].outputs[0]].rank - 2)
             if p.style == "rowwise" and p.path in scattered else p for p in out]
 
@@ -108,21 +108,34 @@ def _trace(graph: Graph, regions: list[_Region], start: int, stop: int, stream: 
                 continue
             out.append(Placement(path, "gather_input", seq=seq, inputs=flags,
                                  why="gathers the sequence for its column split"))
-            scattered.update(p for p, k in rows.items() if mixer.start <= k < mixer.stop)
+            inside = {p: k for p, k in rows.items() if mixer.start <= k < mixer.stop}
+            scattered.update(inside)
             if len(mixer.outputs) != 1:
                 raise ArchError(f"sequence parallelism: '{path}' returns {len(mixer.outputs)} values; a block "
                                 "around a column split returns its row split's output alone", _span(graph, i))
+            split = {graph.nodes[k].outputs[0]: -2 for k in inside.values()}  # reduce-scattered
+            for k in range(min(inside.values(), default=mixer.stop), mixer.stop):
+                if k not in inside.values():
+                    _follow(graph, k, split, out)
+            if split.get(mixer.outputs[0]) != -2:
+                raise ArchError(f"sequence parallelism: '{path}' does not return its row split's output split "
+                                "along the sequence", _span(graph, mixer.stop - 1))
             state[mixer.outputs[0]] = -2
             continue
-        node = graph.nodes[i]
-        if any(v in state for v in node.inputs):
-            for v, dim in zip(node.outputs, _sequence_rule(graph, i, node, state)):
-                state[v] = dim
-            if node.op in _NORMS:
-                rank = graph.values[node.inputs[0]].rank
-                out.append(Placement(node.scope, "sequence", seq=rank + state[node.inputs[0]],
-                                     why="norm on the split stream"))
+        _follow(graph, i, state, out)
     return state
+
+
+def _follow(graph: Graph, i: int, state: dict[str, int], out: list[Placement]) -> None:
+    """Node `i`, if it reads a split value: where its outputs are split; a norm SequenceParallel."""
+    node = graph.nodes[i]
+    if any(v in state for v in node.inputs):
+        for v, dim in zip(node.outputs, _sequence_rule(graph, i, node, state)):
+            state[v] = dim
+        if node.op in _NORMS:
+            rank = graph.values[node.inputs[0]].rank
+            out.append(Placement(node.scope, "sequence", seq=rank + state[node.inputs[0]],
+                                 why="norm on the split stream"))
 
 
 def _partial_experts(graph: Graph, mixer: Any, back: tuple[bool, ...], out: list[Placement]) -> bool:
@@ -139,6 +152,20 @@ def _partial_experts(graph: Graph, mixer: Any, back: tuple[bool, ...], out: list
             out[k] = replace(p, shard_output=True)
             return True
     return False
+
+
+def _chained(graph: Graph, members: list[str], call: Any) -> bool:
+    """Do the stack's layers run in order, each taking the one value the previous one made (the
+    torch backend's nn.Sequential, a module the model calls)?"""
+    if len(call.inputs) != 1 or len(call.outputs) != 1:
+        return False
+    value, at = call.inputs[0], call.start
+    for layer in members:
+        calls = graph.scopes[layer].calls
+        if len(calls) != 1 or calls[0].start != at or calls[0].inputs != (value,) or len(calls[0].outputs) != 1:
+            return False
+        value, at = calls[0].outputs[0], calls[0].stop
+    return at == call.stop and value == call.outputs[0]
 
 
 def _layer_ends(graph: Graph, stack: str, members: list[str], call: Any, state: dict[str, int], seq: int,

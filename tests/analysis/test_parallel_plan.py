@@ -150,6 +150,51 @@ def test_sequence_parallel_refusals_are_located() -> None:
     assert err.value.message.startswith("sequence parallelism: ") and err.value.span is not None
 
 
+_SIDE_INPUT = """axis B, T, D
+
+block Mlp(hidden: int) (x: [B, T, D], g: [B, T, D]) -> [B, T, D] {
+    up = linear(hidden)
+    down = linear(D)
+    return OUT
+}
+
+block Layer(hidden: int) (x: [B, T, D], side: [B, T, D]) -> ([B, T, D], [B, T, D]) {
+    ln = rmsnorm()
+    mlp = Mlp(hidden)
+    BODY
+    return x, side
+}
+
+model M(vocab: int = 64, dim: int = 32) (tokens: i64[B, T]) -> [B, T, vocab] {
+    wte = embedding(vocab, dim)
+    layers = stack(2) { Layer(4 * dim) }
+    head = linear(vocab, bias=false)
+    e = wte(tokens)
+    x, _ = layers(e, e * 2.0)
+    return head(x)
+}
+"""
+
+
+@pytest.mark.parametrize(("out", "body", "message", "line"), [
+    # a side input passes whole (Llama's rotary tables: tested with the Llama spec), so it cannot
+    # meet the reduce-scattered row output inside the block, nor the split stream in the layer
+    ("down(gelu(up(x))) * g", "x = x + mlp(ln(x), side)", "mul reads the stream split along the sequence with a "
+     "tensor that is whole along it", 6),
+    ("down(gelu(up(x))) + g", "x = x + mlp(ln(x), ln(x))", "'layers.0.mlp' reads the split stream in more than its "
+     "first input", 6),
+    ("down(gelu(up(x)))", "x = x + side", "add reads the stream split along the sequence with a tensor that is "
+     "whole along it", 12),
+])
+def test_sequence_parallel_side_inputs(tmp_path: Path, out: str, body: str, message: str, line: int) -> None:
+    """A stack whose layers take a second [B, T, D] input besides the stream: located refusals."""
+    spec = tmp_path / "side.arch"
+    spec.write_text(_SIDE_INPUT.replace("OUT", out).replace("BODY", body))
+    with pytest.raises(ArchError) as err:
+        plan_parallel(elaborate_file(spec), tp=2, sp=True)
+    assert err.value.message == f"sequence parallelism: {message}" and err.value.span.line == line
+
+
 def test_a_split_that_leaves_the_model_is_a_located_error(tmp_path: Path) -> None:
     """A linear whose split features reach the output through gelu is not a head (its output is
     not the model's output as is): nothing gathers it, so the plan refuses it at the linear."""
