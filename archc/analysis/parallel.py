@@ -82,7 +82,7 @@ class Placement:
     seq: int | None = None  # sequence parallelism: the sequence axis of the stream (rowwise: of its output)
     inputs: tuple[bool, ...] = ()  # sequence parallelism: which of the module's inputs are the stream
     outputs: tuple[bool, ...] = ()  # ... and which of its outputs
-    where: str = ""  # split_layers: the stack's place in the spec (file:line:col), for a runtime error
+    where: str = ""  # split_stream, split_layers: the stack's place in the spec (file:line:col), for a runtime error
 
 
 @dataclass(frozen=True)

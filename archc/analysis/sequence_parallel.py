@@ -4,10 +4,11 @@ Transformer Models"; torchtitan's `apply_tp`) on top of a tensor-parallel plan
 is split along its sequence axis, so norms, dropout and residual adds run on 1/tp of the tokens.
 
     the stack                 its input sliced along the sequence, its output gathered
-                              (PrepareModuleInputOutput: Replicate -> Shard(seq) -> Replicate);
-                              a stack whose layers take more than the stream (Llama's rotary
-                              tables) is no module: its first layer slices the stream, its last
-                              gathers it (SequenceSplit), the other inputs pass whole
+                              (SequenceSplit: Replicate -> Shard(seq) -> Replicate; a length tp
+                              does not divide is an error when it runs); a stack whose layers
+                              take more than the stream (Llama's rotary tables) is no module: its
+                              first layer slices the stream, its last gathers it, the other
+                              inputs pass whole
     a norm on the stream      SequenceParallel(sequence_dim=seq)
     a block around a column   PrepareModuleInput: Shard(seq) -> Replicate (all-gather); its other
     split                     inputs (rotary tables, masks) pass whole
@@ -65,7 +66,8 @@ def sequence_placements(graph: Graph, regions: list[_Region], layers: list[str],
         if _chained(graph, members, call):  # one module (nn.Sequential) in and out
             if state.get(call.outputs[0]) != -2:
                 raise ArchError(f"sequence parallelism: the stack '{stack}' does not return the split stream", span)
-            out.append(Placement(stack, "split_stream", seq=seq, why="the stream split along the sequence"))
+            out.append(Placement(stack, "split_stream", seq=seq, inputs=(True,), outputs=(True,),
+                                 where=_where(span, stack), why="the stream split along the sequence"))
             continue
         out += _layer_ends(graph, stack, members, call, state, seq, span)
     return [replace(p, seq=graph.values[graph.nodes[_rows(graph, regions)[p.path]].outputs[0]].rank - 2)
@@ -154,6 +156,11 @@ def _partial_experts(graph: Graph, mixer: Any, back: tuple[bool, ...], out: list
     return False
 
 
+def _where(span: object, stack: str) -> str:
+    """`llama.arch:78:14`: the stack's place, for the error a length tp does not divide raises."""
+    return f"{Path(span.file).name}:{span.line}:{span.col}" if isinstance(span, Span) else stack
+
+
 def _chained(graph: Graph, members: list[str], call: Any) -> bool:
     """Do the stack's layers run in order, each taking the one value the previous one made (the
     torch backend's nn.Sequential, a module the model calls)?"""
@@ -184,7 +191,7 @@ def _layer_ends(graph: Graph, stack: str, members: list[str], call: Any, state: 
     if any(state.get(v) == -2 and v not in last.calls[0].outputs for v in call.outputs) or not any(outputs):
         raise ArchError(f"sequence parallelism: the stack '{stack}' does not return the split stream from its "
                         "last layer", span)
-    where = f"{Path(span.file).name}:{span.line}:{span.col}" if isinstance(span, Span) else stack
+    where = _where(span, stack)
     if members[0] == members[-1]:
         return [Placement(members[0], "split_layers", seq=seq, inputs=inputs, outputs=outputs, where=where,
                           why="splits the stream along the sequence and gathers it")]

@@ -351,5 +351,5 @@ def init_weights(model: nn.Module, device: torch.device | str = "cpu") -> nn.Mod
     return model
 
 
-__all__ = ["ExpertParallel", "ExpertsTensorParallel", "FusedColwiseParallel", "SequenceSplit", "checkpoint_state_dict", "init_weights",
-           "load_checkpoint_state_dict", "meshes", "parallelize", "plan_parallel"]
+__all__ = ["ExpertParallel", "ExpertsTensorParallel", "FusedColwiseParallel", "SequenceSplit", "checkpoint_state_dict",
+           "init_weights", "load_checkpoint_state_dict", "meshes", "parallelize", "plan_parallel"]

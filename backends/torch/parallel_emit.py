@@ -46,8 +46,7 @@ STYLES = {
                    "use_local_output=False)",
     "gather_output": "PrepareModuleOutput(output_layouts=Shard(-1), desired_output_layouts=logits, "
                      "use_local_output=not loss_parallel)",
-    "split_stream": "PrepareModuleInputOutput(input_layouts=(Replicate(),), desired_input_layouts=(Shard({seq}),), "
-                    "use_local_input=True, output_layouts=(Shard({seq}),), desired_output_layouts=(Replicate(),))",
+    "split_stream": "SequenceSplit({seq}, inputs={inputs}, outputs={outputs}, where={where})",
     "sequence": "SequenceParallel(sequence_dim={seq}, use_local_output=True)",
     "gather_input": "PrepareModuleInput(input_layouts={ins}, desired_input_layouts={ins_whole}, use_local_output=True)",
     "gathered": "PrepareModuleInputOutput(input_layouts={ins}, desired_input_layouts={ins_whole}, use_local_input=True, "
@@ -69,8 +68,8 @@ def _spell(p: Placement) -> str:
     shard = f"Shard({p.seq})"
     return STYLES[style].format(chunks=p.chunks, seq=p.seq, ins=_layouts(p.inputs, shard),
                                 ins_whole=_layouts(p.inputs, "Replicate()"), outs=_layouts(p.outputs, shard),
-                                outs_whole=_layouts(p.outputs, "Partial()" if p.shard_output else "Replicate()"), inputs=p.inputs, outputs=p.outputs,
-                                where=py_str(p.where))
+                                outs_whole=_layouts(p.outputs, "Partial()" if p.shard_output else "Replicate()"),
+                                inputs=p.inputs, outputs=p.outputs, where=py_str(p.where))
 
 
 def _helpers() -> str:

@@ -12,7 +12,7 @@ against the one-process model with the same weights:
 
 The logits (and Mixtral's auxiliary loss) and every gradient equal the one-process model's
 (rtol = atol = 1e-5), each rank's norms see half of the positions, and a length that 2 does not
-divide is an error naming the stack's place in the spec.
+divide is an error naming the stack's place in the spec (GPT-2's too, whose stack is one module).
 
 Also both under FSDP x TP x SP on a 2 x 2 ("dp", "tp") mesh (4 processes),
 Mixtral also with expert parallelism over "dp", each data-parallel rank half the batch: the mean
@@ -105,6 +105,14 @@ def _worker(rank: int, folder: str) -> None:
                 out[f"{name}_odd"] = ""
             except ValueError as err:
                 out[f"{name}_odd"] = str(err)
+        # GPT-2's stack is one module (nn.Sequential): split and gathered there, the same check
+        model = archc.compile(specs_root() / "models" / "gpt2.arch", vocab=64, dim=32, depth=2, heads=2, max_len=16)
+        archc.parallelize(model, mesh, sp=True)
+        try:
+            model(torch.zeros(2, 7, dtype=torch.long))
+            out["gpt2_odd"] = ""
+        except ValueError as err:
+            out["gpt2_odd"] = str(err)
         # the file `archc build --parallel --tp 2 --sp` writes: its own model class and parallelize()
         import importlib.util
 
@@ -216,7 +224,8 @@ def test_fsdp_tp_sp_equals_the_mean_of_the_halves(runs: dict[str, Any]) -> None:
             assert_close(got[key]["grads"][k], v, rtol=TOL, atol=TOL, msg=lambda m, k=k, key=key: f"{key} {k}: {m}")
 
 
-@pytest.mark.parametrize(("name", "line"), [("llama", "llama.arch:78:14"), ("mixtral", "mixtral.arch:54:14")])
+@pytest.mark.parametrize(("name", "line"), [("llama", "llama.arch:78:14"), ("mixtral", "mixtral.arch:54:14"),
+                                           ("gpt2", "gpt2.arch:57:9")])
 def test_a_length_tp_does_not_divide_is_a_located_error(runs: dict[str, Any], name: str, line: str) -> None:
     for got in runs["got"]:
         assert got[f"{name}_odd"] == (f"{line}: error: sequence parallelism over 2 ranks splits the 7 positions "
