@@ -60,10 +60,17 @@ def sequence_placements(graph: Graph, regions: list[_Region], layers: list[str],
         if length.is_const and int(length.value) % tp:
             raise ArchError(f"sequence parallelism over {tp} ranks splits the {length.value} positions of the "
                             f"stream of '{stack}', which {tp} does not divide", span)
+        members = [lay for lay in layers if lay.rpartition(".")[0] == stack]
+        chained = _chained(graph, members, call)
+        found = len(out)
         state = _trace(graph, regions, call.start, call.stop, call.inputs[0], out, scattered)
         seq = x.rank - 2
-        members = [lay for lay in layers if lay.rpartition(".")[0] == stack]
-        if _chained(graph, members, call):  # one module (nn.Sequential) in and out
+        clash = next((p for p in out[found:] if p.path in members), None)
+        if clash is not None and not chained:  # the layer itself gathers: it cannot also split the stream
+            raise ArchError(f"sequence parallelism: the layer '{clash.path}' is itself the block that gathers the "
+                            "stream; the stack's ends need a block inside it", span,
+                            "put the layer's mixing in a block of its own (as Llama's self_attn, mlp)")
+        if chained:  # one module (nn.Sequential) in and out
             if state.get(call.outputs[0]) != -2:
                 raise ArchError(f"sequence parallelism: the stack '{stack}' does not return the split stream", span)
             out.append(Placement(stack, "split_stream", seq=seq, inputs=(True,), outputs=(True,),

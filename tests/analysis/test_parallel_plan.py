@@ -195,6 +195,34 @@ def test_sequence_parallel_side_inputs(tmp_path: Path, out: str, body: str, mess
     assert err.value.message == f"sequence parallelism: {message}" and err.value.span.line == line
 
 
+def test_sequence_parallel_layer_that_is_its_own_mixture_is_a_located_error(tmp_path: Path) -> None:
+    """A layer that holds its router itself (no block of its own for the mixture) and takes a load
+    accumulator: the layer would gather the stream and also be the stack's split end."""
+    spec = tmp_path / "moe_layer.arch"
+    spec.write_text("""axis B, T, D
+
+block Layer(experts: int) (x: [B, T, D], load: f32[2, experts]) -> ([B, T, D], f32[2, experts]) {
+    gate = linear(experts, bias=false)
+    mix = moe_experts(experts, 64)
+    logits = gate(x)
+    weights, index = moe_router(logits, 2)
+    return x + mix(x, weights, index), load + moe_load(logits, index)
+}
+
+model M(vocab: int = 64, dim: int = 32) (tokens: i64[B, T]) -> [B, T, vocab] {
+    wte = embedding(vocab, dim)
+    layers = stack(2) { Layer(4) }
+    head = linear(vocab, bias=false)
+    x, _ = layers(wte(tokens), full(tokens, [2, 4]))
+    return head(x)
+}
+""")
+    with pytest.raises(ArchError) as err:
+        plan_parallel(elaborate_file(spec), tp=2, sp=True)
+    assert "the layer 'layers.0' is itself the block that gathers the stream" in err.value.message
+    assert err.value.span is not None and err.value.span.line == 13
+
+
 def test_a_split_that_leaves_the_model_is_a_located_error(tmp_path: Path) -> None:
     """A linear whose split features reach the output through gelu is not a head (its output is
     not the model's output as is): nothing gathers it, so the plan refuses it at the linear."""
