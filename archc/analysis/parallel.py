@@ -82,6 +82,8 @@ class Placement:
     seq: int | None = None  # sequence parallelism: the sequence axis of the stream (rowwise: of its output)
     inputs: tuple[bool, ...] = ()  # sequence parallelism: which of the module's inputs are the stream
     outputs: tuple[bool, ...] = ()  # ... and which of its outputs
+    local: bool = True  # gather_input: the block gets a local tensor (False: a DTensor, which only its column
+    # linears read; its gradient comes back partial and is reduce-scattered, not all-reduced)
     where: str = ""  # split_stream, split_layers: the stack's place in the spec (file:line:col), for a runtime error
 
 

@@ -115,7 +115,9 @@ def _trace(graph: Graph, regions: list[_Region], start: int, stop: int, stream: 
                                      + (", its experts' partial sums reduce-scattered" if partial else "")))
                 state.update({v: -2 for v, split in zip(mixer.outputs, back) if split})
                 continue
-            out.append(Placement(path, "gather_input", seq=seq, inputs=flags,
+            cols = {k for r in regions for k in r.cols if mixer.start <= k < mixer.stop}
+            only = all(k in cols for k in range(mixer.start, mixer.stop) if mixer.inputs[0] in graph.nodes[k].inputs)
+            out.append(Placement(path, "gather_input", seq=seq, inputs=flags, local=not only,
                                  why="gathers the sequence for its column split"))
             inside = {p: k for p, k in rows.items() if mixer.start <= k < mixer.stop}
             scattered.update(inside)

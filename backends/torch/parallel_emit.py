@@ -48,7 +48,8 @@ STYLES = {
                      "use_local_output=not loss_parallel)",
     "split_stream": "SequenceSplit({seq}, inputs={inputs}, outputs={outputs}, where={where})",
     "sequence": "SequenceParallel(sequence_dim={seq}, use_local_output=True)",
-    "gather_input": "PrepareModuleInput(input_layouts={ins}, desired_input_layouts={ins_whole}, use_local_output=True)",
+    "gather_input": "PrepareModuleInput(input_layouts={ins}, desired_input_layouts={ins_whole}, "
+                    "use_local_output={local})",
     "gathered": "PrepareModuleInputOutput(input_layouts={ins}, desired_input_layouts={ins_whole}, use_local_input=True, "
                 "output_layouts={outs_whole}, desired_output_layouts={outs}, use_local_output=True)",
     "split_layers": "SequenceSplit({seq}, inputs={inputs}, outputs={outputs}, where={where})",
@@ -69,7 +70,7 @@ def _spell(p: Placement) -> str:
     return STYLES[style].format(chunks=p.chunks, seq=p.seq, ins=_layouts(p.inputs, shard),
                                 ins_whole=_layouts(p.inputs, "Replicate()"), outs=_layouts(p.outputs, shard),
                                 outs_whole=_layouts(p.outputs, "Partial()" if p.shard_output else "Replicate()"),
-                                inputs=p.inputs, outputs=p.outputs, where=py_str(p.where))
+                                inputs=p.inputs, outputs=p.outputs, where=py_str(p.where), local=p.local)
 
 
 def _helpers() -> str:

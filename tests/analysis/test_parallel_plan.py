@@ -134,6 +134,8 @@ def test_sequence_parallel_llama_plan_is_torchtitans() -> None:
         assert (styles[f"{layer}.self_attn"].style, styles[f"{layer}.self_attn"].inputs) == \
             ("gather_input", (True, False, False))
         assert (styles[f"{layer}.mlp"].style, styles[f"{layer}.mlp"].inputs) == ("gather_input", (True,))
+        # only their column linears read the gathered input: a DTensor, its gradient reduce-scattered
+        assert not styles[f"{layer}.self_attn"].local and not styles[f"{layer}.mlp"].local
         assert {styles[f"{layer}.{n}"].seq for n in ("self_attn.o_proj", "mlp.down_proj")} == {1}
         assert {styles[f"{layer}.{n}"].style for n in ("input_layernorm", "post_attention_layernorm")} == {"sequence"}
     assert "model.norm" not in styles  # after the gather: whole

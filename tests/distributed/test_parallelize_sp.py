@@ -10,9 +10,10 @@ against the one-process model with the same weights:
   router's load accumulator; the mixture of experts runs on the gathered sequence (router whole,
   experts' hidden features split) and its output is split again.
 
-The logits (and Mixtral's auxiliary loss) and every gradient equal the one-process model's
-(rtol = atol = 1e-5), each rank's norms see half of the positions, and a length that 2 does not
-divide is an error naming the stack's place in the spec (GPT-2's too, whose stack is one module).
+The logits (and Mixtral's auxiliary loss), every gradient and the weights after one SGD step
+equal the one-process model's (rtol = atol = 1e-5), each rank's norms see half of the positions,
+and a length that 2 does not divide is an error naming the stack's place in the spec (GPT-2's
+too, whose stack is one module).
 
 Also both under FSDP x TP x SP on a 2 x 2 ("dp", "tp") mesh (4 processes),
 Mixtral also with expert parallelism over "dp", each data-parallel rank half the batch: the mean
@@ -72,13 +73,18 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-    """Forward and backward: the logits, Mixtral's aux loss, every gradient (whole)."""
+    """Forward and backward: the logits, Mixtral's aux loss, every gradient (whole); then one SGD
+    step (gradients a split model leaves partial are summed when the optimizer reads them): the
+    new weights (whole)."""
     out = model(x)
     logits, aux = out if isinstance(out, tuple) else (out, None)
     loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()) + (AUX * aux if aux is not None else 0.0)
     loss.backward()
     grads = {k: _full(p.grad) for k, p in model.named_parameters() if p.grad is not None}
-    return {"logits": logits.detach().clone(), "aux": None if aux is None else aux.detach().clone(), "grads": grads}
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    weights = {k: _full(p) for k, p in model.named_parameters()}
+    return {"logits": logits.detach().clone(), "aux": None if aux is None else aux.detach().clone(), "grads": grads,
+            "weights": weights}
 
 
 def _worker(rank: int, folder: str) -> None:
@@ -162,8 +168,10 @@ def _same(got: dict[str, Any], want: dict[str, Any], what: str) -> None:
     if want["aux"] is not None:
         assert_close(got["aux"], want["aux"], rtol=TOL, atol=TOL, msg=lambda m: f"{what} aux: {m}")
     assert got["grads"].keys() == want["grads"].keys(), what
-    for k, v in want["grads"].items():
-        assert_close(got["grads"][k], v, rtol=TOL, atol=TOL, msg=lambda m, k=k: f"{what} grad {k}: {m}")
+    for key in ("grads", "weights"):
+        assert got[key].keys() == want[key].keys(), what
+        for k, v in want[key].items():
+            assert_close(got[key][k], v, rtol=TOL, atol=TOL, msg=lambda m, k=k, key=key: f"{what} {key} {k}: {m}")
 
 
 @pytest.mark.parametrize("name", list(MODELS))
