@@ -77,7 +77,8 @@ def sequence_placements(graph: Graph, regions: list[_Region], layers: list[str],
                                  where=_where(span, stack), why="the stream split along the sequence"))
             continue
         out += _layer_ends(graph, stack, members, call, state, seq, span)
-    return [replace(p, seq=graph.values[graph.nodes[_rows(graph, regions)[p.path]].outputs[0]].rank - 2)
+    rows = _rows(graph, regions)
+    return [replace(p, seq=graph.values[graph.nodes[rows[p.path]].outputs[0]].rank - 2)
             if p.style == "rowwise" and p.path in scattered else p for p in out]
 
 
