@@ -208,11 +208,11 @@ def _local(weight: torch.Tensor) -> torch.Tensor:
     """This rank's part of a weight that archc.parallelize split (a DTensor: stacked experts split by
     their hidden features or, with expert parallelism, by experts; docs/parallel.md); any other
     weight as it is."""
-    if type(weight) in (torch.Tensor, torch.nn.Parameter):  # the common case: nothing to import
+    if type(weight) in (torch.Tensor, torch.nn.Parameter):  # the common case
         return weight
-    from torch.distributed.tensor import DTensor  # a tensor subclass: made by torch.distributed, if a DTensor
-
-    return weight.to_local() if isinstance(weight, DTensor) else weight
+    # a DTensor, known by its class's name: the generated file imports nothing but torch (and a
+    # model that was never split has not loaded torch.distributed.tensor)
+    return weight.to_local() if type(weight).__name__ == "DTensor" else weight
 
 
 def moe_experts(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, first: torch.Tensor,

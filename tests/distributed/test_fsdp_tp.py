@@ -23,7 +23,6 @@ columns, see `test_tp_plain_column_split_of_the_fused_qkv_is_wrong`; the plans a
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -59,18 +58,6 @@ PRELOAD = ["torch", "torch._dynamo", "torch.distributed.fsdp", "torch.distribute
 
 
 # --- in the parent ---------------------------------------------------------------------------
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """The parent's reference runs use one thread, as the workers do: on a busy machine torch's
-    thread pool spins against the other processes (seconds instead of a fraction of one)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
 
 def _fresh(spec: Path, params: dict[str, Any], seed: int = 0) -> Any:
     """The compiled model, initialized from `seed` without touching the caller's RNG."""

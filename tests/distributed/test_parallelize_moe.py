@@ -24,7 +24,6 @@ its own one-process runs, so each assertion reads as a plain pytest failure.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -62,16 +61,6 @@ HALVES = tuple(dict.fromkeys(TWO_D + EP))  # models also run on half the batch p
 EXPERTS = "model.layers.0.mlp.experts"  # Mixtral's stacked experts of layer 0
 PRELOAD = ["torch", "torch._dynamo", "torch.distributed.fsdp", "torch.distributed.tensor.parallel",
            "archc.elaborate", "archc.backends.torch", "archc.backends.torch.parallel"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _compile(name: str) -> Any:

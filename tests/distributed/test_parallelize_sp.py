@@ -23,7 +23,6 @@ of the halves' one-process gradients.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -49,16 +48,6 @@ MODELS: dict[str, tuple[Path, dict[str, Any]]] = {
 }
 PRELOAD = ["torch", "torch._dynamo", "torch.distributed.tensor.parallel", "archc.elaborate", "archc.backends.torch",
            "archc.backends.torch.parallel"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _compile(name: str) -> Any:
