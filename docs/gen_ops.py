@@ -51,6 +51,8 @@ RULES: dict[str, str] = {
     "concat": "joins its inputs along `dim`; the other axes must agree (size-1 axes broadcast)",
     "conv1d": "`[B, C, L]` -> `[B, channels, L']` as torch's conv1d; `padding=\"same\"` keeps L",
     "conv2d": "`[B, C, H, W]` -> `[B, channels, H', W']` as torch's conv2d; `padding=\"same\"` keeps H, W",
+    "std_conv2d": "as conv2d, its weight standardized per output channel in the forward (Scaled WS, NF-Nets): "
+                  "gain · gamma · (w - mean) / (sqrt(var + eps) · sqrt(fan_in)); params weight, bias, gain",
     "conv_transpose2d": "`[B, C, H, W]` -> `[B, channels, (H-1)·stride - 2·padding + dilation·(kernel-1) + "
                         "output_padding + 1, ...]` as torch's conv_transpose2d; weight `[C, channels/groups, k, k]`",
     "cos": "same shape",
@@ -135,6 +137,7 @@ SAMPLES: dict[str, Sample] = {
     "concat": Sample("x: [B, T, 32], y: [B, T, 16]", "concat(x, y)"),
     "conv1d": Sample("x: [B, 8, 100]", "conv1d(x, 16, 3, padding=1)"),
     "conv2d": Sample("x: [B, 3, 32, 32]", "conv2d(x, 16, 3, stride=2, padding=1)"),
+    "std_conv2d": Sample("x: [B, 3, 32, 32]", "std_conv2d(x, 16, 3, stride=2, padding=1, gamma=1.7)"),
     "conv_transpose2d": Sample("x: [B, 16, 8, 8]", "conv_transpose2d(x, 8, 4, stride=2, padding=1)"),
     "cos": Sample("x: [B, T, 32]", "cos(x)"),
     "div": Sample("x: [B, T, 32], y: [B, T, 1]", "div(x, y)"),

@@ -180,6 +180,39 @@ class Conv2d(_Conv):
     ndim = 2
 
 
+class StdConvAttrs(ConvAttrs):
+    gamma: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1.0
+    eps: Eps = 1e-6
+
+
+@register
+class StdConv2d(_Conv):
+    """Conv2d with Scaled Weight Standardization (Brock et al. 2021, NF-ResNets; timm's
+    ScaledStdConv2d): each output channel's weight is standardized in the forward,
+    ŵ = gain · gamma · (w - mean) / (sqrt(var + eps) · sqrt(fan_in)) (mean and the biased variance
+    over the channel's fan_in = C / groups · kh · kw values), then convolved as conv2d. Params: weight,
+    bias, gain [channels, 1, 1, 1] (ones), as timm's state_dict."""
+
+    name = "std_conv2d"
+    Attrs = StdConvAttrs
+    linear = False  # the weight enters non-linearly: no pass may fold an affine op into it
+
+    def params(self, a: Any, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        return {**super().params(a, ins), "gain": ParamSpec((a.channels, 1, 1, 1), "ones")}
+
+    def torch_expr(self, a: Any, ins: list[str], params: dict[str, str], types: list[TensorType]) -> str:
+        k = _pair(a.kernel, self.ndim, "kernel")
+        fan_in = known(types[0].sizes[1], "input channels") // a.groups * math.prod(k)
+        w = params["weight"]
+        std = (f"F.batch_norm({w}.reshape(1, {a.channels}, -1), None, None, "
+               f"weight=({params['gain']} * {a.gamma * fan_in ** -0.5!r}).view(-1), training=True, momentum=0.0, "
+               f"eps={a.eps!r}).reshape_as({w})")
+        return super().torch_expr(a, ins, {**params, "weight": std}, types)
+
+    def torch_module(self, a: Any, roles: frozenset[str], types: list[TensorType]) -> str | None:
+        return None  # the parameters live on the instance's module under timm's names; the forward is torch_expr
+
+
 class ConvTransposeAttrs(_Attrs):
     channels: PositiveInt
     kernel: int | tuple[int, ...]

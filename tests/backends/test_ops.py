@@ -50,6 +50,18 @@ def _ln_channels_first(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: f
     return (x - mu) / torch.sqrt(var + eps) * w[:, None, None] + b[:, None, None]
 
 
+def _scaled_ws(sd: Sd, prefix: str, gamma: float) -> torch.Tensor:
+    """Scaled Weight Standardization as Brock et al. 2021 write it (NF-ResNets, eq. 2):
+    W^_ij = gain_i * gamma * (W_ij - mu_i) / (sigma_i * sqrt(N)), mu and sigma over the N = fan-in
+    values of output channel i (sigma the population standard deviation), no epsilon."""
+    w, gain = sd[prefix + ".weight"].double(), sd[prefix + ".gain"].double()
+    flat = w.reshape(w.shape[0], -1)
+    n = flat.shape[1]
+    mu = flat.sum(1, keepdim=True) / n
+    sigma = (((flat - mu) ** 2).sum(1, keepdim=True) / n).sqrt()
+    return (gain.reshape(-1, 1) * gamma * (flat - mu) / (sigma * math.sqrt(n))).reshape(w.shape).float()
+
+
 def _pool_mixer_ref(x: torch.Tensor, s: torch.Tensor, w: torch.Tensor, b: torch.Tensor, groups: int,
                     k: tuple[int, int]) -> torch.Tensor:
     """x + s * (pool(n) - n), n the group norm written out, pool the mean over each window's own values."""
@@ -182,6 +194,11 @@ CASES = [
              return conv_transpose2d(x, 6, 3, stride=2, padding=1, output_padding=1, groups=2), conv_transpose2d(x, 3, 3, bias=false)
          }""", lambda i, sd: (_module(nn.ConvTranspose2d(4, 6, 3, 2, 1, 1, groups=2), sd, "conv_transpose2d")(i[0]),
                               _module(nn.ConvTranspose2d(4, 3, 3, bias=False), sd, "conv_transpose2d_1")(i[0]))),
+    Case("std_conv2d", """axis B
+         model M (x: [B, 4, 9, 9]) -> ([B, 8, 5, 5], [B, 6, 9, 9]) {
+             return std_conv2d(x, 8, 3, stride=2, padding=1, gamma=1.7, eps=1e-10), std_conv2d(x, 6, 1, groups=2, bias=false, eps=1e-10)
+         }""", lambda i, sd: (F.conv2d(i[0], _scaled_ws(sd, "std_conv2d", 1.7), sd["std_conv2d.bias"], 2, 1),
+                              F.conv2d(i[0], _scaled_ws(sd, "std_conv2d_1", 1.0), None, groups=2))),
     Case("cos", "axis B\nmodel M (x: [B, 8]) -> [B, 8] { return cos(x) }",
          lambda i, sd: torch.sin(i[0] + math.pi / 2), atol=1e-5),
     Case("div", "axis B\nmodel M (x: [B, 8], y: [B, 8]) -> [B, 8] { return x / (y * y + 1.0) + 2.0 / (x * x + 1.0) }",

@@ -20,7 +20,7 @@ from backend_harness import spec_graph
 from test_ops import CASES
 
 NEW = ("arange", "attention_gqa", "cast", "conv_transpose2d", "cos", "exp", "interpolate", "pad", "pow", "repeat",
-       "rsqrt", "sin", "sqrt")
+       "rsqrt", "sin", "sqrt", "std_conv2d")
 BY_NAME = {c.name: c for c in CASES}
 SIZES = {"B": 3, "T": 7, "H": 6, "W": 5}
 
@@ -50,13 +50,13 @@ def _counted(module: Any, inputs: tuple[torch.Tensor, ...]) -> int:
     return mode.get_total_flops()
 
 
-@pytest.mark.parametrize("name", ["attention_gqa", "conv_transpose2d", "interpolate", "repeat", "arange", "pow"])
+@pytest.mark.parametrize("name", ["attention_gqa", "conv_transpose2d", "interpolate", "repeat", "arange", "pow", "std_conv2d"])
 def test_summary_flops_are_what_torch_counts(name: str) -> None:
     graph = spec_graph(BY_NAME[name].spec)
     axes = {k: v for k, v in SIZES.items() if k in graph.axes}
     want = _counted(build_module(graph).eval(), example_inputs(graph, axes, seed=0))
     assert summarize(graph, batch=axes.get("B", 1), axes=axes).total.flops == want
-    if name in ("attention_gqa", "conv_transpose2d"):
+    if name in ("attention_gqa", "conv_transpose2d", "std_conv2d"):
         assert want > 0
 
 
