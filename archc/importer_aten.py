@@ -25,6 +25,11 @@ BROADCASTING = {"cat", "add", "add_", "sub", "mul", "mul_", "div", "div_"}
 _DIM_NAMES = {1: ["D"], 2: ["T", "D"], 3: ["C", "H", "W"], 4: ["C", "D", "H", "W"]}
 
 
+def _call(node: Any, *names: str) -> bool:
+    """Whether `node` is a call of one of the ATen ops `names`."""
+    return getattr(node, "op", None) == "call_function" and packet(node) in names
+
+
 def packet(node: Any) -> str:
     """`aten.conv2d.default` -> `conv2d`; '' for what is no ATen op."""
     text = str(node.target)
@@ -51,7 +56,8 @@ class Emitter:
         holders = set()
         for node in self.g.ep.graph.nodes:
             if node.op == "call_function" and packet(node) in WEIGHT_OPS:
-                for arg in node.args:
+                std = self._standardized(node) if packet(node) == "conv2d" else None
+                for arg in list(node.args) + ([std[0]] if std else []):
                     if self.g.is_param(arg):
                         holders.add(self.g.params[arg.name].rpartition(".")[0])
         return holders
@@ -69,6 +75,8 @@ class Emitter:
             if self._encoding(node):
                 continue  # computed by the spec's own code: what made it is not needed
             args = _flat(node.args) + _flat(list(node.kwargs.values()))
+            if packet(node) == "conv2d" and self._standardized(node):  # its weight is the op's, not computed
+                args = [a for a in args if a is not node.args[1]]
             if packet(node) == "scaled_dot_product_attention":
                 mask = node.kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
                 if mask is not None and self._shape_only(mask):
@@ -498,10 +506,44 @@ class Emitter:
         kernel = sizes(w)[2:]
         if op == "conv2d" and w.name in self.g.nonpersistent and b is None:
             return self._blur(node, x, w, stride, padding, dilation, groups)
+        std = self._standardized(node) if op == "conv2d" else None
+        if std is not None:
+            weight, gain, gamma, eps = std
+            text = call("std_conv2d", sizes(weight)[0], tuple(kernel), stride=_tuple(stride), padding=_tuple(padding),
+                        dilation=_tuple(dilation), groups=int(groups), bias=b is not None, gamma=gamma, eps=eps,
+                        defaults={"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": True,
+                                  "gamma": 1.0, "eps": 1e-6})
+            return self._weighted(node, x, "std_conv2d", {"weight": weight, "bias": b, "gain": gain}, text)
         text = call(op, sizes(w)[0], tuple(kernel), stride=_tuple(stride), padding=_tuple(padding),
                     dilation=_tuple(dilation), groups=int(groups), bias=b is not None,
                     defaults={"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": True})
         return self._weighted(node, x, op, {"weight": w, "bias": b}, text)
+
+    def _standardized(self, node: Any) -> tuple[Any, Any, float, float] | None:
+        """A conv2d whose weight is Scaled Weight Standardization of a parameter (timm's
+        ScaledStdConv2d: `batch_norm(W.reshape(1, C, -1), weight=(gain * scale).view(-1),
+        training=True).reshape_as(W)`) as (W, gain, gamma, eps), gamma = scale * sqrt(fan_in);
+        None for any other weight."""
+        w = node.args[1]
+        if not hasattr(w, "op") or packet(w) not in ("reshape_as", "reshape", "view") or self.g.is_param(w):
+            return None
+        bn = w.args[0]
+        if not _call(bn, "batch_norm") or len(bn.args) < 8:
+            return None
+        flat, scaled, bias, mean, var, training, _, eps = bn.args[:8]
+        if bias is not None or mean is not None or var is not None or not training:
+            return None
+        weight = flat.args[0] if _call(flat, "reshape", "view") else None
+        if not self.g.is_param(weight) or sizes(w) != sizes(weight) or sizes(flat)[:2] != [1, sizes(weight)[0]]:
+            return None
+        mul = scaled.args[0] if _call(scaled, "view", "reshape") else None
+        if not _call(mul, "mul") or not self.g.is_param(mul.args[0]) or not isinstance(mul.args[1], (int, float)):
+            return None
+        gain = mul.args[0]
+        if sizes(gain) != [sizes(weight)[0], 1, 1, 1]:
+            return None
+        gamma = float(f"{float(mul.args[1]) * math.sqrt(math.prod(sizes(weight)[1:])):.12g}")  # 1.0, not 1.0000000000000002
+        return weight, gain, gamma, float(eps)
 
     def _blur(self, node: Any, x: Any, w: Any, stride: Any, padding: Any, dilation: Any, groups: Any) -> Unit:
         """A depthwise conv2d with a fixed binomial filter (timm's BlurPool2d: [1, 2, 1] x [1, 2, 1] / 16
@@ -533,7 +575,8 @@ class Emitter:
             source = source.args[0]
         if training and self.g.is_param(source):
             raise Unmapped(f"{self._at(node)}: a weight standardized in the forward (batch_norm of the parameter "
-                           f"'{self.g.params[source.name]}'); archc's convolutions own plain weights")
+                           f"'{self.g.params[source.name]}') that is not Scaled Weight Standardization with a gain "
+                           "(std_conv2d, timm's ScaledStdConv2d); archc's other convolutions own plain weights")
         if training:
             raise Unmapped(f"{self._at(node)}: batch_norm in training mode (no running statistics)")
         text = call("batchnorm", eps=float(eps), momentum=float(momentum), affine=w is not None,

@@ -97,7 +97,7 @@ def test_sample_round_trips(timm: Any, name: str) -> None:
 
 # What stops the families that do not round-trip yet (docs/import.md); strict: one that starts to
 # round-trip fails here until it is moved out of this list and the table is measured again.
-KNOWN_FAILING = {"nf_resnet26": "weight standardization (a conv2d of a computed weight)"}
+KNOWN_FAILING: dict[str, str] = {}  # family -> what stops it (a strict xfail); none left
 FULL = pytest.mark.skipif(not os.environ.get("ARCHC_FULL"), reason="every timm family: set ARCHC_FULL=1 (minutes)")
 
 
