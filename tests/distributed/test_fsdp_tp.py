@@ -36,6 +36,7 @@ from torch.testing import assert_close
 
 import archc
 from archc.resources import specs_root
+from dist_helpers import full
 
 WORLD = 2
 STEPS = 3
@@ -105,12 +106,6 @@ def _grad(p: torch.Tensor) -> torch.Tensor:
     return p.grad
 
 
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
-
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor.detach().clone()
-
-
 def _assert_sharded(module: torch.nn.Module) -> None:
     """Every parameter is a DTensor split by rows; this rank holds its half (all sizes are even)."""
     from torch.distributed.tensor import DTensor, Shard
@@ -164,7 +159,7 @@ def _fsdp_gpt_worker(rank: int, folder: str) -> None:
             loss.backward()
             opt.step()
             losses.append(_mean_over_ranks(loss))
-        weights = {name: _full(p) for name, p in model.named_parameters()}
+        weights = {name: full(p) for name, p in model.named_parameters()}
         if rank == 0:
             torch.save({"losses": torch.stack(losses), "weights": weights, "calls": calls,
                         "keys": list(model.state_dict())}, Path(folder) / "result.pt")
@@ -179,7 +174,7 @@ def _fsdp_gpt_worker(rank: int, folder: str) -> None:
         tokens, targets = (data[k][0].chunk(WORLD)[rank] for k in ("tokens", "targets"))
         logits = model(tokens)
         F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()).backward()
-        grads = {name: _full(_grad(p)) for name, p in model.named_parameters()}
+        grads = {name: full(_grad(p)) for name, p in model.named_parameters()}
         torch.save({"logits": logits.detach(), "grads": grads}, Path(folder) / f"bf16_{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -281,7 +276,7 @@ def _fsdp_resnet_worker(rank: int, folder: str) -> None:
             loss.backward()
             opt.step()
             losses.append(_mean_over_ranks(loss))
-        weights = {name: _full(p) for name, p in model.named_parameters()}
+        weights = {name: full(p) for name, p in model.named_parameters()}
         buffers = {name: b.clone() for name, b in model.named_buffers()}
         torch.save(buffers, Path(folder) / f"buffers{rank}.pt")
         if rank == 0:
@@ -358,7 +353,7 @@ def _tp_worker(rank: int, folder: str) -> None:
             assert block.mlp.c_proj.bias.placements == (Replicate(),)
         logits = model(data["tokens"])
         F.cross_entropy(logits.flatten(0, 1), data["targets"].flatten()).backward()
-        grads = {name: _full(_grad(p)) for name, p in model.named_parameters()}
+        grads = {name: full(_grad(p)) for name, p in model.named_parameters()}
         torch.save({"logits": logits.detach(), "grads": grads, "hidden_widths": hidden_widths},
                    Path(folder) / f"result{rank}.pt")
 

@@ -32,6 +32,7 @@ from torch.testing import assert_close
 
 import archc
 from archc.resources import specs_root
+from dist_helpers import full, load_file
 
 STEPS = 3
 TOL = 1e-5
@@ -78,12 +79,6 @@ def _data(name: str, seed: int) -> dict[str, torch.Tensor]:
     return {"x": torch.randint(0, 64, (STEPS, 4, 8), generator=gen), "y": torch.randint(0, 64, (STEPS, 4, 8), generator=gen)}
 
 
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
-
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor.detach().clone()
-
-
 def _train(name: str, model: torch.nn.Module, data: dict[str, torch.Tensor], part: int, parts: int,
            split_logits: bool = False) -> dict[str, Any]:
     """3 steps on this rank's `part` of each batch (of `parts`): mean losses over the ranks, the
@@ -102,9 +97,9 @@ def _train(name: str, model: torch.nn.Module, data: dict[str, torch.Tensor], par
             opt.zero_grad()
             loss.backward()
         opt.step()
-        losses.append(_full(loss))
-    grads = {k: _full(p.grad) for k, p in model.named_parameters() if p.grad is not None}
-    weights = {k: _full(p) for k, p in model.named_parameters()}
+        losses.append(full(loss))
+    grads = {k: full(p.grad) for k, p in model.named_parameters() if p.grad is not None}
+    weights = {k: full(p) for k, p in model.named_parameters()}
     return {"losses": torch.stack(losses), "grads": grads, "weights": weights}
 
 
@@ -172,7 +167,7 @@ def _worker2(rank: int, folder: str) -> None:
             model = _compile("gpt2")
         archc.parallelize(model, dp_mesh)
         archc.init_weights(model)
-        out["meta"] = {k: _full(p) for k, p in model.named_parameters()}
+        out["meta"] = {k: full(p) for k, p in model.named_parameters()}
         out["meta_local"] = {k: p.to_local().shape for k, p in model.named_parameters()}
 
         # hyper-connections made on the meta device: the 0-d scales FSDP keeps whole still average
@@ -236,7 +231,7 @@ def _worker4(rank: int, folder: str) -> None:
                 _mean_losses(result, mesh["dp"].get_group(), 2)
                 out["gpt2_fsdp_tp_sp"] = result
                 # the file `archc build --parallel` writes: its own model class and parallelize()
-                built = _load_file(Path(folder) / "gpt2_parallel.py")
+                built = load_file(Path(folder) / "gpt2_parallel.py")
                 model = built.GPT2()
                 model.load_state_dict(init)
                 built.parallelize(model, mesh)
@@ -249,21 +244,11 @@ def _worker4(rank: int, folder: str) -> None:
                 state = checkpoint_state_dict(model)
                 dcp.load(state, checkpoint_id=Path(folder) / "ckpt")
                 load_checkpoint_state_dict(model, state)
-                out["reloaded"] = {k: _full(p) for k, p in model.named_parameters()}
+                out["reloaded"] = {k: full(p) for k, p in model.named_parameters()}
         if rank == 0:
             torch.save(out, Path(folder) / "result4.pt")
     finally:
         dist.destroy_process_group()
-
-
-def _load_file(path: Path) -> Any:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _spawn(worker: Any, world: int, folder: Path) -> None:

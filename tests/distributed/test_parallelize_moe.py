@@ -37,6 +37,7 @@ from torch.testing import assert_close
 
 import archc
 from archc.resources import specs_root
+from dist_helpers import full, load_file
 
 TOL = 1e-5  # rtol and atol of every comparison
 WORLD = 2
@@ -68,12 +69,6 @@ def _compile(name: str) -> Any:
     return archc.compile(spec, **params)
 
 
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
-
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor.detach().clone()
-
-
 def _step(model: torch.nn.Module, data: dict[str, torch.Tensor], part: int, parts: int,
           counts: list[int] | None = None) -> dict[str, Any]:
     """Forward and backward of this rank's `part` of the batch: logits, aux loss, the gradients
@@ -83,7 +78,7 @@ def _step(model: torch.nn.Module, data: dict[str, torch.Tensor], part: int, part
     forward = counts[0] if counts else 0
     loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()) + AUX * aux
     loss.backward()
-    grads = {k: _full(p.grad) for k, p in model.named_parameters() if p.grad is not None}
+    grads = {k: full(p.grad) for k, p in model.named_parameters() if p.grad is not None}
     return {"logits": logits.detach().clone(), "aux": aux.detach().clone(), "grads": grads,
             "all_reduces": (forward, counts[0] - forward) if counts else None}
 
@@ -138,7 +133,7 @@ def _worker(rank: int, folder: str) -> None:
             if ep:
                 result["local"] = model.get_submodule(EXPERTS).gate_up_proj.to_local().shape
             out[f"{name}_{'ep' if ep else 'fsdp'}"] = result
-        built = _load_file(Path(folder) / "mixtral_ep.py")  # `archc build --parallel --ep 2`: needs only torch
+        built = load_file(Path(folder) / "mixtral_ep.py")  # `archc build --parallel --ep 2`: needs only torch
         model = built.MixtralForCausalLM()
         model.load_state_dict(torch.load(Path(folder) / "mixtral_loop_init.pt", weights_only=True))
         built.parallelize(model, dp_mesh)
@@ -146,16 +141,6 @@ def _worker(rank: int, folder: str) -> None:
         torch.save(out, Path(folder) / f"result{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-def _load_file(path: Path) -> Any:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _worker4(rank: int, folder: str) -> None:

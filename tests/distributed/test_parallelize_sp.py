@@ -36,6 +36,7 @@ from torch.testing import assert_close
 
 import archc
 from archc.resources import specs_root
+from dist_helpers import full
 
 TOL = 1e-5
 AUX = 0.02  # router_aux_loss_coef: Mixtral's loss is cross-entropy + AUX * aux
@@ -55,12 +56,6 @@ def _compile(name: str) -> Any:
     return archc.compile(spec, **params)
 
 
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
-
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor.detach().clone()
-
-
 def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     """Forward and backward: the logits, Mixtral's aux loss, every gradient (whole); then one SGD
     step (gradients a split model leaves partial are summed when the optimizer reads them): the
@@ -69,9 +64,9 @@ def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str,
     logits, aux = out if isinstance(out, tuple) else (out, None)
     loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()) + (AUX * aux if aux is not None else 0.0)
     loss.backward()
-    grads = {k: _full(p.grad) for k, p in model.named_parameters() if p.grad is not None}
+    grads = {k: full(p.grad) for k, p in model.named_parameters() if p.grad is not None}
     torch.optim.SGD(model.parameters(), lr=0.1).step()
-    weights = {k: _full(p) for k, p in model.named_parameters()}
+    weights = {k: full(p) for k, p in model.named_parameters()}
     return {"logits": logits.detach().clone(), "aux": None if aux is None else aux.detach().clone(), "grads": grads,
             "weights": weights}
 
