@@ -12,6 +12,7 @@ tests/test_injection_backends.py.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import sys
@@ -26,6 +27,7 @@ from archc.elaborate import elaborate_file, elaborate_text
 from archc.errors import ArchError
 from archc.ir import Graph
 from archc.ir.printer import arch_str
+from archc.resources import specs_root
 
 RUN = "__import__('os').system('touch MARK')"
 HOSTILE = [
@@ -252,4 +254,23 @@ def test_a_mixture_and_hoisted_constants_hold_file_names_as_data(workdir: Path, 
     built.load_state_dict(plain.state_dict())
     x = torch.randn(5, 16)
     torch.testing.assert_close(built(x), plain(x))
+    assert not (workdir / "MARK").exists()
+
+
+@pytest.mark.parametrize("name", ["x\n'''\n" + RUN + "\n#", "we'ird\\"])
+def test_the_parallel_plan_file_holds_file_names_as_data(workdir: Path, name: str) -> None:
+    """`archc build --parallel --sp` writes where each split stack is (`file:line:col`) into the
+    SequenceSplit of its parallelize(): quoted, the file imports and its plan names the file."""
+    spec = workdir / f"{name}.arch"
+    spec.write_text((specs_root() / "models" / "gpt2.arch").read_text())
+    sets = [a for k, v in {"vocab": 64, "dim": 32, "depth": 2, "heads": 2, "max_len": 16}.items()
+            for a in ("--set", f"{k}={v}")]
+    assert cli(["build", str(spec), *sets, "--target", "torch", "--parallel", "--tp", "2", "--sp",
+                "-o", str(workdir / "model.py")]) == 0
+    calls = [n for n in ast.walk(ast.parse((workdir / "model.py").read_text()))
+             if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "SequenceSplit"]
+    wheres = [ast.literal_eval(k.value) for c in calls for k in c.keywords if k.arg == "where"]
+    assert wheres and all(w.startswith(spec.name + ":") for w in wheres)
+    module = _import_file(workdir / "model.py", "archc_injection_parallel")
+    assert callable(module.parallelize)  # type: ignore[attr-defined]
     assert not (workdir / "MARK").exists()
