@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from archc.errors import ArchError
-from archc.importer_export import Blocks, Unmapped, call, export_spec_text, fmt, stack_text
+from archc.importer_export import Blocks, Unmapped, call, export_spec_text, fmt, spec_text, stack_text
 
 __all__ = ["import_module"]
 
@@ -317,8 +317,7 @@ def _spec_text(module: Any, inputs: Sequence[Any], source: str | None = None) ->
     name = type(module).__name__ if type(module).__name__.isidentifier() else "Imported"
     model = f"model {name} {signature} {{\n" + "".join(f"    {line}\n" for line in lines) + "}\n"
     source = source or f"{type(module).__module__}.{type(module).__qualname__}"
-    header = f"# Imported from {source} by archc.import_module.\n"
-    return header + "\naxis B\n\n" + "\n".join([*spec.blocks.texts, model])
+    return spec_text(source, ["B"], spec.blocks.texts, model)
 
 
 def import_module(module: Any, example_inputs: Sequence[Any] | Any, source: str | None = None) -> str:

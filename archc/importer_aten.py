@@ -10,7 +10,7 @@ from typing import Any
 
 from archc.importer_export import (ADD, Blocks, ATOM, MUL, PIPE, UNARY, Graph, Scope, Unit, Unmapped, binary, call,
                                    dtype_of, fmt, func, getitem_outs, is_name, is_tensor, pipe_unit, size_text,
-                                   sizes, stack_text, valid_path)
+                                   sizes, stack_text, valid_path, spec_text)
 
 WEIGHT_OPS = {"conv1d", "conv2d", "linear", "batch_norm", "layer_norm", "group_norm", "embedding"}
 ALIASES = {"contiguous", "clone", "alias", "detach", "lift_fresh_copy", "dropout_", "feature_dropout"}
@@ -400,8 +400,7 @@ class Emitter:
         lines = self.body(units, ins, outs)
         name = root.type_name if root.type_name != "Block" else "Imported"
         model = f"model {name} ({', '.join(params)}) -> {out} {{\n" + "".join(f"    {ln}\n" for ln in lines) + "}\n"
-        header = f"# Imported from {source} by archc.import_module.\n"
-        return header + "\naxis " + ", ".join(self.axes) + "\n\n" + "\n".join([*self.blocks.texts, model])
+        return spec_text(source, self.axes, self.blocks.texts, model)
 
     def body(self, units: list[Unit], ins: list[Any], outs: list[Any]) -> list[str]:
         flow = Flow(self.g, self.where)

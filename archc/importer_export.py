@@ -36,6 +36,15 @@ class Unmapped(Exception):
     """Something of the module that archc cannot express (yet)."""
 
 
+def spec_text(source: str, axes: Sequence[str], blocks: Sequence[str], model: str) -> str:
+    """The imported file: a header naming where it came from (the user's class or file name: as it
+    is when every character prints, else as an escaped string, since a new line in it would end the
+    comment), the axes, the blocks and the model."""
+    plain = all(ch.isprintable() and ord(ch) < 0x2028 for ch in source)
+    header = f"# Imported from {source if plain else fmt(source)} by archc.import_module.\n"
+    return header + "\naxis " + ", ".join(axes) + "\n\n" + "\n".join([*blocks, model])
+
+
 def fmt(value: Any) -> str:
     """A Python attribute value as .arch text (strings escaped as the lexer reads them)."""
     if isinstance(value, bool):

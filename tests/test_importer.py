@@ -446,3 +446,18 @@ def test_hostile_class_names_are_not_spec_names() -> None:
     text = archc.import_module(module, x)
     _check_round_trip(module, text, x)
     assert "block Block (x: [B, D]) -> [B, D]" in text and "model Imported (x: [B, 4])" in text
+
+
+@pytest.mark.parametrize("qualname", ["M\naxis EVIL\n#", "M\u2028axis EVIL", "M\raxis EVIL"])
+def test_a_class_name_with_a_new_line_stays_in_the_header_comment(qualname: str) -> None:
+    """The header names the imported class; a name that would end the comment is written escaped
+    (a class's __qualname__ may be any string)."""
+    cls = type("M", (nn.Module,), {"__init__": lambda self: (nn.Module.__init__(self), setattr(self, "fc", nn.Linear(4, 4)))[0],
+                                   "forward": lambda self, x: self.fc(x)})
+    cls.__qualname__ = qualname
+    module = _randomized(cls())
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
+    text = archc.import_module(module, x)
+    assert "EVIL" not in "".join(line for line in text.splitlines() if not line.startswith("#"))
+    assert text.splitlines()[0].startswith("# Imported from \"") and "\\u{" in text.splitlines()[0]
+    _check_round_trip(module, text, x)
