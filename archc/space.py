@@ -43,7 +43,7 @@ from archc.frontend.fmt import format_module
 from archc.frontend.holes import Hole, fill, find_holes
 from archc.frontend.parser import parse
 from archc.space_groups import Region, find_regions, shared_with_layers
-from archc.space_probe import Outer, Prober, Unsealed, Verdict
+from archc.space_probe import Outer, Prober, Unsealed, Verdict, depth_expr
 from archc.space_tree import ZERO, Allowed, Alt, Choice, Cost, Counts, Part, restrict
 from archc.space_tree import paths as tree_paths
 
@@ -354,7 +354,7 @@ class Space:
         or a hole counts once)."""
         total = 0
         for rkey in itertools.product(*(range(len(h.choice.options)) for h in r.holes)):
-            depth = _written_depth(r.stack, picks | {h.path: k for h, k in zip(r.holes, rkey)}, r.holes)
+            depth = _written_depth(self.module, r.stack, picks | {h.path: k for h, k in zip(r.holes, rkey)}, self._holes)
             total += math.prod(len(h.choice.options) for h in r.families) ** depth
         return total
 
@@ -381,11 +381,11 @@ class Space:
         return f"none of the {self.combinations():,} completions of this space type-checks{budget}{why}"
 
 
-def _written_depth(stack: Any, picks: Choice, holes: tuple[Hole, ...]) -> int:
+def _written_depth(module: Any, stack: Any, picks: Choice, holes: tuple[Hole, ...]) -> int:
     from archc.frontend import ast as A
 
-    expr = stack.args[0] if stack.args else next((k.value for k in stack.kwargs if k.name == "depth"), None)
-    hole = next((h for h in holes if h.choice is expr), None)
+    expr = depth_expr(module, stack)[2]  # through a model parameter's default, as the probes read it
+    hole = next((h for h in holes if h.choice is expr and h.path in picks), None)
     if hole is not None:
         expr = hole.choice.options[picks[hole.path]]
     return expr.value if isinstance(expr, A.Const) and type(expr.value) is int and expr.value >= 0 else 1

@@ -91,6 +91,20 @@ class Variant:
     sealed: A.Stack | None = None  # the region's stack, whose applications must keep their types
 
 
+
+def depth_expr(module: A.Module, stack: A.Stack) -> tuple[A.Expr | None, A.BlockDef | None, A.Expr | None]:
+    """How a stack's depth is written: the expression (its first argument or `depth=`), the model
+    that holds the stack, and the expression the depth stands for (a model parameter's default
+    when the depth is that parameter's name; else the expression itself)."""
+    expr = stack.args[0] if stack.args else next((k.value for k in stack.kwargs if k.name == "depth"), None)
+    model = next((b for b in module.items if isinstance(b, A.BlockDef) and b.kind == "model"
+                  and any(n is stack for n in A.walk(b))), None)
+    meant = expr
+    if isinstance(expr, A.Name) and model is not None:
+        formal = next((f for f in model.params if f.name == expr.id), None)
+        meant = formal.default if formal is not None else None
+    return expr, model, meant
+
 class Prober:
     """Elaborates probes of one spec (each once: cached), sharing one loader for the imports."""
 
@@ -243,12 +257,7 @@ class Prober:
     def _static_depth(self, stack: A.Stack, picks: dict[str, int]) -> int:
         """The depth of a stack whose layers read their index: a number, a choice of numbers, or
         a parameter of the model whose default is one."""
-        expr = stack.args[0] if stack.args else next((k.value for k in stack.kwargs if k.name == "depth"), None)
-        if isinstance(expr, A.Name):
-            model = next((b for b in self.module.items if isinstance(b, A.BlockDef) and b.kind == "model"
-                          and any(n is stack for n in A.walk(b))), None)
-            formal = next((f for f in model.params if f.name == expr.id), None) if model else None
-            expr = formal.default if formal is not None else None
+        expr = depth_expr(self.module, stack)[2]
         hole = next((h for h in self._outer_holes if h.choice is expr), None)
         if hole is not None:
             expr = hole.choice.options[picks[hole.path]] if hole.path in picks else None
@@ -295,15 +304,12 @@ class Prober:
         that nothing else reads."""
         if stack is None:
             return None
-        expr = stack.args[0] if stack.args else next((k.value for k in stack.kwargs if k.name == "depth"), None)
+        expr, model, meant = depth_expr(self.module, stack)
         choice = expr if isinstance(expr, A.Choice) else None
-        if isinstance(expr, A.Name):
-            model = next((b for b in self.module.items if isinstance(b, A.BlockDef) and b.kind == "model"
-                          and any(n is stack for n in A.walk(b))), None)
-            formal = next((f for f in model.params if f.name == expr.id), None) if model else None
-            reads = sum(isinstance(n, A.Name) and n.id == expr.id for n in A.walk(model)) if model else 0
-            if formal is not None and isinstance(formal.default, A.Choice) and reads == 1:
-                choice = formal.default
+        if isinstance(expr, A.Name) and model is not None:
+            reads = sum(isinstance(n, A.Name) and n.id == expr.id for n in A.walk(model))
+            if isinstance(meant, A.Choice) and reads == 1:
+                choice = meant
         if choice is None or not all(isinstance(o, A.Const) and type(o.value) is int and o.value >= 0
                                      for o in choice.options):
             return None
