@@ -138,9 +138,13 @@ def parallelize_function(plan: ParallelPlan, model_name: str) -> str:
              "                loss_parallel: bool = False, mp_policy: Any = None, norms_fp32: bool = True,",
              "                reshard_after_forward: bool = True) -> nn.Module:",
              py_docstring("\n\n".join(textwrap.fill(part, 92) for part in doc.split("\n\n")), indent="    "),
-             "    dp_mesh, tp_mesh = meshes(mesh, tp, fsdp)",
-             "    logits = Shard(-1) if loss_parallel else Replicate()",
-             "    if tp_mesh is not None:"]
+             "    dp_mesh, tp_mesh = meshes(mesh, tp, fsdp)"]
+    if plan.experts:  # the plan split the experts for this many data-parallel ranks, not for whole ones
+        lines += [f"    if dp_mesh is None or dp_mesh.size() != {plan.ep}:",
+                  f"        raise ValueError('this plan splits the experts over {plan.ep} data-parallel (\"dp\") ranks; the mesh '",
+                  "                         + ('has none' if dp_mesh is None else f'has {dp_mesh.size()}'))"]
+    lines += ["    logits = Shard(-1) if loss_parallel else Replicate()",
+              "    if tp_mesh is not None:"]
     groups, rest = _layer_groups(plan)
     root = [p for p in rest if p.path == ""]
     rest = [p for p in rest if p.path != ""]
@@ -187,7 +191,8 @@ def parallel_source(plan: ParallelPlan, model_name: str = "model", standalone: b
     adds the imports of the model file's head (torch, nn), for running it on its own."""
     text = (_HEADER + "\n" if standalone else "") + _IMPORTS + "\n\n" + _helpers() + "\n\n" + \
         parallelize_function(plan, model_name)
-    paths = tuple(p.path for p in plan.placements if p.path) + plan.norms + plan.fsdp_units[:-1] + plan.experts
+    paths = tuple(p.path for p in plan.placements if p.path) + plan.norms + plan.fsdp_units[:-1] + plan.experts + \
+        tuple(p.where for p in plan.placements if p.where)  # where: the spec's file name and place
     verify_python(text, "<archc: parallelize>", strings=tuple(dict.fromkeys(paths)))
     return text
 

@@ -184,3 +184,23 @@ def test_expert_parallelism_needs_a_data_parallel_mesh() -> None:
     model = archc.compile(MIXTRAL, **MIXTRAL_TINY)
     with pytest.raises(ArchError, match="expert parallelism splits the experts over the data-parallel"):
         archc.parallelize(model, Mesh(), ep=True)
+
+
+@pytest.mark.parametrize("names, size, has", [(("tp",), 2, "has none"), (("dp",), 4, "has 4")])
+def test_the_written_expert_parallel_file_refuses_another_mesh(names: tuple[str, ...], size: int, has: str) -> None:
+    """The file `archc build --parallel --ep 2` writes splits the experts for 2 data-parallel ranks:
+    on a mesh without "dp" ranks, or with another number, it says so instead of leaving them whole."""
+    import archc
+    from archc import generated
+    from archc.backends.torch.parallel_emit import parallel_source
+
+    class Mesh:  # what the written parallelize reads of a DeviceMesh before it splits anything
+        mesh_dim_names, ndim = names, 1
+
+        def size(self) -> int:
+            return size
+
+    plan = plan_parallel(elaborate_file(MIXTRAL, overrides=MIXTRAL_TINY), tp=1, ep=2)
+    written = generated.load(parallel_source(plan, standalone=True))
+    with pytest.raises(ValueError, match=f'over 2 data-parallel \\("dp"\\) ranks; the mesh {has}'):
+        written.parallelize(archc.compile(MIXTRAL, **MIXTRAL_TINY), Mesh())
