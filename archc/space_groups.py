@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from archc.frontend import ast as A
-from archc.frontend.holes import Hole
+from archc.frontend.holes import Hole, is_node
 
 SCALARS = {"int", "float", "bool", "str"}
 TYING = {"scope"}  # annotations that give an explicit path: the model then has no regions
@@ -138,7 +138,7 @@ def _top_stacks(node: Any) -> Iterator[A.Stack]:
     if isinstance(node, A.Stack):
         yield node
         return
-    for child in node if isinstance(node, (tuple, list)) else A.children(node) if _is_node(node) else ():
+    for child in node if isinstance(node, (tuple, list)) else A.children(node) if is_node(node) else ():
         yield from _top_stacks(child)
 
 
@@ -152,9 +152,3 @@ def _literal(expr: A.Expr) -> bool:
     if isinstance(expr, A.Choice):
         return all(_literal(o) for o in expr.options)
     return isinstance(expr, A.Const)
-
-
-def _is_node(x: Any) -> bool:
-    from dataclasses import is_dataclass
-
-    return is_dataclass(x) and type(x).__module__ == A.__name__

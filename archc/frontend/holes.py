@@ -131,12 +131,13 @@ def _collect(node: Any, path: str, found: Found, stacks: tuple[tuple[A.Stack, in
         _collect((node.args, node.kwargs), path, found, stacks)
         _collect(node.body, path, found, ((node, len(path)),) + stacks)
         return
-    children = node if isinstance(node, (tuple, list)) else A.children(node) if _is_node(node) else ()
+    children = node if isinstance(node, (tuple, list)) else A.children(node) if is_node(node) else ()
     for child in children:
         _collect(child, path, found, stacks)
 
 
-def _is_node(x: Any) -> bool:
+def is_node(x: Any) -> bool:
+    """Whether `x` is a node of the syntax tree (archc.frontend.ast)."""
     return is_dataclass(x) and type(x).__module__ == A.__name__
 
 
@@ -208,7 +209,7 @@ def _fill_fields(node: Any, table: dict[int, A.Expr], indexed: dict[int, str]) -
         return tuple(_fill(x, table, indexed) for x in node)
     if isinstance(node, list):
         return [_fill(x, table, indexed) for x in node]
-    if not (_is_node(node) or isinstance(node, A.Module)):
+    if not (is_node(node) or isinstance(node, A.Module)):
         return node
     changed = {}
     for f in fields(node):
