@@ -21,14 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from archc.errors import ArchError
-from archc.importer_export import Blocks, Unmapped, call, export_spec_text, fmt, spec_text, stack_text
+from archc.importer_export import RESERVED, Blocks, Unmapped, call, export_spec_text, fmt, spec_text, stack_text
 
 __all__ = ["import_module"]
 
 TOLERANCE = 1e-5
-_RESERVED = {"axis", "block", "model", "return", "import", "true", "false", "stack", "choice", "interface", "fn", "if",
-             "then", "else", "elif", "for", "in", "and", "or", "not", "int", "float", "bool", "str", "list",
-             "connection", "B"}
 
 
 def _leaf_ops() -> dict[type, Callable[[Any], str]]:
@@ -115,7 +112,7 @@ _Unmapped = Unmapped  # one kind of "cannot express yet", whichever path raises 
 
 @dataclass
 class _Spec:
-    blocks: Blocks = field(default_factory=lambda: Blocks(frozenset(_RESERVED)))
+    blocks: Blocks = field(default_factory=lambda: Blocks(frozenset(RESERVED)))
 
 
 def _type(shape: Sequence[int]) -> str:
@@ -158,10 +155,10 @@ def _body(module: Any, inputs: Sequence[Any], spec: _Spec, where: str) -> tuple[
     gm = _trace(module, inputs)
     children = dict(module.named_children())
     for name in children:
-        if not name.isidentifier() or name in _RESERVED:
+        if not name.isidentifier() or name in RESERVED:
             raise _Unmapped(f"the child '{name}' (its state_dict keys '{name}.*' are not a name a spec can give; "
                             "nn.Sequential and ModuleList come in a later step)")
-    flow = _Flow(set(children) | _RESERVED)
+    flow = _Flow(set(children) | RESERVED)
     instances: list[str] = []
     params: list[str] = []
     for node in gm.graph.nodes:
@@ -257,7 +254,7 @@ def _sequential(seq: Any, example: Any, spec: _Spec, at: str) -> str:
     import torch
 
     names = [name for name, _ in seq.named_children()]
-    if names and all(name.isidentifier() and name not in _RESERVED for name in names):  # named layers: a block
+    if names and all(name.isidentifier() and name not in RESERVED for name in names):  # named layers: a block
         return f"{_block(seq, [example], spec, at)}()"
     if names != [str(i) for i in range(len(names))]:
         raise _Unmapped(f"'{at}' is an nn.Sequential with layers named {', '.join(names)}: not imported yet")
