@@ -1041,10 +1041,7 @@ class Flow:
             name = path
         else:
             base = re.sub(r"\W", "_", path)
-            base = base if base[:1].isalpha() else f"layer_{base}"
-            name, n = base, 2
-            while name in self.taken or not is_name(name):
-                name, n = f"{base}_{n}", n + 1
+            name = self.fresh(base if base[:1].isalpha() else f"layer_{base}")
             self.decls.append(f"@scope({fmt(path)})")
             self.decls.append(f"{name} = {text}")
         self.taken.add(name)
@@ -1135,10 +1132,7 @@ class Flow:
         names = []
         for out in unit.outs:
             base = base or (re.sub(r"(_\d+)+$", "", re.sub(r"\W", "_", out.name)) if out is not None else "unused")
-            name, n = base, 2
-            while name in self.taken or not is_name(name):
-                name, n = f"{base}_{n}", n + 1
-            self.taken.add(name)
+            name = self.fresh(base)
             names.append(name)
             if out is not None:
                 self.values[out] = (name, ATOM)
